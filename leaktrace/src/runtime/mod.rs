@@ -1,0 +1,2 @@
+//! The seam between runtime-specific knowledge and the rest of leaktrace.
+pub mod go;

@@ -1,0 +1,4 @@
+//! The traced process: its pid, executable and (read-only) memory.
+pub mod elf;
+pub mod memory;
+pub mod process;
