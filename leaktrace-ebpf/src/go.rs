@@ -77,8 +77,16 @@ pub fn go_spawn(ctx: ProbeContext) -> u32 {
     } else {
         // newproc1 runs on g0; g0.m.curg is the goroutine executing `go`.
         let m = read_u64(regs.r14 + cfg.g_m as u64);
-        let curg = if m != 0 { read_u64(m + cfg.m_curg as u64) } else { 0 };
-        if curg != 0 { read_u64(curg + cfg.g_goid as u64) } else { 0 }
+        let curg = if m != 0 {
+            read_u64(m + cfg.m_curg as u64)
+        } else {
+            0
+        };
+        if curg != 0 {
+            read_u64(curg + cfg.g_goid as u64)
+        } else {
+            0
+        }
     };
     emit(GoEvent {
         ts_ns: unsafe { bpf_ktime_get_ns() },

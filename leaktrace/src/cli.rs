@@ -1,1 +1,160 @@
-//! TODO
+//! Command-line interface, in the shape bcc's memleak users know:
+//! `leaktrace --pid PID [INTERVAL [COUNT]]` or `leaktrace -c CMD [ARGS…]`.
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Parser, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "leaktrace",
+    version,
+    about = "Find goroutine leaks in a running Go process with eBPF: no restart, no rebuild, no pprof endpoint, no stop-the-world.",
+    after_help = "\
+EXAMPLES:
+  sudo leaktrace --pid $(pidof api)            report every 5s until Ctrl-C (then a final report)
+  sudo leaktrace -p 1234 10 3                  three reports, 10s apart
+  sudo leaktrace -p 1234 --duration 1m --older 30s --stacks
+  sudo leaktrace -p 1234 -d 30s --format json  JSON on stdout, one object per report
+  sudo leaktrace -c ./server --port 8080       start the program with probes already attached
+
+Verdicts: `leak` = blocked on something that can never happen (nil channel,
+select {}), or a blocked group that keeps growing; `suspect` = many goroutines
+blocked longer than --older but not growing now; `ok` = anything else.
+
+Needs Linux ≥ 5.8 with BTF and uprobes, and root (or CAP_BPF, CAP_PERFMON and
+CAP_SYS_PTRACE). The target is never stopped: probes only copy a few words and
+its memory is only read."
+)]
+pub struct Args {
+    /// Process to trace.
+    #[arg(
+        short,
+        long,
+        conflicts_with = "command",
+        required_unless_present = "command"
+    )]
+    pub pid: Option<u32>,
+
+    /// Seconds (or a duration like 500ms, 1m) between reports.
+    #[arg(value_parser = parse_duration)]
+    pub interval_pos: Option<Duration>,
+
+    /// Number of reports, then exit (the last one is the final report).
+    pub count_pos: Option<u64>,
+
+    /// Same as the INTERVAL positional.
+    #[arg(short, long, value_parser = parse_duration, conflicts_with = "interval_pos")]
+    pub interval: Option<Duration>,
+
+    /// Same as the COUNT positional.
+    #[arg(long, conflicts_with = "count_pos")]
+    pub count: Option<u64>,
+
+    /// Stop after this long (e.g. 30s, 5m) with a final report.
+    #[arg(short, long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+
+    /// Show only the N largest groups.
+    #[arg(short = 'T', long, default_value_t = 10)]
+    pub top: usize,
+
+    /// Ignore goroutines blocked for less than this; also the age from which a
+    /// blocked goroutine counts toward a group's growth.
+    #[arg(short, long, value_parser = parse_duration, default_value = "1s")]
+    pub older: Duration,
+
+    /// A flat group with at least this many goroutines blocked ≥ --older is `suspect`.
+    #[arg(long, default_value_t = 100)]
+    pub suspect_count: u64,
+
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+
+    /// Write reports here instead of stdout.
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+
+    /// Print each group's stack.
+    #[arg(short, long)]
+    pub stacks: bool,
+
+    /// Also show the Go runtime's own goroutines (GC workers and the like).
+    #[arg(long)]
+    pub system: bool,
+
+    /// Do not read the goroutines that existed before attach (live events only).
+    #[arg(long)]
+    pub no_snapshot: bool,
+
+    #[arg(long, value_enum, default_value_t = Color::Auto)]
+    pub color: Color,
+
+    /// Start this command with the probes attached before it runs, so nothing
+    /// is missed; its output passes through. Everything after -c is the command.
+    #[arg(short = 'c', long = "command", num_args = 1.., allow_hyphen_values = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Color {
+    Auto,
+    Always,
+    Never,
+}
+
+impl Args {
+    pub fn report_interval(&self) -> Duration {
+        self.interval
+            .or(self.interval_pos)
+            .unwrap_or(Duration::from_secs(5))
+    }
+
+    pub fn report_count(&self) -> Option<u64> {
+        self.count.or(self.count_pos)
+    }
+}
+
+/// `5` (seconds), `1.5`, `500ms`, `30s`, `5m`, `1h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<f64>() {
+        if secs.is_finite() && secs >= 0.0 {
+            return Ok(Duration::from_secs_f64(secs));
+        }
+        return Err(format!("`{s}` is not a duration"));
+    }
+    humantime::parse_duration(s)
+        .map_err(|e| format!("`{s}` is not a duration ({e}); use e.g. 500ms, 30s, 5m"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("5").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert!(parse_duration("soon").unwrap_err().contains("30s"));
+    }
+
+    #[test]
+    fn memleak_style_positionals_and_command() {
+        let a = Args::try_parse_from(["leaktrace", "-p", "42", "10", "3"]).unwrap();
+        assert_eq!(a.pid, Some(42));
+        assert_eq!(a.report_interval(), Duration::from_secs(10));
+        assert_eq!(a.report_count(), Some(3));
+        let a = Args::try_parse_from(["leaktrace", "--format", "json", "-c", "./srv", "-x", "--y"])
+            .unwrap();
+        assert_eq!(a.command, ["./srv", "-x", "--y"]);
+        assert!(Args::try_parse_from(["leaktrace"]).is_err());
+        assert!(Args::try_parse_from(["leaktrace", "-p", "1", "-c", "x"]).is_err());
+    }
+}

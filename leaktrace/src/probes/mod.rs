@@ -1,1 +1,110 @@
-//! TODO
+//! Loading the embedded eBPF object, attaching it to the target, and reading
+//! what it sends. Dropping [`GoProbes`] detaches every probe: that is how
+//! every exit path (return, `?`, panic unwinding) cleans up.
+pub mod ring;
+
+use std::{num::NonZeroU32, path::Path};
+
+use anyhow::{Context as _, Result, anyhow};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::{
+        UProbe,
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
+    },
+};
+use leaktrace_common::GoConfig;
+
+/// The probes object built by leaktrace-ebpf, embedded at compile time so a
+/// single `leaktrace` file is all a production host needs.
+static PROBES_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leaktrace"));
+
+/// One attach point: a file offset in the target executable, and the cookie
+/// the program reads to know which kind of point fired.
+#[derive(Clone, Debug)]
+pub struct AttachPoint {
+    pub file_offset: u64,
+    pub cookie: u64,
+    /// For messages: e.g. `runtime.park_m+4 (JBE)`.
+    pub what: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct GoAttachPlan {
+    pub spawn: Vec<AttachPoint>,
+    pub park: AttachPoint,
+    pub exit: AttachPoint,
+}
+
+pub struct GoProbes {
+    ebpf: Ebpf,
+    pub attached: usize,
+}
+
+impl GoProbes {
+    /// Load and attach. `exe` is the path the kernel resolves to the target's
+    /// inode (`/proc/PID/exe` for a running process, the program file for
+    /// `-c`); `pid` scopes every probe to that process in the kernel.
+    pub fn attach(exe: &Path, pid: u32, config: GoConfig, plan: &GoAttachPlan) -> Result<Self> {
+        let mut ebpf = EbpfLoader::new()
+            .override_global("GO_CONFIG", &config, true)
+            .load(PROBES_OBJECT)
+            .map_err(|e| anyhow!("loading the eBPF probes into the kernel failed: {e}"))?;
+        let pid = NonZeroU32::new(pid).ok_or_else(|| anyhow!("pid 0 cannot be traced"))?;
+        let mut attached = 0;
+        let groups: [(&str, Vec<&AttachPoint>); 3] = [
+            ("go_spawn", plan.spawn.iter().collect()),
+            ("go_park", vec![&plan.park]),
+            ("go_exit", vec![&plan.exit]),
+        ];
+        for (name, points) in groups {
+            let prog: &mut UProbe = ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("program {name} missing from the probes object"))?
+                .try_into()?;
+            prog.load()
+                .map_err(|e| anyhow!("the kernel rejected probe {name}: {e}"))?;
+            for point in points {
+                let at = UProbeAttachPoint {
+                    location: UProbeAttachLocation::AbsoluteOffset(point.file_offset),
+                    cookie: Some(point.cookie),
+                };
+                prog.attach(at, exe, UProbeScope::OneProcess(pid))
+                    .with_context(|| {
+                        format!(
+                            "attaching {name} at {} (file offset {:#x}) of {}",
+                            point.what,
+                            point.file_offset,
+                            exe.display()
+                        )
+                    })?;
+                attached += 1;
+            }
+        }
+        Ok(Self { ebpf, attached })
+    }
+
+    /// The ring buffer all probes write to; can be taken once.
+    pub fn take_ring(&mut self) -> Result<RingBuf<MapData>> {
+        let map = self
+            .ebpf
+            .take_map("EVENTS")
+            .ok_or_else(|| anyhow!("EVENTS map missing from the probes object"))?;
+        Ok(RingBuf::try_from(map)?)
+    }
+
+    /// Records dropped because the ring was full, summed over CPUs.
+    pub fn lost(&self) -> u64 {
+        let Some(map) = self.ebpf.map("LOST") else {
+            return 0;
+        };
+        let Ok(array) = PerCpuArray::<_, u64>::try_from(map) else {
+            return 0;
+        };
+        array
+            .get(&0, 0)
+            .map(|per_cpu| per_cpu.iter().sum())
+            .unwrap_or(0)
+    }
+}

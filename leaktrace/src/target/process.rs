@@ -1,1 +1,225 @@
-//! TODO
+//! Facts about the traced process from /proc, and the checks that turn bad
+//! input into errors that name the fix.
+use std::{
+    fmt, fs,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+/// A running process we may trace.
+#[derive(Clone, Debug)]
+pub struct Process {
+    pub pid: u32,
+    /// `/proc/PID/exe`: opens the executable even inside another mount
+    /// namespace (containers) or after it was replaced on disk.
+    pub exe_link: PathBuf,
+    /// What the link points at, for display.
+    pub exe_display: String,
+}
+
+/// The reasons attaching can fail before any probe is loaded.
+#[derive(Debug)]
+pub enum TargetError {
+    NoSuchPid(u32),
+    ExitedDuringAttach(u32),
+    NotPermitted(u32),
+}
+
+impl fmt::Display for TargetError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NoSuchPid(pid) => write!(
+                f,
+                "no process with pid {pid}. Check the pid with `pgrep -a <name>` or `ps -p {pid}`."
+            ),
+            Self::ExitedDuringAttach(pid) => write!(
+                f,
+                "process {pid} exited while leaktrace was attaching; nothing to trace. \
+                 To trace a short-lived program from its start, use `leaktrace -c <command>`."
+            ),
+            Self::NotPermitted(pid) => write!(
+                f,
+                "not permitted to read process {pid}. Run leaktrace as root (sudo), or grant it \
+                 CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE."
+            ),
+        }
+    }
+}
+
+impl std::error::Error for TargetError {}
+
+impl Process {
+    pub fn open(pid: u32) -> Result<Self> {
+        let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+        if pid == 0 || !proc_dir.exists() {
+            return Err(TargetError::NoSuchPid(pid).into());
+        }
+        let exe_link = proc_dir.join("exe");
+        let exe_display = match fs::read_link(&exe_link) {
+            Ok(p) => p.display().to_string(),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                return Err(TargetError::NotPermitted(pid).into());
+            }
+            Err(_) if !proc_dir.exists() => return Err(TargetError::ExitedDuringAttach(pid).into()),
+            Err(e) => {
+                // Kernel threads have no exe; so do zombies.
+                bail!(
+                    "process {pid} has no executable to trace ({e}); is it a kernel thread or a zombie?"
+                )
+            }
+        };
+        Ok(Self {
+            pid,
+            exe_link,
+            exe_display,
+        })
+    }
+
+    pub fn is_alive(&self) -> bool {
+        // A zombie still has /proc/PID but state Z; treat it as gone.
+        match fs::read_to_string(format!("/proc/{}/stat", self.pid)) {
+            Ok(stat) => stat
+                .rsplit_once(')')
+                .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
+                .unwrap_or(false),
+            Err(_) => false,
+        }
+    }
+
+    /// Where the executable's first byte is mapped, as (start, file offset)
+    /// pairs per mapping of `exe`, from /proc/PID/maps. Used to compute the
+    /// load bias of PIE executables.
+    pub fn exe_mappings(&self) -> Result<Vec<Mapping>> {
+        let exe_target = fs::read_link(&self.exe_link)
+            .with_context(|| format!("reading {}", self.exe_link.display()))?;
+        let maps = fs::read_to_string(format!("/proc/{}/maps", self.pid))
+            .map_err(|_| TargetError::ExitedDuringAttach(self.pid))?;
+        Ok(parse_maps(&maps, &exe_target))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mapping {
+    pub start: u64,
+    pub end: u64,
+    pub file_offset: u64,
+}
+
+fn parse_maps(maps: &str, exe: &Path) -> Vec<Mapping> {
+    let exe = exe.to_string_lossy();
+    let exe = exe.trim_end_matches(" (deleted)");
+    maps.lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let range = fields.next()?;
+            let _perms = fields.next()?;
+            let offset = fields.next()?;
+            let _dev = fields.next()?;
+            let _inode = fields.next()?;
+            let path: String = fields.collect::<Vec<_>>().join(" ");
+            if path.trim_end_matches(" (deleted)") != exe {
+                return None;
+            }
+            let (start, end) = range.split_once('-')?;
+            Some(Mapping {
+                start: u64::from_str_radix(start, 16).ok()?,
+                end: u64::from_str_radix(end, 16).ok()?,
+                file_offset: u64::from_str_radix(offset, 16).ok()?,
+            })
+        })
+        .collect()
+}
+
+/// Load bias of a mapped ELF: runtime address = link-time VA + bias.
+///
+/// `segments` are the PT_LOAD (vaddr, file offset) pairs. 0 for non-PIE.
+pub fn load_bias(mappings: &[Mapping], segments: &[(u64, u64)]) -> Option<u64> {
+    for m in mappings {
+        for &(vaddr, offset) in segments {
+            // Segments are mapped page-aligned: match on the page-aligned offset.
+            let page_off = offset & !0xfff;
+            if page_off == m.file_offset {
+                let page_vaddr = vaddr & !0xfff;
+                return Some(m.start.wrapping_sub(page_vaddr));
+            }
+        }
+    }
+    None
+}
+
+/// Fail early, with the fix, when we cannot load eBPF at all.
+pub fn check_privileges() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return Ok(());
+    }
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let cap_eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    const CAP_SYS_PTRACE: u64 = 19;
+    const CAP_SYS_ADMIN: u64 = 21;
+    const CAP_PERFMON: u64 = 38;
+    const CAP_BPF: u64 = 39;
+    let has = |cap: u64| cap_eff & (1 << cap) != 0;
+    let bpf_ok = (has(CAP_BPF) && has(CAP_PERFMON)) || has(CAP_SYS_ADMIN);
+    if bpf_ok && has(CAP_SYS_PTRACE) {
+        return Ok(());
+    }
+    bail!(
+        "leaktrace needs root, or the capabilities CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE, to load \
+         probes and read the target's memory. Run it with sudo, or: \
+         sudo setcap cap_bpf,cap_perfmon,cap_sys_ptrace+ep $(command -v leaktrace)"
+    )
+}
+
+/// Fail early, with the fix, on kernels without what the probes need.
+pub fn check_kernel() -> Result<()> {
+    if !Path::new("/sys/bus/event_source/devices/uprobe").exists() {
+        bail!(
+            "this kernel has no uprobe support (/sys/bus/event_source/devices/uprobe is missing). \
+             leaktrace needs Linux ≥ 5.8 built with CONFIG_UPROBES=y and CONFIG_BPF_EVENTS=y."
+        );
+    }
+    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        bail!(
+            "this kernel exposes no BTF (/sys/kernel/btf/vmlinux is missing). leaktrace needs \
+             Linux ≥ 5.8 built with CONFIG_DEBUG_INFO_BTF=y."
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_and_bias_for_a_pie() {
+        let maps = "\
+555555554000-555555556000 r--p 00000000 fd:01 1234 /srv/api
+555555556000-55555555a000 r-xp 00002000 fd:01 1234 /srv/api
+7ffff7dd3000-7ffff7dfc000 r-xp 00000000 fd:01 99 /usr/lib/libc.so.6
+";
+        let m = parse_maps(maps, Path::new("/srv/api"));
+        assert_eq!(m.len(), 2);
+        let bias = load_bias(&m, &[(0, 0), (0x2000, 0x2000)]).unwrap();
+        assert_eq!(bias, 0x555555554000);
+        // Non-PIE: mapped at its link address.
+        let m = [Mapping {
+            start: 0x400000,
+            end: 0x500000,
+            file_offset: 0,
+        }];
+        assert_eq!(load_bias(&m, &[(0x400000, 0)]), Some(0));
+    }
+
+    #[test]
+    fn missing_pid_names_the_fix() {
+        let err = Process::open(u32::MAX - 1).unwrap_err().to_string();
+        assert!(err.contains("no process with pid"), "{err}");
+    }
+}

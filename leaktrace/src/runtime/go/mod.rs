@@ -1,7 +1,10 @@
 //! Everything leaktrace knows about Go's runtime.
 pub mod allgs_locate;
+pub mod attach;
 pub mod binary;
+pub mod events;
 pub mod layout;
 pub mod probe_points;
+pub mod reader;
 pub mod version;
 pub mod wait_reason;

@@ -1,1 +1,1044 @@
-//! TODO
+//! Where to put the Go lifecycle uprobes inside a binary (amd64).
+//!
+//! A uprobe on an instruction the kernel can only single-step (the `CMPQ SP,
+//! 0x10(R14)` stack check every Go function starts with, a `RET`) costs about
+//! 19 µs here; on a branch or direct call, which the kernel emulates, about
+//! 0.7 µs. So each probe goes on the first emulated instruction that every
+//! execution of the function still reaches with its inputs untouched: for
+//! `park_m`/`goexit0` the `JBE morestack` after the stack check, for spawns the
+//! `CALL runtime.casgstatus` inside `newproc1` (RAX = newg by the register ABI).
+//!
+//! Everything here works on link-time virtual addresses and bytes handed in by
+//! closures, so it does not care whether the binary is stripped or PIE.
+use anyhow::{Context, Result, bail};
+use iced_x86::{
+    Code, Decoder, DecoderOptions, FlowControl, Instruction, InstructionInfoFactory, Mnemonic,
+    OpAccess, Register,
+};
+
+/// How spawns are observed; the number is the uprobe cookie
+/// (`leaktrace_common::spawn_point`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpawnProbe {
+    /// `CALL runtime.casgstatus` sites in `newproc1` (emulated, cheap).
+    CasgstatusCall,
+    /// Every `RET` of `newproc1` (single-stepped, slow): casgstatus was
+    /// inlined (PGO) so no call is left to probe.
+    Newproc1Ret,
+}
+
+impl SpawnProbe {
+    /// The attach cookie the eBPF program uses to interpret registers.
+    pub fn cookie(self) -> u64 {
+        match self {
+            SpawnProbe::CasgstatusCall => leaktrace_common::spawn_point::CASGSTATUS_CALL,
+            SpawnProbe::Newproc1Ret => leaktrace_common::spawn_point::NEWPROC1_RET,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbePoint {
+    /// Link-time virtual address of the probed instruction.
+    pub va: u64,
+    /// false => the kernel single-steps this instruction (≈ 25x slower).
+    pub emulated: bool,
+    /// Human-readable description, e.g. `runtime.park_m+4 (JBE)`.
+    pub what: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GoProbePlan {
+    pub spawn: Vec<ProbePoint>,
+    pub spawn_kind: SpawnProbe,
+    pub park: ProbePoint,
+    pub exit: ProbePoint,
+}
+
+/// A direct `CALL` found inside a function.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallSite {
+    pub va: u64,
+    /// EBX when it is set by a constant in the same basic block just before
+    /// the call. For casgstatus that is `oldval`; `Some(0)` (`_Gidle`) marks
+    /// the fresh-g `casgstatus(newg, _Gidle, _Gdead)` that is not a spawn.
+    pub ebx: Option<u32>,
+}
+
+/// `_Gdead`, unchanged from Go 1.0 through 1.27.
+const G_DEAD: u32 = 6;
+
+/// How far into a prologue to look for an emulated instruction. Go's stack
+/// checks are at most four instructions (`MOVQ SP, R12; SUBQ $n, R12; JCS;
+/// CMPQ; JBE` for huge frames), so the branch is always within this window.
+const PROLOGUE_WINDOW: usize = 8;
+
+/// Largest function body we are willing to decode; runtime functions are a
+/// few KiB, so anything bigger means a wrong (entry, end) pair.
+const MAX_FUNC_BYTES: u64 = 1 << 20;
+
+/// Decode `code` (starting at `va`) by linear sweep. Go's amd64 text holds
+/// no data (jump tables live in rodata), so a linear sweep sees every
+/// instruction; undecodable bytes come back as invalid instructions.
+pub(crate) fn decode_all(code: &[u8], va: u64) -> Vec<Instruction> {
+    let mut decoder = Decoder::with_ip(64, code, va, DecoderOptions::NONE);
+    let mut out = Vec::with_capacity(code.len() / 4);
+    let mut instr = Instruction::default();
+    while decoder.can_decode() {
+        decoder.decode_out(&mut instr);
+        out.push(instr);
+    }
+    out
+}
+
+/// Raw bytes of `instr` inside `code` (which starts at `base`).
+fn instr_bytes<'a>(code: &'a [u8], base: u64, instr: &Instruction) -> &'a [u8] {
+    let start = instr.ip().wrapping_sub(base) as usize;
+    code.get(start..start.saturating_add(instr.len()))
+        .unwrap_or(&[])
+}
+
+/// Whether the x86 uprobe code (`branch_setup_xol_ops` in
+/// arch/x86/kernel/uprobes.c) emulates this instruction instead of
+/// single-stepping it: relative `JMP`, `Jcc` (not JRCXZ/LOOP) and `CALL rel32`,
+/// rejected when they carry an operand-size (0x66) prefix.
+pub fn kernel_emulates(instr: &Instruction, bytes: &[u8]) -> bool {
+    let branch = matches!(
+        instr.code(),
+        Code::Jmp_rel8_64 | Code::Jmp_rel32_64 | Code::Call_rel32_64
+    ) || (instr.is_jcc_short_or_near()
+        && instr.flow_control() == FlowControl::ConditionalBranch);
+    if !branch || instr.is_invalid() {
+        return false;
+    }
+    for &b in bytes {
+        match b {
+            0x66 => return false,
+            0x26 | 0x2e | 0x36 | 0x3e | 0x64 | 0x65 | 0x67 | 0xf0 | 0xf2 | 0xf3 | 0x40..=0x4f => {}
+            _ => break,
+        }
+    }
+    true
+}
+
+fn mnemonic_name(m: Mnemonic) -> String {
+    format!("{m:?}").to_uppercase()
+}
+
+/// Whether `instr` leaves everything a probe at function entry could observe
+/// as it was. The eBPF programs only read RAX today, but the point is meant
+/// to be equivalent to the entry: no write to memory, and no write to any
+/// register except the stack-check temporaries R12/R13 (and flags).
+fn preserves_entry_state(info_factory: &mut InstructionInfoFactory, instr: &Instruction) -> bool {
+    let info = info_factory.info(instr);
+    let writes = |a: OpAccess| {
+        matches!(
+            a,
+            OpAccess::Write | OpAccess::CondWrite | OpAccess::ReadWrite | OpAccess::ReadCondWrite
+        )
+    };
+    if info.used_memory().iter().any(|m| writes(m.access())) {
+        return false;
+    }
+    info.used_registers().iter().all(|r| {
+        !writes(r.access()) || matches!(r.register().full_register(), Register::R12 | Register::R13)
+    })
+}
+
+/// Find the cheapest probe point equivalent to a function's entry: the first
+/// instruction the kernel emulates, reached by straight-line code that wrote
+/// nothing but R12/R13/flags (so RAX, the other ABI argument registers, R14
+/// and the stack still hold their entry values). Falls back to the entry
+/// itself (single-stepped) when the prologue is not the usual stack check.
+///
+/// `what` is `+OFF (MNEMONIC)`; [`plan_probes`] prefixes the function name.
+pub fn first_emulated_point(code: &[u8], entry_va: u64) -> ProbePoint {
+    emulated_point_labeled(code, entry_va, "")
+}
+
+fn emulated_point_labeled(code: &[u8], entry_va: u64, label: &str) -> ProbePoint {
+    let window = &code[..code.len().min(PROLOGUE_WINDOW * 15)];
+    let instrs = decode_all(window, entry_va);
+    let mut factory = InstructionInfoFactory::new();
+    for instr in instrs.iter().take(PROLOGUE_WINDOW) {
+        if instr.is_invalid() {
+            break;
+        }
+        let off = instr.ip().wrapping_sub(entry_va);
+        if kernel_emulates(instr, instr_bytes(window, entry_va, instr)) {
+            return ProbePoint {
+                va: instr.ip(),
+                emulated: true,
+                what: format!("{label}+{off} ({})", mnemonic_name(instr.mnemonic())),
+            };
+        }
+        // Any other control transfer ends the straight line: what follows
+        // is not reached by every call.
+        if instr.flow_control() != FlowControl::Next || !preserves_entry_state(&mut factory, instr)
+        {
+            break;
+        }
+    }
+    let first = instrs
+        .first()
+        .filter(|i| !i.is_invalid())
+        .map(|i| mnemonic_name(i.mnemonic()))
+        .unwrap_or_else(|| "undecodable".to_string());
+    ProbePoint {
+        va: entry_va,
+        emulated: false,
+        what: format!("{label}+0 ({first}; no emulated branch in the prologue, single-stepped)"),
+    }
+}
+
+/// Every `CALL rel32` in `code` whose target is `target`.
+pub fn find_calls_to(code: &[u8], entry_va: u64, target: u64) -> Vec<CallSite> {
+    let instrs = decode_all(code, entry_va);
+    let block_starts = branch_targets(&instrs);
+    instrs
+        .iter()
+        .enumerate()
+        .filter(|(_, i)| i.code() == Code::Call_rel32_64 && i.near_branch_target() == target)
+        .map(|(idx, i)| CallSite {
+            va: i.ip(),
+            ebx: ebx_constant_before(&instrs, idx, &block_starts),
+        })
+        .collect()
+}
+
+/// Addresses of every `RET` in `code`.
+pub fn find_rets(code: &[u8], entry_va: u64) -> Vec<u64> {
+    decode_all(code, entry_va)
+        .iter()
+        .filter(|i| i.flow_control() == FlowControl::Return)
+        .map(|i| i.ip())
+        .collect()
+}
+
+/// Targets of direct jumps inside the decoded range: the starts of basic
+/// blocks that can be entered from elsewhere.
+pub(crate) fn branch_targets(instrs: &[Instruction]) -> std::collections::HashSet<u64> {
+    instrs
+        .iter()
+        .filter(|i| {
+            matches!(
+                i.flow_control(),
+                FlowControl::UnconditionalBranch | FlowControl::ConditionalBranch
+            )
+        })
+        .map(|i| i.near_branch_target())
+        .collect()
+}
+
+/// The constant EBX holds at `instrs[idx]`, if the basic block sets it with
+/// `MOVL $imm, BX` or `XORL BX, BX` before the call.
+fn ebx_constant_before(
+    instrs: &[Instruction],
+    idx: usize,
+    block_starts: &std::collections::HashSet<u64>,
+) -> Option<u32> {
+    let mut factory = InstructionInfoFactory::new();
+    let call_ip = instrs.get(idx)?.ip();
+    for j in (0..idx).rev() {
+        let instr = instrs.get(j)?;
+        if instr.flow_control() != FlowControl::Next {
+            return None;
+        }
+        let writes_rbx = factory.info(instr).used_registers().iter().any(|r| {
+            r.register().full_register() == Register::RBX
+                && matches!(
+                    r.access(),
+                    OpAccess::Write
+                        | OpAccess::CondWrite
+                        | OpAccess::ReadWrite
+                        | OpAccess::ReadCondWrite
+                )
+        });
+        if writes_rbx {
+            return match instr.code() {
+                Code::Mov_r32_imm32 if instr.op0_register() == Register::EBX => {
+                    Some(instr.immediate32())
+                }
+                Code::Xor_r32_rm32 | Code::Xor_rm32_r32
+                    if instr.op0_register() == Register::EBX
+                        && instr.op1_register() == Register::EBX =>
+                {
+                    Some(0)
+                }
+                _ => None,
+            };
+        }
+        // Another path may join here with a different EBX.
+        if block_starts.contains(&instr.ip()) || call_ip.wrapping_sub(instr.ip()) > 64 {
+            return None;
+        }
+    }
+    None
+}
+
+fn function_code(
+    code_at: &dyn Fn(u64, usize) -> Option<Vec<u8>>,
+    func: &dyn Fn(&str) -> Option<(u64, u64)>,
+    name: &str,
+) -> Result<(u64, Vec<u8>)> {
+    let (entry, end) = func(name).with_context(|| format!("function {name} not found"))?;
+    if end <= entry || end - entry > MAX_FUNC_BYTES {
+        bail!("function {name} has an implausible range {entry:#x}..{end:#x}");
+    }
+    let code = code_at(entry, (end - entry) as usize)
+        .with_context(|| format!("no code bytes for {name} at {entry:#x}"))?;
+    Ok((entry, code))
+}
+
+/// The probe point for an `mcall` target such as `runtime.park_m`.
+fn entry_point(
+    code_at: &dyn Fn(u64, usize) -> Option<Vec<u8>>,
+    func: &dyn Fn(&str) -> Option<(u64, u64)>,
+    name: &str,
+) -> Result<ProbePoint> {
+    let (entry, code) = function_code(code_at, func, name)?;
+    Ok(emulated_point_labeled(&code, entry, name))
+}
+
+/// Plan the spawn, park and exit uprobes for a Go amd64 binary.
+pub fn plan_probes(
+    code_at: &dyn Fn(u64, usize) -> Option<Vec<u8>>,
+    func: &dyn Fn(&str) -> Option<(u64, u64)>,
+) -> Result<GoProbePlan> {
+    let park = entry_point(code_at, func, "runtime.park_m")?;
+    let exit = entry_point(code_at, func, "runtime.goexit0")?;
+
+    let (np_entry, np_code) = function_code(code_at, func, "runtime.newproc1")?;
+    let label = |va: u64| format!("runtime.newproc1+{:#x}", va.wrapping_sub(np_entry));
+
+    let calls = func("runtime.casgstatus")
+        .map(|(casg, _)| find_calls_to(&np_code, np_entry, casg))
+        .unwrap_or_default();
+    // Under PGO the hot `casgstatus(newg, _Gdead, ...)` can be inlined while
+    // the cold `_Gidle → _Gdead` call for fresh gs stays: calls that provably
+    // pass another old status would never report a spawn, so they alone do
+    // not make a plan.
+    if calls.iter().any(|c| c.ebx.is_none_or(|v| v == G_DEAD)) {
+        let spawn = calls
+            .iter()
+            .map(|c| ProbePoint {
+                va: c.va,
+                emulated: true,
+                what: match c.ebx {
+                    Some(v) => format!("{} (CALL runtime.casgstatus, EBX={v})", label(c.va)),
+                    None => format!("{} (CALL runtime.casgstatus)", label(c.va)),
+                },
+            })
+            .collect();
+        return Ok(GoProbePlan {
+            spawn,
+            spawn_kind: SpawnProbe::CasgstatusCall,
+            park,
+            exit,
+        });
+    }
+
+    let rets = find_rets(&np_code, np_entry);
+    if rets.is_empty() {
+        bail!("runtime.newproc1 has neither a CALL to runtime.casgstatus nor a RET");
+    }
+    Ok(GoProbePlan {
+        spawn: rets
+            .into_iter()
+            .map(|va| ProbePoint {
+                va,
+                emulated: false,
+                what: format!("{} (RET)", label(va)),
+            })
+            .collect(),
+        spawn_kind: SpawnProbe::Newproc1Ret,
+        park,
+        exit,
+    })
+}
+
+/// Building small Go programs with every installed toolchain, shared by the
+/// tests of this module and of `allgs_locate`.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use std::{
+        collections::HashMap,
+        hash::{Hash, Hasher},
+        path::{Path, PathBuf},
+        process::Command,
+        sync::Mutex,
+    };
+
+    use object::{Object, ObjectSection, ObjectSymbol};
+
+    /// Goroutines that park on a channel, a mutex and a sleep; `-cpuprofile`
+    /// runs a spawn-heavy loop instead to produce a PGO profile; `-hold`
+    /// keeps the process alive so tests can read its memory.
+    pub const GO_MAIN: &str = r#"package main
+
+import (
+	"flag"
+	"os"
+	"runtime/pprof"
+	"sync"
+	"time"
+)
+
+var sink = make(chan int)
+
+func leak(n int) {
+	for i := 0; i < n; i++ {
+		go func(i int) { sink <- i }(i)
+	}
+}
+
+func churn(d time.Duration) {
+	end := time.Now().Add(d)
+	var wg sync.WaitGroup
+	for time.Now().Before(end) {
+		for i := 0; i < 1000; i++ {
+			wg.Add(1)
+			c := make(chan int)
+			go func() { c <- 1; wg.Done() }()
+			<-c
+		}
+		wg.Wait()
+	}
+}
+
+func main() {
+	profile := flag.String("cpuprofile", "", "write a CPU profile of a spawn-heavy run")
+	hold := flag.Duration("hold", 50*time.Millisecond, "how long to stay alive")
+	flag.Parse()
+	if *profile != "" {
+		f, err := os.Create(*profile)
+		if err != nil {
+			panic(err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			panic(err)
+		}
+		churn(3 * time.Second)
+		pprof.StopCPUProfile()
+		f.Close()
+		return
+	}
+	leak(4)
+	var mu sync.Mutex
+	mu.Lock()
+	go func() { mu.Lock() }()
+	go func() { time.Sleep(time.Hour) }()
+	time.Sleep(*hold)
+}
+"#;
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub enum Mode {
+        Plain,
+        Stripped,
+        Pie,
+        PieStripped,
+        /// `-pgo=` with a CPU profile of the spawn-heavy loop (Go ≥ 1.21).
+        Pgo,
+    }
+
+    impl Mode {
+        pub fn name(self) -> &'static str {
+            match self {
+                Mode::Plain => "plain",
+                Mode::Stripped => "-s -w",
+                Mode::Pie => "pie",
+                Mode::PieStripped => "pie -s -w",
+                Mode::Pgo => "pgo",
+            }
+        }
+
+        fn file_tag(self) -> &'static str {
+            match self {
+                Mode::Plain => "plain",
+                Mode::Stripped => "stripped",
+                Mode::Pie => "pie",
+                Mode::PieStripped => "pie-stripped",
+                Mode::Pgo => "pgo",
+            }
+        }
+    }
+
+    pub struct Toolchain {
+        pub version: &'static str,
+        pub go: PathBuf,
+    }
+
+    const VENV_VERSIONS: [&str; 7] = [
+        "1.21.13", "1.22.10", "1.23.9", "1.24.11", "1.25.5", "1.26.6", "1.27.3",
+    ];
+
+    /// Installed toolchains; missing ones are skipped with a printed reason.
+    pub fn toolchains() -> Vec<Toolchain> {
+        let mut all = vec![Toolchain {
+            version: "1.19.8",
+            go: PathBuf::from("/usr/bin/go"),
+        }];
+        for v in VENV_VERSIONS {
+            all.push(Toolchain {
+                version: v,
+                go: PathBuf::from(format!("/root/.cache/leaktrace/go/go{v}/bin/go")),
+            });
+        }
+        all.retain(|t| {
+            let ok = t.go.exists();
+            if !ok {
+                println!("SKIP go{}: {} is missing", t.version, t.go.display());
+            }
+            ok
+        });
+        all
+    }
+
+    /// Minor version as (1, minor).
+    pub fn minor(version: &str) -> u32 {
+        version
+            .split('.')
+            .nth(1)
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn work_dir() -> PathBuf {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        GO_MAIN.hash(&mut h);
+        std::env::temp_dir().join(format!("leaktrace-go-probe-tests-{:016x}", h.finish()))
+    }
+
+    /// Builds are serialised: two cores, and the toolchains share GOCACHE.
+    static BUILD_LOCK: Mutex<()> = Mutex::new(());
+
+    fn go_command(tc: &Toolchain, dir: &Path) -> Command {
+        let mut cmd = Command::new(&tc.go);
+        cmd.current_dir(dir.join("src"))
+            .env("GOTOOLCHAIN", "local")
+            .env("GOFLAGS", "-mod=mod")
+            .env("GOPATH", dir.join("gopath"))
+            .env("GOCACHE", dir.join("gocache"))
+            .env("GOPROXY", "off");
+        cmd
+    }
+
+    fn run(mut cmd: Command) -> Result<(), String> {
+        let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{cmd:?} failed: {}\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    }
+
+    /// Build the test program (cached across test runs).
+    pub fn build(tc: &Toolchain, mode: Mode) -> Result<PathBuf, String> {
+        let _guard = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        build_locked(tc, mode)
+    }
+
+    fn build_locked(tc: &Toolchain, mode: Mode) -> Result<PathBuf, String> {
+        let dir = work_dir();
+        let out = dir.join(format!("spawn-{}-{}", tc.version, mode.file_tag()));
+        if out.exists() {
+            return Ok(out);
+        }
+        let src = dir.join("src");
+        std::fs::create_dir_all(&src).map_err(|e| e.to_string())?;
+        std::fs::write(
+            src.join("go.mod"),
+            "module leaktrace.test/spawn\n\ngo 1.19\n",
+        )
+        .map_err(|e| e.to_string())?;
+        std::fs::write(src.join("main.go"), GO_MAIN).map_err(|e| e.to_string())?;
+
+        let mut args: Vec<String> = vec!["build".into()];
+        match mode {
+            Mode::Plain => {}
+            Mode::Stripped => args.push("-ldflags=-s -w".into()),
+            Mode::Pie => args.push("-buildmode=pie".into()),
+            Mode::PieStripped => {
+                args.push("-buildmode=pie".into());
+                args.push("-ldflags=-s -w".into());
+            }
+            Mode::Pgo => {
+                let profile = dir.join(format!("cpu-{}.pprof", tc.version));
+                if !profile.exists() {
+                    let plain = build_locked(tc, Mode::Plain)?;
+                    let tmp = profile.with_extension("tmp");
+                    let mut cmd = Command::new(plain);
+                    cmd.arg(format!("-cpuprofile={}", tmp.display()));
+                    run(cmd)?;
+                    std::fs::rename(&tmp, &profile).map_err(|e| e.to_string())?;
+                }
+                args.push(format!("-pgo={}", profile.display()));
+            }
+        }
+        let tmp = out.with_extension("tmp");
+        args.push("-o".into());
+        args.push(tmp.display().to_string());
+        args.push(".".into());
+        let mut cmd = go_command(tc, &dir);
+        cmd.args(&args);
+        run(cmd)?;
+        std::fs::rename(&tmp, &out).map_err(|e| e.to_string())?;
+        Ok(out)
+    }
+
+    /// A built Go binary, with functions found through `.symtab` when it is
+    /// there and through pclntab (gobin) otherwise.
+    pub struct GoBin {
+        pub data: Vec<u8>,
+        /// (va, size, file offset) of sections with file contents.
+        sections: Vec<(u64, u64, u64)>,
+        symtab_funcs: HashMap<String, (u64, u64)>,
+        data_syms: HashMap<String, u64>,
+        pcln_funcs: HashMap<String, (u64, u64)>,
+    }
+
+    impl GoBin {
+        pub fn load(path: &Path) -> GoBin {
+            let data = std::fs::read(path).expect("read Go binary");
+            let (sections, symtab_funcs, data_syms) = {
+                let file = object::File::parse(&*data).expect("parse ELF");
+                let sections = file
+                    .sections()
+                    .filter_map(|s| {
+                        let (off, size) = s.file_range()?;
+                        (s.address() != 0).then_some((s.address(), size, off))
+                    })
+                    .collect();
+                let mut funcs = HashMap::new();
+                let mut datas = HashMap::new();
+                for sym in file.symbols() {
+                    let Ok(name) = sym.name() else { continue };
+                    match sym.kind() {
+                        object::SymbolKind::Text if sym.size() > 0 => {
+                            funcs.insert(
+                                name.to_string(),
+                                (sym.address(), sym.address() + sym.size()),
+                            );
+                        }
+                        object::SymbolKind::Data => {
+                            datas.insert(name.to_string(), sym.address());
+                        }
+                        _ => {}
+                    }
+                }
+                (sections, funcs, datas)
+            };
+            let pcln_funcs = {
+                let gb = gobin::GoBinary::parse(&data).expect("gobin parses the binary");
+                let text = gb.text_va().expect("runtime.text");
+                let mut entries: Vec<(u64, &str)> = gb
+                    .functions()
+                    .map(|f| (text + u64::from(f.entry_offset), f.name))
+                    .collect();
+                entries.sort_unstable();
+                let mut map = HashMap::new();
+                for (i, &(entry, name)) in entries.iter().enumerate() {
+                    let end = entries
+                        .get(i + 1)
+                        .map(|e| e.0)
+                        .or_else(|| gb.etext_va())
+                        .unwrap_or(entry + 0x1000);
+                    map.entry(name.to_string()).or_insert((entry, end));
+                }
+                map
+            };
+            GoBin {
+                data,
+                sections,
+                symtab_funcs,
+                data_syms,
+                pcln_funcs,
+            }
+        }
+
+        pub fn has_symtab(&self) -> bool {
+            !self.symtab_funcs.is_empty()
+        }
+
+        pub fn code_at(&self, va: u64, len: usize) -> Option<Vec<u8>> {
+            let &(sva, size, off) = self
+                .sections
+                .iter()
+                .find(|&&(sva, size, _)| va >= sva && va < sva + size)?;
+            let end = va.checked_add(len as u64)?;
+            if end > sva + size {
+                return None;
+            }
+            let start = (off + (va - sva)) as usize;
+            self.data.get(start..start + len).map(<[u8]>::to_vec)
+        }
+
+        /// `.symtab` in unstripped builds (as the brief asks), pclntab
+        /// otherwise.
+        pub fn func(&self, name: &str) -> Option<(u64, u64)> {
+            if self.has_symtab() {
+                self.symtab_funcs.get(name).copied()
+            } else {
+                self.pcln_funcs.get(name).copied()
+            }
+        }
+
+        pub fn pcln_func(&self, name: &str) -> Option<(u64, u64)> {
+            self.pcln_funcs.get(name).copied()
+        }
+
+        pub fn data_symbol(&self, name: &str) -> Option<u64> {
+            self.data_syms.get(name).copied()
+        }
+
+        /// (section name, offset in it) of a VA: comparable across builds
+        /// whose sections shifted (`-s -w` lengthens .go.buildinfo).
+        pub fn section_offset(&self, va: u64) -> Option<(String, u64)> {
+            let file = object::File::parse(&*self.data).ok()?;
+            file.sections()
+                .filter(|s| s.address() != 0)
+                .find(|s| va >= s.address() && va < s.address() + s.size())
+                .and_then(|s| Some((s.name().ok()?.to_string(), va - s.address())))
+        }
+
+        /// Lowest `PT_LOAD` virtual address.
+        pub fn first_load_vaddr(&self) -> Option<u64> {
+            use object::ObjectSegment;
+            let file = object::File::parse(&*self.data).ok()?;
+            file.segments().map(|s| s.address()).min()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::{GoBin, Mode, build, minor, toolchains};
+    use super::*;
+
+    #[test]
+    fn small_frame_prologue_probes_the_jbe() {
+        // CMPQ SP, 0x10(R14); JBE rel32; PUSHQ BP
+        let code = [
+            0x49, 0x3b, 0x66, 0x10, 0x0f, 0x86, 0x81, 0x02, 0x00, 0x00, 0x55,
+        ];
+        let p = first_emulated_point(&code, 0x1000);
+        assert_eq!(p.va, 0x1004);
+        assert!(p.emulated);
+        assert_eq!(p.what, "+4 (JBE)");
+    }
+
+    #[test]
+    fn big_frame_prologue_probes_after_lea_r12() {
+        // LEAQ -0x100(SP), R12; CMPQ R12, 0x10(R14); JBE rel8
+        let code = [
+            0x4c, 0x8d, 0xa4, 0x24, 0x00, 0xff, 0xff, 0xff, 0x4d, 0x3b, 0x66, 0x10, 0x76, 0x10,
+        ];
+        let p = first_emulated_point(&code, 0x2000);
+        assert_eq!(p.va, 0x200c);
+        assert!(p.emulated);
+    }
+
+    #[test]
+    fn branch_at_entry_is_offset_zero() {
+        // JMP rel32
+        let p = first_emulated_point(&[0xe9, 0, 0, 0, 0], 0x3000);
+        assert_eq!((p.va, p.emulated), (0x3000, true));
+        // CALL rel32
+        let p = first_emulated_point(&[0xe8, 0, 0, 0, 0], 0x3000);
+        assert_eq!((p.va, p.emulated), (0x3000, true));
+    }
+
+    #[test]
+    fn writes_before_the_branch_force_the_entry() {
+        // MOVL $1, AX; JMP: RAX no longer holds the argument at the JMP.
+        let p = first_emulated_point(&[0xb8, 1, 0, 0, 0, 0xeb, 0x00], 0x4000);
+        assert_eq!((p.va, p.emulated), (0x4000, false));
+        // MOVQ AX, 8(SP); JMP: memory written.
+        let p = first_emulated_point(&[0x48, 0x89, 0x44, 0x24, 0x08, 0xeb, 0x00], 0x4000);
+        assert_eq!((p.va, p.emulated), (0x4000, false));
+        // PUSHQ BP; JMP: the stack moved.
+        let p = first_emulated_point(&[0x55, 0xeb, 0x00], 0x4000);
+        assert_eq!((p.va, p.emulated), (0x4000, false));
+    }
+
+    #[test]
+    fn unemulated_control_flow_and_odd_input_fall_back() {
+        for code in [
+            &[][..],
+            &[0xc3, 0xeb, 0x00][..],       // RET first
+            &[0xff, 0xe0, 0xeb, 0x00][..], // JMP AX (indirect, single-stepped)
+            &[0x66, 0x0f, 0x84, 0, 0][..], // JE with a 0x66 prefix (not emulated)
+            &[0xe3, 0x00][..],             // JRCXZ
+            &[0x0f, 0x0b][..],             // UD2
+            &[0x06][..],                   // invalid in 64-bit mode
+            &[0x49, 0x3b, 0x66][..],       // truncated
+            &[0x90; 40][..],               // NOPs beyond the window
+        ] {
+            let p = first_emulated_point(code, 0x5000);
+            assert_eq!((p.va, p.emulated), (0x5000, false), "{code:x?}: {p:?}");
+        }
+    }
+
+    /// Plan over a fake binary: park_m/goexit0 share one body at 0x200,
+    /// newproc1 is at 0x100 and casgstatus at 0x1000.
+    fn synthetic_plan(newproc1: &[u8]) -> Result<GoProbePlan> {
+        let park: &[u8] = &[
+            0x49, 0x3b, 0x66, 0x10, 0x0f, 0x86, 0x81, 0x02, 0x00, 0x00, 0x55,
+        ];
+        let funcs = |n: &str| match n {
+            "runtime.park_m" | "runtime.goexit0" => Some((0x200, 0x200 + park.len() as u64)),
+            "runtime.newproc1" => Some((0x100, 0x100 + newproc1.len() as u64)),
+            "runtime.casgstatus" => Some((0x1000, 0x1100)),
+            _ => None,
+        };
+        let code = |va: u64, len: usize| -> Option<Vec<u8>> {
+            let (base, bytes) = if va >= 0x200 {
+                (0x200, park)
+            } else {
+                (0x100, newproc1)
+            };
+            let start = va.checked_sub(base)? as usize;
+            bytes.get(start..start + len).map(<[u8]>::to_vec)
+        };
+        plan_probes(&code, &funcs)
+    }
+
+    #[test]
+    fn plan_on_synthetic_functions() {
+        // newproc1: CMPQ/JBE prologue; MOVL $6, BX; CALL casgstatus; RET
+        let mut newproc1 = vec![0x49, 0x3b, 0x66, 0x10, 0x76, 0x0b];
+        newproc1.extend([0xbb, 6, 0, 0, 0]); // 0x106
+        newproc1.extend([0xe8, 0xf0, 0x0e, 0, 0]); // 0x10b: CALL 0x1000
+        newproc1.extend([0xc3]);
+        let plan = synthetic_plan(&newproc1).unwrap();
+        assert_eq!(plan.spawn_kind, SpawnProbe::CasgstatusCall);
+        assert_eq!(plan.spawn.len(), 1);
+        assert_eq!(plan.spawn[0].va, 0x10b);
+        assert!(plan.spawn[0].what.contains("EBX=6"), "{plan:?}");
+        assert_eq!(plan.park.what, "runtime.park_m+4 (JBE)");
+
+        // Only a `_Gidle` call left (as if PGO inlined the other): RETs.
+        newproc1[7] = 0;
+        let plan = synthetic_plan(&newproc1).unwrap();
+        assert_eq!(plan.spawn_kind, SpawnProbe::Newproc1Ret);
+        assert_eq!(plan.spawn.len(), 1);
+        assert_eq!(plan.spawn[0].va, 0x110);
+        assert!(!plan.spawn[0].emulated);
+
+        // No casgstatus and no RET: an error, not a panic.
+        assert!(synthetic_plan(&[0x90, 0x90]).is_err());
+        assert!(plan_probes(&|_, _| None, &|_| Some((0x100, 0x200))).is_err());
+        assert!(plan_probes(&|_, _| Some(vec![0xc3]), &|_| None).is_err());
+        assert!(plan_probes(&|_, _| Some(vec![0xc3]), &|_| Some((0x200, 0x100))).is_err());
+    }
+
+    /// `runtime.g` field offsets, from research/go-runtime-tables.json:
+    /// (gopc, startpc, parentGoid, goid).
+    fn g_offsets(minor: u32) -> Option<(u64, u64, Option<u64>, u64)> {
+        Some(match minor {
+            19 | 20 => (296, 312, None, 152),
+            21 | 22 => (280, 296, Some(272), 152),
+            23 | 24 => (288, 304, Some(280), 160),
+            25 => (280, 296, Some(272), 152),
+            26 | 27 => (288, 304, Some(280), 152),
+            _ => return None,
+        })
+    }
+
+    /// Addresses of 8-byte stores `MOVQ reg, off(base)` into newproc1's
+    /// locals-free registers (not SP/BP) with the given displacement.
+    fn stores_at_offset(code: &[u8], entry: u64, off: u64) -> Vec<u64> {
+        let mut factory = iced_x86::InstructionInfoFactory::new();
+        decode_all(code, entry)
+            .iter()
+            .filter(|i| {
+                i.memory_displacement64() == off
+                    && !matches!(
+                        i.memory_base(),
+                        Register::RSP | Register::RBP | Register::RIP | Register::None
+                    )
+                    && factory.info(i).used_memory().iter().any(|m| {
+                        m.displacement() == off
+                            && matches!(m.access(), OpAccess::Write | OpAccess::ReadWrite)
+                    })
+            })
+            .map(|i| i.ip())
+            .collect()
+    }
+
+    /// Length of Go's stack-check sequence before the first branch, checking
+    /// that it is exactly one of the prologues the compiler emits.
+    fn stack_check(code: &[u8], entry: u64) -> Option<(u64, String)> {
+        let instrs = decode_all(&code[..code.len().min(64)], entry);
+        let mut shape = Vec::new();
+        for i in instrs.iter().take(5) {
+            let name = mnemonic_name(i.mnemonic());
+            if i.is_jcc_short_or_near() {
+                shape.push(name);
+                let s = shape.join(";");
+                let known = matches!(
+                    s.as_str(),
+                    "CMP;JBE" | "LEA;CMP;JBE" | "MOV;SUB;JB" | "MOV;SUB;JAE"
+                );
+                return known.then(|| (i.ip() - entry, s));
+            }
+            let guard_cmp = i.mnemonic() == Mnemonic::Cmp
+                && i.memory_base() == Register::R14
+                && i.memory_displacement64() == 0x10;
+            let r12_setup = matches!(i.mnemonic(), Mnemonic::Lea | Mnemonic::Mov | Mnemonic::Sub)
+                && i.op0_register() == Register::R12;
+            if !(guard_cmp || r12_setup) {
+                return None;
+            }
+            shape.push(name);
+        }
+        None
+    }
+
+    #[test]
+    fn go_builds_probe_plan() {
+        let mut rows = Vec::new();
+        for tc in toolchains() {
+            let m = minor(tc.version);
+            for mode in [Mode::Plain, Mode::Stripped, Mode::Pie, Mode::PieStripped] {
+                let path = build(&tc, mode).unwrap_or_else(|e| panic!("go{}: {e}", tc.version));
+                let bin = GoBin::load(&path);
+                assert_eq!(
+                    bin.has_symtab(),
+                    matches!(mode, Mode::Plain | Mode::Pie),
+                    "{path:?}"
+                );
+                let tag = format!("go{} {}", tc.version, mode.name());
+                if bin.has_symtab() {
+                    // pclntab (the stripped-binary route) agrees with .symtab.
+                    for f in ["runtime.park_m", "runtime.goexit0", "runtime.newproc1"] {
+                        assert_eq!(
+                            bin.func(f).map(|x| x.0),
+                            bin.pcln_func(f).map(|x| x.0),
+                            "{tag} {f}"
+                        );
+                    }
+                }
+                let plan = plan_probes(&|va, len| bin.code_at(va, len), &|n| bin.func(n))
+                    .unwrap_or_else(|e| panic!("{tag}: {e:#}"));
+
+                let mut cells = Vec::new();
+                for (name, point) in [
+                    ("runtime.park_m", &plan.park),
+                    ("runtime.goexit0", &plan.exit),
+                ] {
+                    let (entry, end) = bin.func(name).unwrap();
+                    let code = bin.code_at(entry, (end - entry) as usize).unwrap();
+                    let (len, shape) = stack_check(&code, entry)
+                        .unwrap_or_else(|| panic!("{tag}: {name} has no stack check prologue"));
+                    assert!(point.emulated, "{tag}: {point:?}");
+                    assert_eq!(point.va - entry, len, "{tag}: {point:?}");
+                    assert!(point.what.starts_with(name), "{tag}: {point:?}");
+                    cells.push(format!("+{len} {shape}"));
+                }
+
+                assert_eq!(plan.spawn_kind, SpawnProbe::CasgstatusCall, "{tag}");
+                let (np, np_end) = bin.func("runtime.newproc1").unwrap();
+                let np_code = bin.code_at(np, (np_end - np) as usize).unwrap();
+                let casg = bin.func("runtime.casgstatus").unwrap().0;
+                let sites = find_calls_to(&np_code, np, casg);
+                assert_eq!(
+                    plan.spawn.iter().map(|p| p.va).collect::<Vec<_>>(),
+                    sites.iter().map(|s| s.va).collect::<Vec<_>>(),
+                    "{tag}"
+                );
+                assert!(plan.spawn.iter().all(|p| p.emulated), "{tag}");
+                // One `_Gidle → _Gdead` for fresh gs and one `_Gdead → ...`,
+                // which the eBPF filter keeps.
+                let mut olds: Vec<Option<u32>> = sites.iter().map(|s| s.ebx).collect();
+                olds.sort();
+                assert_eq!(olds, vec![Some(0), Some(G_DEAD)], "{tag}: {sites:?}");
+                let spawn_va = sites.iter().find(|s| s.ebx == Some(G_DEAD)).unwrap().va;
+
+                // gopc, startpc (and parentGoid) are stored before the spawn call.
+                let (gopc, startpc, parent, goid) = g_offsets(m).expect("offsets for version");
+                let mut stored = Vec::new();
+                for (field, off) in [
+                    ("gopc", Some(gopc)),
+                    ("startpc", Some(startpc)),
+                    ("parentGoid", parent),
+                ] {
+                    let Some(off) = off else { continue };
+                    let at = stores_at_offset(&np_code, np, off);
+                    assert!(
+                        at.iter().any(|&a| a < spawn_va),
+                        "{tag}: no store to newg.{field} (+{off}) before {spawn_va:#x}: {at:x?}"
+                    );
+                    stored.push(field);
+                }
+                let goid_before = stores_at_offset(&np_code, np, goid)
+                    .iter()
+                    .any(|&a| a < spawn_va);
+                rows.push(format!(
+                    "| {:<8} | {:<9} | park_m {:<16} | goexit0 {:<16} | {} CALL casgstatus (EBX {:?}) at +{:#x} | set before: {}{} |",
+                    tc.version,
+                    mode.name(),
+                    cells[0],
+                    cells[1],
+                    sites.len(),
+                    olds.iter().map(|o| o.unwrap_or(u32::MAX)).collect::<Vec<_>>(),
+                    spawn_va - np,
+                    stored.join(","),
+                    if goid_before { ",goid" } else { "" },
+                ));
+            }
+        }
+        println!("\nprobe plan per Go build:");
+        for r in &rows {
+            println!("{r}");
+        }
+    }
+
+    #[test]
+    fn go_pgo_builds_probe_plan() {
+        let mut rows = Vec::new();
+        for tc in toolchains().into_iter().filter(|t| minor(t.version) >= 21) {
+            let path = build(&tc, Mode::Pgo).unwrap_or_else(|e| panic!("go{}: {e}", tc.version));
+            let bin = GoBin::load(&path);
+            let tag = format!("go{} pgo", tc.version);
+            let plan = plan_probes(&|va, len| bin.code_at(va, len), &|n| bin.func(n))
+                .unwrap_or_else(|e| panic!("{tag}: {e:#}"));
+            // park_m and goexit0 are only reached through mcall, so PGO never
+            // inlines them and their prologue is unchanged.
+            assert!(plan.park.emulated && plan.exit.emulated, "{tag}: {plan:?}");
+            let (np, np_end) = bin.func("runtime.newproc1").unwrap();
+            let np_code = bin.code_at(np, (np_end - np) as usize).unwrap();
+            let sites = bin
+                .func("runtime.casgstatus")
+                .map(|c| find_calls_to(&np_code, np, c.0))
+                .unwrap_or_default();
+            match plan.spawn_kind {
+                SpawnProbe::CasgstatusCall => {
+                    assert!(sites.iter().any(|s| s.ebx != Some(0)), "{tag}")
+                }
+                SpawnProbe::Newproc1Ret => {
+                    assert!(!plan.spawn.is_empty() && plan.spawn.iter().all(|p| !p.emulated))
+                }
+            }
+            rows.push(format!(
+                "| {:<8} | pgo | newproc1 CALL casgstatus EBX {:?} | plan {:?} with {} point(s): {} | park {} | exit {} |",
+                tc.version,
+                sites.iter().map(|s| s.ebx).collect::<Vec<_>>(),
+                plan.spawn_kind,
+                plan.spawn.len(),
+                plan.spawn.iter().map(|p| p.what.as_str()).collect::<Vec<_>>().join(", "),
+                plan.park.what,
+                plan.exit.what,
+            ));
+        }
+        println!("\nPGO builds:");
+        for r in &rows {
+            println!("{r}");
+        }
+    }
+}

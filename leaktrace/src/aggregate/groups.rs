@@ -1,0 +1,186 @@
+//! Grouping live tasks by where they were created, what they wait for and
+//! where they are stuck.
+use std::collections::HashMap;
+
+use crate::{
+    runtime::{TaskState, TaskView},
+    symbols::Frame,
+};
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct GroupKey {
+    pub created_by: Frame,
+    pub start: Frame,
+    pub state: TaskState,
+    pub blocked_at: Option<Frame>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Group {
+    pub key: GroupKey,
+    pub count: u64,
+    pub never_ends: bool,
+    pub system: bool,
+    /// Shortest and longest current block, in seconds (waiting groups only).
+    pub blocked_s: Option<(f64, f64)>,
+    /// Some durations are only lower bounds (tasks blocked since before attach).
+    pub blocked_at_least: bool,
+    /// Members blocked at least `older`.
+    pub aged: u32,
+    /// The most common stack among members, innermost first.
+    pub stack: Vec<Frame>,
+    /// Members whose stack could not be read consistently.
+    pub unstable: u32,
+    /// A few member ids, to look up in a goroutine dump.
+    pub sample_ids: Vec<u64>,
+}
+
+pub fn group(views: &[TaskView], now_ns: u64, older_ns: u64) -> Vec<Group> {
+    struct Acc<'a> {
+        group: Group,
+        stacks: HashMap<&'a [Frame], u32>,
+    }
+    let mut acc: HashMap<GroupKey, Acc> = HashMap::new();
+    for v in views {
+        let key = GroupKey {
+            created_by: v.created_by.clone(),
+            start: v.start.clone(),
+            state: v.state.clone(),
+            blocked_at: v.blocked_at.clone(),
+        };
+        let a = acc.entry(key.clone()).or_insert_with(|| Acc {
+            group: Group {
+                key,
+                count: 0,
+                never_ends: false,
+                system: v.system,
+                blocked_s: None,
+                blocked_at_least: false,
+                aged: 0,
+                stack: Vec::new(),
+                unstable: 0,
+                sample_ids: Vec::new(),
+            },
+            stacks: HashMap::new(),
+        });
+        let g = &mut a.group;
+        g.count += 1;
+        g.never_ends |= v.never_ends;
+        g.unstable += v.stack_unstable as u32;
+        if g.sample_ids.len() < 5 && v.id != 0 {
+            g.sample_ids.push(v.id);
+        }
+        if v.state.is_waiting()
+            && let Some(since) = v.blocked_since
+        {
+            let d_ns = now_ns.saturating_sub(since.ns());
+            let d = d_ns as f64 / 1e9;
+            g.blocked_s = Some(match g.blocked_s {
+                None => (d, d),
+                Some((lo, hi)) => (lo.min(d), hi.max(d)),
+            });
+            g.blocked_at_least |= since.is_lower_bound();
+            if d_ns >= older_ns {
+                g.aged += 1;
+            }
+        }
+        *a.stacks.entry(v.stack.as_slice()).or_default() += 1;
+    }
+    let mut groups: Vec<Group> = acc
+        .into_values()
+        .map(|mut a| {
+            if let Some((stack, _)) = a
+                .stacks
+                .into_iter()
+                .max_by(|x, y| x.1.cmp(&y.1).then_with(|| y.0.len().cmp(&x.0.len())))
+            {
+                a.group.stack = stack.to_vec();
+            }
+            a.group
+        })
+        .collect();
+    sort(&mut groups);
+    groups
+}
+
+/// By count, descending, like Go's debug=1 profile; ties in a stable order.
+pub fn sort(groups: &mut [Group]) {
+    groups.sort_by(|a, b| {
+        b.count
+            .cmp(&a.count)
+            .then_with(|| a.key.created_by.function.cmp(&b.key.created_by.function))
+            .then_with(|| a.key.state.cmp(&b.key.state))
+            .then_with(|| {
+                let f = |g: &Group| {
+                    g.key
+                        .blocked_at
+                        .as_ref()
+                        .map(|f| (f.function.clone(), f.line))
+                };
+                f(a).cmp(&f(b))
+            })
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::Since;
+
+    fn frame(f: &str, line: u32) -> Frame {
+        Frame {
+            function: f.into(),
+            file: "main.go".into(),
+            line,
+        }
+    }
+
+    fn view(id: u64, state: TaskState, since: Option<Since>) -> TaskView {
+        TaskView {
+            key: id,
+            id,
+            never_ends: false,
+            system: false,
+            created_by: frame("main.serve", 10),
+            start: frame("main.serve.func1", 11),
+            stack: vec![frame("runtime.gopark", 1), frame("main.serve.func1", 12)],
+            blocked_at: state.is_waiting().then(|| frame("main.serve.func1", 12)),
+            state,
+            blocked_since: since,
+            stack_unstable: false,
+        }
+    }
+
+    #[test]
+    fn groups_by_site_and_state_with_durations() {
+        let s = 1_000_000_000;
+        let views = vec![
+            view(
+                1,
+                TaskState::Waiting("chan send".into()),
+                Some(Since::Exact(0)),
+            ),
+            view(
+                2,
+                TaskState::Waiting("chan send".into()),
+                Some(Since::AtMost(8 * s)),
+            ),
+            view(
+                3,
+                TaskState::Waiting("chan send".into()),
+                Some(Since::Exact(9 * s)),
+            ),
+            view(4, TaskState::Running, None),
+        ];
+        let groups = group(&views, 10 * s, 2 * s);
+        assert_eq!(groups.len(), 2);
+        let g = &groups[0];
+        assert_eq!(g.count, 3);
+        assert_eq!(g.blocked_s, Some((1.0, 10.0)));
+        assert!(g.blocked_at_least);
+        assert_eq!(g.aged, 2);
+        assert_eq!(g.key.blocked_at.as_ref().unwrap().line, 12);
+        assert_eq!(groups[1].key.state, TaskState::Running);
+        assert_eq!(groups[1].blocked_s, None);
+    }
+}

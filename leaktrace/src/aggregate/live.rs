@@ -1,0 +1,192 @@
+//! The table of live tasks, fed by probe events and the attach-time snapshot.
+use std::collections::HashMap;
+
+use crate::runtime::{TaskEvent, TaskEventKind};
+
+/// What we know about one live task without reading the target's memory.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LiveTask {
+    pub key: u64,
+    /// 0 until a park/exit event or a memory read tells us.
+    pub id: u64,
+    /// 0 when not known yet (the reader fills it from memory).
+    pub created_pc: u64,
+    pub start_pc: u64,
+    pub parent_id: u64,
+    /// None: the task existed before leaktrace attached.
+    pub spawned_ns: Option<u64>,
+    /// Last park seen by a probe.
+    pub parked_ns: Option<u64>,
+    /// A memory read found the task finished but its exit event has not
+    /// arrived yet; if it is still like this at the next refresh, it is
+    /// dropped as a correction.
+    pub seen_dead: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventCounts {
+    pub spawn: u64,
+    pub park: u64,
+    pub exit: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct LiveTable {
+    tasks: HashMap<u64, LiveTask>,
+    pub counts: EventCounts,
+    /// Tasks a memory read found dead although no exit event arrived (lost
+    /// events or a path the probes do not cover); removed and counted.
+    pub corrected: u64,
+}
+
+impl LiveTable {
+    /// Events must be applied in ring order: for one key, spawn < park… <
+    /// exit < (reuse) spawn, which the ring buffer's reservation order keeps.
+    pub fn apply(&mut self, ev: &TaskEvent) {
+        match ev.kind {
+            TaskEventKind::Spawn {
+                created_pc,
+                start_pc,
+                parent_id,
+            } => {
+                self.counts.spawn += 1;
+                self.tasks.insert(
+                    ev.key,
+                    LiveTask {
+                        key: ev.key,
+                        id: ev.id,
+                        created_pc,
+                        start_pc,
+                        parent_id,
+                        spawned_ns: Some(ev.ts_ns),
+                        parked_ns: None,
+                        seen_dead: false,
+                    },
+                );
+            }
+            TaskEventKind::Park { .. } => {
+                self.counts.park += 1;
+                // A task spawned before attach and missed by the snapshot
+                // still shows up here; the reader fills in its origin.
+                let task = self.tasks.entry(ev.key).or_insert_with(|| LiveTask {
+                    key: ev.key,
+                    ..LiveTask::default()
+                });
+                if ev.id != 0 {
+                    task.id = ev.id;
+                }
+                task.parked_ns = Some(ev.ts_ns);
+            }
+            TaskEventKind::Exit => {
+                self.counts.exit += 1;
+                self.tasks.remove(&ev.key);
+            }
+        }
+    }
+
+    /// A task found in the target's memory at attach. Probe events that
+    /// arrived meanwhile win: they are newer.
+    pub fn insert_existing(&mut self, task: LiveTask) {
+        self.tasks.entry(task.key).or_insert(task);
+    }
+
+    /// Forget a task a memory read found finished.
+    pub fn remove_dead(&mut self, key: u64) {
+        if self.tasks.remove(&key).is_some() {
+            self.corrected += 1;
+        }
+    }
+
+    /// Drop tasks found finished at the previous refresh whose exit event
+    /// never came (lost, or a path without an exit probe).
+    pub fn expire_seen_dead(&mut self) {
+        let dead: Vec<u64> = self
+            .tasks
+            .values()
+            .filter(|t| t.seen_dead)
+            .map(|t| t.key)
+            .collect();
+        for key in dead {
+            self.remove_dead(key);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+
+    pub fn tasks_mut(&mut self) -> impl Iterator<Item = &mut LiveTask> {
+        self.tasks.values_mut()
+    }
+
+    pub fn get(&self, key: u64) -> Option<&LiveTask> {
+        self.tasks.get(&key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(ts: u64, key: u64, id: u64, kind: TaskEventKind) -> TaskEvent {
+        TaskEvent {
+            ts_ns: ts,
+            key,
+            id,
+            kind,
+        }
+    }
+    const SPAWN: TaskEventKind = TaskEventKind::Spawn {
+        created_pc: 0x10,
+        start_pc: 0x20,
+        parent_id: 1,
+    };
+
+    #[test]
+    fn lifecycle_and_reuse_of_a_g() {
+        let mut t = LiveTable::default();
+        t.apply(&ev(1, 0xa, 0, SPAWN));
+        t.apply(&ev(2, 0xa, 7, TaskEventKind::Park { reason: 15 }));
+        assert_eq!(t.get(0xa).unwrap().id, 7);
+        assert_eq!(t.get(0xa).unwrap().parked_ns, Some(2));
+        t.apply(&ev(3, 0xa, 7, TaskEventKind::Exit));
+        assert!(t.is_empty());
+        // The runtime reuses the g for a new goroutine.
+        t.apply(&ev(4, 0xa, 0, SPAWN));
+        assert_eq!(t.get(0xa).unwrap().spawned_ns, Some(4));
+        assert_eq!(t.get(0xa).unwrap().parked_ns, None);
+        assert_eq!(
+            t.counts,
+            EventCounts {
+                spawn: 2,
+                park: 1,
+                exit: 1
+            }
+        );
+    }
+
+    #[test]
+    fn snapshot_never_overrides_newer_probe_data() {
+        let mut t = LiveTable::default();
+        t.apply(&ev(5, 0xb, 0, SPAWN));
+        t.insert_existing(LiveTask {
+            key: 0xb,
+            id: 99,
+            ..LiveTask::default()
+        });
+        assert_eq!(t.get(0xb).unwrap().spawned_ns, Some(5));
+        t.insert_existing(LiveTask {
+            key: 0xc,
+            id: 3,
+            ..LiveTask::default()
+        });
+        assert_eq!(t.len(), 2);
+        t.remove_dead(0xc);
+        t.remove_dead(0xc);
+        assert_eq!(t.corrected, 1);
+    }
+}

@@ -1,0 +1,155 @@
+//! How each group's size moves over the observation window.
+//!
+//! A leak is a trend, not a number: a pool of 500 idle workers is fine, 50
+//! goroutines that grow by 5 every second are not. Each tick records every
+//! group's total and its "aged" count (members blocked at least `--older`);
+//! short-lived tasks never age, so a busy but healthy server stays flat here.
+use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Sample {
+    tick: u64,
+    total: u32,
+    aged: u32,
+}
+
+#[derive(Debug)]
+pub struct Trends<K> {
+    /// Tick number → time (ns) for the ticks still in the window.
+    ticks: VecDeque<(u64, u64)>,
+    next_tick: u64,
+    series: HashMap<K, VecDeque<Sample>>,
+    max_ticks: usize,
+}
+
+/// A group's movement over the window.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Movement {
+    /// Least-squares slope of the group's total, per second.
+    pub growth_per_s: f64,
+    /// Aged members at the first and last tick of the window.
+    pub aged_first: u32,
+    pub aged_last: u32,
+    /// Least-squares slope of the aged count, per second.
+    pub aged_slope: f64,
+    pub ticks: usize,
+    pub window_s: f64,
+}
+
+impl<K: Eq + Hash + Clone> Trends<K> {
+    pub fn new(max_ticks: usize) -> Self {
+        Self {
+            ticks: VecDeque::new(),
+            next_tick: 0,
+            series: HashMap::new(),
+            max_ticks: max_ticks.max(2),
+        }
+    }
+
+    /// Record one observation of every group present now. Groups absent at a
+    /// tick count as zero there.
+    pub fn record(&mut self, now_ns: u64, groups: impl IntoIterator<Item = (K, u32, u32)>) {
+        let tick = self.next_tick;
+        self.next_tick += 1;
+        self.ticks.push_back((tick, now_ns));
+        for (key, total, aged) in groups {
+            self.series
+                .entry(key)
+                .or_default()
+                .push_back(Sample { tick, total, aged });
+        }
+        while self.ticks.len() > self.max_ticks {
+            self.ticks.pop_front();
+        }
+        let oldest = self.ticks.front().map(|&(t, _)| t).unwrap_or(0);
+        self.series.retain(|_, s| {
+            while s.front().is_some_and(|x| x.tick < oldest) {
+                s.pop_front();
+            }
+            !s.is_empty()
+        });
+    }
+
+    pub fn movement(&self, key: &K) -> Movement {
+        let Some(series) = self.series.get(key) else {
+            return Movement::default();
+        };
+        let (Some(&(_, t0)), Some(&(_, tn))) = (self.ticks.front(), self.ticks.back()) else {
+            return Movement::default();
+        };
+        let points: Vec<(f64, f64, f64)> = self
+            .ticks
+            .iter()
+            .map(|&(tick, t)| {
+                let s = series.iter().find(|s| s.tick == tick);
+                let x = (t - t0) as f64 / 1e9;
+                (
+                    x,
+                    s.map_or(0.0, |s| s.total as f64),
+                    s.map_or(0.0, |s| s.aged as f64),
+                )
+            })
+            .collect();
+        let aged_at = |tick: u64| series.iter().find(|s| s.tick == tick).map_or(0, |s| s.aged);
+        Movement {
+            growth_per_s: slope(points.iter().map(|p| (p.0, p.1))),
+            aged_slope: slope(points.iter().map(|p| (p.0, p.2))),
+            aged_first: aged_at(self.ticks.front().map_or(0, |t| t.0)),
+            aged_last: aged_at(self.ticks.back().map_or(0, |t| t.0)),
+            ticks: self.ticks.len(),
+            window_s: (tn - t0) as f64 / 1e9,
+        }
+    }
+}
+
+fn slope(points: impl Iterator<Item = (f64, f64)> + Clone) -> f64 {
+    let n = points.clone().count() as f64;
+    if n < 2.0 {
+        return 0.0;
+    }
+    let (sx, sy) = points
+        .clone()
+        .fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y));
+    let (mx, my) = (sx / n, sy / n);
+    let (num, den) = points.fold((0.0, 0.0), |(num, den), (x, y)| {
+        (num + (x - mx) * (y - my), den + (x - mx) * (x - mx))
+    });
+    if den == 0.0 { 0.0 } else { num / den }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    #[test]
+    fn steady_growth_has_its_rate() {
+        let mut t = Trends::new(100);
+        for i in 0..6u32 {
+            t.record(i as u64 * S, [("a", 10 + 5 * i, 5 * i)]);
+        }
+        let m = t.movement(&"a");
+        assert!((m.growth_per_s - 5.0).abs() < 1e-9, "{m:?}");
+        assert_eq!((m.aged_first, m.aged_last), (0, 25));
+        assert_eq!(m.ticks, 6);
+        assert!((m.window_s - 5.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn absent_ticks_count_as_zero_and_window_slides() {
+        let mut t = Trends::new(3);
+        t.record(0, [("a", 4, 4)]);
+        t.record(S, Vec::<(&str, u32, u32)>::new());
+        t.record(2 * S, [("a", 4, 4)]);
+        t.record(3 * S, [("a", 4, 4)]);
+        let m = t.movement(&"a");
+        assert_eq!(m.ticks, 3);
+        assert_eq!((m.aged_first, m.aged_last), (0, 4));
+        assert!(m.growth_per_s > 0.0);
+        // Flat once the gap leaves the window.
+        t.record(4 * S, [("a", 4, 4)]);
+        assert_eq!(t.movement(&"a").growth_per_s, 0.0);
+    }
+}

@@ -1,0 +1,142 @@
+//! The human view: one line per group, sorted by count, like bcc's memleak
+//! and panicparse, with the verdict and its reason underneath.
+use std::io::Write;
+
+use anyhow::Result;
+
+use super::model::{GroupReport, Report};
+use crate::{aggregate::verdict::Verdict, aggregate::verdict::human_secs, symbols::Frame};
+
+pub struct TextStyle {
+    pub color: bool,
+    pub stacks: bool,
+}
+
+pub fn write(out: &mut dyn Write, report: &Report, style: &TextStyle) -> Result<()> {
+    let paint = |code: &str, s: &str| {
+        if style.color {
+            format!("\x1b[{code}m{s}\x1b[0m")
+        } else {
+            s.to_string()
+        }
+    };
+    let t = &report.target;
+    let e = &report.events;
+    writeln!(
+        out,
+        "{} {} goroutines live in pid {} ({} {}), {} runtime; after {}: {} spawned, {} exited, {} parks, {} lost",
+        paint(
+            "1",
+            if report.is_final {
+                "Final report:"
+            } else {
+                "Report:"
+            }
+        ),
+        report.live,
+        t.pid,
+        t.exe,
+        t.runtime_version,
+        report.system,
+        human_secs(report.elapsed_s),
+        e.spawn,
+        e.exit,
+        e.park,
+        e.lost,
+    )?;
+    if e.lost > 0 {
+        writeln!(
+            out,
+            "{} {} events were lost (ring buffer full); counts may lag until the next memory refresh corrects them",
+            paint("33", "warning:"),
+            e.lost
+        )?;
+    }
+    for note in &report.notes {
+        writeln!(out, "note: {note}")?;
+    }
+    if report.groups.is_empty() {
+        writeln!(out, "  (no groups to show)")?;
+    }
+    for g in &report.groups {
+        write_group(out, g, style, &paint)?;
+    }
+    if report.groups_omitted > 0 {
+        writeln!(
+            out,
+            "  … {} more groups (see --top, --older)",
+            report.groups_omitted
+        )?;
+    }
+    writeln!(out)?;
+    out.flush()?;
+    Ok(())
+}
+
+fn write_group(
+    out: &mut dyn Write,
+    g: &GroupReport,
+    style: &TextStyle,
+    paint: &dyn Fn(&str, &str) -> String,
+) -> Result<()> {
+    let verdict = match g.verdict {
+        Verdict::Leak => paint("1;31", "LEAK"),
+        Verdict::Suspect => paint("33", "suspect"),
+        Verdict::Ok => paint("32", "ok"),
+    };
+    let blocked = g
+        .blocked_s
+        .map(|b| {
+            let ge = if b.at_least { "≥" } else { "" };
+            if (b.max - b.min).abs() < 0.5 {
+                format!("{ge}{}", human_secs(b.max))
+            } else {
+                format!("{}–{ge}{}", human_secs(b.min), human_secs(b.max))
+            }
+        })
+        .unwrap_or_else(|| "-".into());
+    let noun = if g.count == 1 {
+        "goroutine "
+    } else {
+        "goroutines"
+    };
+    let mut line = format!(
+        "{:>7} {noun}  {}  {}  {:+.1}/s  {}  created by {}",
+        g.count,
+        paint("1", &g.state),
+        blocked,
+        g.growth_per_s,
+        verdict,
+        site(&g.created_by)
+    );
+    if let Some(at) = &g.blocked_at {
+        line.push_str(&format!(", blocked in {}", site(at)));
+    } else if g.start.function != g.created_by.function {
+        line.push_str(&format!(", running {}", g.start.function));
+    }
+    writeln!(out, "{line}")?;
+    writeln!(out, "          {}", g.why)?;
+    if style.stacks {
+        for f in &g.stack {
+            writeln!(
+                out,
+                "            {}\n                {}:{}",
+                f.function, f.file, f.line
+            )?;
+        }
+        if !g.sample_ids.is_empty() {
+            let ids: Vec<String> = g.sample_ids.iter().map(u64::to_string).collect();
+            writeln!(out, "            e.g. goroutines {}", ids.join(", "))?;
+        }
+    }
+    Ok(())
+}
+
+fn site(f: &Frame) -> String {
+    let file = f.file.rsplit('/').next().unwrap_or(&f.file);
+    if file.is_empty() {
+        f.function.clone()
+    } else {
+        format!("{} ({file}:{})", f.function, f.line)
+    }
+}

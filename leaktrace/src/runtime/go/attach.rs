@@ -1,0 +1,72 @@
+//! Where the probes go in this particular binary, as file offsets.
+use anyhow::{Context as _, Result};
+use leaktrace_common::spawn_point;
+
+use super::{
+    allgs_locate::{AllgsLocation, locate_allgs},
+    binary::GoBinary,
+    probe_points::{ProbePoint, SpawnProbe, plan_probes},
+};
+use crate::probes::{AttachPoint, GoAttachPlan};
+
+pub struct Placement {
+    pub plan: GoAttachPlan,
+    /// Probe points the kernel has to single-step (slow): said once at attach.
+    pub warnings: Vec<String>,
+}
+
+pub fn place_probes(bin: &GoBinary) -> Result<Placement> {
+    let code_at = |va: u64, len: usize| bin.elf.read_va(va, len).map(<[u8]>::to_vec);
+    let func = |name: &str| bin.symbols.function(name).map(|f| (f.entry, f.end));
+    let plan = plan_probes(&code_at, &func)
+        .context("finding the probe points in the Go runtime of this binary")?;
+    let mut warnings = Vec::new();
+    let cookie = match plan.spawn_kind {
+        SpawnProbe::CasgstatusCall => spawn_point::CASGSTATUS_CALL,
+        SpawnProbe::Newproc1Ret => {
+            warnings.push(
+                "runtime.casgstatus is inlined into newproc1 (a PGO build?): spawn probes sit on \
+                 newproc1's RET instructions, which the kernel single-steps (~10× slower per goroutine)"
+                    .to_string(),
+            );
+            spawn_point::NEWPROC1_RET
+        }
+    };
+    let to_attach = |p: &ProbePoint, cookie: u64| -> Result<AttachPoint> {
+        Ok(AttachPoint {
+            file_offset: bin
+                .elf
+                .va_to_file_offset(p.va)
+                .with_context(|| format!("{} ({:#x}) is not in a loaded segment", p.what, p.va))?,
+            cookie,
+            what: p.what.clone(),
+        })
+    };
+    for p in [&plan.park, &plan.exit] {
+        if !p.emulated {
+            warnings.push(format!(
+                "{}: no emulated instruction in the prologue; this probe is single-stepped (slower)",
+                p.what
+            ));
+        }
+    }
+    Ok(Placement {
+        plan: GoAttachPlan {
+            spawn: plan
+                .spawn
+                .iter()
+                .map(|p| to_attach(p, cookie))
+                .collect::<Result<_>>()?,
+            park: to_attach(&plan.park, 0)?,
+            exit: to_attach(&plan.exit, 0)?,
+        },
+        warnings,
+    })
+}
+
+pub fn find_allgs(bin: &GoBinary) -> Result<AllgsLocation> {
+    let code_at = |va: u64, len: usize| bin.elf.read_va(va, len).map(<[u8]>::to_vec);
+    let func = |name: &str| bin.symbols.function(name).map(|f| (f.entry, f.end));
+    let data_symbol = |name: &str| bin.elf.symbol(name);
+    locate_allgs(&code_at, &func, &data_symbol)
+}

@@ -1,0 +1,594 @@
+//! Checks the Go inspection against the Go runtime itself.
+//!
+//! `tests-data/go-groundtruth` is built with every installed toolchain in
+//! several modes and run; it prints what `runtime.CallersFrames`,
+//! `runtime.FuncForPC` and `reflect` say about its own code. Each answer is
+//! compared with ours for the same binary. Builds and their output are
+//! cached in the system temp dir, keyed by the Go sources, so reruns are
+//! fast. A toolchain that is not installed is skipped with a message.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::*;
+use crate::symbols::Frame;
+
+const MAIN_GO: &str = include_str!("../../../../tests-data/go-groundtruth/main.go");
+const GM_GO: &str = include_str!("../../../../tests-data/go-groundtruth/gm.go");
+const GO_MOD: &str = include_str!("../../../../tests-data/go-groundtruth/go.mod");
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Plain,
+    Stripped,
+    Pie,
+    /// cgo + external linker: `.text` starts with C code, so the text base
+    /// must come from moduledata, not the section.
+    ExtLink,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Plain => "plain",
+            Mode::Stripped => "stripped",
+            Mode::Pie => "pie",
+            Mode::ExtLink => "extlink",
+        }
+    }
+}
+
+fn toolchain(version: &str) -> Option<PathBuf> {
+    let candidates: Vec<PathBuf> = if version == "1.19" {
+        vec!["/usr/lib/go-1.19/bin/go".into(), "/usr/bin/go".into()]
+    } else {
+        let home = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| "/root".into());
+        vec![home.join(format!(".cache/leaktrace/go/go{version}/bin/go"))]
+    };
+    candidates.into_iter().find(|p| p.exists())
+}
+
+fn fnv(data: &[&str]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for s in data {
+        for b in s.bytes().chain([0xff]) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    h
+}
+
+fn cache_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "leaktrace-go-groundtruth-{:016x}",
+        fnv(&[MAIN_GO, GM_GO, GO_MOD])
+    ));
+    let src = dir.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for (name, text) in [("main.go", MAIN_GO), ("gm.go", GM_GO), ("go.mod", GO_MOD)] {
+        let p = src.join(name);
+        if std::fs::read_to_string(&p).ok().as_deref() != Some(text) {
+            std::fs::write(&p, text).unwrap();
+        }
+    }
+    dir
+}
+
+/// Builds (once) and runs (once) the program; returns the binary and its
+/// output, or why this mode cannot be built here.
+fn build_and_run(version: &str, go: &Path, mode: Mode) -> Result<(PathBuf, String), String> {
+    let dir = cache_dir();
+    let bin = dir.join(format!("gt-{version}-{}", mode.name()));
+    let out_file = dir.join(format!("gt-{version}-{}.out", mode.name()));
+    if bin.exists()
+        && let Ok(out) = std::fs::read_to_string(&out_file)
+    {
+        return Ok((bin, out));
+    }
+    let tmp = dir.join(format!(
+        "gt-{version}-{}.tmp{}",
+        mode.name(),
+        std::process::id()
+    ));
+    let mut cmd = Command::new(go);
+    cmd.current_dir(dir.join("src"))
+        .env("GOTOOLCHAIN", "local")
+        .env("GOFLAGS", "-mod=mod")
+        .env("GOPROXY", "off")
+        .env("GOPATH", dir.join("gopath"))
+        .env("GOCACHE", dir.join("gocache"))
+        .env("GOARCH", "amd64")
+        .env("GOOS", "linux")
+        .arg("build")
+        .arg("-o")
+        .arg(&tmp);
+    match mode {
+        Mode::Plain => {
+            cmd.env("CGO_ENABLED", "0");
+        }
+        Mode::Stripped => {
+            cmd.env("CGO_ENABLED", "0").arg("-ldflags=-s -w");
+        }
+        Mode::Pie => {
+            cmd.env("CGO_ENABLED", "0").arg("-buildmode=pie");
+        }
+        Mode::ExtLink => {
+            cmd.env("CGO_ENABLED", "1")
+                .arg("-ldflags=-linkmode=external");
+        }
+    }
+    let res = cmd
+        .output()
+        .map_err(|e| format!("running {}: {e}", go.display()))?;
+    if !res.status.success() {
+        return Err(format!(
+            "go build ({}) failed: {}",
+            mode.name(),
+            String::from_utf8_lossy(&res.stderr)
+        ));
+    }
+    let run = Command::new(&tmp)
+        .output()
+        .map_err(|e| format!("running the test program: {e}"))?;
+    if !run.status.success() {
+        return Err(format!(
+            "test program failed: {}",
+            String::from_utf8_lossy(&run.stderr)
+        ));
+    }
+    let out = String::from_utf8(run.stdout).map_err(|e| e.to_string())?;
+    std::fs::write(&out_file, &out).unwrap();
+    std::fs::rename(&tmp, &bin).unwrap();
+    Ok((bin, out))
+}
+
+struct RtFrame {
+    pc: u64,
+    entry: u64,
+    physical: bool,
+    frame: Frame,
+}
+
+#[derive(Default)]
+struct Output {
+    version: String,
+    stacks: Vec<(String, Vec<RtFrame>)>,
+    /// (pc, entry, innermost frame as FuncForPC/FileLine report it)
+    pcs: Vec<(u64, u64, Frame)>,
+    syms: Vec<(String, u64)>,
+    /// (start, perms, file offset)
+    maps: Vec<(u64, String, u64)>,
+}
+
+fn hex(s: &str) -> u64 {
+    u64::from_str_radix(s.trim_start_matches("0x"), 16).unwrap_or_else(|_| panic!("bad hex {s:?}"))
+}
+
+fn parse_output(text: &str) -> Output {
+    let mut o = Output::default();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split('\t').collect();
+        match f[0] {
+            "VERSION" => o.version = f[1].to_owned(),
+            "STACK" => o.stacks.push((f[1].to_owned(), Vec::new())),
+            "F" => o.stacks.last_mut().unwrap().1.push(RtFrame {
+                pc: hex(f[1]),
+                entry: hex(f[2]),
+                physical: f[3] == "true",
+                frame: Frame {
+                    line: f[4].parse().unwrap(),
+                    file: f[5].to_owned(),
+                    function: f[6].to_owned(),
+                },
+            }),
+            "PC" => o.pcs.push((
+                hex(f[1]),
+                hex(f[2]),
+                Frame {
+                    line: f[3].parse().unwrap(),
+                    file: f[4].to_owned(),
+                    function: f[5].to_owned(),
+                },
+            )),
+            "SYM" => o.syms.push((f[1].to_owned(), hex(f[2]))),
+            "MAP" => {
+                let start = hex(f[1].split('-').next().unwrap());
+                o.maps.push((start, f[2].to_owned(), hex(f[3])));
+            }
+            _ => {}
+        }
+    }
+    o
+}
+
+/// Load bias from the program's own /proc/self/maps: the mapping of file
+/// offset 0 is the first PT_LOAD.
+fn bias(o: &Output, elf: &ElfFile) -> u64 {
+    let (start, _, _) = o
+        .maps
+        .iter()
+        .find(|m| m.2 == 0)
+        .expect("no mapping at offset 0");
+    let seg = elf
+        .segments()
+        .iter()
+        .find(|s| s.offset == 0)
+        .expect("no PT_LOAD at offset 0");
+    start.wrapping_sub(seg.vaddr & !0xfff)
+}
+
+/// Splits a `CallersFrames` listing into physical frames: the inlined
+/// frames of one physical frame share its entry and end with the frame
+/// that has a `*Func`.
+fn groups(frames: &[RtFrame]) -> Vec<&[RtFrame]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for i in 0..frames.len() {
+        let last =
+            i + 1 == frames.len() || frames[i].physical || frames[i + 1].entry != frames[i].entry;
+        if last {
+            out.push(&frames[start..=i]);
+            start = i + 1;
+        }
+    }
+    out
+}
+
+fn check_version(version: &str) {
+    let Some(go) = toolchain(version) else {
+        eprintln!("SKIP go{version}: toolchain not installed");
+        return;
+    };
+    let mut failures: Vec<String> = Vec::new();
+    let mut built = 0;
+    for mode in [Mode::Plain, Mode::Stripped, Mode::Pie, Mode::ExtLink] {
+        let (path, text) = match build_and_run(version, &go, mode) {
+            Ok(x) => x,
+            Err(e) if mode == Mode::ExtLink => {
+                eprintln!("SKIP go{version} {}: {e}", mode.name());
+                continue;
+            }
+            Err(e) => panic!("go{version} {}: {e}", mode.name()),
+        };
+        built += 1;
+        let mut fail = |msg: String| failures.push(format!("go{version} {}: {msg}", mode.name()));
+        let o = parse_output(&text);
+        let bin = match GoBinary::open(&path) {
+            Ok(b) => b,
+            Err(e) => {
+                fail(format!("open failed: {e}"));
+                continue;
+            }
+        };
+        let stats = check_binary(&bin, mode, &o, &mut fail);
+        eprintln!(
+            "go{version} {:8}: {} ({} stacks, {} frames, {} FuncForPC pcs, {} symbols, layout from {}, text from {:?})",
+            mode.name(),
+            bin.version.raw,
+            stats.0,
+            stats.1,
+            stats.2,
+            stats.3,
+            bin.layout_source,
+            bin.symbols.text().1
+        );
+        if mode != Mode::ExtLink {
+            check_corruption(&path, &mut fail);
+        }
+    }
+    assert!(
+        built >= 3,
+        "go{version}: fewer than three build modes worked"
+    );
+    if !failures.is_empty() {
+        let n = failures.len();
+        failures.truncate(40);
+        panic!(
+            "{n} mismatches with the Go runtime:\n{}",
+            failures.join("\n")
+        );
+    }
+}
+
+fn check_binary(
+    bin: &GoBinary,
+    mode: Mode,
+    o: &Output,
+    fail: &mut dyn FnMut(String),
+) -> (usize, usize, usize, usize) {
+    if bin.version.raw != o.version {
+        fail(format!(
+            "version {} but runtime.Version() = {}",
+            bin.version.raw, o.version
+        ));
+    }
+    if bin.main_module.as_deref() != Some("example.com/leaktrace-gt") {
+        fail(format!("main module {:?}", bin.main_module));
+    }
+    let (dwarf, symtab, pie) = match mode {
+        Mode::Plain | Mode::ExtLink => (true, true, false),
+        Mode::Stripped => (false, false, false),
+        Mode::Pie => (true, true, true),
+    };
+    if (bin.has_dwarf, bin.has_symtab, bin.is_pie) != (dwarf, symtab, pie) {
+        fail(format!(
+            "has_dwarf/has_symtab/is_pie = {}/{}/{}",
+            bin.has_dwarf, bin.has_symtab, bin.is_pie
+        ));
+    }
+    let expected_source = if dwarf { "dwarf" } else { "pclntab" };
+    if bin.symbol_source() != expected_source {
+        fail(format!("symbol_source {}", bin.symbol_source()));
+    }
+
+    // Layout: DWARF must agree with the compiled-in table.
+    let table = GLayout::for_version(&bin.version).unwrap();
+    if dwarf {
+        if bin.layout_source != LayoutSource::Dwarf {
+            fail(format!("layout from {} despite DWARF", bin.layout_source));
+        }
+        for (field, d, t) in bin.layout.differences(&table) {
+            fail(format!("DWARF {field} = {d}, table says {t}"));
+        }
+    } else {
+        if bin.layout_source != LayoutSource::VersionTable || bin.layout != table {
+            fail("stripped build not using the version table".into());
+        }
+        let key = bin.version.minor_key();
+        let want = format!(
+            "was built with -ldflags=-s -w: no DWARF; using pclntab for names and lines, runtime.g offsets from the {key} table"
+        );
+        if !bin.warnings().iter().any(|w| w.contains(&want)) {
+            fail(format!("missing -s -w warning in {:?}", bin.warnings()));
+        }
+    }
+    if mode != Mode::Stripped {
+        let unexpected: Vec<String> = bin.warnings();
+        if !unexpected.is_empty() {
+            fail(format!("unexpected warnings {unexpected:?}"));
+        }
+    }
+
+    // waitReason strings: the binary's own runtime.waitReasonStrings.
+    let table_reasons = WaitReasons::for_version(&bin.version).unwrap();
+    if symtab {
+        match WaitReasons::from_binary(&bin.elf) {
+            Some(Ok(own)) => {
+                for (v, ours, theirs) in table_reasons.differences(&own) {
+                    fail(format!("waitReason {v}: table {ours:?}, binary {theirs:?}"));
+                }
+                if bin.wait_reasons.source() != super::super::wait_reason::WaitReasonSource::Binary
+                {
+                    fail("wait reasons not read from the binary".into());
+                }
+            }
+            other => fail(format!("runtime.waitReasonStrings unreadable: {other:?}")),
+        }
+    } else if bin.wait_reasons != table_reasons {
+        fail("stripped build not using the waitReason table".into());
+    }
+
+    let syms = &bin.symbols;
+    if !syms.has_inline_info() {
+        fail(format!("no inline info: {:?}", syms.notes()));
+    }
+    let b = bias(o, &bin.elf);
+    if !pie && b != 0 {
+        fail(format!("non-PIE with load bias {b:#x}"));
+    }
+
+    let mut nframes = 0;
+    for (label, frames) in &o.stacks {
+        for group in groups(frames) {
+            nframes += group.len();
+            let want: Vec<Frame> = group.iter().map(|f| f.frame.clone()).collect();
+            let va = group[0].pc.wrapping_sub(b);
+            let got = syms.frames(va);
+            if got != want {
+                fail(format!(
+                    "stack {label}: frames({va:#x}) =\n    {got:?}\n  runtime says\n    {want:?}"
+                ));
+            }
+            match syms.function_at(va) {
+                Some(f) if f.entry.wrapping_add(b) == group[0].entry => {}
+                other => fail(format!(
+                    "stack {label}: function_at({va:#x}) = {other:?}, runtime entry {:#x}",
+                    group[0].entry.wrapping_sub(b)
+                )),
+            }
+        }
+    }
+
+    for (pc, entry, want) in &o.pcs {
+        let va = pc.wrapping_sub(b);
+        let got = syms.innermost_frame(va);
+        if got.as_ref() != Some(want) {
+            fail(format!(
+                "FuncForPC({va:#x}): ours {got:?}, runtime {want:?}"
+            ));
+        }
+        match syms.function_at(va) {
+            Some(f) if f.entry.wrapping_add(b) == *entry && va < f.end => {}
+            other => fail(format!(
+                "function_at({va:#x}) = {other:?}, runtime entry {:#x}",
+                entry.wrapping_sub(b)
+            )),
+        }
+    }
+
+    for (name, addr) in &o.syms {
+        match syms.function(name) {
+            Some(f) if f.entry.wrapping_add(b) == *addr => {}
+            other => fail(format!(
+                "function({name}) = {other:?}, runtime {:#x}",
+                addr.wrapping_sub(b)
+            )),
+        }
+        if symtab && bin.elf.symbol(name).map(|v| v.wrapping_add(b)) != Some(*addr) {
+            fail(format!("elf.symbol({name}) = {:?}", bin.elf.symbol(name)));
+        }
+    }
+
+    // Every function round-trips through both lookups, and entries map to
+    // file offsets inside executable segments (what uprobes need).
+    let mut by_name: HashMap<String, u64> = HashMap::new();
+    for f in syms.functions() {
+        if f.end <= f.entry {
+            fail(format!(
+                "{} has end {:#x} <= entry {:#x}",
+                f.name, f.end, f.entry
+            ));
+        }
+        if syms.function_at(f.entry).as_ref() != Some(&f) {
+            fail(format!("function_at(entry of {}) differs", f.name));
+        }
+        by_name.entry(f.name.clone()).or_insert(f.entry);
+        if bin.elf.va_to_file_offset(f.entry).is_none() {
+            fail(format!(
+                "{} entry {:#x} has no file offset",
+                f.name, f.entry
+            ));
+        }
+    }
+    for probe in [
+        "runtime.newproc1",
+        "runtime.park_m",
+        "runtime.goexit0",
+        "runtime.gogo",
+        "runtime.casgstatus",
+    ] {
+        match (syms.function(probe), by_name.get(probe)) {
+            (Some(f), Some(&e)) if f.entry == e => {
+                if symtab {
+                    let sym = bin
+                        .elf
+                        .symbol(probe)
+                        .or_else(|| bin.elf.symbol(&format!("{probe}.abi0")));
+                    if sym != Some(f.entry) {
+                        fail(format!("{probe}: pclntab {:#x}, .symtab {sym:?}", f.entry));
+                    }
+                }
+            }
+            other => fail(format!("{probe}: {other:?}")),
+        }
+    }
+    // Wrappers are hidden, as in Go's tracebacks.
+    if let Some(w) = syms.function("main.(*T).Val")
+        && syms
+            .frames(w.entry)
+            .iter()
+            .any(|f| f.function == "main.(*T).Val")
+    {
+        fail("the autogenerated wrapper main.(*T).Val is not hidden by frames()".into());
+    }
+    (o.stacks.len(), nframes, o.pcs.len(), o.syms.len())
+}
+
+/// Damaged copies of a real Go binary must produce errors or degraded
+/// answers, never a panic.
+fn check_corruption(path: &Path, fail: &mut dyn FnMut(String)) {
+    let data = std::fs::read(path).unwrap();
+    let Ok(elf) = ElfFile::parse(Arc::from(data.clone())) else {
+        fail("cannot parse the pristine binary".into());
+        return;
+    };
+    let mut hot: Vec<(usize, usize)> = Vec::new();
+    for name in [
+        ".gopclntab",
+        ".data.rel.ro.gopclntab",
+        ".go.module",
+        ".noptrdata",
+        ".go.buildinfo",
+    ] {
+        if let Some(s) = elf.section(name) {
+            hot.push((s.offset as usize, (s.size as usize).min(4096)));
+        }
+    }
+    hot.push((0, 64));
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15 ^ data.len() as u64;
+    let mut rand = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let probe_pcs: Vec<u64> = elf
+        .section(".text")
+        .map(|t| {
+            (0..200)
+                .map(|i| t.addr + i * (t.size / 200).max(1))
+                .collect()
+        })
+        .unwrap_or_default();
+    for round in 0..40 {
+        let mut copy = data.clone();
+        if round < 10 {
+            let cut = (rand() as usize) % copy.len();
+            copy.truncate(cut);
+        } else {
+            let (start, len) = hot[(rand() as usize) % hot.len()];
+            for _ in 0..(1 + rand() % 8) {
+                let at = start + (rand() as usize) % len.max(1);
+                if let Some(b) = copy.get_mut(at) {
+                    *b = rand() as u8;
+                }
+            }
+        }
+        let res = std::panic::catch_unwind(|| {
+            if let Ok(bin) = GoBinary::from_bytes(Path::new("corrupt"), Arc::from(copy)) {
+                for &pc in &probe_pcs {
+                    let _ = bin.symbols.frames(pc);
+                    let _ = bin.symbols.function_at(pc);
+                }
+                let _ = bin.symbols.function("runtime.newproc1");
+            }
+        });
+        if res.is_err() {
+            fail(format!("panic on corrupted input (round {round})"));
+        }
+    }
+}
+
+#[test]
+fn go1_19() {
+    check_version("1.19");
+}
+
+#[test]
+fn go1_21() {
+    check_version("1.21.13");
+}
+
+#[test]
+fn go1_22() {
+    check_version("1.22.10");
+}
+
+#[test]
+fn go1_23() {
+    check_version("1.23.9");
+}
+
+#[test]
+fn go1_24() {
+    check_version("1.24.11");
+}
+
+#[test]
+fn go1_25() {
+    check_version("1.25.5");
+}
+
+#[test]
+fn go1_26() {
+    check_version("1.26.6");
+}
+
+#[test]
+fn go1_27() {
+    check_version("1.27.3");
+}

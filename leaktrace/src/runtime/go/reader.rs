@@ -1,0 +1,461 @@
+//! Reading goroutines out of the target's memory, read-only and without
+//! stopping it: the attach-time snapshot of `runtime.allgs`, and at each
+//! refresh the live state, wait reason and blocked stack of every goroutine
+//! in the table.
+//!
+//! The program keeps running while we read, so every read is validated: a g
+//! whose status or stack moved under us is read again, and reported as
+//! unstable rather than as truth if it keeps moving.
+use std::collections::HashMap;
+
+use anyhow::{Context as _, Result, bail};
+
+use super::{allgs_locate::AllgsLocation, binary::GoBinary, layout::GLayout, wait_reason::gstatus};
+use crate::{
+    aggregate::live::{LiveTable, LiveTask},
+    runtime::{Since, TaskState, TaskView},
+    symbols::Frame,
+    target::memory::Memory,
+};
+
+/// Frames deeper than this are not unwound (Go's own tracebacks stop at 100).
+const MAX_FRAMES: usize = 64;
+/// Stack bytes read per goroutine, from its saved SP upwards.
+const MAX_STACK_READ: u64 = 64 * 1024;
+/// Attempts at a consistent read of one goroutine.
+const READ_ATTEMPTS: usize = 3;
+
+pub struct GoReader<'a> {
+    bin: &'a GoBinary,
+    mem: Memory,
+    /// Runtime address = link-time VA + bias (non-zero for PIE).
+    bias: u64,
+    frames: HashMap<u64, Vec<Frame>>,
+    stacks: HashMap<StackKey, Vec<u64>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct StackKey {
+    g: u64,
+    goid: u64,
+    sp: u64,
+    pc: u64,
+    bp: u64,
+}
+
+/// The fields of a `runtime.g` we use, decoded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GHeader {
+    pub stack_lo: u64,
+    pub stack_hi: u64,
+    pub sched_sp: u64,
+    pub sched_pc: u64,
+    pub sched_bp: u64,
+    pub syscallsp: u64,
+    pub status: u32,
+    pub goid: u64,
+    pub waitsince: i64,
+    pub waitreason: u8,
+    pub parent_goid: u64,
+    pub gopc: u64,
+    pub startpc: u64,
+}
+
+impl GHeader {
+    pub fn parse(bytes: &[u8], l: &GLayout) -> Option<Self> {
+        let u64_at = |off: u32| -> Option<u64> {
+            let o = off as usize;
+            Some(u64::from_le_bytes(bytes.get(o..o + 8)?.try_into().ok()?))
+        };
+        let u32_at = |off: u32| -> Option<u32> {
+            let o = off as usize;
+            Some(u32::from_le_bytes(bytes.get(o..o + 4)?.try_into().ok()?))
+        };
+        Some(Self {
+            stack_lo: u64_at(l.g_stack_lo)?,
+            stack_hi: u64_at(l.g_stack_hi)?,
+            sched_sp: u64_at(l.g_sched_sp)?,
+            sched_pc: u64_at(l.g_sched_pc)?,
+            sched_bp: u64_at(l.g_sched_bp)?,
+            syscallsp: u64_at(l.g_syscallsp)?,
+            status: u32_at(l.g_atomicstatus)?,
+            goid: u64_at(l.g_goid)?,
+            waitsince: u64_at(l.g_waitsince)? as i64,
+            waitreason: *bytes.get(l.g_waitreason as usize)?,
+            parent_goid: match l.g_parent_goid {
+                Some(off) => u64_at(off)?,
+                None => 0,
+            },
+            gopc: u64_at(l.g_gopc)?,
+            startpc: u64_at(l.g_startpc)?,
+        })
+    }
+
+    /// Status without the GC's scan bit.
+    pub fn state(&self) -> u32 {
+        self.status & !gstatus::SCAN
+    }
+
+    pub fn is_gone(&self) -> bool {
+        matches!(
+            self.state(),
+            gstatus::IDLE | gstatus::DEAD | gstatus::DEADEXTRA
+        )
+    }
+}
+
+impl<'a> GoReader<'a> {
+    pub fn new(bin: &'a GoBinary, pid: u32, bias: u64) -> Self {
+        Self {
+            bin,
+            mem: Memory::new(pid),
+            bias,
+            frames: HashMap::new(),
+            stacks: HashMap::new(),
+        }
+    }
+
+    fn g_len(&self) -> usize {
+        self.bin.layout.sizeof_g as usize
+    }
+
+    /// Every goroutine alive now, from `runtime.allgs` (lock-free, as the
+    /// runtime's own `forEachGRace` does: read the length, then the array;
+    /// g structs are never freed, so a stale pointer reads a dead g at worst).
+    pub fn snapshot(&mut self, at: &AllgsLocation) -> Result<Vec<LiveTask>> {
+        let slice = at.allgs + self.bias;
+        let ptr = self.mem.read_u64(slice).context("reading runtime.allgs")?;
+        let len = match at.allglen {
+            Some(allglen) => self.mem.read_u64(allglen + self.bias)?,
+            None => self.mem.read_u64(slice + 8)?,
+        };
+        let cap = self.mem.read_u64(slice + 16)?;
+        if ptr == 0 || len > cap || len > 50_000_000 {
+            bail!("runtime.allgs looks wrong (ptr {ptr:#x}, len {len}, cap {cap}); not reading it");
+        }
+        let mut gptrs = vec![0u8; len as usize * 8];
+        self.mem
+            .read(ptr, &mut gptrs)
+            .context("reading the allgs array")?;
+        let addrs: Vec<u64> = gptrs
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
+            .filter(|&a| a != 0)
+            .collect();
+        let layout = self.bin.layout.clone();
+        let mut out = Vec::new();
+        for (addr, bytes) in addrs.iter().zip(self.mem.read_many(&addrs, self.g_len())) {
+            let Some(h) = bytes.and_then(|b| GHeader::parse(&b, &layout)) else {
+                continue;
+            };
+            if h.is_gone() || h.goid == 0 {
+                continue;
+            }
+            out.push(LiveTask {
+                key: *addr,
+                id: h.goid,
+                created_pc: h.gopc,
+                start_pc: h.startpc,
+                parent_id: h.parent_goid,
+                spawned_ns: None,
+                parked_ns: None,
+                seen_dead: false,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Read every task in the table. Tasks found finished are flagged (and
+    /// dropped at the next refresh if no exit event explains them).
+    pub fn views(&mut self, table: &mut LiveTable, snapshot_ns: u64) -> Vec<TaskView> {
+        table.expire_seen_dead();
+        let keys: Vec<u64> = table.tasks_mut().map(|t| t.key).collect();
+        let headers = self.mem.read_many(&keys, self.g_len());
+        let layout = self.bin.layout.clone();
+        let mut views = Vec::with_capacity(keys.len());
+        let mut by_key: HashMap<u64, Option<GHeader>> = keys
+            .iter()
+            .zip(headers)
+            .map(|(k, b)| (*k, b.and_then(|b| GHeader::parse(&b, &layout))))
+            .collect();
+        for task in table.tasks_mut() {
+            let Some(h) = by_key.remove(&task.key).flatten() else {
+                task.seen_dead = true;
+                continue;
+            };
+            if h.is_gone() {
+                task.seen_dead = true;
+                continue;
+            }
+            if task.id != 0 && h.goid != task.id {
+                // The g was reused behind our back (events lost): what we
+                // knew about its timing belongs to another goroutine.
+                task.spawned_ns = None;
+                task.parked_ns = None;
+            }
+            task.id = h.goid;
+            task.seen_dead = false;
+            views.push(self.view(task, h, snapshot_ns));
+        }
+        views
+    }
+
+    fn view(&mut self, task: &LiveTask, first: GHeader, snapshot_ns: u64) -> TaskView {
+        let mut h = first;
+        let mut stack_pcs = Vec::new();
+        let mut unstable = false;
+        let waiting = matches!(h.state(), gstatus::WAITING | gstatus::LEAKED);
+        if waiting {
+            unstable = true;
+            for _ in 0..READ_ATTEMPTS {
+                let pcs = self.unwind(task.key, &h);
+                // Read the g again: if it moved (woke, or the GC moved its
+                // stack) while we walked, the walk may mix two stacks.
+                let again = self.read_header(task.key);
+                match again {
+                    Some(a) if a == h => {
+                        stack_pcs = pcs;
+                        unstable = false;
+                        break;
+                    }
+                    Some(a) if !a.is_gone() => h = a,
+                    _ => break,
+                }
+            }
+        }
+        let state = match h.state() {
+            gstatus::WAITING | gstatus::LEAKED => TaskState::Waiting(
+                self.bin
+                    .wait_reasons
+                    .name(h.waitreason)
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format!("wait reason {}", h.waitreason)),
+            ),
+            gstatus::SYSCALL => TaskState::Syscall,
+            gstatus::RUNNABLE | gstatus::PREEMPTED => TaskState::Runnable,
+            _ => TaskState::Running,
+        };
+        let never_ends = state.is_waiting() && self.bin.wait_reasons.never_ends(h.waitreason);
+        let stack: Vec<Frame> = stack_pcs
+            .iter()
+            .flat_map(|&pc| {
+                let frames = self.frames_at(pc.wrapping_sub(1));
+                if frames.is_empty() {
+                    vec![Frame::unknown(pc)]
+                } else {
+                    frames
+                }
+            })
+            .filter(|f| f.function != "runtime.goexit")
+            .collect();
+        let blocked_at = if state.is_waiting() {
+            stack
+                .iter()
+                .find(|f| !is_runtime_or_stdlib(&f.function))
+                .cloned()
+        } else {
+            None
+        };
+        let created_by = self
+            .frames_at(h.gopc.wrapping_sub(1))
+            .into_iter()
+            .next()
+            .or_else(|| self.physical_frame(h.gopc.wrapping_sub(1)))
+            .unwrap_or_else(|| Frame::unknown(h.gopc));
+        // The start pc is often a compiler wrapper (`gowrapN`), which
+        // `frames` hides; the wrapper's own name still says whose it is.
+        let start_fn = self.physical_frame(h.startpc);
+        let system = start_fn
+            .as_ref()
+            .is_some_and(|f| is_system_start(&f.function));
+        let start = start_from_stack(&stack)
+            .or(start_fn)
+            .unwrap_or_else(|| Frame::unknown(h.startpc));
+        let blocked_since = state.is_waiting().then(|| match task.parked_ns {
+            Some(t) => Since::Exact(t),
+            None => {
+                // Blocked since before we looked: at the latest at the
+                // snapshot, or at the GC cycle that stamped waitsince.
+                let ws = u64::try_from(h.waitsince).unwrap_or(0);
+                Since::AtMost(if ws != 0 && ws < snapshot_ns {
+                    ws
+                } else {
+                    snapshot_ns
+                })
+            }
+        });
+        TaskView {
+            key: task.key,
+            id: h.goid,
+            state,
+            never_ends,
+            system,
+            created_by,
+            start,
+            stack,
+            blocked_at,
+            blocked_since,
+            stack_unstable: unstable,
+        }
+    }
+
+    fn read_header(&self, g: u64) -> Option<GHeader> {
+        let mut buf = vec![0u8; self.g_len()];
+        self.mem.read(g, &mut buf).ok()?;
+        GHeader::parse(&buf, &self.bin.layout)
+    }
+
+    /// Return addresses of a parked goroutine, innermost first, walking the
+    /// frame-pointer chain from `gp.sched` inside the goroutine's own stack.
+    fn unwind(&mut self, g: u64, h: &GHeader) -> Vec<u64> {
+        let key = StackKey {
+            g,
+            goid: h.goid,
+            sp: h.sched_sp,
+            pc: h.sched_pc,
+            bp: h.sched_bp,
+        };
+        if let Some(pcs) = self.stacks.get(&key) {
+            return pcs.clone();
+        }
+        let mut pcs = vec![h.sched_pc];
+        let (lo, hi) = (h.sched_sp, h.stack_hi);
+        if lo == 0 || hi <= lo || lo < h.stack_lo {
+            return pcs;
+        }
+        let len = (hi - lo).min(MAX_STACK_READ);
+        let mut buf = vec![0u8; len as usize];
+        if self.mem.read(lo, &mut buf).is_err() {
+            return pcs;
+        }
+        let word = |addr: u64| -> Option<u64> {
+            let off = addr.checked_sub(lo)? as usize;
+            Some(u64::from_le_bytes(buf.get(off..off + 8)?.try_into().ok()?))
+        };
+        let mut fp = h.sched_bp;
+        while pcs.len() < MAX_FRAMES && fp >= lo && fp < lo + len {
+            let (Some(next), Some(ret)) = (word(fp), word(fp + 8)) else {
+                break;
+            };
+            if ret == 0 {
+                break;
+            }
+            pcs.push(ret);
+            // Frames live at increasing addresses; anything else is garbage.
+            if next <= fp {
+                break;
+            }
+            fp = next;
+        }
+        if self.stacks.len() > 200_000 {
+            self.stacks.clear();
+        }
+        self.stacks.insert(key, pcs.clone());
+        pcs
+    }
+
+    /// The innermost frame at a runtime address, wrappers included.
+    fn physical_frame(&self, pc: u64) -> Option<Frame> {
+        self.bin.symbols.innermost_frame(pc.wrapping_sub(self.bias))
+    }
+
+    /// Frames at a runtime address (bias removed), cached; empty when the
+    /// address is not in Go code or only in a hidden wrapper.
+    fn frames_at(&mut self, pc: u64) -> Vec<Frame> {
+        let va = pc.wrapping_sub(self.bias);
+        if let Some(f) = self.frames.get(&va) {
+            return f.clone();
+        }
+        let frames = self.bin.symbols.frames(va);
+        self.frames.insert(va, frames.clone());
+        frames
+    }
+}
+
+/// The Go runtime's own goroutines, as `isSystemGoroutine` decides: started
+/// in package runtime, except the main goroutine (and the finalizer
+/// goroutine, which Go counts as system unless it is running a finalizer).
+fn is_system_start(function: &str) -> bool {
+    function.starts_with("runtime.")
+        && function != "runtime.main"
+        && function != "runtime.handleAsyncEvent"
+}
+
+/// Code that is not the program's own: the runtime and the standard library
+/// (an import path whose first element has no dot, other than `main`).
+pub fn is_runtime_or_stdlib(function: &str) -> bool {
+    let pkg_end = function
+        .rfind('/')
+        .map(|slash| {
+            function[slash..]
+                .find('.')
+                .map_or(function.len(), |d| slash + d)
+        })
+        .unwrap_or_else(|| function.find('.').unwrap_or(function.len()));
+    let pkg = &function[..pkg_end];
+    let first = pkg.split('/').next().unwrap_or(pkg);
+    pkg != "main" && !first.contains('.')
+}
+
+/// The goroutine's real function: the outermost frame under `goexit` that is
+/// not a compiler-generated wrapper (`gowrapN`, `dwrap.N`).
+fn start_from_stack(stack: &[Frame]) -> Option<Frame> {
+    stack
+        .iter()
+        .rev()
+        .find(|f| !is_wrapper(&f.function) && f.file != "<autogenerated>")
+        .cloned()
+}
+
+fn is_wrapper(function: &str) -> bool {
+    let last = function.rsplit('.').next().unwrap_or("");
+    last.starts_with("gowrap") || function.contains(".dwrap.") || last.starts_with("dwrap")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stdlib_and_program_code() {
+        for f in [
+            "runtime.gopark",
+            "sync.(*WaitGroup).Wait",
+            "internal/poll.(*FD).Read",
+            "net/http.(*conn).serve",
+            "time.Sleep",
+        ] {
+            assert!(is_runtime_or_stdlib(f), "{f}");
+        }
+        for f in [
+            "main.leak.func1",
+            "main.(*Server).notify",
+            "github.com/acme/api/handlers.(*H).ServeHTTP",
+            "golang.org/x/sync/errgroup.(*Group).Go.func1",
+        ] {
+            assert!(!is_runtime_or_stdlib(f), "{f}");
+        }
+    }
+
+    #[test]
+    fn system_goroutines_and_wrappers() {
+        assert!(is_system_start("runtime.bgsweep"));
+        assert!(is_system_start("runtime.gcBgMarkWorker"));
+        assert!(!is_system_start("runtime.main"));
+        assert!(!is_system_start("main.main.func1"));
+        assert!(is_wrapper("main.main.gowrap1"));
+        assert!(is_wrapper("main.main.dwrap.1"));
+        assert!(!is_wrapper("main.worker"));
+        let f = |name: &str| Frame {
+            function: name.into(),
+            file: "x.go".into(),
+            line: 1,
+        };
+        let stack = vec![
+            f("runtime.gopark"),
+            f("main.worker"),
+            f("main.main.gowrap1"),
+        ];
+        assert_eq!(start_from_stack(&stack).unwrap().function, "main.worker");
+    }
+}

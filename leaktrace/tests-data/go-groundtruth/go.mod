@@ -1,0 +1,3 @@
+module example.com/leaktrace-gt
+
+go 1.19
