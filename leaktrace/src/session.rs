@@ -221,9 +221,12 @@ pub async fn run(args: &Args, bin: &GoBinary, mut target: Target) -> Result<i32>
                 views = GoReader::new(bin, pid, b).views(&mut table, snapshot_ns);
                 record(&mut trends, &views, &rules);
             }
-            if is_child && end == End::Terminated {
+            if is_child {
+                // We started it; tracing is over, so is its run. (On Ctrl-C
+                // the terminal already sent it SIGINT.)
                 // SAFETY: signalling our own child.
                 unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+                notes.push("leaktrace stopped, so it sent SIGTERM to the command it started".into());
             }
         }
     }

@@ -80,7 +80,10 @@ pub fn group(views: &[TaskView], now_ns: u64, older_ns: u64) -> Vec<Group> {
                 Some((lo, hi)) => (lo.min(d), hi.max(d)),
             });
             g.blocked_at_least |= since.is_lower_bound();
-            if d_ns >= older_ns {
+            // Already blocked when we attached: old, whatever its true age.
+            // Counting it as aged only once `older` passed after attach would
+            // fake a burst of growth.
+            if d_ns >= older_ns || since.is_lower_bound() {
                 g.aged += 1;
             }
         }
@@ -178,7 +181,7 @@ mod tests {
         assert_eq!(g.count, 3);
         assert_eq!(g.blocked_s, Some((1.0, 10.0)));
         assert!(g.blocked_at_least);
-        assert_eq!(g.aged, 2);
+        assert_eq!(g.aged, 3, "lower bounds count as aged");
         assert_eq!(g.key.blocked_at.as_ref().unwrap().line, 12);
         assert_eq!(groups[1].key.state, TaskState::Running);
         assert_eq!(groups[1].blocked_s, None);

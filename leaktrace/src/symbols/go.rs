@@ -152,11 +152,12 @@ struct Moduledata {
 impl GoSymbols {
     /// Locates and indexes the pclntab of `elf`.
     ///
-    /// Deliberately not built on `gobin`'s pclntab reader: gobin stops a
-    /// PC-value table at a zero PC delta instead of at a zero value delta
-    /// (Go's terminator), adds `startLine` to line numbers that Go stores
-    /// absolute, has no Go 1.18/1.19 `gofunc` (so no inline trees there),
-    /// and knows nothing of the 1.19 20-byte inline-tree entries.
+    /// Deliberately not built on `gobin` 0.6's pclntab reader, which (checked
+    /// against real binaries) adds `startLine` to the line numbers Go 1.20+
+    /// stores absolute, reads Go 1.18/1.19's 20-byte inline-tree entries
+    /// with a 16-byte stride, and ends PC-value tables at a zero PC delta
+    /// rather than at Go's terminator (a zero value delta). Its lookups are
+    /// also iterator-based where frames() needs one PC.
     pub fn new(elf: &ElfFile, version: &GoVersion) -> Result<GoSymbols, String> {
         let reader = elf.va_reader();
         let (pcln, pcln_va) = find_pclntab(elf)?;
@@ -354,7 +355,7 @@ impl GoSymbols {
             if !(elide_wrappers && Some(func_id) == self.wrapper_func_id) {
                 let (file, line) = self.file_line(&f, cur);
                 out.push(Frame {
-                    function: self.print_name(self.name_at(name_off).unwrap_or("?")),
+                    function: self.print_name(self.runtime_name_at(name_off)),
                     file,
                     line,
                 });
@@ -555,6 +556,15 @@ impl GoSymbols {
         )
     }
 
+    /// The name the runtime prints: its `funcName` treats offset 0 as "no
+    /// name", although the linker puts the first function's name there.
+    fn runtime_name_at(&self, name_off: u32) -> &str {
+        if name_off == 0 {
+            return "";
+        }
+        self.name_at(name_off).unwrap_or("?")
+    }
+
     fn print_name(&self, raw: &str) -> String {
         match self.name_style {
             NameStyle::Simple => name_for_print_simple(raw),
@@ -646,6 +656,11 @@ fn text_off(text: u64, sects: &[(u64, u64, u64)], off: u32) -> u64 {
         }
     }
     text.wrapping_add(off)
+}
+
+/// Whether `elf` contains a Go 1.18+ pclntab (by section or by scanning).
+pub fn has_pclntab(elf: &ElfFile) -> bool {
+    find_pclntab(elf).is_ok()
 }
 
 fn find_pclntab(elf: &ElfFile) -> Result<(Range<usize>, u64), String> {
@@ -834,13 +849,12 @@ fn find_moduledata(
                     textsects: Vec::new(),
                 });
             };
-            // rodata is the start of the read-only segment; checking it
-            // catches a wrong layout before gofunc sends us astray.
+            // rodata points into the read-only segment; checking it catches
+            // a wrong layout before gofunc sends us astray.
             let rodata_ok = word(base, layout.rodata).is_some_and(|r| {
                 elf.segments()
                     .iter()
-                    .any(|s| s.vaddr == r && !s.is_executable() && !s.is_writable())
-                    || elf.section(".rodata").is_some_and(|s| s.addr == r)
+                    .any(|s| !s.is_executable() && !s.is_writable() && s.file_offset(r).is_some())
             });
             let gofunc =
                 word(base, layout.gofunc).filter(|&g| rodata_ok && reader.read(g, 1).is_some());

@@ -24,7 +24,9 @@
 use std::collections::{HashMap, HashSet};
 
 use anyhow::{Context, Result, bail};
-use iced_x86::{FlowControl, Instruction, InstructionInfoFactory, OpAccess, OpKind, Register};
+use iced_x86::{
+    FlowControl, Instruction, InstructionInfoFactory, Mnemonic, OpAccess, OpKind, Register,
+};
 
 use super::probe_points::{branch_targets, decode_all};
 
@@ -213,12 +215,15 @@ fn scan(code: &[u8], entry: u64) -> Scan {
             .filter(|r| is_write(r.access()))
             .map(|r| r.register().full_register())
             .collect();
-        let dest = (instr.op_count() == 2 && instr.op_kind(0) == OpKind::Register)
-            .then(|| instr.op0_register().full_register());
+        // Only whole 64-bit destinations carry an address or a length.
+        let dest = (instr.op_count() == 2
+            && instr.op_kind(0) == OpKind::Register
+            && instr.op0_register().size() == 8)
+            .then(|| instr.op0_register());
         let new_value = match (instr.mnemonic(), dest, refs.first()) {
-            (iced_x86::Mnemonic::Lea, Some(_), Some(r)) => Some(Value::AddrOf(r.addr)),
-            (iced_x86::Mnemonic::Mov, Some(_), Some(r)) if r.size == 8 => Some(Value::Load(r.addr)),
-            (iced_x86::Mnemonic::Mov, Some(_), None) if instr.op_kind(1) == OpKind::Register => {
+            (Mnemonic::Lea, Some(_), Some(r)) => Some(Value::AddrOf(r.addr)),
+            (Mnemonic::Mov, Some(_), Some(r)) if r.size == 8 => Some(Value::Load(r.addr)),
+            (Mnemonic::Mov, Some(_), None) if instr.op_kind(1) == OpKind::Register => {
                 regs.get(&instr.op1_register().full_register()).copied()
             }
             _ => None,
@@ -227,9 +232,7 @@ fn scan(code: &[u8], entry: u64) -> Scan {
             regs.remove(r);
         }
         if let (Some(d), Some(v)) = (dest, new_value) {
-            if d.size() == 8 {
-                regs.insert(d, v);
-            }
+            regs.insert(d, v);
         }
         // A call clobbers every register under Go's ABI; control leaves the
         // straight line after any branch.
@@ -313,7 +316,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::runtime::go::probe_points::test_support::{GoBin, Mode, build, toolchains};
+    use crate::runtime::go::probe_points::test_support::{GoBin, Mode, build, minor, toolchains};
 
     #[test]
     fn symtab_is_used_when_present() {
@@ -510,6 +513,24 @@ mod tests {
                     },
                 ));
             }
+        }
+        // PGO recompiles the runtime with a profile; allgadd is cold, but
+        // check that the decode still matches.
+        for tc in toolchains().into_iter().filter(|t| minor(t.version) >= 21) {
+            let path = build(&tc, Mode::Pgo).unwrap();
+            let bin = GoBin::load(&path);
+            let tag = format!("go{} pgo", tc.version);
+            let dec = locate_allgs(&|va, len| bin.code_at(va, len), &|n| bin.func(n), &|_| None)
+                .unwrap_or_else(|e| panic!("{tag}: {e:#}"));
+            let sym = (
+                bin.data_symbol("runtime.allgs"),
+                bin.data_symbol("runtime.allglen"),
+            );
+            assert_eq!((Some(dec.allgs), dec.allglen), sym, "{tag}");
+            rows.push(format!(
+                "| {:<8} | pgo       | decoded = symtab |",
+                tc.version
+            ));
         }
         println!("\nallgs per Go build:");
         for r in &rows {

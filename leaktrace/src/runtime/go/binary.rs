@@ -136,8 +136,10 @@ impl GoBinary {
             ElfError::Io(e) => InspectError::Io(e),
         })?;
 
-        let ctx = gobin::formats::BinaryContext::new(elf.bytes());
-        let build_info = gobin::structures::buildinfo::extract(&ctx);
+        // Go-ness comes from the sections the Go linker writes (or, with
+        // section headers stripped, a pclntab): gobin's buildinfo search
+        // falls back to scanning all data and finds its magic in any
+        // program that links gobin, leaktrace included.
         let has_go_sections = [
             ".gopclntab",
             ".data.rel.ro.gopclntab",
@@ -146,11 +148,13 @@ impl GoBinary {
         ]
         .iter()
         .any(|s| elf.section(s).is_some());
-        if build_info.is_none() && !has_go_sections {
+        if !has_go_sections && !crate::symbols::go::has_pclntab(&elf) {
             return Err(InspectError::NotGo {
                 hint: non_go_hint(&elf),
             });
         }
+        let ctx = gobin::formats::BinaryContext::new(elf.bytes());
+        let build_info = gobin::structures::buildinfo::extract(&ctx);
         if !SUPPORTED_MACHINES.contains(&elf.machine()) {
             return Err(InspectError::UnsupportedArch(format!(
                 "{shown} is a {} binary",

@@ -15,7 +15,7 @@ use serde::Serialize;
 use super::version::GoVersion;
 use crate::target::elf::ElfFile;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct GLayout {
     pub g_stack_lo: u32,
     pub g_stack_hi: u32,
@@ -387,12 +387,7 @@ pub fn read_dwarf_structs(
         // Only what type DIEs need: decompressing .debug_line or .debug_loc
         // would cost more than the whole lookup.
         match id {
-            SectionId::DebugAbbrev
-            | SectionId::DebugInfo
-            | SectionId::DebugStr
-            | SectionId::DebugStrOffsets
-            | SectionId::DebugLineStr
-            | SectionId::DebugAddr => Ok(elf
+            SectionId::DebugAbbrev | SectionId::DebugInfo | SectionId::DebugStr => Ok(elf
                 .uncompressed_section(id.name())
                 .map_err(|e| e.to_string())?
                 .unwrap_or(Cow::Borrowed(&[]))),
@@ -406,8 +401,10 @@ pub fn read_dwarf_structs(
     let mut found: HashMap<String, DwarfStruct> = HashMap::new();
     let mut units = dwarf.units();
     while let Some(header) = units.next().map_err(err)? {
-        let unit = dwarf.unit(header).map_err(err)?;
-        let mut cursor = unit.entries();
+        // Not `dwarf.unit()`: that also parses the line program, which
+        // would need .debug_line.
+        let abbrevs = dwarf.abbreviations(&header).map_err(err)?;
+        let mut cursor = header.entries(&abbrevs);
         let mut depth: isize = 0;
         // (depth of the struct DIE, struct being filled)
         let mut current: Option<(isize, DwarfStruct)> = None;
@@ -416,18 +413,24 @@ pub fn read_dwarf_structs(
             if let Some((d, _)) = &current
                 && depth <= *d
                 && let Some((_, done)) = current.take()
+                && !done.fields.is_empty()
             {
                 found.insert(done.name.clone(), done);
                 if found.len() == names.len() {
                     return Ok(found);
                 }
             }
+            // Go writes names inline (DW_FORM_string); accept .debug_str too.
             let name = match entry.attr_value(gimli::DW_AT_name).map_err(err)? {
-                Some(v) => dwarf
-                    .attr_string(&unit, v)
+                Some(AttributeValue::String(s)) => {
+                    Some(String::from_utf8_lossy(s.slice()).into_owned())
+                }
+                Some(AttributeValue::DebugStrRef(off)) => dwarf
+                    .debug_str
+                    .get_str(off)
                     .ok()
                     .map(|s| String::from_utf8_lossy(s.slice()).into_owned()),
-                None => None,
+                _ => None,
             };
             match (&mut current, entry.tag()) {
                 (Some((d, st)), gimli::DW_TAG_member) if depth == *d + 1 => {
@@ -470,7 +473,9 @@ pub fn read_dwarf_structs(
                 _ => {}
             }
         }
-        if let Some((_, done)) = current.take() {
+        if let Some((_, done)) = current.take()
+            && !done.fields.is_empty()
+        {
             found.insert(done.name.clone(), done);
         }
     }

@@ -127,7 +127,7 @@ impl WaitReasons {
 /// Reads a Go `[N]string` array of `size` bytes at `va` from the file.
 pub(crate) fn read_string_array(elf: &ElfFile, va: u64, size: u64) -> Result<Vec<String>, String> {
     const GO_STRING_SIZE: u64 = 16;
-    if size % GO_STRING_SIZE != 0 || size / GO_STRING_SIZE > 256 {
+    if !size.is_multiple_of(GO_STRING_SIZE) || size / GO_STRING_SIZE > 256 {
         return Err(format!("unexpected size {size} for a [N]string at {va:#x}"));
     }
     let mut out = Vec::new();

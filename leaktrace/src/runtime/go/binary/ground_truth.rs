@@ -13,6 +13,7 @@ use std::process::Command;
 
 use super::*;
 use crate::symbols::Frame;
+use crate::symbols::go::GoSymbols;
 
 const MAIN_GO: &str = include_str!("../../../../tests-data/go-groundtruth/main.go");
 const GM_GO: &str = include_str!("../../../../tests-data/go-groundtruth/gm.go");
@@ -26,6 +27,8 @@ enum Mode {
     /// cgo + external linker: `.text` starts with C code, so the text base
     /// must come from moduledata, not the section.
     ExtLink,
+    /// Cross-built for linux/arm64: built, never run.
+    Arm64,
 }
 
 impl Mode {
@@ -35,6 +38,7 @@ impl Mode {
             Mode::Stripped => "stripped",
             Mode::Pie => "pie",
             Mode::ExtLink => "extlink",
+            Mode::Arm64 => "arm64",
         }
     }
 }
@@ -101,7 +105,14 @@ fn build_and_run(version: &str, go: &Path, mode: Mode) -> Result<(PathBuf, Strin
         .env("GOPROXY", "off")
         .env("GOPATH", dir.join("gopath"))
         .env("GOCACHE", dir.join("gocache"))
-        .env("GOARCH", "amd64")
+        .env(
+            "GOARCH",
+            if mode == Mode::Arm64 {
+                "arm64"
+            } else {
+                "amd64"
+            },
+        )
         .env("GOOS", "linux")
         .arg("build")
         .arg("-o")
@@ -120,6 +131,9 @@ fn build_and_run(version: &str, go: &Path, mode: Mode) -> Result<(PathBuf, Strin
             cmd.env("CGO_ENABLED", "1")
                 .arg("-ldflags=-linkmode=external");
         }
+        Mode::Arm64 => {
+            cmd.env("CGO_ENABLED", "0");
+        }
     }
     let res = cmd
         .output()
@@ -130,6 +144,11 @@ fn build_and_run(version: &str, go: &Path, mode: Mode) -> Result<(PathBuf, Strin
             mode.name(),
             String::from_utf8_lossy(&res.stderr)
         ));
+    }
+    if mode == Mode::Arm64 {
+        std::fs::write(&out_file, "").unwrap();
+        std::fs::rename(&tmp, &bin).unwrap();
+        return Ok((bin, String::new()));
     }
     let run = Command::new(&tmp)
         .output()
@@ -310,7 +329,7 @@ fn check_binary(
         fail(format!("main module {:?}", bin.main_module));
     }
     let (dwarf, symtab, pie) = match mode {
-        Mode::Plain | Mode::ExtLink => (true, true, false),
+        Mode::Plain | Mode::ExtLink | Mode::Arm64 => (true, true, false),
         Mode::Stripped => (false, false, false),
         Mode::Pie => (true, true, true),
     };
@@ -551,6 +570,39 @@ fn check_corruption(path: &Path, fail: &mut dyn FnMut(String)) {
             fail(format!("panic on corrupted input (round {round})"));
         }
     }
+}
+
+/// arm64 shares the pclntab and struct handling but not the eBPF side:
+/// `open` must refuse it by name, while the symbolizer already reads it.
+#[test]
+fn arm64_is_refused_with_a_reason() {
+    let Some(go) = toolchain("1.27.3") else {
+        eprintln!("SKIP arm64: go1.27.3 not installed");
+        return;
+    };
+    let (path, _) = build_and_run("1.27.3", &go, Mode::Arm64).unwrap();
+    let err = GoBinary::open(&path).unwrap_err();
+    assert!(matches!(err, InspectError::UnsupportedArch(_)), "{err}");
+    assert!(err.to_string().contains("AArch64 (arm64)"), "{err}");
+    assert!(err.to_string().contains("linux/amd64"), "{err}");
+
+    let elf = ElfFile::open(&path).unwrap();
+    let version = GoVersion::parse("go1.27.3").unwrap();
+    let syms = GoSymbols::new(&elf, &version).unwrap();
+    assert!(syms.has_inline_info(), "{:?}", syms.notes());
+    for name in ["runtime.newproc1", "runtime.park_m", "main.chain"] {
+        let f = syms.function(name).unwrap();
+        assert_eq!(elf.symbol(name), Some(f.entry), "{name}");
+        assert_eq!(f.entry % 4, 0);
+    }
+    // The inline chain resolves with arm64's 4-byte PC quantum too.
+    let chain = syms.function("main.chain").unwrap();
+    let names: Vec<Vec<String>> = (chain.entry..chain.end)
+        .step_by(4)
+        .map(|pc| syms.frames(pc).into_iter().map(|f| f.function).collect())
+        .collect();
+    let want = ["main.inlB", "main.inlA", "main.chain"];
+    assert!(names.iter().any(|n| n == &want), "{names:?}");
 }
 
 #[test]

@@ -1,0 +1,266 @@
+//! What every end-to-end test needs: the leaktrace binary, the rule that
+//! decides whether eBPF tests may be skipped, running leaktrace against a
+//! fixture (`-c` or `--pid`), and the comparison with the fixture's own truth.
+#![allow(dead_code)]
+
+use std::{
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use leaktrace_e2e::{BuildMode, Expect, Fixture, GoToolchain, GroundTruth, Profile, build_fixture};
+use serde_json::Value;
+
+pub fn leaktrace_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("LEAKTRACE_BIN") {
+        return PathBuf::from(p);
+    }
+    let target = leaktrace_e2e::target_dir();
+    for profile in ["release", "debug"] {
+        let p = target.join(profile).join("leaktrace");
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("leaktrace binary not found: run `cargo xtask test`, or set LEAKTRACE_BIN");
+}
+
+/// End-to-end tests need root (eBPF). Under CI they are mandatory: a missing
+/// privilege is a failure with its reason. Locally they skip with one line.
+pub fn ebpf_available(test: &str) -> bool {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|v| v.split_whitespace().nth(1).map(|u| u == "0"))
+        })
+        .unwrap_or(false);
+    if root {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!("{test}: end-to-end tests must run as root under CI (eBPF needs it); not skipping");
+    }
+    eprintln!("{test}: skipped: not root, so eBPF probes cannot be loaded (run `sudo cargo xtask test`)");
+    false
+}
+
+/// One report object from leaktrace's JSON output.
+pub struct Report(pub Value);
+
+impl Report {
+    pub fn live(&self) -> u64 {
+        self.0["live"].as_u64().expect("live")
+    }
+    pub fn events(&self, key: &str) -> u64 {
+        self.0["events"][key].as_u64().expect("events")
+    }
+    pub fn groups(&self) -> &Vec<Value> {
+        self.0["groups"].as_array().expect("groups")
+    }
+    /// Groups whose blocked-at (or, for running groups, start) function is `f`.
+    pub fn groups_at(&self, f: &str) -> Vec<&Value> {
+        self.groups()
+            .iter()
+            .filter(|g| {
+                g["blocked_at"]["function"].as_str() == Some(f)
+                    || (g["blocked_at"].is_null() && g["start"]["function"].as_str() == Some(f))
+            })
+            .collect()
+    }
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "live {} (+{} runtime), events spawn {} park {} exit {} lost {}\n",
+            self.live(),
+            self.0["system"],
+            self.events("spawn"),
+            self.events("park"),
+            self.events("exit"),
+            self.events("lost")
+        );
+        for g in self.groups() {
+            s.push_str(&format!(
+                "  {} {} {} created_by {} blocked_at {} — {}\n",
+                g["count"], g["state"], g["verdict"], g["created_by"]["function"], g["blocked_at"]["function"], g["why"]
+            ));
+        }
+        s
+    }
+}
+
+pub fn parse_reports(text: &str) -> Vec<Report> {
+    text.lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| Report(serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON report ({e}): {l}"))))
+        .collect()
+}
+
+/// A finished leaktrace run: its reports and the fixture's ground truth.
+pub struct Run {
+    pub reports: Vec<Report>,
+    pub truth: GroundTruth,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn last(&self) -> &Report {
+        self.reports.last().expect("at least one report")
+    }
+}
+
+/// `leaktrace -c FIXTURE`: probes attached before the fixture runs. The
+/// fixture leaks for `leak_for`, goes quiescent and prints its truth; the
+/// final report comes after that, at `duration`. leaktrace passes the
+/// fixture's stdout through, so the truth block is read from leaktrace's.
+pub fn run_command_mode(fixture: &PathBuf, fixture_args: &[&str], duration: &str) -> Run {
+    use std::io::{BufRead, BufReader};
+    let out = tempfile_path("reports.jsonl");
+    let mut child = Command::new(leaktrace_bin())
+        .args(["--format", "json", "--top", "50", "--duration", duration, "--output"])
+        .arg(&out)
+        .arg("-c")
+        .arg(fixture)
+        .args(fixture_args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting leaktrace");
+    let stdout = child.stdout.take().expect("stdout");
+    let stderr = child.stderr.take().expect("stderr");
+    let err_reader = std::thread::spawn(move || {
+        BufReader::new(stderr).lines().map_while(Result::ok).collect::<Vec<_>>().join("\n")
+    });
+    let lines: Vec<String> = BufReader::new(stdout).lines().map_while(Result::ok).collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break child.wait().expect("wait");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stderr = err_reader.join().unwrap_or_default();
+    assert!(status.success(), "leaktrace failed ({status}):\n{stderr}");
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    let _ = std::fs::remove_file(&out);
+    let reports = parse_reports(&text);
+    assert!(
+        reports.last().is_some_and(|r| r.0["final"] == Value::Bool(true)),
+        "no final report from leaktrace:\n{stderr}"
+    );
+    let truth = first_truth_block(&lines).unwrap_or_else(|| {
+        panic!("the fixture printed no ground truth:\n{}\n{stderr}", lines.join("\n"))
+    });
+    Run { reports, truth, stderr }
+}
+
+/// The first `numgoroutine` + profile block in a fixture's output.
+pub fn first_truth_block(lines: &[String]) -> Option<GroundTruth> {
+    let i = lines.iter().position(|l| l.starts_with("numgoroutine "))?;
+    let numgoroutine = lines[i]["numgoroutine ".len()..].trim().parse().ok()?;
+    let begin = i + lines[i..].iter().position(|l| l == "--- goroutine profile ---")?;
+    let end = begin + lines[begin..].iter().position(|l| l == "--- end ---")?;
+    let raw = lines[begin + 1..end].join("\n");
+    let profile = Profile::parse(&raw).ok()?;
+    Some(GroundTruth { numgoroutine, profile, raw })
+}
+
+/// `leaktrace --pid` on an already running fixture.
+pub fn run_pid_mode(fixture: &Fixture, extra: &[&str]) -> (Vec<Report>, String) {
+    let out = Command::new(leaktrace_bin())
+        .args(["--format", "json", "--top", "50", "--pid", &fixture.pid().to_string()])
+        .args(extra)
+        .output()
+        .expect("running leaktrace");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "leaktrace failed: {stderr}");
+    (parse_reports(&String::from_utf8_lossy(&out.stdout)), stderr)
+}
+
+pub fn tempfile_path(name: &str) -> PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    std::env::temp_dir().join(format!(
+        "leaktrace-e2e-{}-{}-{name}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
+/// Check a leak fixture's report against its own runtime's truth and its
+/// expected diagnosis; returns a one-line summary for the test output.
+pub fn check_leak(name: &str, go: &GoToolchain, mode: BuildMode, run: &Run) -> String {
+    let expect = Expect::load(name);
+    let minor = go.minor();
+    let report = run.last();
+    let ctx = || format!("{name} {} {mode:?}\n{}\nstderr:\n{}", go.full, report.summary(), run.stderr);
+    assert_eq!(
+        report.live(),
+        run.truth.numgoroutine,
+        "live goroutines must equal runtime.NumGoroutine(): {}",
+        ctx()
+    );
+    assert!(report.events("spawn") > 0 && report.events("park") > 0, "no events through the ring buffer: {}", ctx());
+    for group in expect.leak_groups() {
+        let blocked_at = group.blocked_at_for(minor);
+        let groups = report.groups_at(&blocked_at);
+        assert!(!groups.is_empty(), "no group blocked at {blocked_at}: {}", ctx());
+        let g = groups[0];
+        let truth_count = run.truth.profile.count_blocked_at(&blocked_at);
+        let count: u64 = groups.iter().map(|g| g["count"].as_u64().unwrap_or(0)).sum();
+        assert_eq!(count, truth_count, "count blocked at {blocked_at} vs the runtime's profile: {}", ctx());
+        assert_eq!(g["created_by"]["function"], group.created_by_for(minor).as_str(), "creation site: {}", ctx());
+        assert_eq!(g["state"], group.wait_reason_for(minor).as_str(), "wait reason: {}", ctx());
+        let line = run
+            .truth
+            .profile
+            .blocked_at(&blocked_at)
+            .next()
+            .and_then(|r| r.first_non_stdlib_frame())
+            .map(|f| f.line);
+        assert_eq!(g["blocked_at"]["line"].as_u64(), line.map(u64::from), "blocked line vs profile: {}", ctx());
+        assert_eq!(g["verdict"], "leak", "verdict: {}", ctx());
+    }
+    format!(
+        "{name:<15} {:<10} {:<8} live {:>5} == NumGoroutine {:>5}; ring buffer: {} spawn, {} park, {} exit, {} lost",
+        go.full,
+        format!("{mode:?}"),
+        report.live(),
+        run.truth.numgoroutine,
+        report.events("spawn"),
+        report.events("park"),
+        report.events("exit"),
+        report.events("lost")
+    )
+}
+
+/// Controls: none of the named groups may be called a leak.
+pub fn check_control(name: &str, go: &GoToolchain, mode: BuildMode, run: &Run) -> String {
+    let expect = Expect::load(name);
+    let report = run.last();
+    let ctx = || format!("{name} {} {mode:?}\n{}", go.full, report.summary());
+    assert_eq!(report.live(), run.truth.numgoroutine, "live vs runtime.NumGoroutine(): {}", ctx());
+    for g in report.groups() {
+        assert_ne!(g["verdict"], "leak", "a control was called a leak: {}", ctx());
+    }
+    for group in &expect.must_not_flag {
+        if group.state.as_deref() == Some("running") {
+            let at = group.blocked_at_for(go.minor());
+            let groups = report.groups_at(&at);
+            assert!(!groups.is_empty(), "no group for {at}: {}", ctx());
+            for g in groups {
+                assert!(g["state"] == "running" || g["state"] == "runnable", "{at} must show as running: {}", ctx());
+            }
+        }
+    }
+    format!("{name:<15} {:<10} {:<8} live {:>5} == NumGoroutine {:>5}; no group called a leak", go.full, format!("{mode:?}"), report.live(), run.truth.numgoroutine)
+}
+
+pub fn build(name: &str, go: &GoToolchain, mode: BuildMode) -> PathBuf {
+    build_fixture(name, go, mode)
+}
