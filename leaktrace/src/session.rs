@@ -135,7 +135,8 @@ pub async fn run(args: &Args, bin: &GoBinary, mut target: Target) -> Result<i32>
         ..Rules::default()
     };
     let report_every = args.report_interval().max(Duration::from_millis(100));
-    let sample_every = report_every.min(Duration::from_secs(1));
+    // Trends need several samples even in a short window.
+    let sample_every = report_every.min(Duration::from_millis(500));
     let mut trends: Trends<GroupKey> = Trends::new(600);
     let mut sampler = interval(sample_every);
     sampler.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -398,5 +399,7 @@ fn pidfd(pid: u32) -> Result<AsyncFd<OwnedFd>> {
     }
     // SAFETY: fd is a fresh, valid descriptor we own.
     let owned = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    Ok(AsyncFd::new(owned)?)
+    // SAFETY: the OwnedFd keeps the descriptor open for the AsyncFd's life.
+    unsafe { AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE) }
+        .map_err(|e| anyhow::anyhow!("registering the pidfd with tokio: {e}"))
 }

@@ -73,17 +73,19 @@ pub fn group(views: &[TaskView], now_ns: u64, older_ns: u64) -> Vec<Group> {
         if v.state.is_waiting()
             && let Some(since) = v.blocked_since
         {
-            let d_ns = now_ns.saturating_sub(since.ns());
-            let d = d_ns as f64 / 1e9;
+            let d = now_ns.saturating_sub(since.ns()) as f64 / 1e9;
             g.blocked_s = Some(match g.blocked_s {
                 None => (d, d),
                 Some((lo, hi)) => (lo.min(d), hi.max(d)),
             });
             g.blocked_at_least |= since.is_lower_bound();
-            // Already blocked when we attached: old, whatever its true age.
-            // Counting it as aged only once `older` passed after attach would
-            // fake a burst of growth.
-            if d_ns >= older_ns || since.is_lower_bound() {
+            // Old = alive (or blocked) at least `older`. Lifetime, not the
+            // current block, so a leaked goroutine that wakes on a ticker
+            // and parks again still ages. Already there at attach: old,
+            // whatever its true age (counting it only once `older` passed
+            // after attach would fake a burst of growth).
+            let born = since.ns().min(v.alive_since.ns());
+            if now_ns.saturating_sub(born) >= older_ns || v.alive_since.is_lower_bound() {
                 g.aged += 1;
             }
         }
@@ -150,6 +152,7 @@ mod tests {
             blocked_at: state.is_waiting().then(|| frame("main.serve.func1", 12)),
             state,
             blocked_since: since,
+            alive_since: since.unwrap_or(Since::Exact(0)),
             stack_unstable: false,
         }
     }
@@ -181,7 +184,11 @@ mod tests {
         assert_eq!(g.count, 3);
         assert_eq!(g.blocked_s, Some((1.0, 10.0)));
         assert!(g.blocked_at_least);
-        assert_eq!(g.aged, 3, "lower bounds count as aged");
+        assert_eq!(g.aged, 2, "lower bounds count as aged; 1s-old does not");
+        // A goroutine alive 10s that re-parks on a ticker every 100ms is old.
+        let mut ticker = view(5, TaskState::Waiting("select".into()), Some(Since::Exact(10 * s - s / 10)));
+        ticker.alive_since = Since::Exact(0);
+        assert_eq!(group(&[ticker], 10 * s, 2 * s)[0].aged, 1);
         assert_eq!(g.key.blocked_at.as_ref().unwrap().line, 12);
         assert_eq!(groups[1].key.state, TaskState::Running);
         assert_eq!(groups[1].blocked_s, None);

@@ -33,6 +33,9 @@ pub struct Movement {
     pub aged_last: u32,
     /// Least-squares slope of the aged count, per second.
     pub aged_slope: f64,
+    /// Between how many consecutive ticks the aged count went up. A pool
+    /// started all at once ages in one step; a leak keeps adding.
+    pub aged_rises: usize,
     pub ticks: usize,
     pub window_s: f64,
 }
@@ -92,7 +95,9 @@ impl<K: Eq + Hash + Clone> Trends<K> {
             })
             .collect();
         let aged_at = |tick: u64| series.iter().find(|s| s.tick == tick).map_or(0, |s| s.aged);
+        let aged_rises = points.windows(2).filter(|w| w[1].2 > w[0].2).count();
         Movement {
+            aged_rises,
             growth_per_s: slope(points.iter().map(|p| (p.0, p.1))),
             aged_slope: slope(points.iter().map(|p| (p.0, p.2))),
             aged_first: aged_at(self.ticks.front().map_or(0, |t| t.0)),
@@ -133,6 +138,7 @@ mod tests {
         let m = t.movement(&"a");
         assert!((m.growth_per_s - 5.0).abs() < 1e-9, "{m:?}");
         assert_eq!((m.aged_first, m.aged_last), (0, 25));
+        assert_eq!(m.aged_rises, 5);
         assert_eq!(m.ticks, 6);
         assert!((m.window_s - 5.0).abs() < 1e-9);
     }

@@ -6,10 +6,12 @@
 //!    problem, not a leak.
 //! 3. Waiting on something that can never happen (a nil channel, `select {}`):
 //!    `leak`, whatever the count.
-//! 4. Waiting, and the number of members blocked at least `--older` grew
-//!    steadily over the window (by at least `min_growth` and 10 %): `leak`.
-//!    Short-lived tasks never reach `--older`, so a busy, healthy server does
-//!    not trip this however high its count.
+//! 4. Waiting, and the number of members that are old (alive at least
+//!    `--older`, and still blocked) grew over the window by at least
+//!    `min_growth` and 10 %, in at least two separate steps: `leak`.
+//!    Short-lived tasks never get old, so a busy, healthy server does not
+//!    trip this however high its count; a pool started all at once ages in
+//!    a single step, so it does not either.
 //! 5. Waiting, flat, but at least `suspect_count` members blocked longer than
 //!    `--older`: `suspect` (leaked before we attached, or sized by load: watch
 //!    longer, or compare with load).
@@ -81,7 +83,7 @@ pub fn judge(g: &Group, m: &Movement, rules: &Rules) -> (Verdict, String) {
     let needed = rules
         .min_growth
         .max((m.aged_first as f64 * 0.10).ceil() as u32);
-    if m.ticks >= 3 && m.aged_slope > 0.0 && grew >= needed {
+    if m.ticks >= 3 && m.aged_rises >= 2 && m.aged_slope > 0.0 && grew >= needed {
         let verdict = if g.key.state.is_waiting() {
             Verdict::Leak
         } else {
@@ -163,6 +165,7 @@ mod tests {
             aged_first: first,
             aged_last: last,
             aged_slope: (last - first) as f64 / 5.0,
+            aged_rises: if last > first { ticks - 1 } else { 0 },
             ticks,
             window_s: 5.0,
         }
@@ -226,6 +229,10 @@ mod tests {
             .0,
             Verdict::Ok
         );
+        // A pool that aged all at once is one step, not a trend.
+        let mut one_step = moving(0, 8, 6);
+        one_step.aged_rises = 1;
+        assert_eq!(judge(&group(waiting("chan receive"), 8, 8, false), &one_step, &r).0, Verdict::Ok);
         // Two ticks are not a trend.
         assert_eq!(
             judge(

@@ -15,10 +15,11 @@ pub struct EventRing {
 
 impl EventRing {
     pub fn new(ring: RingBuf<MapData>) -> Result<Self> {
-        Ok(Self {
-            fd: AsyncFd::new(ring)?,
-            malformed: 0,
-        })
+        // SAFETY: the RingBuf owns its map fd and keeps returning it until
+        // dropped, which only happens when the AsyncFd is dropped.
+        let fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+            .map_err(|e| anyhow::anyhow!("registering the ring buffer with tokio: {e}"))?;
+        Ok(Self { fd, malformed: 0 })
     }
 
     /// Wait until records are available, then append all of them to `out`.

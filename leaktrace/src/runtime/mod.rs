@@ -84,6 +84,9 @@ pub struct TaskView {
     pub blocked_at: Option<Frame>,
     /// When the current block began, if known.
     pub blocked_since: Option<Since>,
+    /// When the task was created (a lower bound for tasks that existed
+    /// before attach).
+    pub alive_since: Since,
     /// Set when the stack could not be read consistently (the runtime moved
     /// it while we read, repeatedly).
     pub stack_unstable: bool,

@@ -322,8 +322,18 @@ impl GoSymbols {
         self.frames_impl(pc, true)
     }
 
+    /// [`GoSymbols::frames`], telling "not Go code" (`None`) apart from
+    /// "only wrapper frames, hidden" (`Some(empty)`). Since Go 1.22 every
+    /// `go f(x)` goroutine has a wrapper (`main.main.gowrap1`) as its
+    /// outermost frame, so a stack walk meets hidden frames routinely.
+    pub fn try_frames(&self, pc: u64) -> Option<Vec<Frame>> {
+        self.func_index(pc)?;
+        Some(self.frames_impl(pc, true))
+    }
+
     /// The innermost frame at `pc` without hiding wrappers; what
-    /// `runtime.FuncForPC(pc)` reports (name and `FileLine(pc)`).
+    /// `runtime.FuncForPC(pc)` reports (name and `FileLine(pc)`). Use this
+    /// for a goroutine's `startpc`, which is usually a wrapper.
     pub fn innermost_frame(&self, pc: u64) -> Option<Frame> {
         self.frames_impl(pc, false).into_iter().next()
     }

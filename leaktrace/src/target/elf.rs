@@ -163,14 +163,6 @@ impl VaReader {
         self.data.get(start..start.checked_add(len)?)
     }
 
-    /// Everything from `va` to the end of its segment's file-backed bytes.
-    pub fn read_to_segment_end(&self, va: u64) -> Option<&[u8]> {
-        let seg = self.segments.iter().find(|s| s.file_offset(va).is_some())?;
-        let start = usize::try_from(seg.offset + (va - seg.vaddr)).ok()?;
-        let end = usize::try_from(seg.offset + seg.filesz).ok()?;
-        self.data.get(start..end)
-    }
-
     pub fn read_u32(&self, va: u64) -> Option<u32> {
         let b = self.read(va, 4)?;
         Some(u32::from_le_bytes(b.try_into().ok()?))

@@ -32,6 +32,7 @@ pub struct GoReader<'a> {
     bias: u64,
     frames: HashMap<u64, Vec<Frame>>,
     stacks: HashMap<StackKey, Vec<u64>>,
+    starts: HashMap<u64, Option<Frame>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -112,6 +113,7 @@ impl<'a> GoReader<'a> {
             bias,
             frames: HashMap::new(),
             stacks: HashMap::new(),
+            starts: HashMap::new(),
         }
     }
 
@@ -269,6 +271,7 @@ impl<'a> GoReader<'a> {
             .as_ref()
             .is_some_and(|f| is_system_start(&f.function));
         let start = start_from_stack(&stack)
+            .or_else(|| self.unwrapped_start(h.startpc, &created_by))
             .or(start_fn)
             .unwrap_or_else(|| Frame::unknown(h.startpc));
         let blocked_since = state.is_waiting().then(|| match task.parked_ns {
@@ -284,9 +287,14 @@ impl<'a> GoReader<'a> {
                 })
             }
         });
+        let alive_since = match task.spawned_ns {
+            Some(t) => Since::Exact(t),
+            None => Since::AtMost(snapshot_ns),
+        };
         TaskView {
             key: task.key,
             id: h.goid,
+            alive_since,
             state,
             never_ends,
             system,
@@ -352,6 +360,51 @@ impl<'a> GoReader<'a> {
         }
         self.stacks.insert(key, pcs.clone());
         pcs
+    }
+
+    /// For a goroutine we cannot unwind (running), the function behind the
+    /// compiler's thunk for `go f(x)`: `gowrapN` (Go ≥ 1.22), `dwrap.N`, or a
+    /// `funcN` closure on the `go` statement's own line (1.18–1.21). The
+    /// thunk's first direct call outside the runtime is `f`.
+    fn unwrapped_start(&mut self, startpc: u64, created_by: &Frame) -> Option<Frame> {
+        let va = startpc.wrapping_sub(self.bias);
+        if let Some(cached) = self.starts.get(&va) {
+            return cached.clone();
+        }
+        let found = self.decode_thunk(va, created_by);
+        self.starts.insert(va, found.clone());
+        found
+    }
+
+    fn decode_thunk(&self, va: u64, created_by: &Frame) -> Option<Frame> {
+        use iced_x86::{Decoder, DecoderOptions, FlowControl};
+        let f = self.bin.symbols.function_at(va)?;
+        let here = self.bin.symbols.innermost_frame(va)?;
+        let last = f.name.rsplit('.').next().unwrap_or("");
+        let thunk = is_wrapper(&f.name)
+            || (last.starts_with("func")
+                && last[4..].chars().all(|c| c.is_ascii_digit())
+                && here.file == created_by.file
+                && here.line == created_by.line);
+        if !thunk {
+            return None;
+        }
+        let len = (f.end.saturating_sub(f.entry)).min(512) as usize;
+        let code = self.bin.elf.read_va(f.entry, len)?;
+        let mut decoder = Decoder::with_ip(64, code, f.entry, DecoderOptions::NONE);
+        while decoder.can_decode() {
+            let insn = decoder.decode();
+            if insn.flow_control() != FlowControl::Call || !insn.is_call_near() {
+                continue;
+            }
+            let target = insn.near_branch_target();
+            let callee = self.bin.symbols.function_at(target)?;
+            if callee.name.starts_with("runtime.") {
+                continue;
+            }
+            return self.bin.symbols.innermost_frame(callee.entry);
+        }
+        None
     }
 
     /// The innermost frame at a runtime address, wrappers included.
