@@ -11,6 +11,9 @@
 //!   "blocked_at": "main.(*Hub).Publish.func1", // first non-stdlib frame
 //!   "wait_reason": {"default": "sync.Mutex.Lock", "<1.20": "semacquire"},
 //!   "per_op": 1,                          // goroutines leaked per operation
+//!   "start_fn": {"default": "main.(*Server).HandleRequest.gowrap1",
+//!                "<1.22": "main.(*Server).HandleRequest.func1"},
+//!   "inlined_into": "main.(*Exporter).export", // optional, see Group
 //!   "other_groups": [ { "role": "...", "created_by": ..., ... } ],
 //!   "must_not_flag": [ { "role": "...", "created_by": ..., "count": 8 } ]
 //! }
@@ -135,6 +138,17 @@ pub struct Group {
     /// `"running"` for goroutines that are not waiting.
     #[serde(default)]
     pub state: Option<String>,
+    /// The function at the goroutine's start PC (`g.startpc`). For
+    /// `go f(args)` / `go x.m()` this is a compiler wrapper that runtime
+    /// tracebacks hide: `<creator>.funcN` up to Go 1.21, `<creator>.gowrapN`
+    /// from 1.22.
+    #[serde(default)]
+    pub start_fn: Option<Versioned>,
+    /// When `blocked_at` is inlined, the function whose machine code holds
+    /// the blocked PC (what a symbolizer that ignores the inline tree would
+    /// report). `""` (or absent) when it is not inlined.
+    #[serde(default)]
+    pub inlined_into: Option<Versioned>,
 }
 
 impl Group {
@@ -160,8 +174,35 @@ impl Group {
             .to_string()
     }
 
+    /// See [`Group::start_fn`]; `None` when expect.json does not say.
+    pub fn start_fn_for(&self, go_minor: u32) -> Option<String> {
+        self.start_fn
+            .as_ref()
+            .and_then(|v| v.for_minor(go_minor))
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    }
+
+    /// See [`Group::inlined_into`]; `None` when `blocked_at` is a real
+    /// frame on Go 1.`go_minor`.
+    pub fn inlined_into_for(&self, go_minor: u32) -> Option<String> {
+        self.inlined_into
+            .as_ref()
+            .and_then(|v| v.for_minor(go_minor))
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    }
+
     fn validate(&self, what: &str) -> Result<()> {
         self.created_by.validate(&format!("{what}.created_by"))?;
+        for (name, v) in [
+            ("start_fn", &self.start_fn),
+            ("inlined_into", &self.inlined_into),
+        ] {
+            if let Some(v) = v {
+                v.validate(&format!("{what}.{name}"))?;
+            }
+        }
         self.blocked_at.validate(&format!("{what}.blocked_at"))?;
         if let Some(w) = &self.wait_reason {
             w.validate(&format!("{what}.wait_reason"))?;
@@ -183,6 +224,10 @@ struct Raw {
     wait_reason: Option<Versioned>,
     #[serde(default)]
     per_op: Option<u64>,
+    #[serde(default)]
+    start_fn: Option<Versioned>,
+    #[serde(default)]
+    inlined_into: Option<Versioned>,
     #[serde(default)]
     other_groups: Vec<Group>,
     #[serde(default)]
@@ -227,6 +272,8 @@ impl Expect {
                 per_op: Some(raw.per_op.unwrap_or(1)),
                 count: None,
                 state: None,
+                start_fn: raw.start_fn,
+                inlined_into: raw.inlined_into,
             }),
             (Kind::Leak, _, _) => bail!("a leak fixture needs created_by and blocked_at"),
             (Kind::Control, None, None) => None,
@@ -335,6 +382,21 @@ mod tests {
                 }
             }
         }
+        let n = Expect::load("nil_chan");
+        let p = n.primary.as_ref().unwrap();
+        assert_eq!(
+            p.start_fn_for(21).as_deref(),
+            Some("main.(*Runner).Run.func2")
+        );
+        assert_eq!(
+            p.start_fn_for(22).as_deref(),
+            Some("main.(*Runner).Run.gowrap2")
+        );
+        assert_eq!(p.inlined_into_for(21), None);
+        assert_eq!(
+            p.inlined_into_for(26).as_deref(),
+            Some("main.(*Runner).Run.gowrap2")
+        );
         let m = Expect::load("mutex");
         assert_eq!(m.wait_reason_for(19), "semacquire");
         assert_eq!(m.wait_reason_for(20), "sync.Mutex.Lock");

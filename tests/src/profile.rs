@@ -10,7 +10,7 @@
 //!   ```text
 //!   goroutine profile: total 23
 //!   19 @ 0x437a76 0x40560c 0x4051bd 0x4c0565 0x463d81
-//!   #	0x4c0564	main.(*Hub).Publish.func1+0x44	/src/chan_send/main.go:62
+//!   #<TAB>0x4c0564<TAB>main.(*Hub).Publish.func1+0x44<TAB>/src/chan_send/main.go:62
 //!   ```
 //!
 //!   It has **no wait reason and no creation site** (`created by` is only in
@@ -18,10 +18,12 @@
 //!   Compare frames instead: the leaking group is the one whose
 //!   [`Record::first_non_stdlib_frame`] is the fixture's `blocked_at`. For a
 //!   goroutine started as `go func() {...}()` or `go f()` the last frame
-//!   ([`Record::entry`]) is the started function, which often names the
-//!   creator (`main.(*Hub).Publish.func1` was created in
-//!   `main.(*Hub).Publish`), but not always (a named function, a `gowrap`
-//!   wrapper, inlining), which is why `expect.json` states `created_by`.
+//!   ([`Record::entry`]) is the started function, which names the creator
+//!   only for closures (`main.(*Hub).Publish.func1` was created in
+//!   `main.(*Hub).Publish`); for `go f(x)` it is `f`, wherever it was
+//!   started from, which is why `expect.json` states `created_by`. (The
+//!   compiler's `go` wrappers, `<creator>.funcN` / `.gowrapN`, are hidden
+//!   here, as in every runtime traceback.)
 //!
 //! * **debug=2** (fixtures run with `-debug 2`): every goroutine with its
 //!   status and `created by` line. Goroutines with the same frames, wait
@@ -99,6 +101,9 @@ pub struct Record {
     /// debug=1: the raw PCs of the `N @ 0x...` line (these include the
     /// hidden runtime frames); empty for debug=2.
     pub pcs: Vec<u64>,
+    /// debug=1: the PC printed on each frame line, parallel to `frames`
+    /// (inlined frames share their caller's PC); empty for debug=2.
+    pub frame_pcs: Vec<u64>,
     /// debug=1: the `# labels: {...}` text, if any.
     pub labels: Option<String>,
     /// debug=2 only: the wait reason (`chan send`, `semacquire`,
@@ -250,7 +255,9 @@ fn parse_debug1(text: &str) -> Result<Profile> {
                 rec.labels = Some(labels.trim().to_string());
                 continue;
             }
-            rec.frames.push(parse_debug1_frame(rest).with_context(ctx)?);
+            let (pc, frame) = parse_debug1_frame(rest).with_context(ctx)?;
+            rec.frame_pcs.push(pc);
+            rec.frames.push(frame);
             continue;
         }
         let (count, pcs) = line
@@ -275,11 +282,12 @@ fn parse_debug1(text: &str) -> Result<Profile> {
     })
 }
 
-/// `0x4c0564	main.(*Hub).Publish.func1+0x44	/src/main.go:62` (the tabs
+/// `0x4c0564<TAB>main.(*Hub).Publish.func1+0x44<TAB>/src/main.go:62` (the tabs
 /// are padded by a tabwriter: any run of whitespace separates fields).
-fn parse_debug1_frame(s: &str) -> Result<Frame> {
+fn parse_debug1_frame(s: &str) -> Result<(u64, Frame)> {
     let s = s.trim();
-    let (_pc, rest) = s.split_once(char::is_whitespace).context("no PC")?;
+    let (pc, rest) = s.split_once(char::is_whitespace).context("no PC")?;
+    let pc = parse_hex(pc)?;
     let rest = rest.trim_start();
     let (func_off, loc) = rest
         .split_once(char::is_whitespace)
@@ -289,11 +297,14 @@ fn parse_debug1_frame(s: &str) -> Result<Frame> {
         None => func_off,
     };
     let (file, line) = split_file_line(loc.trim())?;
-    Ok(Frame {
-        function: function.to_string(),
-        file,
-        line,
-    })
+    Ok((
+        pc,
+        Frame {
+            function: function.to_string(),
+            file,
+            line,
+        },
+    ))
 }
 
 fn split_file_line(loc: &str) -> Result<(String, u32)> {
@@ -332,10 +343,10 @@ fn parse_debug2_header(line: &str) -> Option<(u64, String)> {
 /// parentheses, so the last `(` opens the argument list.
 fn strip_args(call: &str) -> &str {
     let call = call.trim();
-    if call.ends_with(')') {
-        if let Some(i) = call.rfind('(') {
-            return &call[..i];
-        }
+    if call.ends_with(')')
+        && let Some(i) = call.rfind('(')
+    {
+        return &call[..i];
     }
     call
 }
@@ -509,6 +520,7 @@ mod tests {
         assert_eq!(leak.first_non_stdlib_frame(), Some(f));
         assert_eq!(leak.entry(), Some(f));
         assert_eq!(leak.pcs.len(), 5);
+        assert_eq!(leak.frame_pcs, vec![0x4c0564]);
         assert_eq!(p.count_blocked_at("main.(*Hub).Publish.func1"), 59);
         assert!(leak.wait_reason.is_none() && leak.created_by.is_none());
 

@@ -97,20 +97,6 @@ impl LiveTable {
         }
     }
 
-    /// Drop tasks found finished at the previous refresh whose exit event
-    /// never came (lost, or a path without an exit probe).
-    pub fn expire_seen_dead(&mut self) {
-        let dead: Vec<u64> = self
-            .tasks
-            .values()
-            .filter(|t| t.seen_dead)
-            .map(|t| t.key)
-            .collect();
-        for key in dead {
-            self.remove_dead(key);
-        }
-    }
-
     pub fn len(&self) -> usize {
         self.tasks.len()
     }

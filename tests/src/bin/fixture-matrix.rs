@@ -113,17 +113,17 @@ fn check_group(
     let recs: Vec<&Record> = t.profile.blocked_at(&site).collect();
     let n: u64 = recs.iter().map(|r| r.count).sum();
     let mut ok = true;
-    if let Some(c) = g.count {
-        if n != c {
-            ok = false;
-            notes.push(format!("{site}: {n} goroutines, expected exactly {c}"));
-        }
+    if let Some(c) = g.count
+        && n != c
+    {
+        ok = false;
+        notes.push(format!("{site}: {n} goroutines, expected exactly {c}"));
     }
-    if let Some(min) = expect_min {
-        if n < min {
-            ok = false;
-            notes.push(format!("{site}: {n} goroutines, expected at least {min}"));
-        }
+    if let Some(min) = expect_min
+        && n < min
+    {
+        ok = false;
+        notes.push(format!("{site}: {n} goroutines, expected at least {min}"));
     }
     for r in &recs {
         let reason = r.wait_reason.clone().unwrap_or_default();
@@ -161,6 +161,75 @@ fn check_group(
         }
     }
     (ok, n)
+}
+
+/// Text symbols of a binary, sorted by address (`go tool nm -n`).
+fn symbols(go: &GoToolchain, bin: &std::path::Path) -> Vec<(u64, String)> {
+    let out = leaktrace_e2e::build::go_command(go, std::path::Path::new("/"))
+        .args(["tool", "nm", "-n"])
+        .arg(bin)
+        .output()
+        .expect("go tool nm");
+    let mut v: Vec<(u64, String)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim_start();
+            let (addr, rest) = l.split_once(' ')?;
+            let (kind, name) = rest.trim_start().split_once(' ')?;
+            if kind != "T" && kind != "t" {
+                return None;
+            }
+            Some((u64::from_str_radix(addr, 16).ok()?, name.to_string()))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn symbol_at(syms: &[(u64, String)], pc: u64) -> Option<&str> {
+    let i = syms.partition_point(|(a, _)| *a <= pc);
+    (i > 0).then(|| syms[i - 1].1.as_str())
+}
+
+/// Checks `inlined_into` (the symbol holding the blocked PC) and
+/// `start_fn` (the symbol exists) against the binary.
+fn check_symbols(
+    t: &GroundTruth,
+    e: &Expect,
+    go: &GoToolchain,
+    bin: &std::path::Path,
+    notes: &mut Vec<String>,
+) -> bool {
+    let minor = go.minor();
+    let syms = symbols(go, bin);
+    let mut ok = true;
+    for g in e.leak_groups() {
+        let site = g.blocked_at_for(minor);
+        let want = g.inlined_into_for(minor).unwrap_or_else(|| site.clone());
+        for r in t.profile.blocked_at(&site) {
+            let Some(i) = r.frames.iter().position(|f| f.function == site) else {
+                continue;
+            };
+            let got = r
+                .frame_pcs
+                .get(i)
+                .and_then(|pc| symbol_at(&syms, *pc))
+                .unwrap_or("?");
+            if got != want {
+                ok = false;
+                notes.push(format!("{site}: blocked PC is in {got}, expected {want}"));
+            }
+        }
+        if let Some(start) = g.start_fn_for(minor)
+            && !syms.iter().any(|(_, n)| *n == start)
+        {
+            ok = false;
+            notes.push(format!(
+                "{site}: start_fn {start} is not a symbol of the binary"
+            ));
+        }
+    }
+    ok
 }
 
 fn observed_groups(t: &GroundTruth) -> Vec<String> {
@@ -277,6 +346,7 @@ fn check_fixture(name: &str, go: &GoToolchain, o: &Opts) -> Cell {
         match run_truth(&plain, &args(2 * l, 1)) {
             Ok(t2) => {
                 let n2 = t2.profile.count_blocked_at(&primary.blocked_at_for(minor));
+                ok &= check_symbols(&t2, &e, go, &plain, &mut notes);
                 short.push_str(&format!("→{n2}"));
                 if (n2 as f64) < 1.5 * primary_n as f64 {
                     ok = false;

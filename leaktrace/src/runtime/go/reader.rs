@@ -167,10 +167,12 @@ impl<'a> GoReader<'a> {
         Ok(out)
     }
 
-    /// Read every task in the table. Tasks found finished are flagged (and
-    /// dropped at the next refresh if no exit event explains them).
+    /// Read every task in the table. A task found finished is flagged, and
+    /// dropped only if the next read finds it finished again and no exit
+    /// event explained it meanwhile: the spawn probe fires just before the
+    /// runtime marks the new g runnable, so one "dead" read can be a g that
+    /// is being born.
     pub fn views(&mut self, table: &mut LiveTable, snapshot_ns: u64) -> Vec<TaskView> {
-        table.expire_seen_dead();
         let keys: Vec<u64> = table.tasks_mut().map(|t| t.key).collect();
         let headers = self.mem.read_many(&keys, self.g_len());
         let layout = self.bin.layout.clone();
@@ -180,15 +182,16 @@ impl<'a> GoReader<'a> {
             .zip(headers)
             .map(|(k, b)| (*k, b.and_then(|b| GHeader::parse(&b, &layout))))
             .collect();
+        let mut dead_twice = Vec::new();
         for task in table.tasks_mut() {
-            let Some(h) = by_key.remove(&task.key).flatten() else {
+            let header = by_key.remove(&task.key).flatten().filter(|h| !h.is_gone());
+            let Some(h) = header else {
+                if task.seen_dead {
+                    dead_twice.push(task.key);
+                }
                 task.seen_dead = true;
                 continue;
             };
-            if h.is_gone() {
-                task.seen_dead = true;
-                continue;
-            }
             if task.id != 0 && h.goid != task.id {
                 // The g was reused behind our back (events lost): what we
                 // knew about its timing belongs to another goroutine.
@@ -198,6 +201,9 @@ impl<'a> GoReader<'a> {
             task.id = h.goid;
             task.seen_dead = false;
             views.push(self.view(task, h, snapshot_ns));
+        }
+        for key in dead_twice {
+            table.remove_dead(key);
         }
         views
     }
