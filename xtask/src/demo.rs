@@ -44,7 +44,7 @@ pub fn run(o: &Options) -> Result<()> {
             "--duration",
             &o.duration,
         ])
-        .args(["3", "--stacks"])
+        .args(["3", "--top", "4"])
         .status();
     let _ = service.kill();
     let _ = service.wait();

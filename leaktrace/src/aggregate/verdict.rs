@@ -92,7 +92,7 @@ pub fn judge(g: &Group, m: &Movement, rules: &Rules) -> (Verdict, String) {
         return (
             verdict,
             format!(
-                "grows {:+.1}/s: {} more blocked ≥ {older} in `{reason}`{at} over {}, and none finish",
+                "grows {:+.1}/s: {} more goroutines older than {older} stuck in `{reason}`{at} over {}, and none finish",
                 m.aged_slope,
                 grew,
                 human_secs(m.window_s)

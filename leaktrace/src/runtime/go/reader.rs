@@ -30,7 +30,7 @@ pub struct GoReader<'a> {
     mem: Memory,
     /// Runtime address = link-time VA + bias (non-zero for PIE).
     bias: u64,
-    frames: HashMap<u64, Vec<Frame>>,
+    frames: HashMap<u64, Option<Vec<Frame>>>,
     stacks: HashMap<StackKey, Vec<u64>>,
     starts: HashMap<u64, Option<Frame>>,
 }
@@ -247,12 +247,10 @@ impl<'a> GoReader<'a> {
         let stack: Vec<Frame> = stack_pcs
             .iter()
             .flat_map(|&pc| {
-                let frames = self.frames_at(pc.wrapping_sub(1));
-                if frames.is_empty() {
-                    vec![Frame::unknown(pc)]
-                } else {
-                    frames
-                }
+                // Hidden wrappers (`gowrapN`) vanish, as in Go's tracebacks;
+                // only a pc outside Go code shows as a bare address.
+                self.frames_at(pc.wrapping_sub(1))
+                    .unwrap_or_else(|| vec![Frame::unknown(pc)])
             })
             .filter(|f| f.function != "runtime.goexit")
             .collect();
@@ -266,8 +264,7 @@ impl<'a> GoReader<'a> {
         };
         let created_by = self
             .frames_at(h.gopc.wrapping_sub(1))
-            .into_iter()
-            .next()
+            .and_then(|f| f.into_iter().next())
             .or_else(|| self.physical_frame(h.gopc.wrapping_sub(1)))
             .unwrap_or_else(|| Frame::unknown(h.gopc));
         // The start pc is often a compiler wrapper (`gowrapN`), which
@@ -418,14 +415,14 @@ impl<'a> GoReader<'a> {
         self.bin.symbols.innermost_frame(pc.wrapping_sub(self.bias))
     }
 
-    /// Frames at a runtime address (bias removed), cached; empty when the
-    /// address is not in Go code or only in a hidden wrapper.
-    fn frames_at(&mut self, pc: u64) -> Vec<Frame> {
+    /// Frames at a runtime address (bias removed), cached. None outside Go
+    /// code; empty when the only frame there is a hidden wrapper.
+    fn frames_at(&mut self, pc: u64) -> Option<Vec<Frame>> {
         let va = pc.wrapping_sub(self.bias);
         if let Some(f) = self.frames.get(&va) {
             return f.clone();
         }
-        let frames = self.bin.symbols.frames(va);
+        let frames = self.bin.symbols.try_frames(va);
         self.frames.insert(va, frames.clone());
         frames
     }
