@@ -27,7 +27,7 @@ use crate::{
         verdict::{Rules, Verdict, judge},
     },
     cli::{Args, Color, Format},
-    probes::{GoProbes, ring::EventRing},
+    probes::{GoProbes, ring::RingReader},
     report::{
         json,
         model::{BlockedSpan, EventTotals, GroupReport, Report, TargetInfo},
@@ -90,7 +90,8 @@ pub async fn run(args: &Args, bin: &GoBinary, mut target: Target) -> Result<i32>
         probe_config(&bin.layout),
         &placement.plan,
     )?;
-    let mut ring = EventRing::new(probes.take_ring()?)?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut ring = RingReader::spawn(probes.take_ring()?, tx);
     let started_ns = monotonic_ns();
     let started = Instant::now();
 
@@ -112,9 +113,10 @@ pub async fn run(args: &Args, bin: &GoBinary, mut target: Target) -> Result<i32>
     }
 
     let mut bias = if is_child { None } else { load_bias(pid, bin) };
+    let mut reader = GoReader::new(bin, pid, bias.unwrap_or(0));
     let snapshot_ns = monotonic_ns();
     if !is_child && !args.no_snapshot {
-        match snapshot(bin, pid, bias.unwrap_or(0), &mut table) {
+        match snapshot(bin, &mut reader, &mut table) {
             Ok(n) => notes.push(format!(
                 "{n} goroutines existed at attach: their blocked durations are lower bounds (≥)"
             )),
@@ -138,8 +140,7 @@ pub async fn run(args: &Args, bin: &GoBinary, mut target: Target) -> Result<i32>
     // Trends need several samples even in a short window.
     let sample_every = report_every.min(Duration::from_millis(500));
     let mut trends: Trends<GroupKey> = Trends::new(600);
-    let mut sampler = interval(sample_every);
-    sampler.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut next_sample = Instant::now();
     let mut reporter = interval(report_every);
     reporter.set_missed_tick_behavior(MissedTickBehavior::Delay);
     reporter.tick().await;
@@ -164,25 +165,31 @@ pub async fn run(args: &Args, bin: &GoBinary, mut target: Target) -> Result<i32>
         warnings,
     };
 
-    let mut batch = Vec::new();
     let mut views: Vec<TaskView> = Vec::new();
     let mut reports = 0u64;
     let end = loop {
         tokio::select! {
-            r = ring.next_batch(&mut batch) => {
-                r?;
+            Some(mut batch) = rx.recv() => {
                 apply(&mut table, &mut batch);
             }
-            _ = sampler.tick() => {
-                ring.drain_now(&mut batch);
-                apply(&mut table, &mut batch);
+            _ = sleep_until(next_sample) => {
+                while let Ok(mut batch) = rx.try_recv() {
+                    apply(&mut table, &mut batch);
+                }
                 if bias.is_none() {
                     bias = load_bias(pid, bin);
+                    if let Some(b) = bias {
+                        reader.set_bias(b);
+                    }
                 }
-                if let Some(b) = bias {
-                    views = GoReader::new(bin, pid, b).views(&mut table, snapshot_ns);
+                let t0 = Instant::now();
+                if bias.is_some() {
+                    views = reader.views(&mut table, snapshot_ns);
                     record(&mut trends, &views, &rules);
                 }
+                // Reading a huge goroutine table costs leaktrace CPU (never the
+                // target's time): keep that under a fifth of one core.
+                next_sample = Instant::now() + sample_every.max(t0.elapsed() * 5);
             }
             _ = reporter.tick() => {
                 reports += 1;
@@ -201,8 +208,10 @@ pub async fn run(args: &Args, bin: &GoBinary, mut target: Target) -> Result<i32>
 
     // Final report: take every record still in the ring, then read the
     // target one last time if it is still there.
-    ring.drain_now(&mut batch);
-    apply(&mut table, &mut batch);
+    ring.finish();
+    while let Ok(mut batch) = rx.try_recv() {
+        apply(&mut table, &mut batch);
+    }
     let mut code = 0;
     match end {
         End::TargetExited => {
@@ -218,8 +227,14 @@ pub async fn run(args: &Args, bin: &GoBinary, mut target: Target) -> Result<i32>
             }
         }
         _ => {
-            if let Some(b) = bias.or_else(|| load_bias(pid, bin)) {
-                views = GoReader::new(bin, pid, b).views(&mut table, snapshot_ns);
+            if bias.is_none()
+                && let Some(b) = load_bias(pid, bin)
+            {
+                bias = Some(b);
+                reader.set_bias(b);
+            }
+            if bias.is_some() {
+                views = reader.views(&mut table, snapshot_ns);
                 record(&mut trends, &views, &rules);
             }
             if is_child {
@@ -227,7 +242,8 @@ pub async fn run(args: &Args, bin: &GoBinary, mut target: Target) -> Result<i32>
                 // the terminal already sent it SIGINT.)
                 // SAFETY: signalling our own child.
                 unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
-                notes.push("leaktrace stopped, so it sent SIGTERM to the command it started".into());
+                notes
+                    .push("leaktrace stopped, so it sent SIGTERM to the command it started".into());
             }
         }
     }
@@ -257,7 +273,7 @@ fn apply(table: &mut LiveTable, batch: &mut Vec<leaktrace_common::GoEvent>) {
     }
 }
 
-fn snapshot(bin: &GoBinary, pid: u32, bias: u64, table: &mut LiveTable) -> Result<usize> {
+fn snapshot(bin: &GoBinary, reader: &mut GoReader, table: &mut LiveTable) -> Result<usize> {
     let at = find_allgs(bin)?;
     let show_progress = std::io::stderr().is_terminal();
     if show_progress {
@@ -266,7 +282,7 @@ fn snapshot(bin: &GoBinary, pid: u32, bias: u64, table: &mut LiveTable) -> Resul
             at.how
         );
     }
-    let tasks = GoReader::new(bin, pid, bias).snapshot(&at)?;
+    let tasks = reader.snapshot(&at)?;
     if show_progress {
         eprint!("\x1b[2K");
     }

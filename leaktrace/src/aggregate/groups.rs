@@ -1,6 +1,6 @@
 //! Grouping live tasks by where they were created, what they wait for and
 //! where they are stuck.
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use crate::{
     runtime::{TaskState, TaskView},
@@ -36,9 +36,9 @@ pub struct Group {
 }
 
 pub fn group(views: &[TaskView], now_ns: u64, older_ns: u64) -> Vec<Group> {
-    struct Acc<'a> {
+    struct Acc {
         group: Group,
-        stacks: HashMap<&'a [Frame], u32>,
+        stacks: HashMap<usize, (Arc<[Frame]>, u32)>,
     }
     let mut acc: HashMap<GroupKey, Acc> = HashMap::new();
     for v in views {
@@ -89,14 +89,19 @@ pub fn group(views: &[TaskView], now_ns: u64, older_ns: u64) -> Vec<Group> {
                 g.aged += 1;
             }
         }
-        *a.stacks.entry(v.stack.as_slice()).or_default() += 1;
+        // Identical stacks are shared (interned), so the pointer identifies
+        // the content without hashing every frame of every task.
+        a.stacks
+            .entry(Arc::as_ptr(&v.stack) as *const Frame as usize)
+            .or_insert_with(|| (v.stack.clone(), 0))
+            .1 += 1;
     }
     let mut groups: Vec<Group> = acc
         .into_values()
         .map(|mut a| {
             if let Some((stack, _)) = a
                 .stacks
-                .into_iter()
+                .into_values()
                 .max_by(|x, y| x.1.cmp(&y.1).then_with(|| y.0.len().cmp(&x.0.len())))
             {
                 a.group.stack = stack.to_vec();
@@ -148,7 +153,7 @@ mod tests {
             system: false,
             created_by: frame("main.serve", 10),
             start: frame("main.serve.func1", 11),
-            stack: vec![frame("runtime.gopark", 1), frame("main.serve.func1", 12)],
+            stack: vec![frame("runtime.gopark", 1), frame("main.serve.func1", 12)].into(),
             blocked_at: state.is_waiting().then(|| frame("main.serve.func1", 12)),
             state,
             blocked_since: since,
@@ -186,7 +191,11 @@ mod tests {
         assert!(g.blocked_at_least);
         assert_eq!(g.aged, 2, "lower bounds count as aged; 1s-old does not");
         // A goroutine alive 10s that re-parks on a ticker every 100ms is old.
-        let mut ticker = view(5, TaskState::Waiting("select".into()), Some(Since::Exact(10 * s - s / 10)));
+        let mut ticker = view(
+            5,
+            TaskState::Waiting("select".into()),
+            Some(Since::Exact(10 * s - s / 10)),
+        );
         ticker.alive_since = Since::Exact(0);
         assert_eq!(group(&[ticker], 10 * s, 2 * s)[0].aged, 1);
         assert_eq!(g.key.blocked_at.as_ref().unwrap().line, 12);

@@ -232,7 +232,10 @@ mod tests {
         // A pool that aged all at once is one step, not a trend.
         let mut one_step = moving(0, 8, 6);
         one_step.aged_rises = 1;
-        assert_eq!(judge(&group(waiting("chan receive"), 8, 8, false), &one_step, &r).0, Verdict::Ok);
+        assert_eq!(
+            judge(&group(waiting("chan receive"), 8, 8, false), &one_step, &r).0,
+            Verdict::Ok
+        );
         // Two ticks are not a trend.
         assert_eq!(
             judge(

@@ -1,51 +1,84 @@
-//! Draining the ring buffer when the kernel says it is readable (epoll via
-//! tokio's AsyncFd), never on a timer: a sleeping reader loses records at
-//! high event rates.
-use anyhow::Result;
+//! Draining the ring buffer on its own thread, as soon as the kernel says it
+//! is readable (poll on the map fd), never on a timer and never behind other
+//! work: a refresh of 100,000 goroutines must not leave the ring unread long
+//! enough to fill up.
+use std::{
+    os::fd::AsRawFd,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread::JoinHandle,
+};
+
 use aya::maps::{MapData, RingBuf};
 use leaktrace_common::GoEvent;
-use tokio::io::unix::AsyncFd;
+use tokio::sync::mpsc::UnboundedSender;
 
-pub struct EventRing {
-    fd: AsyncFd<RingBuf<MapData>>,
+pub struct RingReader {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
     /// Records whose size did not match `GoEvent` (never expected; counted
     /// so a mismatch between probes and decoder cannot go unnoticed).
-    pub malformed: u64,
+    pub malformed: Arc<AtomicU64>,
 }
 
-impl EventRing {
-    pub fn new(ring: RingBuf<MapData>) -> Result<Self> {
-        // SAFETY: the RingBuf owns its map fd and keeps returning it until
-        // dropped, which only happens when the AsyncFd is dropped.
-        let fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-            .map_err(|e| anyhow::anyhow!("registering the ring buffer with tokio: {e}"))?;
-        Ok(Self { fd, malformed: 0 })
+impl RingReader {
+    /// Batches of records go to `tx` in ring order.
+    pub fn spawn(mut ring: RingBuf<MapData>, tx: UnboundedSender<Vec<GoEvent>>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let malformed = Arc::new(AtomicU64::new(0));
+        let (stop2, malformed2) = (stop.clone(), malformed.clone());
+        let handle = std::thread::Builder::new()
+            .name("leaktrace-ring".into())
+            .spawn(move || {
+                loop {
+                    let stopping = stop2.load(Ordering::Acquire);
+                    let mut batch = Vec::new();
+                    while let Some(item) = ring.next() {
+                        match decode(&item) {
+                            Some(ev) => batch.push(ev),
+                            None => {
+                                malformed2.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    if !batch.is_empty() && tx.send(batch).is_err() {
+                        return;
+                    }
+                    if stopping {
+                        return;
+                    }
+                    let mut pfd = libc::pollfd {
+                        fd: ring.as_raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    // SAFETY: one valid pollfd; the timeout lets us see `stop`.
+                    unsafe { libc::poll(&mut pfd, 1, 50) };
+                }
+            })
+            .expect("spawning the ring buffer reader thread");
+        Self {
+            stop,
+            handle: Some(handle),
+            malformed,
+        }
     }
 
-    /// Wait until records are available, then append all of them to `out`.
-    pub async fn next_batch(&mut self, out: &mut Vec<GoEvent>) -> Result<()> {
-        let mut guard = self.fd.readable_mut().await?;
-        let ring = guard.get_inner_mut();
-        while let Some(item) = ring.next() {
-            match decode(&item) {
-                Some(ev) => out.push(ev),
-                None => self.malformed += 1,
-            }
+    /// Take the last records and stop. Everything committed before this call
+    /// has been sent when it returns.
+    pub fn finish(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
         }
-        guard.clear_ready();
-        Ok(())
     }
+}
 
-    /// Take whatever is in the ring now without waiting (used before the
-    /// final report so no committed record is left behind).
-    pub fn drain_now(&mut self, out: &mut Vec<GoEvent>) {
-        let ring = self.fd.get_mut();
-        while let Some(item) = ring.next() {
-            match decode(&item) {
-                Some(ev) => out.push(ev),
-                None => self.malformed += 1,
-            }
-        }
+impl Drop for RingReader {
+    fn drop(&mut self) {
+        self.finish();
     }
 }
 

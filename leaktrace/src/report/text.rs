@@ -91,7 +91,7 @@ fn write_group(
             if (b.max - b.min).abs() < 0.5 {
                 format!("{ge}{}", human_secs(b.max))
             } else {
-                format!("{}–{ge}{}", human_secs(b.min), human_secs(b.max))
+                format!("{ge}{}–{ge}{}", human_secs(b.min), human_secs(b.max))
             }
         })
         .unwrap_or_else(|| "-".into());
@@ -135,7 +135,7 @@ fn write_group(
 fn site(f: &Frame) -> String {
     let file = f.file.rsplit('/').next().unwrap_or(&f.file);
     if file.is_empty() {
-        f.function.clone()
+        f.function.to_string()
     } else {
         format!("{} ({file}:{})", f.function, f.line)
     }

@@ -77,8 +77,9 @@ pub struct TaskView {
     pub created_by: Frame,
     /// The task's own function, compiler wrappers unwrapped.
     pub start: Frame,
-    /// Innermost first. Empty when not blocked or not readable.
-    pub stack: Vec<Frame>,
+    /// Innermost first. Empty when not blocked or not readable. Shared by
+    /// every task parked at the same place.
+    pub stack: std::sync::Arc<[Frame]>,
     /// First frame of the program's own code in `stack` (not the runtime's
     /// or the standard library's): where it is stuck.
     pub blocked_at: Option<Frame>,

@@ -365,8 +365,8 @@ impl GoSymbols {
             if !(elide_wrappers && Some(func_id) == self.wrapper_func_id) {
                 let (file, line) = self.file_line(&f, cur);
                 out.push(Frame {
-                    function: self.print_name(self.runtime_name_at(name_off)),
-                    file,
+                    function: self.print_name(self.runtime_name_at(name_off)).into(),
+                    file: file.into(),
                     line,
                 });
             }

@@ -1,22 +1,27 @@
 //! Address → function, file and line.
 pub mod go;
 
+use std::sync::Arc;
+
 use serde::Serialize;
 
 /// One source-level frame (inlined calls are frames of their own).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+///
+/// Strings are shared (`Arc<str>`): the same few frames appear in the view of
+/// every one of possibly a million goroutines, so a clone must not allocate.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct Frame {
     /// As the Go runtime prints it, e.g. `main.(*Server).serve.func1`.
-    pub function: String,
-    pub file: String,
+    pub function: Arc<str>,
+    pub file: Arc<str>,
     pub line: u32,
 }
 
 impl Frame {
     pub fn unknown(pc: u64) -> Self {
         Self {
-            function: format!("{pc:#x}"),
-            file: String::new(),
+            function: format!("{pc:#x}").into(),
+            file: "".into(),
             line: 0,
         }
     }

@@ -6,7 +6,7 @@
 //! The program keeps running while we read, so every read is validated: a g
 //! whose status or stack moved under us is read again, and reported as
 //! unstable rather than as truth if it keeps moving.
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use anyhow::{Context as _, Result, bail};
 
@@ -30,9 +30,33 @@ pub struct GoReader<'a> {
     mem: Memory,
     /// Runtime address = link-time VA + bias (non-zero for PIE).
     bias: u64,
-    frames: HashMap<u64, Option<Vec<Frame>>>,
-    stacks: HashMap<StackKey, Vec<u64>>,
-    starts: HashMap<u64, Option<Frame>>,
+    /// pc (VA) → frames; None outside Go code.
+    frames: HashMap<u64, Option<Arc<[Frame]>>>,
+    /// A validated walk of one parked goroutine: while its saved registers
+    /// are unchanged it is still parked at the same place, so the walk holds.
+    walks: HashMap<StackKey, Arc<Stack>>,
+    /// Identical stacks (the common case in a leak) share one symbolization.
+    stacks: HashMap<Vec<u64>, Arc<Stack>>,
+    /// Per (gopc, startpc): who created it and what it runs.
+    origins: HashMap<(u64, u64), Arc<Origin>>,
+}
+
+/// One symbolized blocked stack and what we derive from it.
+#[derive(Debug)]
+struct Stack {
+    frames: Arc<[Frame]>,
+    blocked_at: Option<Frame>,
+    /// The outermost frame that is not a compiler wrapper.
+    start: Option<Frame>,
+}
+
+#[derive(Debug)]
+struct Origin {
+    created_by: Frame,
+    /// From the start pc alone (thunks unwrapped); the stack, when there is
+    /// one, names the start function better.
+    start: Frame,
+    system: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -112,8 +136,20 @@ impl<'a> GoReader<'a> {
             mem: Memory::new(pid),
             bias,
             frames: HashMap::new(),
+            walks: HashMap::new(),
             stacks: HashMap::new(),
-            starts: HashMap::new(),
+            origins: HashMap::new(),
+        }
+    }
+
+    /// For `-c`: a PIE's load address is known only once it is mapped.
+    pub fn set_bias(&mut self, bias: u64) {
+        if bias != self.bias {
+            self.bias = bias;
+            self.frames.clear();
+            self.walks.clear();
+            self.stacks.clear();
+            self.origins.clear();
         }
     }
 
@@ -210,25 +246,40 @@ impl<'a> GoReader<'a> {
 
     fn view(&mut self, task: &LiveTask, first: GHeader, snapshot_ns: u64) -> TaskView {
         let mut h = first;
-        let mut stack_pcs = Vec::new();
+        let mut stack: Option<Arc<Stack>> = None;
         let mut unstable = false;
-        let waiting = matches!(h.state(), gstatus::WAITING | gstatus::LEAKED);
-        if waiting {
-            unstable = true;
-            for _ in 0..READ_ATTEMPTS {
-                let pcs = self.unwind(task.key, &h);
-                // Read the g again: if it moved (woke, or the GC moved its
-                // stack) while we walked, the walk may mix two stacks.
-                let again = self.read_header(task.key);
-                match again {
-                    Some(a) if a == h => {
-                        stack_pcs = pcs;
-                        unstable = false;
-                        break;
-                    }
-                    Some(a) if !a.is_gone() => h = a,
-                    _ => break,
+        for _ in 0..READ_ATTEMPTS {
+            if !is_waiting(&h) {
+                break;
+            }
+            let key = StackKey {
+                g: task.key,
+                goid: h.goid,
+                sp: h.sched_sp,
+                pc: h.sched_pc,
+                bp: h.sched_bp,
+            };
+            if let Some(s) = self.walks.get(&key) {
+                stack = Some(s.clone());
+                unstable = false;
+                break;
+            }
+            let pcs = self.unwind(&h);
+            // Read the g again: if it moved (woke, or the GC moved its
+            // stack) while we walked, the walk may mix two stacks.
+            match self.read_header(task.key) {
+                Some(again) if again == h => {
+                    let s = self.intern(pcs);
+                    self.walks.insert(key, s.clone());
+                    stack = Some(s);
+                    unstable = false;
+                    break;
                 }
+                Some(again) if !again.is_gone() => {
+                    h = again;
+                    unstable = true;
+                }
+                _ => break,
             }
         }
         let state = match h.state() {
@@ -244,39 +295,8 @@ impl<'a> GoReader<'a> {
             _ => TaskState::Running,
         };
         let never_ends = state.is_waiting() && self.bin.wait_reasons.never_ends(h.waitreason);
-        let stack: Vec<Frame> = stack_pcs
-            .iter()
-            .flat_map(|&pc| {
-                // Hidden wrappers (`gowrapN`) vanish, as in Go's tracebacks;
-                // only a pc outside Go code shows as a bare address.
-                self.frames_at(pc.wrapping_sub(1))
-                    .unwrap_or_else(|| vec![Frame::unknown(pc)])
-            })
-            .filter(|f| f.function != "runtime.goexit")
-            .collect();
-        let blocked_at = if state.is_waiting() {
-            stack
-                .iter()
-                .find(|f| !is_runtime_or_stdlib(&f.function))
-                .cloned()
-        } else {
-            None
-        };
-        let created_by = self
-            .frames_at(h.gopc.wrapping_sub(1))
-            .and_then(|f| f.into_iter().next())
-            .or_else(|| self.physical_frame(h.gopc.wrapping_sub(1)))
-            .unwrap_or_else(|| Frame::unknown(h.gopc));
-        // The start pc is often a compiler wrapper (`gowrapN`), which
-        // `frames` hides; the wrapper's own name still says whose it is.
-        let start_fn = self.physical_frame(h.startpc);
-        let system = start_fn
-            .as_ref()
-            .is_some_and(|f| is_system_start(&f.function));
-        let start = start_from_stack(&stack)
-            .or_else(|| self.unwrapped_start(h.startpc, &created_by))
-            .or(start_fn)
-            .unwrap_or_else(|| Frame::unknown(h.startpc));
+        let origin = self.origin(h.gopc, h.startpc);
+        let stack = stack.filter(|_| state.is_waiting());
         let blocked_since = state.is_waiting().then(|| match task.parked_ns {
             Some(t) => Since::Exact(t),
             None => {
@@ -298,16 +318,79 @@ impl<'a> GoReader<'a> {
             key: task.key,
             id: h.goid,
             alive_since,
-            state,
             never_ends,
-            system,
+            system: origin.system,
+            created_by: origin.created_by.clone(),
+            start: stack
+                .as_ref()
+                .and_then(|s| s.start.clone())
+                .unwrap_or_else(|| origin.start.clone()),
+            blocked_at: stack.as_ref().and_then(|s| s.blocked_at.clone()),
+            stack: stack
+                .map(|s| s.frames.clone())
+                .unwrap_or_else(|| Arc::from(Vec::new())),
+            state,
+            blocked_since,
+            stack_unstable: unstable && is_waiting(&h),
+        }
+    }
+
+    /// Symbolize a walk, sharing the result among identical stacks.
+    fn intern(&mut self, pcs: Vec<u64>) -> Arc<Stack> {
+        if let Some(s) = self.stacks.get(&pcs) {
+            return s.clone();
+        }
+        let mut frames: Vec<Frame> = Vec::new();
+        for &pc in &pcs {
+            // Hidden wrappers (`gowrapN`) vanish, as in Go's tracebacks;
+            // only a pc outside Go code shows as a bare address.
+            match self.frames_at(pc.wrapping_sub(1)) {
+                Some(f) => frames.extend(f.iter().cloned()),
+                None => frames.push(Frame::unknown(pc)),
+            }
+        }
+        frames.retain(|f| &*f.function != "runtime.goexit");
+        let stack = Arc::new(Stack {
+            blocked_at: frames
+                .iter()
+                .find(|f| !is_runtime_or_stdlib(&f.function))
+                .cloned(),
+            start: start_from_stack(&frames),
+            frames: frames.into(),
+        });
+        if self.stacks.len() > 100_000 {
+            self.stacks.clear();
+        }
+        self.stacks.insert(pcs, stack.clone());
+        stack
+    }
+
+    fn origin(&mut self, gopc: u64, startpc: u64) -> Arc<Origin> {
+        if let Some(o) = self.origins.get(&(gopc, startpc)) {
+            return o.clone();
+        }
+        let created_by = self
+            .frames_at(gopc.wrapping_sub(1))
+            .and_then(|f| f.first().cloned())
+            .or_else(|| self.physical_frame(gopc.wrapping_sub(1)))
+            .unwrap_or_else(|| Frame::unknown(gopc));
+        // The start pc is often a compiler wrapper (`gowrapN`), which
+        // `frames` hides; the wrapper's own name still says whose it is.
+        let physical = self.physical_frame(startpc);
+        let system = physical
+            .as_ref()
+            .is_some_and(|f| is_system_start(&f.function));
+        let start = self
+            .decode_thunk(startpc.wrapping_sub(self.bias), &created_by)
+            .or(physical)
+            .unwrap_or_else(|| Frame::unknown(startpc));
+        let o = Arc::new(Origin {
             created_by,
             start,
-            stack,
-            blocked_at,
-            blocked_since,
-            stack_unstable: unstable,
-        }
+            system,
+        });
+        self.origins.insert((gopc, startpc), o.clone());
+        o
     }
 
     fn read_header(&self, g: u64) -> Option<GHeader> {
@@ -318,17 +401,7 @@ impl<'a> GoReader<'a> {
 
     /// Return addresses of a parked goroutine, innermost first, walking the
     /// frame-pointer chain from `gp.sched` inside the goroutine's own stack.
-    fn unwind(&mut self, g: u64, h: &GHeader) -> Vec<u64> {
-        let key = StackKey {
-            g,
-            goid: h.goid,
-            sp: h.sched_sp,
-            pc: h.sched_pc,
-            bp: h.sched_bp,
-        };
-        if let Some(pcs) = self.stacks.get(&key) {
-            return pcs.clone();
-        }
+    fn unwind(&self, h: &GHeader) -> Vec<u64> {
         let mut pcs = vec![h.sched_pc];
         let (lo, hi) = (h.sched_sp, h.stack_hi);
         if lo == 0 || hi <= lo || lo < h.stack_lo {
@@ -358,10 +431,6 @@ impl<'a> GoReader<'a> {
             }
             fp = next;
         }
-        if self.stacks.len() > 200_000 {
-            self.stacks.clear();
-        }
-        self.stacks.insert(key, pcs.clone());
         pcs
     }
 
@@ -369,16 +438,6 @@ impl<'a> GoReader<'a> {
     /// compiler's thunk for `go f(x)`: `gowrapN` (Go ≥ 1.22), `dwrap.N`, or a
     /// `funcN` closure on the `go` statement's own line (1.18–1.21). The
     /// thunk's first direct call outside the runtime is `f`.
-    fn unwrapped_start(&mut self, startpc: u64, created_by: &Frame) -> Option<Frame> {
-        let va = startpc.wrapping_sub(self.bias);
-        if let Some(cached) = self.starts.get(&va) {
-            return cached.clone();
-        }
-        let found = self.decode_thunk(va, created_by);
-        self.starts.insert(va, found.clone());
-        found
-    }
-
     fn decode_thunk(&self, va: u64, created_by: &Frame) -> Option<Frame> {
         use iced_x86::{Decoder, DecoderOptions, FlowControl};
         let f = self.bin.symbols.function_at(va)?;
@@ -417,15 +476,19 @@ impl<'a> GoReader<'a> {
 
     /// Frames at a runtime address (bias removed), cached. None outside Go
     /// code; empty when the only frame there is a hidden wrapper.
-    fn frames_at(&mut self, pc: u64) -> Option<Vec<Frame>> {
+    fn frames_at(&mut self, pc: u64) -> Option<Arc<[Frame]>> {
         let va = pc.wrapping_sub(self.bias);
         if let Some(f) = self.frames.get(&va) {
             return f.clone();
         }
-        let frames = self.bin.symbols.try_frames(va);
+        let frames: Option<Arc<[Frame]>> = self.bin.symbols.try_frames(va).map(Into::into);
         self.frames.insert(va, frames.clone());
         frames
     }
+}
+
+fn is_waiting(h: &GHeader) -> bool {
+    matches!(h.state(), gstatus::WAITING | gstatus::LEAKED)
 }
 
 /// The Go runtime's own goroutines, as `isSystemGoroutine` decides: started
@@ -459,7 +522,7 @@ fn start_from_stack(stack: &[Frame]) -> Option<Frame> {
     stack
         .iter()
         .rev()
-        .find(|f| !is_wrapper(&f.function) && f.file != "<autogenerated>")
+        .find(|f| !is_wrapper(&f.function) && &*f.file != "<autogenerated>")
         .cloned()
 }
 
@@ -512,6 +575,6 @@ mod tests {
             f("main.worker"),
             f("main.main.gowrap1"),
         ];
-        assert_eq!(start_from_stack(&stack).unwrap().function, "main.worker");
+        assert_eq!(&*start_from_stack(&stack).unwrap().function, "main.worker");
     }
 }
