@@ -2,7 +2,7 @@
 //! messages that name the fix, and exit with a meaningful code.
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use clap::Parser;
 use leaktrace::{
     cli::Args,
@@ -29,25 +29,23 @@ fn main() -> ExitCode {
 fn run(args: &Args) -> Result<i32> {
     // Everything that can be checked before touching the kernel is checked
     // first, so bad input fails fast and clearly.
-    let (bin, target) = if let Some(pid) = args.pid {
-        let proc = Process::open(pid)?;
-        check_privileges()?;
-        check_kernel()?;
-        let bin = GoBinary::open(&proc.exe_link)?;
-        (bin, None)
-    } else {
-        let program = resolve(&args.command[0])?;
-        check_privileges()?;
-        check_kernel()?;
-        let bin = GoBinary::open(&program)?;
-        // Fork before any thread exists (the tokio runtime starts below).
-        let child = HeldChild::spawn(&program, &args.command)?;
-        (bin, Some(child))
-    };
-    let target = match (target, args.pid) {
-        (Some(child), _) => Target::Command(child),
-        (None, Some(pid)) => Target::Pid(Process::open(pid)?),
-        (None, None) => unreachable!("clap requires --pid or -c"),
+    let (bin, target) = match (args.pid, args.command.first()) {
+        (Some(pid), _) => {
+            let proc = Process::open(pid)?;
+            check_privileges()?;
+            check_kernel()?;
+            (GoBinary::open(&proc.exe_link)?, Target::Pid(proc))
+        }
+        (None, Some(cmd)) => {
+            let program = resolve(cmd)?;
+            check_privileges()?;
+            check_kernel()?;
+            let bin = GoBinary::open(&program)?;
+            // Fork before any thread exists (the tokio runtime starts below).
+            let child = HeldChild::spawn(&program, &args.command)?;
+            (bin, Target::Command(child))
+        }
+        (None, None) => bail!("nothing to trace: give --pid PID or -c COMMAND (see --help)"),
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

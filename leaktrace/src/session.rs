@@ -45,7 +45,7 @@ use crate::{
     },
     target::{
         launch::{HeldChild, try_reap},
-        process::{Process, load_bias as bias_from_maps},
+        process::{Process, TargetError, load_bias as bias_from_maps},
     },
 };
 
@@ -80,23 +80,27 @@ pub async fn run(args: &Args, bin: &GoBinary, mut target: Target) -> Result<i32>
         Target::Pid(p) => (p.exe_link.clone(), p.exe_display.clone()),
         Target::Command(c) => (c.program.clone(), c.program.display().to_string()),
     };
+    // Before anything slow: Ctrl-C during attach or the snapshot must still
+    // end in a final report, not in the default handler.
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
     let mut warnings = bin.warnings();
     let placement = place_probes(bin)?;
     warnings.extend(placement.warnings);
 
+    let gone = || -> anyhow::Error { TargetError::ExitedDuringAttach(pid).into() };
+    // Watch for the target's exit (works for any pid, child or not).
+    let exit_fd = pidfd(pid).map_err(|_| gone())?;
     let mut probes = GoProbes::attach(
         &attach_path,
         pid,
         probe_config(&bin.layout),
         &placement.plan,
-    )?;
+    )
+    .map_err(|e| if process_gone(pid) { gone() } else { e })?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut ring = RingReader::spawn(probes.take_ring()?, tx);
-    let started_ns = monotonic_ns();
     let started = Instant::now();
-
-    // Watch for the target's exit (works for any pid, child or not).
-    let exit_fd = pidfd(pid).context("watching the target for exit")?;
 
     let mut table = LiveTable::default();
     let mut notes = Vec::new();
@@ -118,7 +122,8 @@ pub async fn run(args: &Args, bin: &GoBinary, mut target: Target) -> Result<i32>
     if !is_child && !args.no_snapshot {
         match snapshot(bin, &mut reader, &mut table) {
             Ok(n) => notes.push(format!(
-                "{n} goroutines existed at attach: their blocked durations are lower bounds (≥)"
+                "{n} goroutines (the runtime's included) existed at attach: their blocked \
+                 durations are lower bounds (≥)"
             )),
             Err(e) => {
                 let msg = format!(
@@ -145,8 +150,6 @@ pub async fn run(args: &Args, bin: &GoBinary, mut target: Target) -> Result<i32>
     reporter.set_missed_tick_behavior(MissedTickBehavior::Delay);
     reporter.tick().await;
     let deadline = args.duration.map(|d| started + d);
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
     let mut out = output(args)?;
     let style = TextStyle {
         color: match args.color {
@@ -261,7 +264,6 @@ pub async fn run(args: &Args, bin: &GoBinary, mut target: Target) -> Result<i32>
     );
     emit(&mut out, args, &report, &style)?;
     drop(probes);
-    let _ = started_ns;
     Ok(code)
 }
 
@@ -291,6 +293,10 @@ fn snapshot(bin: &GoBinary, reader: &mut GoReader, table: &mut LiveTable) -> Res
         table.insert_existing(t);
     }
     Ok(n)
+}
+
+fn process_gone(pid: u32) -> bool {
+    Process::open(pid).map(|p| !p.is_alive()).unwrap_or(true)
 }
 
 fn load_bias(pid: u32, bin: &GoBinary) -> Option<u64> {

@@ -23,7 +23,10 @@ fn corpus(name: &str) {
         return;
     }
     let gos = pick(VERSIONS);
-    assert!(!gos.is_empty(), "no Go toolchain installed: run `cargo xtask setup`");
+    assert!(
+        !gos.is_empty(),
+        "no Go toolchain installed: run `cargo xtask setup`"
+    );
     for go in &gos {
         println!("{}", check(name, go, BuildMode::Plain));
     }

@@ -18,7 +18,10 @@ fn attaches_uprobes_and_receives_ring_buffer_events() {
     if !ebpf_available("attaches_uprobes_and_receives_ring_buffer_events") {
         return;
     }
-    let go = pick(&["1.22"]).pop().or_else(leaktrace_e2e::toolchain::newest).expect("a Go toolchain");
+    let go = pick(&["1.22"])
+        .pop()
+        .or_else(leaktrace_e2e::toolchain::newest)
+        .expect("a Go toolchain");
     let bin = build("chan_send", &go, BuildMode::Plain);
     let run = run_command_mode(&bin, &["-leak-for", "2s", "-hold", "20s"], "4s");
     println!("{}", check_leak("chan_send", &go, BuildMode::Plain, &run));
@@ -32,7 +35,10 @@ fn command_mode_matches_the_runtime_across_versions_and_build_modes() {
         return;
     }
     let gos = pick(VERSIONS);
-    assert!(!gos.is_empty(), "no Go toolchain installed: run `cargo xtask setup`");
+    assert!(
+        !gos.is_empty(),
+        "no Go toolchain installed: run `cargo xtask setup`"
+    );
     for go in &gos {
         for mode in [BuildMode::Plain, BuildMode::Stripped, BuildMode::Pie] {
             let bin = build("chan_send", go, mode);
@@ -63,12 +69,18 @@ fn pid_mode_sees_goroutines_that_leaked_before_attach() {
             assert_eq!(g["created_by"]["function"], "main.(*Hub).Publish");
             assert_eq!(g["state"], "chan send");
             assert_eq!(g["verdict"], "leak", "{}", report.summary());
-            assert!(g["blocked_s"]["at_least"].as_bool().unwrap_or(false), "pre-attach members have lower-bound durations");
+            assert!(
+                g["blocked_s"]["at_least"].as_bool().unwrap_or(false),
+                "pre-attach members have lower-bound durations"
+            );
             // Still leaking while we traced: at least what had leaked by the
             // attach, at most the final count.
             let n = g["count"].as_u64().unwrap();
             let final_n = truth.profile.count_blocked_at("main.(*Hub).Publish.func1");
-            assert!(n >= 50 && n <= final_n, "count {n}, runtime's final {final_n}");
+            assert!(
+                n >= 50 && n <= final_n,
+                "count {n}, runtime's final {final_n}"
+            );
             println!(
                 "pid mode {} {mode:?}: {} blocked in chan send at attach+3s (runtime later: {final_n}), verdict {}",
                 go.full, n, g["verdict"]
@@ -82,12 +94,21 @@ fn pid_mode_sees_goroutines_that_leaked_before_attach() {
 fn bad_input_gets_a_clear_error() {
     let bin = leaktrace_bin();
     let run = |args: &[&str]| {
-        let out = Command::new(&bin).args(args).output().expect("run leaktrace");
-        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+        let out = Command::new(&bin)
+            .args(args)
+            .output()
+            .expect("run leaktrace");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     let (code, err) = run(&["--pid", "999999999"]);
     assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("no process with pid 999999999") && err.contains("pgrep"), "{err}");
+    assert!(
+        err.contains("no process with pid 999999999") && err.contains("pgrep"),
+        "{err}"
+    );
     let (code, err) = run(&["-c", "/nonexistent/prog"]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("no such file"), "{err}");
@@ -99,6 +120,35 @@ fn bad_input_gets_a_clear_error() {
         let _ = sleeper.wait();
         assert_eq!(code, Some(2), "{err}");
         assert!(err.contains("not a Go binary"), "{err}");
+        // Not root: a process of our own (as `nobody`) is readable, but eBPF
+        // is not loadable; the message must name sudo and the capabilities.
+        let nobody = |prog: &std::path::Path| {
+            let mut c = Command::new("setpriv");
+            c.args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=-all",
+            ])
+            .arg(prog);
+            c
+        };
+        let mut victim = nobody(std::path::Path::new("/bin/sleep"))
+            .arg("30")
+            .spawn()
+            .expect("setpriv sleep");
+        let out = nobody(&bin)
+            .args(["--pid", &victim.id().to_string()])
+            .output()
+            .expect("setpriv leaktrace");
+        let _ = victim.kill();
+        let _ = victim.wait();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains("needs root") && err.contains("CAP_BPF"),
+            "{err}"
+        );
         let (code, err) = run(&["--pid", "1", "--duration", "10xs"]);
         assert_eq!(code, Some(2), "{err}");
         assert!(err.contains("not a duration"), "{err}");
@@ -112,7 +162,10 @@ fn traced_program_behaves_the_same() {
     if !ebpf_available("traced_program_behaves_the_same") {
         return;
     }
-    let go = pick(&["1.26"]).pop().or_else(leaktrace_e2e::toolchain::newest).expect("Go");
+    let go = pick(&["1.26"])
+        .pop()
+        .or_else(leaktrace_e2e::toolchain::newest)
+        .expect("Go");
     let bin = build("chan_send", &go, BuildMode::Plain);
     let args = ["-n", "300", "-hold", "0s"];
     let plain = Command::new(&bin).args(args).output().expect("run fixture");
@@ -122,14 +175,28 @@ fn traced_program_behaves_the_same() {
         .args(args)
         .output()
         .expect("run leaktrace -c");
-    assert!(plain.status.success() && traced.status.success(), "{traced:?}");
+    assert!(
+        plain.status.success() && traced.status.success(),
+        "{traced:?}"
+    );
     let shape = |out: &[u8]| -> Vec<String> {
         String::from_utf8_lossy(out)
             .lines()
-            .filter(|l| l.starts_with("numgoroutine") || l.starts_with("phase") || l.starts_with("goroutine profile"))
+            .filter(|l| {
+                l.starts_with("numgoroutine")
+                    || l.starts_with("phase")
+                    || l.starts_with("goroutine profile")
+            })
             .map(str::to_string)
             .collect()
     };
-    assert_eq!(shape(&plain.stdout), shape(&traced.stdout), "output differs under tracing");
-    println!("traced and untraced outputs agree: {:?}", shape(&traced.stdout));
+    assert_eq!(
+        shape(&plain.stdout),
+        shape(&traced.stdout),
+        "output differs under tracing"
+    );
+    println!(
+        "traced and untraced outputs agree: {:?}",
+        shape(&traced.stdout)
+    );
 }

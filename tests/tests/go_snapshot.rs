@@ -37,7 +37,12 @@ fn first_report_shows_every_goroutine_leaked_before_attach() {
             let took = t0.elapsed();
             let first = reports.first().expect("a report");
             let ctx = || format!("{} {mode:?}\n{}\n{stderr}", go.full, first.summary());
-            assert_eq!(first.live(), truth.numgoroutine, "live vs runtime.NumGoroutine(): {}", ctx());
+            assert_eq!(
+                first.live(),
+                truth.numgoroutine,
+                "live vs runtime.NumGoroutine(): {}",
+                ctx()
+            );
             let at = "main.(*Hub).Publish.func1";
             let groups = first.groups_at(at);
             assert_eq!(groups.len(), 1, "one group blocked at {at}: {}", ctx());
@@ -45,13 +50,29 @@ fn first_report_shows_every_goroutine_leaked_before_attach() {
             let want = truth.profile.count_blocked_at(at);
             assert!(want + 10 >= n, "the fixture leaked {want} of {n}");
             assert_eq!(g["count"].as_u64(), Some(want), "{}", ctx());
-            assert_eq!(g["created_by"]["function"], "main.(*Hub).Publish", "{}", ctx());
+            assert_eq!(
+                g["created_by"]["function"],
+                "main.(*Hub).Publish",
+                "{}",
+                ctx()
+            );
             assert_eq!(g["state"], "chan send", "{}", ctx());
-            let line = truth.profile.blocked_at(at).next().and_then(|r| r.first_non_stdlib_frame()).map(|f| u64::from(f.line));
+            let line = truth
+                .profile
+                .blocked_at(at)
+                .next()
+                .and_then(|r| r.first_non_stdlib_frame())
+                .map(|f| u64::from(f.line));
             assert_eq!(g["blocked_at"]["line"].as_u64(), line, "{}", ctx());
-            assert_eq!(g["blocked_s"]["at_least"], true, "durations of pre-attach goroutines are lower bounds");
+            assert_eq!(
+                g["blocked_s"]["at_least"], true,
+                "durations of pre-attach goroutines are lower bounds"
+            );
             if mode == BuildMode::Stripped {
-                assert!(stderr.contains("-s -w") || stderr.contains("no DWARF"), "the stripped build is named: {stderr}");
+                assert!(
+                    stderr.contains("-s -w") || stderr.contains("no DWARF"),
+                    "the stripped build is named: {stderr}"
+                );
             }
             println!(
                 "snapshot {:<10} {:<8} {want} goroutines leaked before attach: group {} == runtime's {want}, live {} == NumGoroutine {}; leaktrace ran {:.1}s",
@@ -76,7 +97,10 @@ fn target_is_never_paused_during_a_large_snapshot() {
     if !ebpf_available("target_is_never_paused_during_a_large_snapshot") {
         return;
     }
-    let go = pick(&["1.26"]).pop().or_else(leaktrace_e2e::toolchain::newest).expect("Go");
+    let go = pick(&["1.26"])
+        .pop()
+        .or_else(leaktrace_e2e::toolchain::newest)
+        .expect("Go");
     let bin = build("ticker", &go, BuildMode::Plain);
     let fx = Fixture::start(&bin, ["-n", "100000", "-hold", "120s"]);
     fx.truth(Duration::from_secs(120));
@@ -90,18 +114,36 @@ fn target_is_never_paused_during_a_large_snapshot() {
             })
             .collect()
     };
-    let now_ms = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
     let start = now_ms();
     let (reports, stderr) = run_pid_mode(&fx, &["--duration", "2s"]);
     let end = now_ms();
     std::thread::sleep(Duration::from_millis(300));
     let all = gaps(&fx);
-    let baseline = all.iter().filter(|g| g.0 + 1000 >= start && g.0 < start).map(|g| g.1).max().unwrap_or(0);
-    let during: Vec<u64> = all.iter().filter(|g| g.0 >= start && g.0 <= end + 100).map(|g| g.1).collect();
+    let baseline = all
+        .iter()
+        .filter(|g| g.0 + 1000 >= start && g.0 < start)
+        .map(|g| g.1)
+        .max()
+        .unwrap_or(0);
+    let during: Vec<u64> = all
+        .iter()
+        .filter(|g| g.0 >= start && g.0 <= end + 100)
+        .map(|g| g.1)
+        .collect();
     let worst = during.iter().copied().max().unwrap_or(0);
     let report = reports.last().expect("a report");
     assert!(report.live() >= 100_000, "{}\n{stderr}", report.summary());
-    assert!(during.len() >= 10, "the ticker kept reporting while leaktrace ran ({} windows)", during.len());
+    assert!(
+        during.len() >= 10,
+        "the ticker kept reporting while leaktrace ran ({} windows)",
+        during.len()
+    );
     println!(
         "no pause: largest gap between 1 ms ticks while leaktrace read {} goroutines: {:.1} ms (baseline before attach: {:.1} ms, {} windows)",
         report.live(),
@@ -109,5 +151,8 @@ fn target_is_never_paused_during_a_large_snapshot() {
         baseline as f64 / 1000.0,
         during.len()
     );
-    assert!(worst < 100_000, "the target paused for {worst} µs while leaktrace attached");
+    assert!(
+        worst < 100_000,
+        "the target paused for {worst} µs while leaktrace attached"
+    );
 }

@@ -1,7 +1,8 @@
-//! Developer tasks: `cargo xtask setup | run | demo | test`.
+//! Developer tasks: `cargo xtask setup | run | demo | test | bench`.
 //!
 //! Every task runs the setup steps it needs, so on a fresh machine
 //! `cargo xtask demo` and `cargo xtask test` do everything.
+mod bench;
 mod demo;
 mod run;
 mod setup;
@@ -28,6 +29,8 @@ enum Task {
     Demo(demo::Options),
     /// Lints, unit tests and end-to-end tests that attach real probes to real processes.
     Test(test::Options),
+    /// Measure what leaktrace costs the traced process (writes bench/RESULTS.md).
+    Bench(bench::Options),
 }
 
 fn main() -> Result<()> {
@@ -36,5 +39,6 @@ fn main() -> Result<()> {
         Task::Run(o) => run::run(&o),
         Task::Demo(o) => demo::run(&o),
         Task::Test(o) => test::run(&o),
+        Task::Bench(o) => bench::run(&o),
     }
 }

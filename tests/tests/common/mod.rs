@@ -43,7 +43,9 @@ pub fn ebpf_available(test: &str) -> bool {
     if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
         panic!("{test}: end-to-end tests must run as root under CI (eBPF needs it); not skipping");
     }
-    eprintln!("{test}: skipped: not root, so eBPF probes cannot be loaded (run `sudo cargo xtask test`)");
+    eprintln!(
+        "{test}: skipped: not root, so eBPF probes cannot be loaded (run `sudo cargo xtask test`)"
+    );
     false
 }
 
@@ -83,7 +85,12 @@ impl Report {
         for g in self.groups() {
             s.push_str(&format!(
                 "  {} {} {} created_by {} blocked_at {} — {}\n",
-                g["count"], g["state"], g["verdict"], g["created_by"]["function"], g["blocked_at"]["function"], g["why"]
+                g["count"],
+                g["state"],
+                g["verdict"],
+                g["created_by"]["function"],
+                g["blocked_at"]["function"],
+                g["why"]
             ));
         }
         s
@@ -93,7 +100,9 @@ impl Report {
 pub fn parse_reports(text: &str) -> Vec<Report> {
     text.lines()
         .filter(|l| l.starts_with('{'))
-        .map(|l| Report(serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON report ({e}): {l}"))))
+        .map(|l| {
+            Report(serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON report ({e}): {l}")))
+        })
         .collect()
 }
 
@@ -118,7 +127,15 @@ pub fn run_command_mode(fixture: &PathBuf, fixture_args: &[&str], duration: &str
     use std::io::{BufRead, BufReader};
     let out = tempfile_path("reports.jsonl");
     let mut child = Command::new(leaktrace_bin())
-        .args(["--format", "json", "--top", "50", "--duration", duration, "--output"])
+        .args([
+            "--format",
+            "json",
+            "--top",
+            "50",
+            "--duration",
+            duration,
+            "--output",
+        ])
         .arg(&out)
         .arg("-c")
         .arg(fixture)
@@ -130,9 +147,16 @@ pub fn run_command_mode(fixture: &PathBuf, fixture_args: &[&str], duration: &str
     let stdout = child.stdout.take().expect("stdout");
     let stderr = child.stderr.take().expect("stderr");
     let err_reader = std::thread::spawn(move || {
-        BufReader::new(stderr).lines().map_while(Result::ok).collect::<Vec<_>>().join("\n")
+        BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<_>>()
+            .join("\n")
     });
-    let lines: Vec<String> = BufReader::new(stdout).lines().map_while(Result::ok).collect();
+    let lines: Vec<String> = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .collect();
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
         if let Some(st) = child.try_wait().expect("wait") {
@@ -150,30 +174,52 @@ pub fn run_command_mode(fixture: &PathBuf, fixture_args: &[&str], duration: &str
     let _ = std::fs::remove_file(&out);
     let reports = parse_reports(&text);
     assert!(
-        reports.last().is_some_and(|r| r.0["final"] == Value::Bool(true)),
+        reports
+            .last()
+            .is_some_and(|r| r.0["final"] == Value::Bool(true)),
         "no final report from leaktrace:\n{stderr}"
     );
     let truth = first_truth_block(&lines).unwrap_or_else(|| {
-        panic!("the fixture printed no ground truth:\n{}\n{stderr}", lines.join("\n"))
+        panic!(
+            "the fixture printed no ground truth:\n{}\n{stderr}",
+            lines.join("\n")
+        )
     });
-    Run { reports, truth, stderr }
+    Run {
+        reports,
+        truth,
+        stderr,
+    }
 }
 
 /// The first `numgoroutine` + profile block in a fixture's output.
 pub fn first_truth_block(lines: &[String]) -> Option<GroundTruth> {
     let i = lines.iter().position(|l| l.starts_with("numgoroutine "))?;
     let numgoroutine = lines[i]["numgoroutine ".len()..].trim().parse().ok()?;
-    let begin = i + lines[i..].iter().position(|l| l == "--- goroutine profile ---")?;
+    let begin = i + lines[i..]
+        .iter()
+        .position(|l| l == "--- goroutine profile ---")?;
     let end = begin + lines[begin..].iter().position(|l| l == "--- end ---")?;
     let raw = lines[begin + 1..end].join("\n");
     let profile = Profile::parse(&raw).ok()?;
-    Some(GroundTruth { numgoroutine, profile, raw })
+    Some(GroundTruth {
+        numgoroutine,
+        profile,
+        raw,
+    })
 }
 
 /// `leaktrace --pid` on an already running fixture.
 pub fn run_pid_mode(fixture: &Fixture, extra: &[&str]) -> (Vec<Report>, String) {
     let out = Command::new(leaktrace_bin())
-        .args(["--format", "json", "--top", "50", "--pid", &fixture.pid().to_string()])
+        .args([
+            "--format",
+            "json",
+            "--top",
+            "50",
+            "--pid",
+            &fixture.pid().to_string(),
+        ])
         .args(extra)
         .output()
         .expect("running leaktrace");
@@ -198,24 +244,57 @@ pub fn check_leak(name: &str, go: &GoToolchain, mode: BuildMode, run: &Run) -> S
     let expect = Expect::load(name);
     let minor = go.minor();
     let report = run.last();
-    let ctx = || format!("{name} {} {mode:?}\n{}\nstderr:\n{}", go.full, report.summary(), run.stderr);
+    let ctx = || {
+        format!(
+            "{name} {} {mode:?}\n{}\nstderr:\n{}",
+            go.full,
+            report.summary(),
+            run.stderr
+        )
+    };
     assert_eq!(
         report.live(),
         run.truth.numgoroutine,
         "live goroutines must equal runtime.NumGoroutine(): {}",
         ctx()
     );
-    assert!(report.events("spawn") > 0 && report.events("park") > 0, "no events through the ring buffer: {}", ctx());
+    assert!(
+        report.events("spawn") > 0 && report.events("park") > 0,
+        "no events through the ring buffer: {}",
+        ctx()
+    );
     for group in expect.leak_groups() {
         let blocked_at = group.blocked_at_for(minor);
         let groups = report.groups_at(&blocked_at);
-        assert!(!groups.is_empty(), "no group blocked at {blocked_at}: {}", ctx());
+        assert!(
+            !groups.is_empty(),
+            "no group blocked at {blocked_at}: {}",
+            ctx()
+        );
         let g = groups[0];
         let truth_count = run.truth.profile.count_blocked_at(&blocked_at);
-        let count: u64 = groups.iter().map(|g| g["count"].as_u64().unwrap_or(0)).sum();
-        assert_eq!(count, truth_count, "count blocked at {blocked_at} vs the runtime's profile: {}", ctx());
-        assert_eq!(g["created_by"]["function"], group.created_by_for(minor).as_str(), "creation site: {}", ctx());
-        assert_eq!(g["state"], group.wait_reason_for(minor).as_str(), "wait reason: {}", ctx());
+        let count: u64 = groups
+            .iter()
+            .map(|g| g["count"].as_u64().unwrap_or(0))
+            .sum();
+        assert_eq!(
+            count,
+            truth_count,
+            "count blocked at {blocked_at} vs the runtime's profile: {}",
+            ctx()
+        );
+        assert_eq!(
+            g["created_by"]["function"],
+            group.created_by_for(minor).as_str(),
+            "creation site: {}",
+            ctx()
+        );
+        assert_eq!(
+            g["state"],
+            group.wait_reason_for(minor).as_str(),
+            "wait reason: {}",
+            ctx()
+        );
         let line = run
             .truth
             .profile
@@ -223,7 +302,12 @@ pub fn check_leak(name: &str, go: &GoToolchain, mode: BuildMode, run: &Run) -> S
             .next()
             .and_then(|r| r.first_non_stdlib_frame())
             .map(|f| f.line);
-        assert_eq!(g["blocked_at"]["line"].as_u64(), line.map(u64::from), "blocked line vs profile: {}", ctx());
+        assert_eq!(
+            g["blocked_at"]["line"].as_u64(),
+            line.map(u64::from),
+            "blocked line vs profile: {}",
+            ctx()
+        );
         assert_eq!(g["verdict"], "leak", "verdict: {}", ctx());
     }
     format!(
@@ -244,9 +328,19 @@ pub fn check_control(name: &str, go: &GoToolchain, mode: BuildMode, run: &Run) -
     let expect = Expect::load(name);
     let report = run.last();
     let ctx = || format!("{name} {} {mode:?}\n{}", go.full, report.summary());
-    assert_eq!(report.live(), run.truth.numgoroutine, "live vs runtime.NumGoroutine(): {}", ctx());
+    assert_eq!(
+        report.live(),
+        run.truth.numgoroutine,
+        "live vs runtime.NumGoroutine(): {}",
+        ctx()
+    );
     for g in report.groups() {
-        assert_ne!(g["verdict"], "leak", "a control was called a leak: {}", ctx());
+        assert_ne!(
+            g["verdict"],
+            "leak",
+            "a control was called a leak: {}",
+            ctx()
+        );
     }
     for group in &expect.must_not_flag {
         if group.state.as_deref() == Some("running") {
@@ -254,11 +348,21 @@ pub fn check_control(name: &str, go: &GoToolchain, mode: BuildMode, run: &Run) -
             let groups = report.groups_at(&at);
             assert!(!groups.is_empty(), "no group for {at}: {}", ctx());
             for g in groups {
-                assert!(g["state"] == "running" || g["state"] == "runnable", "{at} must show as running: {}", ctx());
+                assert!(
+                    g["state"] == "running" || g["state"] == "runnable",
+                    "{at} must show as running: {}",
+                    ctx()
+                );
             }
         }
     }
-    format!("{name:<15} {:<10} {:<8} live {:>5} == NumGoroutine {:>5}; no group called a leak", go.full, format!("{mode:?}"), report.live(), run.truth.numgoroutine)
+    format!(
+        "{name:<15} {:<10} {:<8} live {:>5} == NumGoroutine {:>5}; no group called a leak",
+        go.full,
+        format!("{mode:?}"),
+        report.live(),
+        run.truth.numgoroutine
+    )
 }
 
 pub fn build(name: &str, go: &GoToolchain, mode: BuildMode) -> PathBuf {
