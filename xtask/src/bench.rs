@@ -53,9 +53,10 @@ pub struct Options {
     #[arg(long)]
     pub runs: Option<usize>,
     /// Another leaktrace binary (e.g. a build with a proposed fix), measured
-    /// side by side with the workspace's in the churn, http and throughput sections.
+    /// side by side with the workspace's in the churn, http and throughput
+    /// sections and named by its file name. Repeatable.
     #[arg(long)]
-    pub candidate: Option<PathBuf>,
+    pub candidate: Vec<PathBuf>,
     /// Only these sections (comma-separated; default: all).
     #[arg(long, value_enum, value_delimiter = ',')]
     pub only: Vec<Section>,
@@ -119,7 +120,8 @@ impl Plan {
 /// Everything the sections run.
 struct Tools {
     leaktrace: PathBuf,
-    candidate: Option<PathBuf>,
+    /// (name, binary): other leaktrace builds measured alongside.
+    candidates: Vec<(String, PathBuf)>,
     go: PathBuf,
     churn: PathBuf,
     /// `churn` with ELF symbols added at leaktrace's probe points, so that
@@ -171,12 +173,18 @@ pub fn run(o: &Options) -> Result<()> {
         .context("no Go toolchain (cargo xtask setup)")?
         .clone();
     let leaktrace = util::build_leaktrace()?;
-    if let Some(c) = &o.candidate
-        && !c.is_file()
-    {
-        bail!("--candidate {}: no such file", c.display());
+    let mut candidates = Vec::new();
+    for c in &o.candidate {
+        if !c.is_file() {
+            bail!("--candidate {}: no such file", c.display());
+        }
+        let name = c
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| c.display().to_string());
+        candidates.push((format!("candidate {name}"), c.clone()));
     }
-    let tools = build_tools(&plan, &go, leaktrace, o.candidate.clone(), &mut did)?;
+    let tools = build_tools(&plan, &go, leaktrace, candidates, &mut did)?;
 
     md.h1("leaktrace benchmarks");
     md.line(&format!(
@@ -285,7 +293,7 @@ fn build_tools(
     plan: &Plan,
     go: &Path,
     leaktrace: PathBuf,
-    candidate: Option<PathBuf>,
+    candidates: Vec<(String, PathBuf)>,
     did: &mut Vec<String>,
 ) -> Result<Tools> {
     std::fs::create_dir_all(util::target_dir().join("xtask-go/bench"))?;
@@ -314,7 +322,7 @@ fn build_tools(
     };
     Ok(Tools {
         leaktrace,
-        candidate,
+        candidates,
         go: go.to_path_buf(),
         churn,
         churn_points,
@@ -1039,11 +1047,16 @@ fn machine_section(
                 ),
             ],
             vec![
-                "candidate leaktrace".into(),
-                t.candidate
-                    .as_ref()
-                    .map(|c| format!("`{}`", c.display()))
-                    .unwrap_or_else(|| "none (--candidate)".into()),
+                "candidate leaktrace builds".into(),
+                if t.candidates.is_empty() {
+                    "none (--candidate)".into()
+                } else {
+                    t.candidates
+                        .iter()
+                        .map(|(n, p)| format!("{n}: `{}`", p.display()))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                },
             ],
             vec![
                 "bpftrace".into(),
@@ -1239,11 +1252,8 @@ fn churn_section(md: &mut Markdown, plan: &Plan, t: &Tools) -> Result<()> {
             ChurnCfg::Leaktrace(t.leaktrace.clone()),
         ),
     ];
-    if let Some(c) = &t.candidate {
-        cfgs.push((
-            "candidate leaktrace -c".into(),
-            ChurnCfg::Leaktrace(c.clone()),
-        ));
+    for (name, bin) in &t.candidates {
+        cfgs.push((format!("{name} -c"), ChurnCfg::Leaktrace(bin.clone())));
     }
     cfgs.push((
         "bpftrace count(), function entries".into(),
@@ -1492,8 +1502,8 @@ fn http_section(md: &mut Markdown, plan: &Plan, t: &Tools) -> Result<()> {
         ("untraced".into(), None),
         ("leaktrace --pid".into(), Some(t.leaktrace.clone())),
     ];
-    if let Some(c) = &t.candidate {
-        cfgs.push(("candidate leaktrace --pid".into(), Some(c.clone())));
+    for (name, bin) in &t.candidates {
+        cfgs.push((format!("{name} --pid"), Some(bin.clone())));
     }
     let mut runs: BTreeMap<usize, Vec<HttpRun>> = BTreeMap::new();
     for round in 0..plan.runs {
@@ -1625,9 +1635,7 @@ fn throughput_once(t: &Tools, bin: &Path, rate: u64, live: u64, secs: u32) -> Re
 
 fn throughput_section(md: &mut Markdown, plan: &Plan, t: &Tools) -> Result<()> {
     let mut bins: Vec<(String, PathBuf)> = vec![("leaktrace".into(), t.leaktrace.clone())];
-    if let Some(c) = &t.candidate {
-        bins.push(("candidate".into(), c.clone()));
-    }
+    bins.extend(t.candidates.iter().cloned());
     let mut cases: Vec<(u64, u64)> = plan.tp_rates.iter().map(|&r| (r, 0)).collect();
     cases.extend(plan.tp_live.iter().map(|&l| (0, l)));
     let mut runs: BTreeMap<(usize, usize), Vec<TpRun>> = BTreeMap::new();
@@ -1733,6 +1741,12 @@ struct AttachRun {
 /// Attach to `pid` and take two reports 100 ms apart (the first one needs
 /// the snapshot and one full read of every goroutine).
 fn attach_once(t: &Tools, pid: u32, label: &str) -> Result<AttachRun> {
+    trace_once(t, pid, label, &["--interval", "100ms", "--count", "2"])
+}
+
+/// Run leaktrace on `pid` with `args` until it exits by itself; when it
+/// attached and when its first report appeared.
+fn trace_once(t: &Tools, pid: u32, label: &str, args: &[&str]) -> Result<AttachRun> {
     let report = t.scratch.join("attach-report.jsonl");
     let time_file = t.scratch.join("attach-time.txt");
     let _ = std::fs::remove_file(&report);
@@ -1741,14 +1755,8 @@ fn attach_once(t: &Tools, pid: u32, label: &str) -> Result<AttachRun> {
         timed(&t.leaktrace, &time_file)
             .args(["--format", "json", "--output"])
             .arg(&report)
-            .args([
-                "--pid",
-                &pid.to_string(),
-                "--interval",
-                "100ms",
-                "--count",
-                "2",
-            ]),
+            .args(["--pid", &pid.to_string()])
+            .args(args),
         label,
     )?;
     let (attached, _) = lt.err.wait_for("attach", Duration::from_secs(300), |l| {
@@ -1818,14 +1826,49 @@ fn roll(p: &mut Proc) -> Result<Gap> {
 
 /// One traced window (attach, snapshot, two reports) and one equally long
 /// untraced window right after it, on a ticker holding `n` goroutines.
-fn ticker_once(t: &Tools, ticker: &mut Proc) -> Result<(Gap, Gap, AttachRun)> {
+fn ticker_once(t: &Tools, ticker: &mut Proc, args: &[&str]) -> Result<(Gap, Gap, AttachRun)> {
     roll(ticker)?;
-    let run = attach_once(t, ticker.pid(), "leaktrace --pid bench/ticker")?;
+    let run = trace_once(t, ticker.pid(), "leaktrace --pid bench/ticker", args)?;
     let traced = roll(ticker)?;
     sleep(Duration::from_secs_f64(traced.window_ms / 1000.0));
     let quiet = roll(ticker)?;
     Ok((traced, quiet, run))
 }
+
+/// Which part of leaktrace's run each traced window's largest gap
+/// overlapped, counted (the window starts a few ms before leaktrace does).
+fn gap_phases<'a>(runs: impl Iterator<Item = (&'a Gap, &'a AttachRun)>) -> String {
+    let mut phases: BTreeMap<&str, usize> = BTreeMap::new();
+    for (g, r) in runs {
+        let end = g.max_gap_end_ms / 1000.0;
+        let start = end - g.max_gap_ms / 1000.0;
+        // The final report and the probes' detach take its last moments.
+        let exit_from = r.total_s - 0.2;
+        let phase = if end <= r.attach_s {
+            "a. start-up (reading the binary, attaching the probes)"
+        } else if start >= exit_from {
+            "d. its last 200 ms (final read and report, detaching the probes, exit)"
+        } else if start >= r.first_report_s {
+            "c. after the first report"
+        } else if start >= r.attach_s {
+            "b. attached, until the first report (snapshot, first full read)"
+        } else {
+            "a-b. across the attach"
+        };
+        *phases.entry(phase).or_default() += 1;
+    }
+    if phases.is_empty() {
+        return "–".into();
+    }
+    phases
+        .iter()
+        .map(|(p, n)| format!("{p}: {n}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// How long leaktrace traces in the steady-state runs.
+const STEADY: &str = "6s";
 
 /// Peak RSS (KiB) of leaktrace at 100 goroutines and at the large count,
 /// and how many runs the latter is the median of: measured by the attach
@@ -1859,7 +1902,7 @@ fn attach_section(md: &mut Markdown, plan: &Plan, t: &Tools, rss: &mut AttachRss
     let mut gaps: Vec<(Gap, Gap)> = Vec::new();
     let mut ticker_runs = Vec::new();
     // (attached, first report) in seconds from leaktrace's start, per ticker run.
-    let mut ticker_phase: Vec<(f64, f64)> = Vec::new();
+    let mut steady: Vec<(Gap, Gap, AttachRun)> = Vec::new();
     for round in 0..plan.runs {
         for (i, (name, pid)) in targets.iter().enumerate() {
             eprintln!("bench: attach round {}/{}: {name}", round + 1, plan.runs);
@@ -1869,13 +1912,21 @@ fn attach_section(md: &mut Markdown, plan: &Plan, t: &Tools, rss: &mut AttachRss
             }
         }
         eprintln!("bench: attach round {}/{}: ticker", round + 1, plan.runs);
-        match ticker_once(t, &mut ticker) {
+        match ticker_once(t, &mut ticker, &["--interval", "100ms", "--count", "2"]) {
             Ok((a, b, r)) => {
                 gaps.push((a, b));
-                ticker_phase.push((r.attach_s, r.first_report_s));
                 ticker_runs.push(r);
             }
             Err(e) => eprintln!("bench: ticker: {e:#}"),
+        }
+        eprintln!(
+            "bench: attach round {}/{}: ticker, steady",
+            round + 1,
+            plan.runs
+        );
+        match ticker_once(t, &mut ticker, &["--duration", STEADY]) {
+            Ok((a, b, r)) => steady.push((a, b, r)),
+            Err(e) => eprintln!("bench: ticker, steady: {e:#}"),
         }
     }
     big.stop(Duration::from_secs(10));
@@ -1892,6 +1943,7 @@ fn attach_section(md: &mut Markdown, plan: &Plan, t: &Tools, rss: &mut AttachRss
         .enumerate()
         .map(|(i, (name, _))| (name.to_string(), runs.remove(&i).unwrap_or_default()))
         .collect();
+    let phases = gap_phases(gaps.iter().map(|g| &g.0).zip(&ticker_runs));
     all.push((format!("bench/ticker -n {n}"), ticker_runs));
     let rows: Vec<Vec<String>> = all
         .iter()
@@ -1937,25 +1989,6 @@ fn attach_section(md: &mut Markdown, plan: &Plan, t: &Tools, rss: &mut AttachRss
         ],
         &rows,
     );
-    // Which phase of leaktrace's run the largest gap overlapped (the window
-    // starts just before leaktrace does).
-    let mut phases: BTreeMap<&str, usize> = BTreeMap::new();
-    for ((g, _), r) in gaps.iter().zip(&ticker_phase) {
-        let (end, start) = (
-            g.max_gap_end_ms / 1000.0,
-            (g.max_gap_end_ms - g.max_gap_ms) / 1000.0,
-        );
-        let phase = if end <= r.0 {
-            "1 start-up (reading the binary, attaching probes)"
-        } else if start >= r.1 {
-            "3 after the first report (second read, final report, detach)"
-        } else if start >= r.0 {
-            "2 snapshot and first full read"
-        } else {
-            "1-2 across attaching and the snapshot"
-        };
-        *phases.entry(phase).or_default() += 1;
-    }
     let traced: Vec<f64> = gaps.iter().map(|g| g.0.max_gap_ms).collect();
     let quiet: Vec<f64> = gaps.iter().map(|g| g.1.max_gap_ms).collect();
     let window: Vec<f64> = gaps.iter().map(|g| g.0.window_ms / 1000.0).collect();
@@ -1970,13 +2003,25 @@ fn attach_section(md: &mut Markdown, plan: &Plan, t: &Tools, rss: &mut AttachRss
         ratio(median(&traced), median(&quiet)),
     ));
     md.line(&format!(
-        "Where the largest traced gap fell, per run: {}. (A gap is not necessarily a pause by \
-         leaktrace: on 2 busy CPUs its own CPU use delays the ticker's thread too.)",
-        phases
-            .iter()
-            .map(|(p, n)| format!("{p}: {n}"))
-            .collect::<Vec<_>>()
-            .join("; ")
+        "Where the largest traced gap fell, per run: {phases}. (A gap is not necessarily a \
+         pause by leaktrace: on 2 busy CPUs its own CPU use delays the ticker's thread too.)"
+    ));
+    let f = |g: fn(&(Gap, Gap, AttachRun)) -> f64| steady.iter().map(g).collect::<Vec<_>>();
+    md.line(&format!(
+        "Steady tracing with default settings (`--pid PID --duration {STEADY}`) of the same \
+         ticker holding {n} goroutines, {} runs: leaktrace used {} % of one CPU (CPU time ÷ \
+         wall time, attach included), peak RSS {} MiB; the ticker's largest gap was {} ms \
+         traced vs {} ms in an equally long untraced window right after. Where the largest \
+         traced gap fell, per run: {}.",
+        steady.len(),
+        fmt_med(
+            &f(|s| 100.0 * s.2.time.cpu_s / s.2.time.wall_s.max(0.01)),
+            0
+        ),
+        fmt_med(&f(|s| s.2.time.maxrss_kb / 1024.0), 0),
+        fmt_med(&f(|s| s.0.max_gap_ms), 1),
+        fmt_med(&f(|s| s.1.max_gap_ms), 1),
+        gap_phases(steady.iter().map(|s| (&s.0, &s.2))),
     ));
     // Kept for the memory section.
     let small_rss = median(
