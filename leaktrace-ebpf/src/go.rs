@@ -15,6 +15,7 @@ use aya_ebpf::{
     macros::uprobe,
     programs::ProbeContext,
 };
+use aya_log_ebpf::warn;
 use leaktrace_common::{EventKind, GoConfig, GoEvent, spawn_point};
 
 use crate::maps::{EVENTS, count_lost};
@@ -70,6 +71,9 @@ pub fn go_spawn(ctx: ProbeContext) -> u32 {
     }
     let g = regs.rax;
     if g == 0 {
+        // Only if the probe point or the ABI assumption is wrong for this
+        // binary: say so rather than drop spawns silently.
+        warn!(&ctx, "go_spawn: no g in RAX at {:x}", regs.rip);
         return 0;
     }
     let parent_goid = if cfg.g_parent_goid != 0 {
@@ -105,6 +109,10 @@ pub fn go_spawn(ctx: ProbeContext) -> u32 {
 #[uprobe]
 pub fn go_park(ctx: ProbeContext) -> u32 {
     let g = unsafe { (*ctx.regs).rax };
+    if g == 0 {
+        warn!(&ctx, "go_park: no g in RAX");
+        return 0;
+    }
     let cfg = config();
     emit(GoEvent {
         ts_ns: unsafe { bpf_ktime_get_ns() },
@@ -120,6 +128,10 @@ pub fn go_park(ctx: ProbeContext) -> u32 {
 #[uprobe]
 pub fn go_exit(ctx: ProbeContext) -> u32 {
     let g = unsafe { (*ctx.regs).rax };
+    if g == 0 {
+        warn!(&ctx, "go_exit: no g in RAX");
+        return 0;
+    }
     let cfg = config();
     emit(GoEvent {
         ts_ns: unsafe { bpf_ktime_get_ns() },

@@ -99,7 +99,8 @@ pub async fn run(args: &Args, bin: &GoBinary, mut target: Target) -> Result<i32>
     )
     .map_err(|e| if process_gone(pid) { gone() } else { e })?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut ring = RingReader::spawn(probes.take_ring()?, tx);
+    let logger = probes.take_logger();
+    let mut ring = RingReader::spawn(probes.take_ring()?, logger, tx);
     let started = Instant::now();
 
     let mut table = LiveTable::default();

@@ -40,7 +40,11 @@ pub struct GoAttachPlan {
 pub struct GoProbes {
     ebpf: Ebpf,
     pub attached: usize,
+    /// The probes' own diagnostics (aya-log), printed through `log`.
+    logger: Option<Logger>,
 }
+
+pub type Logger = aya_log::EbpfLogger<&'static dyn log::Log>;
 
 impl GoProbes {
     /// Load and attach. `exe` is the path the kernel resolves to the target's
@@ -51,6 +55,14 @@ impl GoProbes {
             .override_global("GO_CONFIG", &config, true)
             .load(PROBES_OBJECT)
             .map_err(|e| anyhow!("loading the eBPF probes into the kernel failed: {e}"))?;
+        // Before the programs load: their log map must be taken first.
+        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                log::warn!("probe diagnostics unavailable: {e}");
+                None
+            }
+        };
         let pid = NonZeroU32::new(pid).ok_or_else(|| anyhow!("pid 0 cannot be traced"))?;
         let mut attached = 0;
         let groups: [(&str, Vec<&AttachPoint>); 3] = [
@@ -82,7 +94,16 @@ impl GoProbes {
                 attached += 1;
             }
         }
-        Ok(Self { ebpf, attached })
+        Ok(Self {
+            ebpf,
+            attached,
+            logger,
+        })
+    }
+
+    /// The probes' log channel, drained by the ring reader thread.
+    pub fn take_logger(&mut self) -> Option<Logger> {
+        self.logger.take()
     }
 
     /// The ring buffer all probes write to; can be taken once.

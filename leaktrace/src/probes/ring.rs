@@ -15,6 +15,8 @@ use aya::maps::{MapData, RingBuf};
 use leaktrace_common::GoEvent;
 use tokio::sync::mpsc::UnboundedSender;
 
+use super::Logger;
+
 pub struct RingReader {
     stop: Arc<AtomicBool>,
     handle: Option<JoinHandle<()>>,
@@ -24,8 +26,13 @@ pub struct RingReader {
 }
 
 impl RingReader {
-    /// Batches of records go to `tx` in ring order.
-    pub fn spawn(mut ring: RingBuf<MapData>, tx: UnboundedSender<Vec<GoEvent>>) -> Self {
+    /// Batches of records go to `tx` in ring order; the probes' log lines
+    /// (if any) are printed as they come.
+    pub fn spawn(
+        mut ring: RingBuf<MapData>,
+        mut logger: Option<Logger>,
+        tx: UnboundedSender<Vec<GoEvent>>,
+    ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let malformed = Arc::new(AtomicU64::new(0));
         let (stop2, malformed2) = (stop.clone(), malformed.clone());
@@ -49,13 +56,21 @@ impl RingReader {
                     if stopping {
                         return;
                     }
-                    let mut pfd = libc::pollfd {
-                        fd: ring.as_raw_fd(),
+                    if let Some(l) = logger.as_mut() {
+                        l.flush();
+                    }
+                    let fd = |raw| libc::pollfd {
+                        fd: raw,
                         events: libc::POLLIN,
                         revents: 0,
                     };
-                    // SAFETY: one valid pollfd; the timeout lets us see `stop`.
-                    unsafe { libc::poll(&mut pfd, 1, 50) };
+                    let mut fds = [fd(ring.as_raw_fd()), fd(-1)];
+                    if let Some(l) = &logger {
+                        fds[1] = fd(l.as_raw_fd());
+                    }
+                    // SAFETY: valid pollfds (a negative fd is ignored); the
+                    // timeout lets us see `stop`.
+                    unsafe { libc::poll(fds.as_mut_ptr(), 2, 50) };
                 }
             })
             .expect("spawning the ring buffer reader thread");

@@ -23,12 +23,12 @@
 //! against process memory.
 use std::collections::{HashMap, HashSet};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use iced_x86::{
     FlowControl, Instruction, InstructionInfoFactory, Mnemonic, OpAccess, OpKind, Register,
 };
 
-use super::probe_points::{branch_targets, decode_all};
+use super::probe_points::{branch_targets, decode_all, function_code};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AllgsLocation {
@@ -78,20 +78,6 @@ pub fn locate_allgs(
         allglen: None,
         how: "decoded runtime.forEachG",
     })
-}
-
-fn function_code(
-    code_at: &dyn Fn(u64, usize) -> Option<Vec<u8>>,
-    func: &dyn Fn(&str) -> Option<(u64, u64)>,
-    name: &str,
-) -> Result<(u64, Vec<u8>)> {
-    let (entry, end) = func(name).with_context(|| format!("function {name} not found"))?;
-    if end <= entry || end - entry > 1 << 16 {
-        bail!("function {name} has an implausible range {entry:#x}..{end:#x}");
-    }
-    let code = code_at(entry, (end - entry) as usize)
-        .with_context(|| format!("no code bytes for {name} at {entry:#x}"))?;
-    Ok((entry, code))
 }
 
 /// One RIP-relative memory operand: the global it names and how it is used.

@@ -283,7 +283,8 @@ fn ebx_constant_before(
     None
 }
 
-fn function_code(
+/// A function's bytes, by name; shared with `allgs_locate`.
+pub(super) fn function_code(
     code_at: &dyn Fn(u64, usize) -> Option<Vec<u8>>,
     func: &dyn Fn(&str) -> Option<(u64, u64)>,
     name: &str,
