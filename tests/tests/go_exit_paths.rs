@@ -1,0 +1,169 @@
+//! Every way a session ends gives a final report and leaves no probe behind:
+//! Ctrl-C, SIGTERM, the target exiting, COUNT reached.
+mod common;
+
+use std::{
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::*;
+use leaktrace_e2e::{BuildMode, Fixture, pick};
+
+fn start_leaktrace(pid: u32, extra: &[&str]) -> Child {
+    Command::new(leaktrace_bin())
+        .args(["--format", "json", "--pid", &pid.to_string()])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start leaktrace")
+}
+
+fn finish(child: Child) -> (Option<i32>, Vec<Report>, String) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut child = child;
+    while child.try_wait().expect("wait").is_none() {
+        assert!(Instant::now() < deadline, "leaktrace did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("output");
+    (
+        out.status.code(),
+        parse_reports(&String::from_utf8_lossy(&out.stdout)),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The BPF programs and links a running leaktrace holds, by kernel id, read
+/// from its own fds (exact, even with other tracers loaded meanwhile).
+fn held_bpf_objects(pid: u32) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return out;
+    };
+    for fd in fds.flatten() {
+        let Ok(target) = std::fs::read_link(fd.path()) else {
+            continue;
+        };
+        let target = target.to_string_lossy();
+        let (kind, key) = if target.contains("bpf-prog") {
+            ("prog", "prog_id:")
+        } else if target.contains("bpf_link") {
+            ("link", "link_id:")
+        } else {
+            continue;
+        };
+        let info = std::fs::read_to_string(format!(
+            "/proc/{pid}/fdinfo/{}",
+            fd.file_name().to_string_lossy()
+        ))
+        .unwrap_or_default();
+        if let Some(id) = info.lines().find_map(|l| l.strip_prefix(key)) {
+            out.push((kind, id.trim().to_string()));
+        }
+    }
+    out
+}
+
+/// Which of those objects the kernel still has.
+fn still_loaded(objects: &[(&'static str, String)]) -> Vec<String> {
+    objects
+        .iter()
+        .filter(|(kind, id)| {
+            Command::new("bpftool")
+                .args([kind, "show", "id", id])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .map(|(kind, id)| format!("{kind} {id}"))
+        .collect()
+}
+
+/// Let the session get going; what it holds in the kernel.
+fn wait_attached(child: &mut Child) -> Vec<(&'static str, String)> {
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        child.try_wait().expect("wait").is_none(),
+        "leaktrace exited early"
+    );
+    let held = held_bpf_objects(child.id());
+    assert!(
+        held.iter().filter(|o| o.0 == "prog").count() >= 3,
+        "leaktrace holds its programs: {held:?}"
+    );
+    assert!(
+        held.iter().any(|o| o.0 == "link"),
+        "leaktrace holds uprobe links: {held:?}"
+    );
+    held
+}
+
+#[test]
+fn every_exit_path_prints_a_final_report_and_detaches() {
+    if !ebpf_available("every_exit_path_prints_a_final_report_and_detaches") {
+        return;
+    }
+    let go = pick(&["1.26"])
+        .pop()
+        .or_else(leaktrace_e2e::toolchain::newest)
+        .expect("Go");
+    let bin = build("chan_send", &go, BuildMode::Plain);
+    for (how, sig) in [("Ctrl-C", libc::SIGINT), ("SIGTERM", libc::SIGTERM)] {
+        let fx = Fixture::start(&bin, ["-n", "50", "-hold", "60s"]);
+        let mut lt = start_leaktrace(fx.pid(), &[]);
+        let held = wait_attached(&mut lt);
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(lt.id() as i32, sig) };
+        let (code, reports, stderr) = finish(lt);
+        assert_eq!(code, Some(0), "{how}: {stderr}");
+        let last = reports
+            .last()
+            .unwrap_or_else(|| panic!("{how}: no report: {stderr}"));
+        assert_eq!(last.0["final"], true, "{how}");
+        assert!(last.live() >= 50, "{how}: {}", last.summary());
+        assert_eq!(
+            still_loaded(&held),
+            Vec::<String>::new(),
+            "{how}: probes left loaded"
+        );
+        assert!(fx.is_running(), "{how}: the target must survive leaktrace");
+        println!(
+            "{how}: final report ({} live), exit 0, its {} BPF programs/links gone, target still running",
+            last.live(),
+            held.len()
+        );
+    }
+
+    // The target exits while traced: a final report that says so.
+    let fx = Fixture::start(&bin, ["-n", "50", "-hold", "60s"]);
+    let mut lt = start_leaktrace(fx.pid(), &[]);
+    let held = wait_attached(&mut lt);
+    fx.terminate(Duration::from_secs(10))
+        .expect("stop the fixture");
+    let (code, reports, stderr) = finish(lt);
+    assert_eq!(code, Some(0), "{stderr}");
+    let last = reports.last().expect("a report");
+    assert_eq!(last.0["final"], true);
+    let notes = last.0["notes"].to_string();
+    assert!(notes.contains("exited"), "{notes}");
+    assert_eq!(
+        still_loaded(&held),
+        Vec::<String>::new(),
+        "probes left after the target exited"
+    );
+    println!("target exit: final report noting it, exit 0, probes detached");
+
+    // COUNT periodic reports, the last one final.
+    let fx = Fixture::start(&bin, ["-n", "50", "-hold", "60s"]);
+    let mut lt = start_leaktrace(fx.pid(), &["0.5", "3"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let held = held_bpf_objects(lt.id());
+    let _ = lt.try_wait();
+    let (code, reports, stderr) = finish(lt);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(reports.len(), 3, "{stderr}");
+    assert!(reports[..2].iter().all(|r| r.0["final"] == false) && reports[2].0["final"] == true);
+    assert_eq!(still_loaded(&held), Vec::<String>::new());
+    println!("INTERVAL COUNT: 3 reports, the last one final, probes detached");
+}
