@@ -5,6 +5,7 @@
 //! the target's memory into a [`TaskView`]. Everything downstream (the live
 //! table, grouping, trends, verdicts, reports) only sees these types.
 pub mod go;
+pub mod tokio;
 
 use crate::symbols::Frame;
 

@@ -1,0 +1,280 @@
+//! Every live tokio task of a running process, found by reading its memory.
+//!
+//! Tasks that leaked before leaktrace attached are never polled again, so no
+//! probe will ever see them; the heap does. Task cells are `repr(align(128))`
+//! on x86_64/aarch64 (tokio ≥ 1.29) and their header holds the address of a
+//! per-type static vtable at +16, so a 128-byte stride over the writable
+//! anonymous mappings, keeping the slots whose +16 word is a known vtable,
+//! finds every cell. Freed cells keep their vtable word, so each candidate's
+//! state word must also look live (see [`StateWord::is_plausible_live`]).
+//!
+//! Reads use `process_vm_readv` and never stop the target; a task may
+//! change while it is read, which a second read of each hit catches.
+use std::collections::{HashMap, HashSet};
+use std::io;
+
+use super::state::StateWord;
+use super::vtables::TaskVtable;
+use crate::target::elf::ElfFile;
+use crate::target::memory::Memory;
+use crate::target::process::{Process, load_bias};
+
+/// `Cell`'s alignment on 64-bit x86 and arm (tokio ≥ 1.29, #5809).
+pub const CELL_ALIGN: u64 = 128;
+const HEADER_VTABLE: u64 = 16;
+const HEADER_OWNER_ID: u64 = 24;
+const HEADER_LEN: usize = 32;
+/// Read mappings in pieces this big: bounded memory on multi-GB heaps.
+const CHUNK: u64 = 1 << 20;
+
+/// One live task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LiveTask {
+    /// Run-time address of the task's header (its `RawTask` pointer), the
+    /// key every probe argument will carry.
+    pub header: u64,
+    /// tokio's task id: unique, never reused.
+    pub id: u64,
+    pub state: StateWord,
+    /// Index into the vtable slice given to [`scan`].
+    pub vtable: usize,
+    /// `OwnedTasks` id of the runtime the task is bound to; 0 for tasks that
+    /// are never bound (`spawn_blocking`, the runtime's worker launchers).
+    pub owner_id: u64,
+    /// `Core.scheduler`: for `Arc<Handle>` schedulers, the runtime handle's
+    /// address, the same for every task of one runtime.
+    pub scheduler: u64,
+}
+
+impl LiveTask {
+    /// Whether `Handle::metrics().num_alive_tasks()` counts this task: it
+    /// counts the runtime's `OwnedTasks`, which bound tasks join at spawn
+    /// and leave at completion. Blocking tasks are never bound.
+    pub fn counted_by_tokio(&self) -> bool {
+        self.owner_id != 0
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct HeapScan {
+    /// By header address.
+    pub tasks: Vec<LiveTask>,
+    /// Cells with a vtable word but a dead state word: freed memory.
+    pub stale_cells: usize,
+    /// Completed tasks whose cell a JoinHandle or waker still holds.
+    pub complete_cells: usize,
+    /// Unbound copies of a task cell (left on a thread's stack when the
+    /// cell was built there and moved into its Box): an `Arc` scheduler
+    /// means the task is bound at spawn, so `owner_id == 0` cannot be live.
+    pub unbound_copies: usize,
+    /// Hits that changed between the two reads (a task that finished, or
+    /// memory reused, while we looked).
+    pub unstable: usize,
+    pub regions: usize,
+    pub bytes_scanned: u64,
+    /// Mapped but unreadable (e.g. guard pages inside an anonymous range).
+    pub bytes_unreadable: u64,
+}
+
+impl HeapScan {
+    pub fn counted(&self) -> impl Iterator<Item = &LiveTask> {
+        self.tasks.iter().filter(|t| t.counted_by_tokio())
+    }
+}
+
+/// The load bias of `pid`'s executable (0 when not PIE).
+pub fn exe_load_bias(pid: u32, elf: &ElfFile) -> anyhow::Result<u64> {
+    let proc = Process::open(pid)?;
+    let mappings = proc.exe_mappings()?;
+    load_bias(&mappings, &elf.load_segments())
+        .ok_or_else(|| anyhow::anyhow!("process {pid}: executable mapping not found in maps"))
+}
+
+/// A writable private anonymous mapping: where malloc puts task cells.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Region {
+    pub start: u64,
+    pub end: u64,
+}
+
+/// `rw-p` mappings with no file: `[heap]`, glibc's thread arenas and
+/// mmapped chunks, and `[anon:…]`-named ones.
+pub fn heap_regions(maps: &str) -> Vec<Region> {
+    maps.lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let range = fields.next()?;
+            let perms = fields.next()?;
+            let _offset = fields.next()?;
+            let _dev = fields.next()?;
+            let inode = fields.next()?;
+            let path = fields.collect::<Vec<_>>().join(" ");
+            if !perms.starts_with("rw") || !perms.ends_with('p') || inode != "0" {
+                return None;
+            }
+            let anonymous = path.is_empty() || path == "[heap]" || path.starts_with("[anon:");
+            if !anonymous {
+                return None;
+            }
+            let (start, end) = range.split_once('-')?;
+            Some(Region {
+                start: u64::from_str_radix(start, 16).ok()?,
+                end: u64::from_str_radix(end, 16).ok()?,
+            })
+        })
+        .collect()
+}
+
+/// Find every live task of `pid` whose vtable is in `vtables` (link-time
+/// addresses; `load_bias` is added).
+pub fn scan(pid: u32, vtables: &[TaskVtable], load_bias: u64) -> io::Result<HeapScan> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))?;
+    let regions = heap_regions(&maps);
+    scan_regions(&Memory::new(pid), &regions, vtables, load_bias)
+}
+
+pub fn scan_regions(
+    mem: &Memory,
+    regions: &[Region],
+    vtables: &[TaskVtable],
+    load_bias: u64,
+) -> io::Result<HeapScan> {
+    let by_addr: HashMap<u64, usize> = vtables
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (v.va.wrapping_add(load_bias), i))
+        .collect();
+    let mut out = HeapScan {
+        regions: regions.len(),
+        ..HeapScan::default()
+    };
+    let mut hits = Vec::new();
+    let mut buf = Vec::new();
+    for r in regions {
+        let mut at = r.start.next_multiple_of(CELL_ALIGN);
+        while at < r.end {
+            let len = CHUNK.min(r.end - at);
+            buf.resize(len as usize, 0);
+            if read_tolerant(mem, at, &mut buf, &mut out) {
+                for off in (0..len as usize).step_by(CELL_ALIGN as usize) {
+                    let Some(vt) = word(&buf, off + HEADER_VTABLE as usize) else {
+                        continue;
+                    };
+                    if let Some(&i) = by_addr.get(&vt) {
+                        hits.push((at + off as u64, i));
+                    }
+                }
+            }
+            at += len;
+        }
+    }
+    // Second read of each hit, whole header and id at once: a cell that
+    // was freed or reused in between shows a different vtable or id.
+    let mut ids = HashSet::new();
+    for (header, i) in hits {
+        let vt = &vtables[i];
+        let Some(first) = read_task(mem, header, vt, i, load_bias) else {
+            out.unstable += 1;
+            continue;
+        };
+        if first.state.is_complete() && first.state.refs() > 0 {
+            out.complete_cells += 1;
+            continue;
+        }
+        if !first.state.is_plausible_live() || first.id == 0 {
+            out.stale_cells += 1;
+            continue;
+        }
+        if first.owner_id == 0 && vt.has_bound_scheduler() {
+            out.unbound_copies += 1;
+            continue;
+        }
+        match read_task(mem, header, vt, i, load_bias) {
+            Some(again) if again.id == first.id && again.state.is_plausible_live() => {
+                if ids.insert(again.id) {
+                    out.tasks.push(again);
+                } else {
+                    // Two cells cannot hold one live id; the other is a
+                    // stale copy we cannot tell apart. Keep the first.
+                    out.stale_cells += 1;
+                }
+            }
+            _ => out.unstable += 1,
+        }
+    }
+    out.tasks.sort_by_key(|t| t.header);
+    Ok(out)
+}
+
+/// Read `buf.len()` bytes at `at`; on failure, page by page, zeroing what
+/// cannot be read. False when nothing was readable.
+fn read_tolerant(mem: &Memory, at: u64, buf: &mut [u8], out: &mut HeapScan) -> bool {
+    if mem.read(at, buf).is_ok() {
+        out.bytes_scanned += buf.len() as u64;
+        return true;
+    }
+    let mut any = false;
+    for (k, page) in buf.chunks_mut(4096).enumerate() {
+        let addr = at + (k * 4096) as u64;
+        if mem.read(addr, page).is_ok() {
+            out.bytes_scanned += page.len() as u64;
+            any = true;
+        } else {
+            page.fill(0);
+            out.bytes_unreadable += page.len() as u64;
+        }
+    }
+    any
+}
+
+fn read_task(
+    mem: &Memory,
+    header: u64,
+    vt: &TaskVtable,
+    index: usize,
+    load_bias: u64,
+) -> Option<LiveTask> {
+    // Header, scheduler and id in one read: the offsets are small (< 4 KiB).
+    let len = (vt.id_offset + 8).max(HEADER_LEN as u64) as usize;
+    let mut b = vec![0u8; len];
+    mem.read(header, &mut b).ok()?;
+    if word(&b, HEADER_VTABLE as usize)? != vt.va.wrapping_add(load_bias) {
+        return None;
+    }
+    Some(LiveTask {
+        header,
+        id: word(&b, vt.id_offset as usize)?,
+        state: StateWord(word(&b, 0)?),
+        vtable: index,
+        owner_id: word(&b, HEADER_OWNER_ID as usize)?,
+        scheduler: word(&b, vt.scheduler_offset as usize)?,
+    })
+}
+
+fn word(b: &[u8], off: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(b.get(off..off + 8)?.try_into().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn picks_anonymous_writable_mappings() {
+        let maps = "\
+555555554000-555555556000 r--p 00000000 fd:01 1234 /srv/api
+555555556000-55555555a000 rw-p 00002000 fd:01 1234 /srv/api
+55555555a000-55555557b000 rw-p 00000000 00:00 0 [heap]
+7ffff0000000-7ffff0021000 rw-p 00000000 00:00 0
+7ffff0021000-7ffff4000000 ---p 00000000 00:00 0
+7ffff7000000-7ffff7001000 rw-s 00000000 00:05 77 /dev/zero (deleted)
+7ffff7800000-7ffff7900000 rw-p 00000000 00:00 0 [anon: glibc: malloc arena]
+7ffffffde000-7ffffffff000 rw-p 00000000 00:00 0 [stack]
+";
+        let r = heap_regions(maps);
+        assert_eq!(
+            r.iter().map(|r| r.start).collect::<Vec<_>>(),
+            vec![0x55555555a000, 0x7ffff0000000, 0x7ffff7800000]
+        );
+    }
+}

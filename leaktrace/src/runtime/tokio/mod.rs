@@ -1,0 +1,16 @@
+//! Groundwork for tracing tokio tasks in an unmodified Rust binary (issue 5).
+//!
+//! Not wired into the session yet. The pieces, each usable alone:
+//! - [`binary`]: is it Rust + tokio, which rustc and tokio, refuse tokio < 1.23;
+//! - [`vtables`]: every task vtable, named by its future type (and how);
+//! - [`state`]: the task state word (running/scheduled/idle/complete, lost waker);
+//! - [`heap_scan`]: every live task of a running process, read-only.
+//!
+//! Facts and measurements behind them: `shared/research/rust-tokio.md`.
+pub mod binary;
+pub mod heap_scan;
+pub mod state;
+pub mod vtables;
+
+#[cfg(test)]
+mod fixtures;
