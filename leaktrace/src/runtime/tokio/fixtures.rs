@@ -129,7 +129,7 @@ fn run_with(bin: &Path, mode: &str, during: impl FnOnce(u32)) -> Running {
             }
         }
     });
-    let mut next = |what: &str| {
+    let next = |what: &str| {
         rx.recv_timeout(Duration::from_secs(60))
             .unwrap_or_else(|e| panic!("fixture {mode}: no {what} line ({e})"))
     };
@@ -160,7 +160,13 @@ struct Checked {
 }
 
 fn scan(c: &Checked, r: &Running) -> HeapScan {
-    heap_scan::scan(r.pid, &c.bin.vtables, c.bias).expect("scan")
+    heap_scan::scan(
+        r.pid,
+        &c.bin.vtables,
+        c.bias,
+        heap_scan::cell_align(c.bin.tokio_version),
+    )
+    .expect("scan")
 }
 
 fn vt(c: &Checked, i: usize) -> &TaskVtable {
@@ -385,7 +391,8 @@ fn scan_during_churn() {
         let bias = heap_scan::exe_load_bias(pid, &elf).expect("bias");
         let until = std::time::Instant::now() + Duration::from_millis(700);
         while std::time::Instant::now() < until {
-            let s = heap_scan::scan(pid, &bin.vtables, bias).expect("scan under churn");
+            let s = heap_scan::scan(pid, &bin.vtables, bias, heap_scan::CELL_ALIGN)
+                .expect("scan under churn");
             scans += 1;
             unstable += s.unstable;
             for t in &s.tasks {

@@ -21,6 +21,17 @@ use crate::target::process::{Process, load_bias};
 
 /// `Cell`'s alignment on 64-bit x86 and arm (tokio ≥ 1.29, #5809).
 pub const CELL_ALIGN: u64 = 128;
+/// Before 1.29 a cell is only as aligned as malloc makes it.
+pub const MALLOC_ALIGN: u64 = 16;
+
+/// The scan stride for a tokio version; unknown versions get the modern
+/// alignment (a pre-1.29 tokio with remapped paths would be missed).
+pub fn cell_align(version: Option<super::binary::TokioVersion>) -> u64 {
+    match version {
+        Some(v) if v.major == 1 && v.minor < 29 => MALLOC_ALIGN,
+        _ => CELL_ALIGN,
+    }
+}
 const HEADER_VTABLE: u64 = 16;
 const HEADER_OWNER_ID: u64 = 24;
 const HEADER_LEN: usize = 32;
@@ -126,11 +137,12 @@ pub fn heap_regions(maps: &str) -> Vec<Region> {
 }
 
 /// Find every live task of `pid` whose vtable is in `vtables` (link-time
-/// addresses; `load_bias` is added).
-pub fn scan(pid: u32, vtables: &[TaskVtable], load_bias: u64) -> io::Result<HeapScan> {
+/// addresses; `load_bias` is added), stepping `align` bytes
+/// ([`cell_align`]).
+pub fn scan(pid: u32, vtables: &[TaskVtable], load_bias: u64, align: u64) -> io::Result<HeapScan> {
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))?;
     let regions = heap_regions(&maps);
-    scan_regions(&Memory::new(pid), &regions, vtables, load_bias)
+    scan_regions(&Memory::new(pid), &regions, vtables, load_bias, align)
 }
 
 pub fn scan_regions(
@@ -138,7 +150,15 @@ pub fn scan_regions(
     regions: &[Region],
     vtables: &[TaskVtable],
     load_bias: u64,
+    align: u64,
 ) -> io::Result<HeapScan> {
+    // A stride that is not a power of two ≥ 8 would read vtable words at
+    // offsets no header has.
+    let align = if align.is_power_of_two() && align >= 8 {
+        align
+    } else {
+        CELL_ALIGN
+    };
     let by_addr: HashMap<u64, usize> = vtables
         .iter()
         .enumerate()
@@ -151,12 +171,12 @@ pub fn scan_regions(
     let mut hits = Vec::new();
     let mut buf = Vec::new();
     for r in regions {
-        let mut at = r.start.next_multiple_of(CELL_ALIGN);
+        let mut at = r.start.next_multiple_of(align);
         while at < r.end {
             let len = CHUNK.min(r.end - at);
             buf.resize(len as usize, 0);
             if read_tolerant(mem, at, &mut buf, &mut out) {
-                for off in (0..len as usize).step_by(CELL_ALIGN as usize) {
+                for off in (0..len as usize).step_by(align as usize) {
                     let Some(vt) = word(&buf, off + HEADER_VTABLE as usize) else {
                         continue;
                     };
@@ -258,6 +278,21 @@ fn word(b: &[u8], off: usize) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stride_follows_the_version() {
+        use super::super::binary::TokioVersion;
+        let v = |minor| {
+            Some(TokioVersion {
+                major: 1,
+                minor,
+                patch: 0,
+            })
+        };
+        assert_eq!(cell_align(v(28)), MALLOC_ALIGN);
+        assert_eq!(cell_align(v(29)), CELL_ALIGN);
+        assert_eq!(cell_align(None), CELL_ALIGN);
+    }
 
     #[test]
     fn picks_anonymous_writable_mappings() {
