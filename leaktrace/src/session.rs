@@ -42,6 +42,7 @@ use crate::{
             reader::GoReader,
         },
         monotonic_ns,
+        tokio::tracer::TokioTracer,
     },
     target::{
         launch::{HeldChild, try_reap},
@@ -74,34 +75,197 @@ enum End {
     TargetExited,
 }
 
-pub async fn run(args: &Args, bin: &GoBinary, mut target: Target) -> Result<i32> {
-    let pid = target.pid();
-    let (attach_path, exe_display): (PathBuf, String) = match &target {
+/// Which runtime the target uses, and what leaktrace knows about it.
+pub enum Runtime {
+    Go(Box<GoBinary>),
+    Tokio(Box<TokioTracer>),
+}
+
+pub async fn run(args: &Args, runtime: Runtime, target: Target) -> Result<i32> {
+    match runtime {
+        Runtime::Go(bin) => run_go(args, &bin, target).await,
+        Runtime::Tokio(tracer) => run_tokio(args, *tracer, target).await,
+    }
+}
+
+/// What ends a session or asks for a report, in one place for every runtime.
+struct Stops {
+    sigint: tokio::signal::unix::Signal,
+    sigterm: tokio::signal::unix::Signal,
+    exit_fd: AsyncFd<OwnedFd>,
+    deadline: Option<Instant>,
+    reporter: tokio::time::Interval,
+    reports: u64,
+    count: Option<u64>,
+}
+
+enum Stop {
+    Report,
+    End(End),
+}
+
+impl Stops {
+    /// Signals first: Ctrl-C during a slow attach or snapshot must still end
+    /// in a final report, not in the default handler.
+    fn new(args: &Args, pid: u32) -> Result<Self> {
+        let sigint = signal(SignalKind::interrupt())?;
+        let sigterm = signal(SignalKind::terminate())?;
+        // Watch for the target's exit (works for any pid, child or not).
+        let exit_fd =
+            pidfd(pid).map_err(|_| anyhow::Error::from(TargetError::ExitedDuringAttach(pid)))?;
+        let mut reporter = interval(args.report_interval().max(Duration::from_millis(100)));
+        reporter.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Ok(Self {
+            sigint,
+            sigterm,
+            exit_fd,
+            deadline: None,
+            reporter,
+            reports: 0,
+            count: args.report_count(),
+        })
+    }
+
+    /// Call once attached: the clock for --duration and reports starts here.
+    async fn start(&mut self, args: &Args) {
+        self.deadline = args.duration.map(|d| Instant::now() + d);
+        self.reporter.reset();
+    }
+
+    async fn next(&mut self) -> Stop {
+        let deadline = self.deadline;
+        tokio::select! {
+            _ = self.reporter.tick() => {
+                self.reports += 1;
+                if self.count.is_some_and(|c| self.reports >= c) {
+                    Stop::End(End::Count)
+                } else {
+                    Stop::Report
+                }
+            }
+            _ = async { sleep_until(deadline.unwrap_or_else(Instant::now)).await }, if deadline.is_some() => Stop::End(End::Duration),
+            _ = self.sigint.recv() => Stop::End(End::Interrupted),
+            _ = self.sigterm.recv() => Stop::End(End::Terminated),
+            _ = self.exit_fd.readable() => Stop::End(End::TargetExited),
+        }
+    }
+}
+
+/// Trends, verdicts and output, shared by every runtime.
+struct Reporting<'a> {
+    args: &'a Args,
+    out: Box<dyn Write>,
+    style: TextStyle,
+    target: TargetInfo,
+    rules: Rules,
+    trends: Trends<GroupKey>,
+    started: Instant,
+    notes: Vec<String>,
+}
+
+impl<'a> Reporting<'a> {
+    fn new(args: &'a Args, target: TargetInfo, notes: Vec<String>) -> Result<Self> {
+        Ok(Self {
+            args,
+            out: output(args)?,
+            style: TextStyle {
+                color: match args.color {
+                    Color::Always => true,
+                    Color::Never => false,
+                    Color::Auto => args.output.is_none() && std::io::stdout().is_terminal(),
+                },
+                stacks: args.stacks,
+            },
+            target,
+            rules: Rules {
+                older_s: args.older.as_secs_f64(),
+                suspect_count: args.suspect_count,
+                ..Rules::default()
+            },
+            trends: Trends::new(600),
+            started: Instant::now(),
+            notes,
+        })
+    }
+
+    /// Trends need several samples even in a short window.
+    fn sample_every(&self) -> Duration {
+        self.args
+            .report_interval()
+            .max(Duration::from_millis(100))
+            .min(Duration::from_millis(500))
+    }
+
+    fn record(&mut self, views: &[TaskView]) {
+        record(&mut self.trends, views, &self.rules);
+    }
+
+    fn emit(&mut self, is_final: bool, events: EventTotals, views: &[TaskView]) -> Result<()> {
+        let report = build(
+            is_final,
+            self.started,
+            &self.target,
+            events,
+            views,
+            &self.trends,
+            &self.rules,
+            self.args,
+            &self.notes,
+        );
+        emit(&mut self.out, self.args, &report, &self.style)
+    }
+
+    /// The note and exit code for a target that exited under us.
+    fn target_exited(&mut self, pid: u32, is_child: bool) -> i32 {
+        let status = if is_child { try_reap(pid) } else { None };
+        self.notes.push(match status {
+            Some(s) => format!("the command exited with status {s}; state as of the last sample"),
+            None => "the target exited; state as of the last sample".to_string(),
+        });
+        status.unwrap_or(0)
+    }
+
+    /// We started it; tracing is over, so is its run. (On Ctrl-C the
+    /// terminal already sent it SIGINT.)
+    fn stop_child(&mut self, pid: u32) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+        self.notes
+            .push("leaktrace stopped, so it sent SIGTERM to the command it started".into());
+    }
+}
+
+fn exe_of(target: &Target) -> (PathBuf, String) {
+    match target {
         Target::Pid(p) => (p.exe_link.clone(), p.exe_display.clone()),
         Target::Command(c) => (c.program.clone(), c.program.display().to_string()),
-    };
-    // Before anything slow: Ctrl-C during attach or the snapshot must still
-    // end in a final report, not in the default handler.
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
+    }
+}
+
+async fn run_go(args: &Args, bin: &GoBinary, mut target: Target) -> Result<i32> {
+    let pid = target.pid();
+    let (attach_path, exe_display) = exe_of(&target);
+    let mut stops = Stops::new(args, pid)?;
     let mut warnings = bin.warnings();
     let placement = place_probes(bin)?;
     warnings.extend(placement.warnings);
 
-    let gone = || -> anyhow::Error { TargetError::ExitedDuringAttach(pid).into() };
-    // Watch for the target's exit (works for any pid, child or not).
-    let exit_fd = pidfd(pid).map_err(|_| gone())?;
     let mut probes = GoProbes::attach(
         &attach_path,
         pid,
         probe_config(&bin.layout),
         &placement.plan,
     )
-    .map_err(|e| if process_gone(pid) { gone() } else { e })?;
+    .map_err(|e| {
+        if process_gone(pid) {
+            TargetError::ExitedDuringAttach(pid).into()
+        } else {
+            e
+        }
+    })?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let logger = probes.take_logger();
     let mut ring = RingReader::spawn(probes.take_ring()?, logger, tx);
-    let started = Instant::now();
 
     let mut table = LiveTable::default();
     let mut notes = Vec::new();
@@ -136,30 +300,6 @@ pub async fn run(args: &Args, bin: &GoBinary, mut target: Target) -> Result<i32>
             }
         }
     }
-
-    let rules = Rules {
-        older_s: args.older.as_secs_f64(),
-        suspect_count: args.suspect_count,
-        ..Rules::default()
-    };
-    let report_every = args.report_interval().max(Duration::from_millis(100));
-    // Trends need several samples even in a short window.
-    let sample_every = report_every.min(Duration::from_millis(500));
-    let mut trends: Trends<GroupKey> = Trends::new(600);
-    let mut next_sample = Instant::now();
-    let mut reporter = interval(report_every);
-    reporter.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    reporter.tick().await;
-    let deadline = args.duration.map(|d| started + d);
-    let mut out = output(args)?;
-    let style = TextStyle {
-        color: match args.color {
-            Color::Always => true,
-            Color::Never => false,
-            Color::Auto => args.output.is_none() && std::io::stdout().is_terminal(),
-        },
-        stacks: args.stacks,
-    };
     let target_info = TargetInfo {
         pid,
         exe: exe_display,
@@ -168,9 +308,19 @@ pub async fn run(args: &Args, bin: &GoBinary, mut target: Target) -> Result<i32>
         symbols: bin.symbol_source(),
         warnings,
     };
+    let mut rep = Reporting::new(args, target_info, notes)?;
+    let sample_every = rep.sample_every();
+    stops.start(args).await;
+    let events = |table: &LiveTable, probes: &GoProbes| EventTotals {
+        spawn: table.counts.spawn,
+        exit: table.counts.exit,
+        park: table.counts.park,
+        lost: probes.lost(),
+        corrected: table.corrected,
+    };
 
     let mut views: Vec<TaskView> = Vec::new();
-    let mut reports = 0u64;
+    let mut next_sample = Instant::now();
     let end = loop {
         tokio::select! {
             Some(mut batch) = rx.recv() => {
@@ -189,24 +339,16 @@ pub async fn run(args: &Args, bin: &GoBinary, mut target: Target) -> Result<i32>
                 let t0 = Instant::now();
                 if bias.is_some() {
                     views = reader.views(&mut table, snapshot_ns);
-                    record(&mut trends, &views, &rules);
+                    rep.record(&views);
                 }
                 // Reading a huge goroutine table costs leaktrace CPU (never the
                 // target's time): keep that under a fifth of one core.
                 next_sample = Instant::now() + sample_every.max(t0.elapsed() * 5);
             }
-            _ = reporter.tick() => {
-                reports += 1;
-                if args.report_count().is_some_and(|c| reports >= c) {
-                    break End::Count;
-                }
-                let report = build(false, started, &target_info, &table, probes.lost(), &views, &trends, &rules, args, &notes);
-                emit(&mut out, args, &report, &style)?;
-            }
-            _ = async { sleep_until(deadline.unwrap_or_else(Instant::now)).await }, if deadline.is_some() => break End::Duration,
-            _ = sigint.recv() => break End::Interrupted,
-            _ = sigterm.recv() => break End::Terminated,
-            _ = exit_fd.readable() => break End::TargetExited,
+            stop = stops.next() => match stop {
+                Stop::Report => rep.emit(false, events(&table, &probes), &views)?,
+                Stop::End(end) => break end,
+            },
         }
     };
 
@@ -217,54 +359,99 @@ pub async fn run(args: &Args, bin: &GoBinary, mut target: Target) -> Result<i32>
         apply(&mut table, &mut batch);
     }
     let mut code = 0;
-    match end {
-        End::TargetExited => {
-            let status = if is_child { try_reap(pid) } else { None };
-            notes.push(match status {
-                Some(s) => {
-                    format!("the command exited with status {s}; state as of the last sample")
-                }
-                None => "the target exited; state as of the last sample".to_string(),
-            });
-            if let Some(s) = status {
-                code = s;
-            }
+    if end == End::TargetExited {
+        code = rep.target_exited(pid, is_child);
+    } else {
+        if bias.is_none()
+            && let Some(b) = load_bias(pid, bin)
+        {
+            bias = Some(b);
+            reader.set_bias(b);
         }
-        _ => {
-            if bias.is_none()
-                && let Some(b) = load_bias(pid, bin)
-            {
-                bias = Some(b);
-                reader.set_bias(b);
-            }
-            if bias.is_some() {
-                views = reader.views(&mut table, snapshot_ns);
-                record(&mut trends, &views, &rules);
-            }
-            if is_child {
-                // We started it; tracing is over, so is its run. (On Ctrl-C
-                // the terminal already sent it SIGINT.)
-                // SAFETY: signalling our own child.
-                unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
-                notes
-                    .push("leaktrace stopped, so it sent SIGTERM to the command it started".into());
-            }
+        if bias.is_some() {
+            views = reader.views(&mut table, snapshot_ns);
+            rep.record(&views);
+        }
+        if is_child {
+            rep.stop_child(pid);
         }
     }
-    let report = build(
-        true,
-        started,
-        &target_info,
-        &table,
-        probes.lost(),
-        &views,
-        &trends,
-        &rules,
-        args,
-        &notes,
-    );
-    emit(&mut out, args, &report, &style)?;
+    rep.emit(true, events(&table, &probes), &views)?;
     drop(probes);
+    Ok(code)
+}
+
+/// tokio: no probes yet, so every refresh is a heap scan.
+async fn run_tokio(args: &Args, mut tracer: TokioTracer, mut target: Target) -> Result<i32> {
+    let pid = target.pid();
+    let (_, exe_display) = exe_of(&target);
+    let mut stops = Stops::new(args, pid)?;
+    let is_child = matches!(target, Target::Command(_));
+    if let Target::Command(child) = &mut target {
+        child.release()?;
+    }
+    let warnings = tracer.warnings();
+    eprintln!(
+        "Attaching to pid {pid} ({exe_display}, {}), {} task types; Ctrl-C for the final report.",
+        tracer.version(),
+        tracer.bin.vtables.len()
+    );
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
+    let target_info = TargetInfo {
+        pid,
+        exe: exe_display,
+        runtime: "rust-tokio",
+        runtime_version: tracer.version(),
+        symbols: tracer.symbol_source(),
+        warnings,
+    };
+    let mut rep = Reporting::new(args, target_info, Vec::new())?;
+    let sample_every = rep.sample_every();
+    stops.start(args).await;
+    let mut views: Vec<TaskView> = Vec::new();
+    let mut next_sample = Instant::now();
+    let mut scan_error = None;
+    let mut sample = |tracer: &mut TokioTracer, views: &mut Vec<TaskView>, rep: &mut Reporting| {
+        match tracer.views(pid, monotonic_ns()) {
+            Ok(v) => {
+                *views = v;
+                rep.record(views);
+            }
+            // With -c the program may not have started yet; otherwise say
+            // why once, in the final report.
+            Err(e) if !is_child => scan_error = Some(format!("{e:#}")),
+            Err(_) => {}
+        }
+    };
+    let end = loop {
+        tokio::select! {
+            _ = sleep_until(next_sample) => {
+                let t0 = Instant::now();
+                sample(&mut tracer, &mut views, &mut rep);
+                // A heap scan costs leaktrace CPU: keep it under a fifth of a core.
+                next_sample = Instant::now() + sample_every.max(t0.elapsed() * 5);
+            }
+            stop = stops.next() => match stop {
+                Stop::Report => rep.emit(false, EventTotals::default(), &views)?,
+                Stop::End(end) => break end,
+            },
+        }
+    };
+    let mut code = 0;
+    if end == End::TargetExited {
+        code = rep.target_exited(pid, is_child);
+    } else {
+        sample(&mut tracer, &mut views, &mut rep);
+        if is_child {
+            rep.stop_child(pid);
+        }
+    }
+    if let Some(e) = scan_error {
+        rep.notes.push(format!("a heap scan failed: {e}"));
+    }
+    rep.emit(true, EventTotals::default(), &views)?;
     Ok(code)
 }
 
@@ -335,8 +522,7 @@ fn build(
     is_final: bool,
     started: Instant,
     target: &TargetInfo,
-    table: &LiveTable,
-    lost: u64,
+    events: EventTotals,
     views: &[TaskView],
     trends: &Trends<GroupKey>,
     rules: &Rules,
@@ -372,13 +558,7 @@ fn build(
         is_final,
         elapsed_s: started.elapsed().as_secs_f64(),
         target: target.clone(),
-        events: EventTotals {
-            spawn: table.counts.spawn,
-            exit: table.counts.exit,
-            park: table.counts.park,
-            lost,
-            corrected: table.corrected,
-        },
+        events,
         live,
         system,
         window_s,

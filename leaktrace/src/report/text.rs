@@ -22,9 +22,14 @@ pub fn write(out: &mut dyn Write, report: &Report, style: &TextStyle) -> Result<
     };
     let t = &report.target;
     let e = &report.events;
+    let tasks = if t.runtime == "go" {
+        "goroutines"
+    } else {
+        "tasks"
+    };
     writeln!(
         out,
-        "{} {} goroutines live in pid {} ({} {}), {} runtime; after {}: {} spawned, {} exited, {} parks, {} lost",
+        "{} {} {tasks} live in pid {} ({} {}), {} runtime; after {}: {} spawned, {} exited, {} parks, {} lost",
         paint(
             "1",
             if report.is_final {
@@ -59,7 +64,7 @@ pub fn write(out: &mut dyn Write, report: &Report, style: &TextStyle) -> Result<
         writeln!(out, "  (no groups to show)")?;
     }
     for g in &report.groups {
-        write_group(out, g, style, &paint)?;
+        write_group(out, g, t.runtime == "go", style, &paint)?;
     }
     if report.groups_omitted > 0 {
         writeln!(
@@ -76,6 +81,7 @@ pub fn write(out: &mut dyn Write, report: &Report, style: &TextStyle) -> Result<
 fn write_group(
     out: &mut dyn Write,
     g: &GroupReport,
+    go: bool,
     style: &TextStyle,
     paint: &dyn Fn(&str, &str) -> String,
 ) -> Result<()> {
@@ -95,13 +101,17 @@ fn write_group(
             }
         })
         .unwrap_or_else(|| "-".into());
-    let noun = if g.count == 1 {
-        "goroutine "
-    } else {
-        "goroutines"
+    let noun = match (go, g.count == 1) {
+        (true, true) => "goroutine ",
+        (true, false) => "goroutines",
+        (false, true) => "task ",
+        (false, false) => "tasks",
     };
+    // A tokio task is known by its future's type (where it was spawned is
+    // not recorded without tokio_unstable).
+    let origin = if go { "created by" } else { "future" };
     let mut line = format!(
-        "{:>7} {noun}  {}  {}  {:+.1}/s  {}  created by {}",
+        "{:>7} {noun}  {}  {}  {:+.1}/s  {}  {origin} {}",
         g.count,
         paint("1", &g.state),
         blocked,

@@ -1,6 +1,7 @@
-//! Groundwork for tracing tokio tasks in an unmodified Rust binary (issue 5).
+//! Tracing tokio tasks in an unmodified Rust binary.
 //!
-//! Not wired into the session yet. The pieces, each usable alone:
+//! Today tasks are found by heap scans ([`tracer`]); probes for spawn and
+//! completion are still to come. The pieces, each usable alone:
 //! - [`binary`]: is it Rust + tokio, which rustc and tokio, refuse tokio < 1.23;
 //! - [`vtables`]: every task vtable, named by its future type (and how);
 //! - [`state`]: the task state word (running/scheduled/idle/complete, lost waker);
@@ -10,6 +11,7 @@
 pub mod binary;
 pub mod heap_scan;
 pub mod state;
+pub mod tracer;
 pub mod vtables;
 
 #[cfg(test)]
