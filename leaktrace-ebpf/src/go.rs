@@ -9,13 +9,13 @@
 //!
 //! The probes only copy a few words; stacks are unwound later in userspace
 //! from `gp.sched`, and only for goroutines that are still parked.
+use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
 use aya_ebpf::{
     EbpfContext,
     helpers::{bpf_get_attach_cookie, bpf_ktime_get_ns, bpf_probe_read_user},
     macros::uprobe,
     programs::ProbeContext,
 };
-use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
 use aya_log_ebpf::warn;
 use leaktrace_common::{EventKind, GoConfig, GoEvent, RING_BYTES, spawn_point};
 
