@@ -63,12 +63,19 @@ fn emit(event: GoEvent) {
 
 /// Waking the reader on every record costs the traced thread an IRQ-work
 /// interrupt per event (measured: most of leaktrace's overhead per goroutine).
-/// Wake it only once a batch is waiting; the reader's 50 ms poll timeout
-/// collects anything below that.
+/// Wake it only when the data waiting crosses a multiple of 1/16 of the ring;
+/// the reader's 50 ms poll timeout collects anything below that. Only the
+/// crossing record wakes it, so a reader that fell behind costs 16 wake-ups
+/// per ring rather than one per record (measured: 6.5 → 3.8 µs per goroutine
+/// with the reader stopped). A crossing missed because another CPU reserved
+/// in between is covered by the next one or by the poll.
 #[inline(always)]
 fn wakeup_flags() -> u64 {
+    // Our own record (8-byte header + GoEvent, 8-aligned) is already counted.
+    const RECORD: u64 = ((size_of::<GoEvent>() as u64 + 8) + 7) & !7;
+    let step = u64::from(RING_BYTES / 16);
     let waiting = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
-    if waiting >= u64::from(RING_BYTES / 16) {
+    if waiting >= step && waiting / step != waiting.saturating_sub(RECORD) / step {
         BPF_RB_FORCE_WAKEUP as u64
     } else {
         BPF_RB_NO_WAKEUP as u64

@@ -74,8 +74,10 @@ struct Plan {
     tp_secs: u32,
     /// Goroutines per second offered in the throughput section (0: unpaced).
     tp_rates: Vec<u64>,
-    /// Extra parked goroutines for the throughput runs that show losses.
+    /// Extra parked goroutines during unpaced throughput runs.
     tp_live: Vec<u64>,
+    /// How long leaktrace is stopped in the runs that overflow the ring.
+    tp_stalls: Vec<Duration>,
     tp_runs: usize,
     attach_goroutines: u64,
     generated_big: bool,
@@ -94,6 +96,7 @@ impl Plan {
                 tp_secs: 2,
                 tp_rates: vec![50_000, 0],
                 tp_live: vec![100_000],
+                tp_stalls: vec![Duration::from_secs(1)],
                 tp_runs: 1,
                 attach_goroutines: 100_000,
                 generated_big: false,
@@ -108,6 +111,7 @@ impl Plan {
                 tp_secs: 3,
                 tp_rates: vec![25_000, 50_000, 100_000, 0],
                 tp_live: vec![10_000, 100_000],
+                tp_stalls: vec![Duration::from_millis(200), Duration::from_secs(1)],
                 tp_runs: runs.min(3),
                 attach_goroutines: 100_000,
                 generated_big: true,
@@ -784,6 +788,16 @@ fn capture(
     Ok((status, out, err))
 }
 
+/// The pid of the only child of `pid` (leaktrace under /usr/bin/time).
+fn only_child(pid: u32) -> Option<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// Run `leaktrace` under GNU time, which reports leaktrace's own peak RSS
 /// and CPU (leaktrace has no children of its own in --pid mode).
 fn timed(bin: &Path, time_file: &Path) -> Command {
@@ -1102,7 +1116,7 @@ enum ChurnCfg {
     Leaktrace(PathBuf),
     /// leaktrace attached by pid, stopped (SIGSTOP) while the program runs:
     /// the probes still fire but nobody reads the ring.
-    LeaktraceStopped,
+    LeaktraceStopped(PathBuf),
     /// bpftrace `count()` at the three functions' entries (the brief's peer).
     BpftraceEntry,
     /// bpftrace `count()` at leaktrace's own probe points; a subset of them.
@@ -1149,7 +1163,7 @@ fn churn_once(t: &Tools, cfg: &ChurnCfg, n: u64) -> Result<ChurnRun> {
             let ev = last_report(&report)?;
             (ns_per_goroutine(&out)?, ev.delivered() / n as f64, ev.lost)
         }
-        ChurnCfg::LeaktraceStopped => {
+        ChurnCfg::LeaktraceStopped(bin) => {
             let mut churn = Proc::spawn(
                 Command::new(&t.churn).args(["-n", &n_s, "-wait"]),
                 "churn -wait",
@@ -1160,7 +1174,7 @@ fn churn_once(t: &Tools, cfg: &ChurnCfg, n: u64) -> Result<ChurnRun> {
             let report = t.scratch.join("churn-stopped.jsonl");
             let _ = std::fs::remove_file(&report);
             let mut lt = Proc::spawn(
-                Command::new(&t.leaktrace)
+                Command::new(bin)
                     .args(["--format", "json", "--output"])
                     .arg(&report)
                     .args(["--pid", &churn.pid().to_string()]),
@@ -1271,8 +1285,14 @@ fn churn_section(md: &mut Markdown, plan: &Plan, t: &Tools) -> Result<()> {
     // The breakdown: which probe costs what, and what the ring's reader costs.
     cfgs.push((
         "leaktrace --pid, stopped (SIGSTOP) while the program runs".into(),
-        ChurnCfg::LeaktraceStopped,
+        ChurnCfg::LeaktraceStopped(t.leaktrace.clone()),
     ));
+    for (name, bin) in &t.candidates {
+        cfgs.push((
+            format!("{name} --pid, stopped (SIGSTOP) while the program runs"),
+            ChurnCfg::LeaktraceStopped(bin.clone()),
+        ));
+    }
     if t.churn_points.is_some() {
         for (name, spawn, park, exit) in [
             ("spawn", true, false, false),
@@ -1587,7 +1607,18 @@ struct TpRun {
     time: TimeReport,
 }
 
-fn throughput_once(t: &Tools, bin: &Path, rate: u64, live: u64, secs: u32) -> Result<TpRun> {
+/// One throughput case: goroutines/s asked (0: unpaced), extra parked
+/// goroutines, and how long leaktrace is stopped mid-run (a reader that
+/// falls behind, e.g. descheduled on a loaded host).
+#[derive(Clone, Copy)]
+struct TpCase {
+    rate: u64,
+    live: u64,
+    stall: Duration,
+}
+
+fn throughput_once(t: &Tools, bin: &Path, case: TpCase, secs: u32) -> Result<TpRun> {
+    let TpCase { rate, live, stall } = case;
     let mut churn = Proc::spawn(
         Command::new(&t.churn).args([
             "-wait",
@@ -1620,6 +1651,13 @@ fn throughput_once(t: &Tools, bin: &Path, rate: u64, live: u64, secs: u32) -> Re
     })?;
     sleep(Duration::from_millis(500));
     churn.send_line("go")?;
+    if !stall.is_zero() {
+        sleep(Duration::from_millis(500));
+        let pid = only_child(lt.pid()).context("leaktrace's pid under /usr/bin/time")?;
+        signal(pid, "STOP");
+        sleep(stall);
+        signal(pid, "CONT");
+    }
     churn.wait(Duration::from_secs(secs as u64 + 120))?;
     let out = churn.out.drain(Duration::from_secs(5));
     // leaktrace ends by itself when its target exits.
@@ -1636,20 +1674,29 @@ fn throughput_once(t: &Tools, bin: &Path, rate: u64, live: u64, secs: u32) -> Re
 fn throughput_section(md: &mut Markdown, plan: &Plan, t: &Tools) -> Result<()> {
     let mut bins: Vec<(String, PathBuf)> = vec![("leaktrace".into(), t.leaktrace.clone())];
     bins.extend(t.candidates.iter().cloned());
-    let mut cases: Vec<(u64, u64)> = plan.tp_rates.iter().map(|&r| (r, 0)).collect();
-    cases.extend(plan.tp_live.iter().map(|&l| (0, l)));
+    let case = |rate, live, stall| TpCase { rate, live, stall };
+    let mut cases: Vec<TpCase> = plan
+        .tp_rates
+        .iter()
+        .map(|&r| case(r, 0, Duration::ZERO))
+        .collect();
+    cases.extend(plan.tp_live.iter().map(|&l| case(0, l, Duration::ZERO)));
+    cases.extend(plan.tp_stalls.iter().map(|&s| case(0, 0, s)));
     let mut runs: BTreeMap<(usize, usize), Vec<TpRun>> = BTreeMap::new();
     for round in 0..plan.tp_runs {
-        for (c, &(rate, live)) in cases.iter().enumerate() {
+        for (c, &k) in cases.iter().enumerate() {
             for (b, (name, bin)) in bins.iter().enumerate() {
                 eprintln!(
-                    "bench: throughput round {}/{}: {name}, rate {rate}/s, live {live}",
+                    "bench: throughput round {}/{}: {name}, rate {}/s, live {}, stall {:?}",
                     round + 1,
-                    plan.tp_runs
+                    plan.tp_runs,
+                    k.rate,
+                    k.live,
+                    k.stall
                 );
-                match throughput_once(t, bin, rate, live, plan.tp_secs) {
+                match throughput_once(t, bin, k, plan.tp_secs) {
                     Ok(r) => runs.entry((c, b)).or_default().push(r),
-                    Err(e) => eprintln!("bench: throughput {name} {rate} {live}: {e:#}"),
+                    Err(e) => eprintln!("bench: throughput {name}: {e:#}"),
                 }
             }
         }
@@ -1657,7 +1704,7 @@ fn throughput_section(md: &mut Markdown, plan: &Plan, t: &Tools) -> Result<()> {
     let mut rows = Vec::new();
     let mut best_clean: Vec<f64> = vec![0.0; bins.len()];
     let mut worst_rss: Vec<f64> = vec![0.0; bins.len()];
-    for (c, &(rate, live)) in cases.iter().enumerate() {
+    for (c, k) in cases.iter().enumerate() {
         for (b, (name, _)) in bins.iter().enumerate() {
             let Some(v) = runs.get(&(c, b)) else { continue };
             let g = median(&v.iter().map(|r| r.goroutines_per_s).collect::<Vec<_>>());
@@ -1670,18 +1717,23 @@ fn throughput_section(md: &mut Markdown, plan: &Plan, t: &Tools) -> Result<()> {
                     .collect::<Vec<_>>(),
             );
             let vcs = median(&v.iter().map(|r| r.time.vcs).collect::<Vec<_>>());
-            if live == 0 && v.iter().all(|r| r.lost == 0.0) {
+            if k.stall.is_zero() && v.iter().all(|r| r.lost == 0.0) {
                 best_clean[b] = best_clean[b].max(3.0 * g);
             }
             worst_rss[b] = worst_rss[b].max(rss);
             rows.push(vec![
                 name.clone(),
-                if rate == 0 {
+                if k.rate == 0 {
                     "unpaced".into()
                 } else {
-                    format!("{rate}")
+                    format!("{}", k.rate)
                 },
-                format!("{live}"),
+                format!("{}", k.live),
+                if k.stall.is_zero() {
+                    "–".into()
+                } else {
+                    format!("{:.1} s", k.stall.as_secs_f64())
+                },
                 format!("{}", v.len()),
                 format!("{g:.0}"),
                 format!("{:.0}", 3.0 * g),
@@ -1698,15 +1750,21 @@ fn throughput_section(md: &mut Markdown, plan: &Plan, t: &Tools) -> Result<()> {
         "bench/churn with 2 workers (`-par 2`) at a paced rate for {} s, leaktrace attached by \
          pid (under GNU time for its own CPU and peak RSS) before the load starts. Events \
          offered = 3 × goroutines/s achieved (the probes themselves slow the program, so an \
-         unpaced run finds the most the traced program can produce). Rows with live > 0 keep \
-         that many extra goroutines parked during the run, which leaktrace re-reads every 500 ms.",
-        plan.tp_secs
+         unpaced run finds the most the traced program can produce: on 2 CPUs the probes' \
+         cost caps the rate before leaktrace's reader does). Rows with live > 0 keep that many \
+         extra goroutines parked during the run, which leaktrace keeps re-reading. Rows with a \
+         stall stop leaktrace (SIGSTOP) for that long, 0.5 s into the load, then let it go on: \
+         what happens when the reader falls behind the {} KiB ring (~{} records).",
+        plan.tp_secs,
+        RING_KIB,
+        RING_KIB * 1024 / 64
     ));
     md.table(
         &[
             "binary",
             "goroutines/s asked",
             "parked live",
+            "reader stalled",
             "runs",
             "goroutines/s achieved",
             "events/s offered",
@@ -1720,8 +1778,9 @@ fn throughput_section(md: &mut Markdown, plan: &Plan, t: &Tools) -> Result<()> {
     );
     for (b, (name, _)) in bins.iter().enumerate() {
         md.line(&format!(
-            "{name}: highest rate with 0 events lost in every run (no extra live goroutines): \
-             {:.0} events/s; largest peak RSS in this section: {:.0} MiB.",
+            "{name}: highest rate with 0 events lost in every run without a stall: {:.0} \
+             events/s (the most this machine's traced program offered); largest peak RSS in \
+             this section: {:.0} MiB.",
             best_clean[b], worst_rss[b]
         ));
     }
@@ -1866,6 +1925,10 @@ fn gap_phases<'a>(runs: impl Iterator<Item = (&'a Gap, &'a AttachRun)>) -> Strin
         .collect::<Vec<_>>()
         .join("; ")
 }
+
+/// leaktrace's ring buffer (leaktrace-common's RING_BYTES), for the text;
+/// a record is 64 bytes with the ring's header.
+const RING_KIB: u64 = 8 * 1024;
 
 /// How long leaktrace traces in the steady-state runs.
 const STEADY: &str = "6s";
