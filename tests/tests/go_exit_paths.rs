@@ -8,7 +8,7 @@ use std::{
 };
 
 use common::*;
-use leaktrace_e2e::{BuildMode, Fixture, pick};
+use leaktrace_e2e::{BuildMode, Fixture};
 
 fn start_leaktrace(pid: u32, extra: &[&str]) -> Child {
     Command::new(leaktrace_bin())
@@ -104,10 +104,7 @@ fn every_exit_path_prints_a_final_report_and_detaches() {
     if !ebpf_available("every_exit_path_prints_a_final_report_and_detaches") {
         return;
     }
-    let go = pick(&["1.26"])
-        .pop()
-        .or_else(leaktrace_e2e::toolchain::newest)
-        .expect("Go");
+    let go = one_go("1.26");
     let bin = build("chan_send", &go, BuildMode::Plain);
     for (how, sig) in [("Ctrl-C", libc::SIGINT), ("SIGTERM", libc::SIGTERM)] {
         let fx = Fixture::start(&bin, ["-n", "50", "-hold", "60s"]);

@@ -18,10 +18,7 @@ fn attaches_uprobes_and_receives_ring_buffer_events() {
     if !ebpf_available("attaches_uprobes_and_receives_ring_buffer_events") {
         return;
     }
-    let go = pick(&["1.22"])
-        .pop()
-        .or_else(leaktrace_e2e::toolchain::newest)
-        .expect("a Go toolchain");
+    let go = one_go("1.22");
     let bin = build("chan_send", &go, BuildMode::Plain);
     let run = run_command_mode(&bin, &["-leak-for", "2s", "-hold", "20s"], "4s");
     println!("{}", check_leak("chan_send", &go, BuildMode::Plain, &run));
@@ -162,10 +159,7 @@ fn traced_program_behaves_the_same() {
     if !ebpf_available("traced_program_behaves_the_same") {
         return;
     }
-    let go = pick(&["1.26"])
-        .pop()
-        .or_else(leaktrace_e2e::toolchain::newest)
-        .expect("Go");
+    let go = one_go("1.26");
     let bin = build("chan_send", &go, BuildMode::Plain);
     let args = ["-n", "300", "-hold", "0s"];
     let plain = Command::new(&bin).args(args).output().expect("run fixture");

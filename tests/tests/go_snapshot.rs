@@ -97,10 +97,7 @@ fn target_is_never_paused_during_a_large_snapshot() {
     if !ebpf_available("target_is_never_paused_during_a_large_snapshot") {
         return;
     }
-    let go = pick(&["1.26"])
-        .pop()
-        .or_else(leaktrace_e2e::toolchain::newest)
-        .expect("Go");
+    let go = one_go("1.26");
     let bin = build("ticker", &go, BuildMode::Plain);
     let fx = Fixture::start(&bin, ["-n", "100000", "-hold", "120s"]);
     fx.truth(Duration::from_secs(120));

@@ -365,6 +365,14 @@ pub fn check_control(name: &str, go: &GoToolchain, mode: BuildMode, run: &Run) -
     )
 }
 
+/// The toolchain `version` ("1.26"), or the newest installed one.
+pub fn one_go(version: &str) -> GoToolchain {
+    leaktrace_e2e::pick(&[version])
+        .pop()
+        .or_else(leaktrace_e2e::toolchain::newest)
+        .expect("no Go toolchain installed: run `cargo xtask setup`")
+}
+
 pub fn build(name: &str, go: &GoToolchain, mode: BuildMode) -> PathBuf {
     build_fixture(name, go, mode)
 }
