@@ -1,9 +1,10 @@
 //! One tracing session: inspect → attach → snapshot → (events, refresh,
 //! report)* → final report → detach.
 //!
-//! Every way out (duration, COUNT, Ctrl-C, SIGTERM, the target exiting, an
-//! error) leaves through the end of [`run`], where the final report is
-//! written and the probes are dropped, which detaches them.
+//! Every way out (duration, COUNT, Ctrl-C, SIGTERM, the target exiting) is a
+//! [`Stop`] that leaves the loop of `run_go` / `run_tokio` through their end,
+//! where the final report is written and the probes are dropped, which
+//! detaches them; an error drops them on its way out too.
 use std::{
     fs::File,
     io::{IsTerminal, Write},
@@ -127,7 +128,7 @@ impl Stops {
     }
 
     /// Call once attached: the clock for --duration and reports starts here.
-    async fn start(&mut self, args: &Args) {
+    fn start(&mut self, args: &Args) {
         self.deadline = args.duration.map(|d| Instant::now() + d);
         self.reporter.reset();
     }
@@ -196,23 +197,64 @@ impl<'a> Reporting<'a> {
             .min(Duration::from_millis(500))
     }
 
+    fn older_ns(&self) -> u64 {
+        (self.rules.older_s * 1e9) as u64
+    }
+
+    /// One sample for the trends.
     fn record(&mut self, views: &[TaskView]) {
-        record(&mut self.trends, views, &self.rules);
+        let now = monotonic_ns();
+        let groups = group(views, now, self.older_ns());
+        self.trends.record(
+            now,
+            groups
+                .into_iter()
+                .map(|g| (g.key, g.count.min(u32::MAX as u64) as u32, g.aged)),
+        );
     }
 
     fn emit(&mut self, is_final: bool, events: EventTotals, views: &[TaskView]) -> Result<()> {
-        let report = build(
+        let report = self.build(is_final, events, views);
+        match self.args.format {
+            Format::Json => json::write(self.out.as_mut(), &report),
+            Format::Text => text::write(self.out.as_mut(), &report, &self.style),
+        }
+    }
+
+    fn build(&self, is_final: bool, events: EventTotals, views: &[TaskView]) -> Report {
+        let args = self.args;
+        let live = views.iter().filter(|v| !v.system).count() as u64;
+        let system = views.len() as u64 - live;
+        let shown = views.iter().filter(|v| args.system || !v.system);
+        let groups = group(shown, monotonic_ns(), self.older_ns());
+        let mut window_s: f64 = 0.0;
+        let mut reports: Vec<GroupReport> = Vec::new();
+        let mut omitted = 0;
+        for g in groups {
+            let m = self.trends.movement(&g.key);
+            window_s = window_s.max(m.window_s);
+            let (verdict, why) = judge(&g, &m, &self.rules);
+            // --older: a blocked group none of whose members has been old
+            // that long is noise unless it is a verdict.
+            let young = g.key.state.is_waiting() && g.aged == 0 && verdict == Verdict::Ok;
+            if young || reports.len() >= args.top {
+                omitted += 1;
+                continue;
+            }
+            reports.push(group_report(g, m.growth_per_s, verdict, why));
+        }
+        Report {
             is_final,
-            self.started,
-            &self.target,
+            elapsed_s: self.started.elapsed().as_secs_f64(),
+            target: self.target.clone(),
             events,
-            views,
-            &self.trends,
-            &self.rules,
-            self.args,
-            &self.notes,
-        );
-        emit(&mut self.out, self.args, &report, &self.style)
+            live,
+            system,
+            window_s,
+            groups: reports,
+            groups_omitted: omitted,
+            notes: self.notes.clone(),
+        }
     }
 
     /// The note and exit code for a target that exited under us.
@@ -310,7 +352,7 @@ async fn run_go(args: &Args, bin: &GoBinary, mut target: Target) -> Result<i32> 
     };
     let mut rep = Reporting::new(args, target_info, notes)?;
     let sample_every = rep.sample_every();
-    stops.start(args).await;
+    stops.start(args);
     let events = |table: &LiveTable, probes: &GoProbes| EventTotals {
         spawn: table.counts.spawn,
         exit: table.counts.exit,
@@ -409,7 +451,7 @@ async fn run_tokio(args: &Args, mut tracer: TokioTracer, mut target: Target) -> 
     };
     let mut rep = Reporting::new(args, target_info, Vec::new())?;
     let sample_every = rep.sample_every();
-    stops.start(args).await;
+    stops.start(args);
     let mut views: Vec<TaskView> = Vec::new();
     let mut next_sample = Instant::now();
     let mut scan_error = None;
@@ -506,68 +548,6 @@ fn load_bias(pid: u32, bin: &GoBinary) -> Option<u64> {
     bias_from_maps(&proc.exe_mappings().ok()?, &bin.elf.load_segments())
 }
 
-fn record(trends: &mut Trends<GroupKey>, views: &[TaskView], rules: &Rules) {
-    let older_ns = (rules.older_s * 1e9) as u64;
-    let groups = group(views, monotonic_ns(), older_ns);
-    trends.record(
-        monotonic_ns(),
-        groups
-            .into_iter()
-            .map(|g| (g.key, g.count.min(u32::MAX as u64) as u32, g.aged)),
-    );
-}
-
-#[allow(clippy::too_many_arguments)]
-fn build(
-    is_final: bool,
-    started: Instant,
-    target: &TargetInfo,
-    events: EventTotals,
-    views: &[TaskView],
-    trends: &Trends<GroupKey>,
-    rules: &Rules,
-    args: &Args,
-    notes: &[String],
-) -> Report {
-    let older_ns = (rules.older_s * 1e9) as u64;
-    let live = views.iter().filter(|v| !v.system).count() as u64;
-    let system = views.len() as u64 - live;
-    let shown: Vec<TaskView> = views
-        .iter()
-        .filter(|v| args.system || !v.system)
-        .cloned()
-        .collect();
-    let groups = group(&shown, monotonic_ns(), older_ns);
-    let mut window_s: f64 = 0.0;
-    let mut reports: Vec<GroupReport> = Vec::new();
-    let mut omitted = 0;
-    for g in groups {
-        let m = trends.movement(&g.key);
-        window_s = window_s.max(m.window_s);
-        let (verdict, why) = judge(&g, &m, rules);
-        // --older: a blocked group none of whose members has been blocked
-        // that long is noise unless it is a verdict.
-        let young = g.key.state.is_waiting() && g.aged == 0 && verdict == Verdict::Ok;
-        if young || reports.len() >= args.top {
-            omitted += 1;
-            continue;
-        }
-        reports.push(group_report(g, m.growth_per_s, verdict, why));
-    }
-    Report {
-        is_final,
-        elapsed_s: started.elapsed().as_secs_f64(),
-        target: target.clone(),
-        events,
-        live,
-        system,
-        window_s,
-        groups: reports,
-        groups_omitted: omitted,
-        notes: notes.to_vec(),
-    }
-}
-
 fn group_report(g: Group, growth_per_s: f64, verdict: Verdict, why: String) -> GroupReport {
     GroupReport {
         count: g.count,
@@ -595,13 +575,6 @@ fn output(args: &Args) -> Result<Box<dyn Write>> {
         }
         None => Box::new(std::io::stdout()),
     })
-}
-
-fn emit(out: &mut Box<dyn Write>, args: &Args, report: &Report, style: &TextStyle) -> Result<()> {
-    match args.format {
-        Format::Json => json::write(out.as_mut(), report),
-        Format::Text => text::write(out.as_mut(), report, style),
-    }
 }
 
 /// A pidfd becomes readable when the process exits.

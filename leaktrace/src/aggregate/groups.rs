@@ -35,7 +35,11 @@ pub struct Group {
     pub sample_ids: Vec<u64>,
 }
 
-pub fn group(views: &[TaskView], now_ns: u64, older_ns: u64) -> Vec<Group> {
+pub fn group<'v>(
+    views: impl IntoIterator<Item = &'v TaskView>,
+    now_ns: u64,
+    older_ns: u64,
+) -> Vec<Group> {
     struct Acc {
         group: Group,
         stacks: HashMap<usize, (Arc<[Frame]>, u32)>,
