@@ -529,17 +529,10 @@ fn process_gone(pid: u32) -> bool {
     Process::open(pid).map(|p| !p.is_alive()).unwrap_or(true)
 }
 
-/// Where a PIE is loaded, once the process really runs it: with `-c` the
-/// child is still leaktrace until it execs, and its maps would give
-/// leaktrace's own load address.
+/// Where a PIE is loaded, once the process really runs it.
 fn load_bias(pid: u32, bin: &GoBinary) -> Option<u64> {
-    use std::os::unix::fs::MetadataExt;
     let proc = Process::open(pid).ok()?;
-    let (running, ours) = (
-        std::fs::metadata(&proc.exe_link).ok()?,
-        std::fs::metadata(&bin.path).ok()?,
-    );
-    if (running.dev(), running.ino()) != (ours.dev(), ours.ino()) {
+    if !proc.runs(&bin.path) {
         return None;
     }
     if !bin.is_pie {

@@ -76,6 +76,16 @@ impl Process {
         })
     }
 
+    /// Whether the process is running `program` now. With `-c` the child is
+    /// still leaktrace until it execs; its maps would describe leaktrace.
+    pub fn runs(&self, program: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        match (fs::metadata(&self.exe_link), fs::metadata(program)) {
+            (Ok(running), Ok(ours)) => (running.dev(), running.ino()) == (ours.dev(), ours.ino()),
+            _ => false,
+        }
+    }
+
     pub fn is_alive(&self) -> bool {
         // A zombie still has /proc/PID but state Z; treat it as gone.
         match fs::read_to_string(format!("/proc/{}/stat", self.pid)) {

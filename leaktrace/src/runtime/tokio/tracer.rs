@@ -5,9 +5,13 @@
 //! No probes yet: spawn and completion are seen as differences between
 //! scans, so a task's age is known to within one refresh, and tasks that live
 //! shorter than that are never seen. Reports say so.
-use std::{collections::HashMap, path::Path, sync::Arc};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 
 use super::{
     binary::{RustBinary, TokioError, detect},
@@ -16,16 +20,19 @@ use super::{
 use crate::{
     runtime::{Since, TaskView},
     symbols::Frame,
-    target::elf::ElfFile,
+    target::{elf::ElfFile, process::Process},
 };
 
 pub struct TokioTracer {
     pub bin: RustBinary,
     elf: ElfFile,
+    path: PathBuf,
     /// Task id → when a scan first saw it, and whether that was the first
     /// scan (so the task may be older).
     first_seen: HashMap<u64, (u64, bool)>,
     scans: u64,
+    /// Where the program is loaded; found once, it never moves.
+    bias: Option<u64>,
     /// Task cells rejected as torn or moved during the last scan.
     pub last_unstable: usize,
 }
@@ -38,8 +45,10 @@ impl TokioTracer {
         Ok(Self {
             bin,
             elf,
+            path: path.to_path_buf(),
             first_seen: HashMap::new(),
             scans: 0,
+            bias: None,
             last_unstable: 0,
         })
     }
@@ -78,7 +87,18 @@ impl TokioTracer {
 
     /// Every live task now.
     pub fn views(&mut self, pid: u32, now_ns: u64) -> Result<Vec<TaskView>> {
-        let bias = exe_load_bias(pid, &self.elf).context("finding where the program is loaded")?;
+        let bias = match self.bias {
+            Some(b) => b,
+            None => {
+                let proc = Process::open(pid)?;
+                if !proc.runs(&self.path) {
+                    bail!("process {pid} is not running {} (yet)", self.path.display());
+                }
+                let b =
+                    exe_load_bias(pid, &self.elf).context("finding where the program is loaded")?;
+                *self.bias.insert(b)
+            }
+        };
         let align = cell_align(self.bin.tokio_version);
         let heap =
             scan(pid, &self.bin.vtables, bias, align).context("scanning the heap for tasks")?;
