@@ -552,6 +552,8 @@ fn group_report(g: Group, growth_per_s: f64, verdict: Verdict, why: String) -> G
             min,
             max,
             at_least: g.blocked_at_least,
+            min_at_least: g.min_at_least,
+            max_at_least: g.max_at_least,
         }),
         growth_per_s,
         verdict,

@@ -25,6 +25,9 @@ pub struct Group {
     pub blocked_s: Option<(f64, f64)>,
     /// Some durations are only lower bounds (tasks blocked since before attach).
     pub blocked_at_least: bool,
+    /// Whether the shortest / the longest duration is such a lower bound.
+    pub min_at_least: bool,
+    pub max_at_least: bool,
     /// Members blocked at least `older`.
     pub aged: u32,
     /// The most common stack among members, innermost first.
@@ -60,6 +63,8 @@ pub fn group<'v>(
                 system: v.system,
                 blocked_s: None,
                 blocked_at_least: false,
+                min_at_least: false,
+                max_at_least: false,
                 aged: 0,
                 stack: Vec::new(),
                 unstable: 0,
@@ -78,11 +83,23 @@ pub fn group<'v>(
             && let Some(since) = v.blocked_since
         {
             let d = now_ns.saturating_sub(since.ns()) as f64 / 1e9;
-            g.blocked_s = Some(match g.blocked_s {
-                None => (d, d),
-                Some((lo, hi)) => (lo.min(d), hi.max(d)),
-            });
-            g.blocked_at_least |= since.is_lower_bound();
+            let lb = since.is_lower_bound();
+            match g.blocked_s {
+                None => {
+                    g.blocked_s = Some((d, d));
+                    (g.min_at_least, g.max_at_least) = (lb, lb);
+                }
+                Some((lo, hi)) => {
+                    if d < lo || (d == lo && !lb) {
+                        g.min_at_least = lb;
+                    }
+                    if d > hi || (d == hi && lb) {
+                        g.max_at_least = lb;
+                    }
+                    g.blocked_s = Some((lo.min(d), hi.max(d)));
+                }
+            }
+            g.blocked_at_least |= lb;
             // Old = alive (or blocked) at least `older`. Lifetime, not the
             // current block, so a leaked goroutine that wakes on a ticker
             // and parks again still ages. Already there at attach: old,
@@ -193,6 +210,10 @@ mod tests {
         assert_eq!(g.count, 3);
         assert_eq!(g.blocked_s, Some((1.0, 10.0)));
         assert!(g.blocked_at_least);
+        assert!(
+            !g.min_at_least && !g.max_at_least,
+            "both ends are exact here"
+        );
         assert_eq!(g.aged, 2, "lower bounds count as aged; 1s-old does not");
         // A goroutine alive 10s that re-parks on a ticker every 100ms is old.
         let mut ticker = view(

@@ -152,6 +152,8 @@ mod tests {
             system: false,
             blocked_s: None,
             blocked_at_least: false,
+            min_at_least: false,
+            max_at_least: false,
             aged,
             stack: vec![],
             unstable: 0,

@@ -66,4 +66,7 @@ pub struct BlockedSpan {
     /// True when some members were already blocked when leaktrace attached,
     /// so their durations are lower bounds ("≥").
     pub at_least: bool,
+    /// Whether `min` / `max` themselves are such lower bounds.
+    pub min_at_least: bool,
+    pub max_at_least: bool,
 }

@@ -93,11 +93,17 @@ fn write_group(
     let blocked = g
         .blocked_s
         .map(|b| {
-            let ge = if b.at_least { "≥" } else { "" };
-            if (b.max - b.min).abs() < 0.5 {
-                format!("{ge}{}", human_secs(b.max))
+            let ge = |lower_bound: bool| if lower_bound { "≥" } else { "" };
+            if (b.max - b.min).abs() < 0.5 && b.min_at_least == b.max_at_least {
+                format!("{}{}", ge(b.max_at_least), human_secs(b.max))
             } else {
-                format!("{ge}{}–{ge}{}", human_secs(b.min), human_secs(b.max))
+                format!(
+                    "{}{}–{}{}",
+                    ge(b.min_at_least),
+                    human_secs(b.min),
+                    ge(b.max_at_least),
+                    human_secs(b.max)
+                )
             }
         })
         .unwrap_or_else(|| "-".into());
