@@ -34,7 +34,10 @@ pub struct GoReader<'a> {
     frames: HashMap<u64, Option<Arc<[Frame]>>>,
     /// A validated walk of one parked goroutine: while its saved registers
     /// are unchanged it is still parked at the same place, so the walk holds.
+    /// Only the walks the last refresh used are kept (`walks_next` becomes
+    /// `walks`), so a long session over a churning service stays bounded.
     walks: HashMap<StackKey, Arc<Stack>>,
+    walks_next: HashMap<StackKey, Arc<Stack>>,
     /// Identical stacks (the common case in a leak) share one symbolization.
     stacks: HashMap<Vec<u64>, Arc<Stack>>,
     /// Per (gopc, startpc): who created it and what it runs.
@@ -137,6 +140,7 @@ impl<'a> GoReader<'a> {
             bias,
             frames: HashMap::new(),
             walks: HashMap::new(),
+            walks_next: HashMap::new(),
             stacks: HashMap::new(),
             origins: HashMap::new(),
         }
@@ -148,6 +152,7 @@ impl<'a> GoReader<'a> {
             self.bias = bias;
             self.frames.clear();
             self.walks.clear();
+            self.walks_next.clear();
             self.stacks.clear();
             self.origins.clear();
         }
@@ -241,6 +246,7 @@ impl<'a> GoReader<'a> {
         for key in dead_twice {
             table.remove_dead(key);
         }
+        self.walks = std::mem::take(&mut self.walks_next);
         views
     }
 
@@ -260,6 +266,7 @@ impl<'a> GoReader<'a> {
                 bp: h.sched_bp,
             };
             if let Some(s) = self.walks.get(&key) {
+                self.walks_next.insert(key, s.clone());
                 stack = Some(s.clone());
                 unstable = false;
                 break;
@@ -270,7 +277,7 @@ impl<'a> GoReader<'a> {
             match self.read_header(task.key) {
                 Some(again) if again == h => {
                     let s = self.intern(pcs);
-                    self.walks.insert(key, s.clone());
+                    self.walks_next.insert(key, s.clone());
                     stack = Some(s);
                     unstable = false;
                     break;
