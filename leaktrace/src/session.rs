@@ -6,6 +6,7 @@
 //! where the final report is written and the probes are dropped, which
 //! detaches them; an error drops them on its way out too.
 use std::{
+    collections::HashMap,
     fs::File,
     io::{IsTerminal, Write},
     os::fd::{FromRawFd, OwnedFd},
@@ -45,6 +46,7 @@ use crate::{
         monotonic_ns,
         tokio::tracer::TokioTracer,
     },
+    symbols::Frame,
     target::{
         launch::{HeldChild, try_reap},
         process::{Process, TargetError, load_bias as bias_from_maps},
@@ -159,7 +161,7 @@ struct Reporting<'a> {
     style: TextStyle,
     target: TargetInfo,
     rules: Rules,
-    trends: Trends<GroupKey>,
+    trends: Trends<SiteKey>,
     started: Instant,
     notes: Vec<String>,
 }
@@ -201,15 +203,21 @@ impl<'a> Reporting<'a> {
         (self.rules.older_s * 1e9) as u64
     }
 
-    /// One sample for the trends.
+    /// One sample for the trends, per creation site and function: members
+    /// move between running and waiting (a pool at work), so following one
+    /// state's group would see a fixed pool "grow" each time its workers
+    /// come back to wait.
     fn record(&mut self, views: &[TaskView]) {
         let now = monotonic_ns();
-        let groups = group(views, now, self.older_ns());
+        let mut sites: HashMap<SiteKey, (u32, u32)> = HashMap::new();
+        for g in group(views, now, self.older_ns()) {
+            let e = sites.entry(site_of(&g.key)).or_default();
+            e.0 = e.0.saturating_add(g.count.min(u32::MAX as u64) as u32);
+            e.1 = e.1.saturating_add(g.old);
+        }
         self.trends.record(
             now,
-            groups
-                .into_iter()
-                .map(|g| (g.key, g.count.min(u32::MAX as u64) as u32, g.aged)),
+            sites.into_iter().map(|(k, (total, old))| (k, total, old)),
         );
     }
 
@@ -231,7 +239,7 @@ impl<'a> Reporting<'a> {
         let mut reports: Vec<GroupReport> = Vec::new();
         let mut omitted = 0;
         for g in groups {
-            let m = self.trends.movement(&g.key);
+            let m = self.trends.movement(&site_of(&g.key));
             window_s = window_s.max(m.window_s);
             let (verdict, why) = judge(&g, &m, &self.rules);
             // --older: a blocked group none of whose members has been old
@@ -539,6 +547,13 @@ fn load_bias(pid: u32, bin: &GoBinary) -> Option<u64> {
         return Some(0);
     }
     bias_from_maps(&proc.exe_mappings().ok()?, &bin.elf.load_segments())
+}
+
+/// What a trend follows: where tasks are created and what they run.
+type SiteKey = (Frame, Frame);
+
+fn site_of(k: &GroupKey) -> SiteKey {
+    (k.created_by.clone(), k.start.clone())
 }
 
 fn group_report(g: Group, growth_per_s: f64, verdict: Verdict, why: String) -> GroupReport {

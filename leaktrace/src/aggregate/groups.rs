@@ -28,8 +28,12 @@ pub struct Group {
     /// Whether the shortest / the longest duration is such a lower bound.
     pub min_at_least: bool,
     pub max_at_least: bool,
-    /// Members blocked at least `older`.
+    /// Waiting members that are old (alive or blocked at least `older`).
     pub aged: u32,
+    /// Members alive at least `older`, in any state: what trends follow,
+    /// because a pool's workers flip between running and waiting while the
+    /// pool itself stays the same size.
+    pub old: u32,
     /// The most common stack among members, innermost first.
     pub stack: Vec<Frame>,
     /// Members whose stack could not be read consistently.
@@ -66,6 +70,7 @@ pub fn group<'v>(
                 min_at_least: false,
                 max_at_least: false,
                 aged: 0,
+                old: 0,
                 stack: Vec::new(),
                 unstable: 0,
                 sample_ids: Vec::new(),
@@ -109,6 +114,9 @@ pub fn group<'v>(
             if now_ns.saturating_sub(born) >= older_ns || v.alive_since.is_lower_bound() {
                 g.aged += 1;
             }
+        }
+        if now_ns.saturating_sub(v.alive_since.ns()) >= older_ns || v.alive_since.is_lower_bound() {
+            g.old += 1;
         }
         // Identical stacks are shared (interned), so the pointer identifies
         // the content without hashing every frame of every task.

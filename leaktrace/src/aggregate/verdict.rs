@@ -6,9 +6,9 @@
 //!    problem, not a leak.
 //! 3. Waiting on something that can never happen (a nil channel, `select {}`):
 //!    `leak`, whatever the count.
-//! 4. Waiting, and the number of members that are old (alive at least
-//!    `--older`, and still blocked) grew over the window by at least
-//!    `min_growth` and 10 %, in at least two separate steps: `leak`.
+//! 4. Waiting, and the number of old tasks (alive at least `--older`) from
+//!    the group's creation site and function grew over the window by at
+//!    least `min_growth` and 10 %, in at least two separate steps: `leak`.
 //!    Short-lived tasks never get old, so a busy, healthy server does not
 //!    trip this however high its count; a pool started all at once ages in
 //!    a single step, so it does not either.
@@ -155,6 +155,7 @@ mod tests {
             min_at_least: false,
             max_at_least: false,
             aged,
+            old: aged,
             stack: vec![],
             unstable: 0,
             sample_ids: vec![],
