@@ -8,7 +8,7 @@
 //!    `leak`, whatever the count.
 //! 4. Waiting, and the number of old tasks (alive at least `--older`) from
 //!    the group's creation site and function grew over the window by at
-//!    least `min_growth` and 10 %, in at least two separate steps: `leak`.
+//!    least `min_growth` and 10 %, in at least three separate steps: `leak`.
 //!    Short-lived tasks never get old, so a busy, healthy server does not
 //!    trip this however high its count; a pool started all at once ages in
 //!    a single step, so it does not either.
@@ -83,7 +83,9 @@ pub fn judge(g: &Group, m: &Movement, rules: &Rules) -> (Verdict, String) {
     let needed = rules
         .min_growth
         .max((m.aged_first as f64 * 0.10).ceil() as u32);
-    if m.ticks >= 3 && m.aged_rises >= 2 && m.aged_slope > 0.0 && grew >= needed {
+    // Three separate rises: a burst (a pool starting) that a sample happens
+    // to split still shows as at most two.
+    if m.ticks >= 4 && m.aged_rises >= 3 && m.aged_slope > 0.0 && grew >= needed {
         let verdict = if g.key.state.is_waiting() {
             Verdict::Leak
         } else {
