@@ -365,6 +365,17 @@ pub fn check_control(name: &str, go: &GoToolchain, mode: BuildMode, run: &Run) -
     )
 }
 
+/// The installed toolchains among `versions`; none at all is a failure that
+/// names the fix, never a silent pass.
+pub fn matrix(versions: &[&str]) -> Vec<GoToolchain> {
+    let gos = leaktrace_e2e::pick(versions);
+    assert!(
+        !gos.is_empty(),
+        "no Go toolchain installed: run `cargo xtask setup`"
+    );
+    gos
+}
+
 /// The toolchain `version` ("1.26"), or the newest installed one.
 pub fn one_go(version: &str) -> GoToolchain {
     leaktrace_e2e::pick(&[version])
