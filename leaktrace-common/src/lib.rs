@@ -84,6 +84,57 @@ pub mod spawn_point {
     pub const NEWPROC1_RET: u64 = 2;
 }
 
+/// What happened to a tokio task, as the `cookie` of the attach point says.
+pub mod tokio_kind {
+    /// `OwnedTasks<S>::bind_inner(&self, task, notified)`: the task joins
+    /// its runtime's list, on the spawning thread (what `num_alive_tasks()`
+    /// counts from here on).
+    pub const SPAWN: u8 = 1;
+    /// `<Arc<Handle> as Schedule>::release(&self, &task)` or, where LTO
+    /// removed that symbol, `Harness<T, S>::complete(self)`: the task left
+    /// its runtime's list (finished, panicked or cancelled).
+    pub const COMPLETE: u8 = 2;
+    /// `raw::shutdown`: the runtime cancels the task (runtime shutdown, or a
+    /// spawn into a closed runtime).
+    pub const SHUTDOWN: u8 = 3;
+    /// Detailed mode only: `raw::poll`, a poll begins.
+    pub const POLL: u8 = 4;
+    /// Detailed mode only: `waker::wake_by_val` / `wake_by_ref`.
+    pub const WAKE: u8 = 5;
+}
+
+/// The attach cookie of a tokio probe: the event kind in the low byte; in
+/// the next, the argument register most likely to hold the task (0 = 1st,
+/// 1 = 2nd, 2 = 3rd); bit 16 set when that argument is more likely a
+/// pointer to the task pointer (`&Task`). The probe validates its guess and
+/// tries the other shapes before giving up, because LTO can change the
+/// shape of arguments that are not fn-pointer typed.
+pub fn tokio_cookie(kind: u8, arg: u8, by_reference: bool) -> u64 {
+    u64::from(kind) | (u64::from(arg) << 8) | (u64::from(by_reference) << 16)
+}
+
+/// One tokio record in the ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TokioEvent {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) at the probe.
+    pub ts_ns: u64,
+    /// Run-time address of the task's `Header` (its `RawTask` pointer).
+    pub header: u64,
+    /// tokio's task id, read at `header + vtable.id_offset`.
+    pub id: u64,
+    /// Run-time address of the task's vtable.
+    pub vtable: u64,
+    /// Thread that hit the probe.
+    pub tid: u32,
+    /// [`tokio_kind`].
+    pub kind: u8,
+    /// Which candidate held the header: `arg * 2 + deref` (for checking the
+    /// guess in the cookie; 0xff when none validated and nothing was sent).
+    pub found_as: u8,
+    pub _pad: [u8; 2],
+}
+
 /// Ring buffer size in bytes (a power of two and a multiple of the page size).
 pub const RING_BYTES: u32 = 8 << 20;
 
@@ -92,4 +143,84 @@ mod user {
     // SAFETY: plain old data with no padding holes that matter and no pointers.
     unsafe impl aya::Pod for super::GoEvent {}
     unsafe impl aya::Pod for super::GoConfig {}
+    unsafe impl aya::Pod for super::TokioEvent {}
+    unsafe impl aya::Pod for super::ThreadEvent {}
+    unsafe impl aya::Pod for super::ThreadConfig {}
+    unsafe impl aya::Pod for super::ThreadNewStack {}
+}
+
+/// What happened to a thread of the traced process.
+pub mod thread_kind {
+    /// `task:task_newtask` with `CLONE_THREAD`: the creating thread made a
+    /// new thread. Fires before the new thread can run, so its rename and
+    /// exit always come later in the ring. A [`super::ThreadEvent`] alone: the
+    /// ring had no room for the creator's stack.
+    pub const NEW: u32 = 1;
+    /// `task:task_rename`: a thread's `comm` changed (std and tokio name
+    /// their threads from inside the new thread, right after it starts).
+    pub const RENAME: u32 = 2;
+    /// `sched:sched_process_exit`: a thread ended.
+    pub const EXIT: u32 = 3;
+    /// NEW with the creating thread's registers and top of stack: a
+    /// [`super::ThreadNewStack`].
+    pub const NEW_STACK: u32 = 4;
+}
+
+/// Bytes of the creating thread's user stack a NEW_STACK record carries,
+/// from its stack pointer up. Unwound in userspace with `.eh_frame`, because
+/// glibc's `pthread_create` keeps no frame pointer and the kernel's
+/// frame-pointer walk stops there (measured: one real frame, `clone3`).
+/// 8 KiB reached `main` from both `std::thread::spawn` (0.85 KiB deep) and
+/// tokio's runtime start (2.6 KiB deep) in a release build.
+pub const THREAD_STACK_BYTES: usize = 8192;
+
+/// One record in the thread ring buffer (`THREAD_EVENTS`), or the head of
+/// a [`ThreadNewStack`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ThreadEvent {
+    /// [`thread_kind`]; first so userspace can tell the record types apart.
+    pub kind: u32,
+    /// The thread the event is about: the new, renamed or exiting thread.
+    pub tid: u32,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) at the tracepoint.
+    pub ts_ns: u64,
+    /// The thread that hit the tracepoint: for NEW, the creating thread.
+    pub by_tid: u32,
+    pub _pad: u32,
+    /// NEW: the creating thread's name (the new thread starts with a copy);
+    /// RENAME: the new name; EXIT: the name at exit. NUL-padded.
+    pub comm: [u8; 16],
+}
+
+/// A NEW record with what userspace needs to unwind the creating thread's
+/// stack: its user registers at the clone syscall and the stack above `sp`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ThreadNewStack {
+    pub event: ThreadEvent,
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+    /// How many bytes of `stack` are valid (the read shrinks near the top
+    /// of the stack mapping); 0 if none could be read.
+    pub stack_len: u32,
+    pub _pad: u32,
+    pub stack: [u8; THREAD_STACK_BYTES],
+}
+
+/// What the thread probes read from the `THREAD_TARGET` map: which process
+/// to follow, and where this kernel puts the tracepoint fields (offsets from
+/// tracefs `format` files, which moved between kernel versions).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ThreadConfig {
+    /// The traced process (its tgid); 0 turns the probes off.
+    pub tgid: u32,
+    /// `task_newtask`: offsets of `pid` (the new task) and `clone_flags`.
+    pub newtask_pid: u32,
+    pub newtask_clone_flags: u32,
+    /// `task_rename`: offsets of `pid` (the renamed task) and `newcomm`.
+    pub rename_pid: u32,
+    pub rename_newcomm: u32,
 }

@@ -9,17 +9,16 @@
 //!
 //! The probes only copy a few words; stacks are unwound later in userspace
 //! from `gp.sched`, and only for goroutines that are still parked.
-use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
 use aya_ebpf::{
     EbpfContext,
-    helpers::{bpf_get_attach_cookie, bpf_ktime_get_ns, bpf_probe_read_user},
+    helpers::{bpf_get_attach_cookie, bpf_ktime_get_ns},
     macros::uprobe,
     programs::ProbeContext,
 };
 use aya_log_ebpf::warn;
-use leaktrace_common::{EventKind, GoConfig, GoEvent, RING_BYTES, spawn_point};
+use leaktrace_common::{EventKind, GoConfig, GoEvent, spawn_point};
 
-use crate::maps::{EVENTS, count_lost};
+use crate::maps::{emit, read_u64, read_u8};
 
 /// Set by the loader before the program is loaded.
 #[unsafe(no_mangle)]
@@ -38,48 +37,6 @@ static GO_CONFIG: GoConfig = GoConfig {
 fn config() -> GoConfig {
     // Volatile: otherwise the compiler folds the zero initialiser into the code.
     unsafe { core::ptr::read_volatile(&GO_CONFIG) }
-}
-
-#[inline(always)]
-fn read_u64(addr: u64) -> u64 {
-    unsafe { bpf_probe_read_user(addr as *const u64) }.unwrap_or(0)
-}
-
-#[inline(always)]
-fn read_u8(addr: u64) -> u8 {
-    unsafe { bpf_probe_read_user(addr as *const u8) }.unwrap_or(0)
-}
-
-#[inline(always)]
-fn emit(event: GoEvent) {
-    match EVENTS.reserve::<GoEvent>(0) {
-        Some(mut slot) => {
-            slot.write(event);
-            slot.submit(wakeup_flags());
-        }
-        None => count_lost(),
-    }
-}
-
-/// Waking the reader on every record costs the traced thread an IRQ-work
-/// interrupt per event (measured: most of leaktrace's overhead per goroutine).
-/// Wake it only when the data waiting crosses a multiple of 1/16 of the ring;
-/// the reader's 50 ms poll timeout collects anything below that. Only the
-/// crossing record wakes it, so a reader that fell behind costs 16 wake-ups
-/// per ring rather than one per record (measured: 6.5 → 3.8 µs per goroutine
-/// with the reader stopped). A crossing missed because another CPU reserved
-/// in between is covered by the next one or by the poll.
-#[inline(always)]
-fn wakeup_flags() -> u64 {
-    // Our own record (8-byte header + GoEvent, 8-aligned) is already counted.
-    const RECORD: u64 = ((size_of::<GoEvent>() as u64 + 8) + 7) & !7;
-    let step = u64::from(RING_BYTES / 16);
-    let waiting = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
-    if waiting >= step && waiting / step != waiting.saturating_sub(RECORD) / step {
-        BPF_RB_FORCE_WAKEUP as u64
-    } else {
-        BPF_RB_NO_WAKEUP as u64
-    }
 }
 
 #[uprobe]

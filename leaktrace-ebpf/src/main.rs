@@ -7,7 +7,9 @@
 #![no_main]
 
 mod go;
+mod tokio;
 mod maps;
+mod threads;
 
 #[cfg(not(test))]
 #[panic_handler]

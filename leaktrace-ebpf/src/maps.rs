@@ -1,12 +1,15 @@
-//! Maps shared by every probe family.
+//! Maps and helpers shared by every probe family.
 use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::bpf_probe_read_user,
     macros::map,
     maps::{PerCpuArray, RingBuf},
 };
 use leaktrace_common::RING_BYTES;
 
-/// All events, in the order the probes reserved them (so, for one goroutine,
-/// spawn < park… < exit even across CPUs).
+/// All task events, in the order the probes reserved them (so, for one
+/// task, spawn < park… < exit even across CPUs). One session traces one
+/// runtime, so every record in it has that runtime's type.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
 
@@ -21,5 +24,49 @@ pub fn count_lost() {
         // SAFETY: per-CPU slot, and a uprobe program cannot be preempted by
         // another instance on the same CPU.
         unsafe { *slot += 1 };
+    }
+}
+
+/// A user-memory word, 0 when unreadable (the callers treat 0 as "none").
+#[inline(always)]
+pub fn read_u64(addr: u64) -> u64 {
+    unsafe { bpf_probe_read_user(addr as *const u64) }.unwrap_or(0)
+}
+
+#[inline(always)]
+pub fn read_u8(addr: u64) -> u8 {
+    unsafe { bpf_probe_read_user(addr as *const u8) }.unwrap_or(0)
+}
+
+/// Copy `event` into [`EVENTS`], or count it lost.
+#[inline(always)]
+pub fn emit<T: 'static>(event: T) {
+    match EVENTS.reserve::<T>(0) {
+        Some(mut slot) => {
+            slot.write(event);
+            slot.submit(wakeup_flags::<T>());
+        }
+        None => count_lost(),
+    }
+}
+
+/// Waking the reader on every record costs the traced thread an IRQ-work
+/// interrupt per event (measured: most of leaktrace's overhead per goroutine).
+/// Wake it only when the data waiting crosses a multiple of 1/16 of the ring;
+/// the reader's 50 ms poll timeout collects anything below that. Only the
+/// crossing record wakes it, so a reader that fell behind costs 16 wake-ups
+/// per ring rather than one per record (measured: 6.5 → 3.8 µs per goroutine
+/// with the reader stopped). A crossing missed because another CPU reserved
+/// in between is covered by the next one or by the poll.
+#[inline(always)]
+fn wakeup_flags<T>() -> u64 {
+    // Our own record (8-byte header + T, 8-aligned) is already counted.
+    let record: u64 = ((size_of::<T>() as u64 + 8) + 7) & !7;
+    let step = u64::from(RING_BYTES / 16);
+    let waiting = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    if waiting >= step && waiting / step != waiting.saturating_sub(record) / step {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
     }
 }

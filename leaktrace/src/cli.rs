@@ -86,6 +86,12 @@ pub struct Args {
     #[arg(long)]
     pub no_snapshot: bool,
 
+    /// tokio: also probe every poll and wake (exact idle durations, tasks of
+    /// stripped binaries seen at their first poll), at ~1 µs per poll.
+    /// Default is once per task (spawn, completion, cancellation).
+    #[arg(long)]
+    pub detailed: bool,
+
     #[arg(long, value_enum, default_value_t = Color::Auto)]
     pub color: Color,
 

@@ -18,8 +18,10 @@ use anyhow::{Context as _, Result};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
+    sync::mpsc::UnboundedReceiver,
     time::{Instant, MissedTickBehavior, interval, sleep_until},
 };
+use leaktrace_common::{GoConfig, TokioEvent};
 
 use crate::{
     aggregate::{
@@ -29,7 +31,7 @@ use crate::{
         verdict::{Rules, Verdict, judge},
     },
     cli::{Args, Color, Format},
-    probes::{GoProbes, ring::RingReader},
+    probes::{Probes, ring::RingReader},
     report::{
         json,
         model::{BlockedSpan, EventTotals, GroupReport, Report, TargetInfo},
@@ -168,6 +170,11 @@ struct Reporting<'a> {
 
 impl<'a> Reporting<'a> {
     fn new(args: &'a Args, target: TargetInfo, notes: Vec<String>) -> Result<Self> {
+        let noun = if target.runtime == "go" {
+            "goroutine"
+        } else {
+            "task"
+        };
         Ok(Self {
             args,
             out: output(args)?,
@@ -183,6 +190,7 @@ impl<'a> Reporting<'a> {
             rules: Rules {
                 older_s: args.older.as_secs_f64(),
                 suspect_count: args.suspect_count,
+                noun,
                 ..Rules::default()
             },
             trends: Trends::new(600),
@@ -262,6 +270,7 @@ impl<'a> Reporting<'a> {
             groups: reports,
             groups_omitted: omitted,
             notes: self.notes.clone(),
+            threads: None,
         }
     }
 
@@ -300,7 +309,7 @@ async fn run_go(args: &Args, bin: &GoBinary, mut target: Target) -> Result<i32> 
     let placement = place_probes(bin)?;
     warnings.extend(placement.warnings);
 
-    let mut probes = GoProbes::attach(
+    let mut probes = Probes::attach_go(
         &attach_path,
         pid,
         probe_config(&bin.layout),
@@ -361,12 +370,13 @@ async fn run_go(args: &Args, bin: &GoBinary, mut target: Target) -> Result<i32> 
     let mut rep = Reporting::new(args, target_info, notes)?;
     let sample_every = rep.sample_every();
     stops.start(args);
-    let events = |table: &LiveTable, probes: &GoProbes| EventTotals {
+    let events = |table: &LiveTable, probes: &Probes| EventTotals {
         spawn: table.counts.spawn,
         exit: table.counts.exit,
         park: table.counts.park,
         lost: probes.lost(),
         corrected: table.corrected,
+        ..EventTotals::default()
     };
 
     let mut views: Vec<TaskView> = Vec::new();
@@ -431,20 +441,41 @@ async fn run_go(args: &Args, bin: &GoBinary, mut target: Target) -> Result<i32> 
     Ok(code)
 }
 
-/// tokio: no probes yet, so every refresh is a heap scan.
+/// tokio: probes for spawn, completion and cancellation (plus polls and
+/// wakes with `--detailed`) keep the table; each refresh re-reads the known
+/// task headers, and heap scans find what the probes cannot see.
 async fn run_tokio(args: &Args, mut tracer: TokioTracer, mut target: Target) -> Result<i32> {
     let pid = target.pid();
-    let (_, exe_display) = exe_of(&target);
+    let (attach_path, exe_display) = exe_of(&target);
     let mut stops = Stops::new(args, pid)?;
     let is_child = matches!(target, Target::Command(_));
+    let plan = tracer.plan(args.detailed);
+    // Probes go in by file offset, so before a `-c` child runs; they stay
+    // silent until `arm` tells them the vtables' run-time addresses.
+    let mut probes = Probes::load(GoConfig::default())?;
+    probes
+        .attach("tokio_task", &plan.points, &attach_path, pid)
+        .map_err(|e| {
+            if process_gone(pid) {
+                TargetError::ExitedDuringAttach(pid).into()
+            } else {
+                e
+            }
+        })?;
+    tracer.probes_attached(&plan, monotonic_ns());
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<TokioEvent>>();
+    let logger = probes.take_logger();
+    let mut ring = RingReader::spawn(probes.take_ring()?, logger, tx);
     if let Target::Command(child) = &mut target {
         child.release()?;
     }
-    let warnings = tracer.warnings();
+    let mut warnings = tracer.warnings();
+    warnings.extend(plan.notes.iter().cloned());
     eprintln!(
-        "Attaching to pid {pid} ({exe_display}, {}), {} task types; Ctrl-C for the final report.",
+        "Attaching to pid {pid} ({exe_display}, {}), {} task types, {} probes; Ctrl-C for the final report.",
         tracer.version(),
-        tracer.bin.vtables.len()
+        tracer.bin.vtables.len(),
+        probes.attached
     );
     for w in &warnings {
         eprintln!("warning: {w}");
@@ -462,9 +493,46 @@ async fn run_tokio(args: &Args, mut tracer: TokioTracer, mut target: Target) -> 
     stops.start(args);
     let mut views: Vec<TaskView> = Vec::new();
     let mut next_sample = Instant::now();
+    let mut armed = false;
     let mut scan_error = None;
-    let mut sample = |tracer: &mut TokioTracer, views: &mut Vec<TaskView>, rep: &mut Reporting| {
-        match tracer.views(pid, monotonic_ns()) {
+    let detailed = plan.polls;
+    let events = |tracer: &TokioTracer, probes: &Probes| {
+        let t = tracer.totals;
+        EventTotals {
+            spawn: t.spawn,
+            exit: t.complete,
+            park: 0,
+            lost: probes.lost(),
+            corrected: t.corrected,
+            poll: detailed.then_some(t.poll),
+            wake: detailed.then_some(t.wake),
+            shutdown: Some(t.shutdown),
+        }
+    };
+    let mut sample = |tracer: &mut TokioTracer,
+                      probes: &mut Probes,
+                      rx: &mut UnboundedReceiver<Vec<TokioEvent>>,
+                      views: &mut Vec<TaskView>,
+                      rep: &mut Reporting| {
+        if !armed {
+            match tracer.arm(pid).and_then(|v| match v {
+                Some(vtables) => arm_probes(probes, &vtables).map(|()| true),
+                None => Ok(false),
+            }) {
+                Ok(a) => armed = a,
+                Err(e) if !is_child => scan_error = Some(format!("{e:#}")),
+                Err(_) => {}
+            }
+        }
+        while let Ok(batch) = rx.try_recv() {
+            batch.iter().for_each(|ev| tracer.apply(ev));
+        }
+        let result = tracer.views(pid, monotonic_ns());
+        for note in tracer.notes.drain(..) {
+            eprintln!("note: {note}");
+            rep.notes.push(note);
+        }
+        match result {
             Ok(v) => {
                 *views = v;
                 rep.record(views);
@@ -477,32 +545,51 @@ async fn run_tokio(args: &Args, mut tracer: TokioTracer, mut target: Target) -> 
     };
     let end = loop {
         tokio::select! {
+            Some(batch) = rx.recv() => batch.iter().for_each(|ev| tracer.apply(ev)),
             _ = sleep_until(next_sample) => {
                 let t0 = Instant::now();
-                sample(&mut tracer, &mut views, &mut rep);
-                // A heap scan costs leaktrace CPU: keep it under a fifth of a core.
+                sample(&mut tracer, &mut probes, &mut rx, &mut views, &mut rep);
+                // Reads and scans cost leaktrace CPU: keep it under a fifth of a core.
                 next_sample = Instant::now() + sample_every.max(t0.elapsed() * 5);
             }
             stop = stops.next() => match stop {
-                Stop::Report => rep.emit(false, EventTotals::default(), &views)?,
+                Stop::Report => rep.emit(false, events(&tracer, &probes), &views)?,
                 Stop::End(end) => break end,
             },
         }
     };
+    ring.finish();
     let mut code = 0;
     if end == End::TargetExited {
+        while let Ok(batch) = rx.try_recv() {
+            batch.iter().for_each(|ev| tracer.apply(ev));
+        }
         code = rep.target_exited(pid, is_child);
     } else {
-        sample(&mut tracer, &mut views, &mut rep);
+        sample(&mut tracer, &mut probes, &mut rx, &mut views, &mut rep);
         if is_child {
             rep.stop_child(pid);
         }
     }
     if let Some(e) = scan_error {
-        rep.notes.push(format!("a heap scan failed: {e}"));
+        rep.notes.push(format!("reading the tasks failed: {e}"));
     }
-    rep.emit(true, EventTotals::default(), &views)?;
+    rep.emit(true, events(&tracer, &probes), &views)?;
+    drop(probes);
     Ok(code)
+}
+
+/// Tell the tokio probes which vtables are tasks' (run-time addresses).
+fn arm_probes(probes: &mut Probes, vtables: &[(u64, u64)]) -> Result<()> {
+    let map = probes
+        .ebpf_mut()
+        .map_mut("TOKIO_VTABLES")
+        .ok_or_else(|| anyhow::anyhow!("TOKIO_VTABLES map missing from the probes object"))?;
+    let mut map = aya::maps::HashMap::<_, u64, u64>::try_from(map)?;
+    for &(va, id_offset) in vtables {
+        map.insert(va, id_offset, 0)?;
+    }
+    Ok(())
 }
 
 fn apply(table: &mut LiveTable, batch: &mut Vec<leaktrace_common::GoEvent>) {

@@ -105,12 +105,17 @@ pub fn group<'v>(
                 }
             }
             g.blocked_at_least |= lb;
+        }
+        if v.state.is_waiting() {
             // Old = alive (or blocked) at least `older`. Lifetime, not the
             // current block, so a leaked goroutine that wakes on a ticker
             // and parks again still ages. Already there at attach: old,
             // whatever its true age (counting it only once `older` passed
-            // after attach would fake a burst of growth).
-            let born = since.ns().min(v.alive_since.ns());
+            // after attach would fake a burst of growth). Without a block
+            // start (tokio without poll probes) the lifetime alone decides.
+            let born = v
+                .blocked_since
+                .map_or(v.alive_since.ns(), |b| b.ns().min(v.alive_since.ns()));
             if now_ns.saturating_sub(born) >= older_ns || v.alive_since.is_lower_bound() {
                 g.aged += 1;
             }

@@ -2,5 +2,6 @@
 //! nothing about Go or tokio beyond the seam's types.
 pub mod groups;
 pub mod live;
+pub mod threads;
 pub mod trend;
 pub mod verdict;

@@ -34,6 +34,8 @@ pub struct Rules {
     pub older_s: f64,
     pub suspect_count: u64,
     pub min_growth: u32,
+    /// What the runtime calls a task in reports: "goroutine" or "task".
+    pub noun: &'static str,
 }
 
 impl Default for Rules {
@@ -42,20 +44,22 @@ impl Default for Rules {
             older_s: 1.0,
             suspect_count: 100,
             min_growth: 3,
+            noun: "goroutine",
         }
     }
 }
 
 pub fn judge(g: &Group, m: &Movement, rules: &Rules) -> (Verdict, String) {
     let older = human_secs(rules.older_s);
+    let noun = rules.noun;
     if g.system {
-        return (Verdict::Ok, "the Go runtime's own goroutine".into());
+        return (Verdict::Ok, format!("the runtime's own {noun}"));
     }
     let reason = match &g.key.state {
         TaskState::Running => {
             return (
                 Verdict::Ok,
-                "running, not blocked: a busy goroutine is a CPU problem, not a leak".into(),
+                format!("running, not blocked: a busy {noun} is a CPU problem, not a leak"),
             );
         }
         TaskState::Runnable => {
@@ -94,7 +98,7 @@ pub fn judge(g: &Group, m: &Movement, rules: &Rules) -> (Verdict, String) {
         return (
             verdict,
             format!(
-                "grows {:+.1}/s: {} more goroutines older than {older} stuck in `{reason}`{at} over {}, and none finish",
+                "grows {:+.1}/s: {} more {noun}s older than {older} stuck in `{reason}`{at} over {}, and none finish",
                 m.aged_slope,
                 grew,
                 human_secs(m.window_s)

@@ -1,7 +1,8 @@
 //! Loading the embedded eBPF object, attaching it to the target, and reading
-//! what it sends. Dropping [`GoProbes`] detaches every probe: that is how
+//! what it sends. Dropping [`Probes`] detaches every probe: that is how
 //! every exit path (return, `?`, panic unwinding) cleans up.
 pub mod ring;
+pub mod threads;
 
 use std::{num::NonZeroU32, path::Path};
 
@@ -37,7 +38,7 @@ pub struct GoAttachPlan {
     pub exit: AttachPoint,
 }
 
-pub struct GoProbes {
+pub struct Probes {
     ebpf: Ebpf,
     pub attached: usize,
     /// The probes' own diagnostics (aya-log), printed through `log`.
@@ -46,13 +47,12 @@ pub struct GoProbes {
 
 pub type Logger = aya_log::EbpfLogger<&'static dyn log::Log>;
 
-impl GoProbes {
-    /// Load and attach. `exe` is the path the kernel resolves to the target's
-    /// inode (`/proc/PID/exe` for a running process, the program file for
-    /// `-c`); `pid` scopes every probe to that process in the kernel.
-    pub fn attach(exe: &Path, pid: u32, config: GoConfig, plan: &GoAttachPlan) -> Result<Self> {
+impl Probes {
+    /// Load the object into the kernel, attaching nothing yet. `go` is the
+    /// traced Go binary's layout (zeros for other runtimes).
+    pub fn load(go: GoConfig) -> Result<Self> {
         let mut ebpf = EbpfLoader::new()
-            .override_global("GO_CONFIG", &config, true)
+            .override_global("GO_CONFIG", &go, true)
             .load(PROBES_OBJECT)
             .map_err(|e| anyhow!("loading the eBPF probes into the kernel failed: {e}"))?;
         // Before the programs load: their log map must be taken first.
@@ -63,42 +63,67 @@ impl GoProbes {
                 None
             }
         };
-        let pid = NonZeroU32::new(pid).ok_or_else(|| anyhow!("pid 0 cannot be traced"))?;
-        let mut attached = 0;
-        let groups: [(&str, Vec<&AttachPoint>); 3] = [
-            ("go_spawn", plan.spawn.iter().collect()),
-            ("go_park", vec![&plan.park]),
-            ("go_exit", vec![&plan.exit]),
-        ];
-        for (name, points) in groups {
-            let prog: &mut UProbe = ebpf
-                .program_mut(name)
-                .ok_or_else(|| anyhow!("program {name} missing from the probes object"))?
-                .try_into()?;
-            prog.load()
-                .map_err(|e| anyhow!("the kernel rejected probe {name}: {e}"))?;
-            for point in points {
-                let at = UProbeAttachPoint {
-                    location: UProbeAttachLocation::AbsoluteOffset(point.file_offset),
-                    cookie: Some(point.cookie),
-                };
-                prog.attach(at, exe, UProbeScope::OneProcess(pid))
-                    .with_context(|| {
-                        format!(
-                            "attaching {name} at {} (file offset {:#x}) of {}",
-                            point.what,
-                            point.file_offset,
-                            exe.display()
-                        )
-                    })?;
-                attached += 1;
-            }
-        }
         Ok(Self {
             ebpf,
-            attached,
+            attached: 0,
             logger,
         })
+    }
+
+    /// Load and attach the Go probes. `exe` is the path the kernel resolves
+    /// to the target's inode (`/proc/PID/exe` for a running process, the
+    /// program file for `-c`); `pid` scopes every probe to that process in
+    /// the kernel.
+    pub fn attach_go(exe: &Path, pid: u32, config: GoConfig, plan: &GoAttachPlan) -> Result<Self> {
+        let mut probes = Self::load(config)?;
+        let spawn: Vec<AttachPoint> = plan.spawn.clone();
+        probes.attach("go_spawn", &spawn, exe, pid)?;
+        probes.attach("go_park", std::slice::from_ref(&plan.park), exe, pid)?;
+        probes.attach("go_exit", std::slice::from_ref(&plan.exit), exe, pid)?;
+        Ok(probes)
+    }
+
+    /// Attach uprobe program `name` at each point of `exe`, for `pid` only.
+    pub fn attach(
+        &mut self,
+        name: &str,
+        points: &[AttachPoint],
+        exe: &Path,
+        pid: u32,
+    ) -> Result<()> {
+        let pid = NonZeroU32::new(pid).ok_or_else(|| anyhow!("pid 0 cannot be traced"))?;
+        let prog: &mut UProbe = self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("program {name} missing from the probes object"))?
+            .try_into()?;
+        if prog.fd().is_err() {
+            prog.load()
+                .map_err(|e| anyhow!("the kernel rejected probe {name}: {e}"))?;
+        }
+        for point in points {
+            let at = UProbeAttachPoint {
+                location: UProbeAttachLocation::AbsoluteOffset(point.file_offset),
+                cookie: Some(point.cookie),
+            };
+            prog.attach(at, exe, UProbeScope::OneProcess(pid))
+                .with_context(|| {
+                    format!(
+                        "attaching {name} at {} (file offset {:#x}) of {}",
+                        point.what,
+                        point.file_offset,
+                        exe.display()
+                    )
+                })?;
+            self.attached += 1;
+        }
+        Ok(())
+    }
+
+    /// For probe families that need more than uprobes (maps to fill,
+    /// tracepoints to attach).
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
     }
 
     /// The probes' log channel, drained by the ring reader thread.

@@ -16,7 +16,7 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use leaktrace_common::GoEvent;
+use aya::Pod;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::Logger;
@@ -27,7 +27,7 @@ const POLL_MS: i32 = 50;
 pub struct RingReader {
     stop: Arc<AtomicBool>,
     handle: Option<JoinHandle<()>>,
-    /// Records whose size did not match `GoEvent` (never expected; counted
+    /// Records shorter than the record type (never expected; counted
     /// so a mismatch between probes and decoder cannot go unnoticed).
     pub malformed: Arc<AtomicU64>,
 }
@@ -35,10 +35,10 @@ pub struct RingReader {
 impl RingReader {
     /// Batches of records go to `tx` in ring order; the probes' log lines
     /// (if any) are printed as they come.
-    pub fn spawn(
+    pub fn spawn<T: Pod + Send>(
         mut ring: RingBuf<MapData>,
         mut logger: Option<Logger>,
-        tx: UnboundedSender<Vec<GoEvent>>,
+        tx: UnboundedSender<Vec<T>>,
     ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let malformed = Arc::new(AtomicU64::new(0));
@@ -50,7 +50,7 @@ impl RingReader {
                     let stopping = stop2.load(Ordering::Acquire);
                     let mut batch = Vec::new();
                     while let Some(item) = ring.next() {
-                        match decode(&item) {
+                        match decode::<T>(&item) {
                             Some(ev) => batch.push(ev),
                             None => {
                                 malformed2.fetch_add(1, Ordering::Relaxed);
@@ -105,11 +105,11 @@ impl Drop for RingReader {
     }
 }
 
-fn decode(bytes: &[u8]) -> Option<GoEvent> {
-    if bytes.len() < size_of::<GoEvent>() {
+fn decode<T: Pod>(bytes: &[u8]) -> Option<T> {
+    if bytes.len() < size_of::<T>() {
         return None;
     }
-    // SAFETY: length checked; GoEvent is plain old data and read_unaligned
-    // copes with the ring's 8-byte alignment.
-    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<GoEvent>()) })
+    // SAFETY: length checked; T is plain old data and read_unaligned copes
+    // with the ring's 8-byte alignment.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }

@@ -4,7 +4,7 @@ use std::io::Write;
 
 use anyhow::Result;
 
-use super::model::{GroupReport, Report};
+use super::model::{GroupReport, Report, ThreadVerdict, ThreadsReport};
 use crate::{aggregate::verdict::Verdict, aggregate::verdict::human_secs, symbols::Frame};
 
 pub struct TextStyle {
@@ -49,6 +49,9 @@ pub fn write(out: &mut dyn Write, report: &Report, style: &TextStyle) -> Result<
         e.park,
         e.lost,
     )?;
+    if let (Some(polls), Some(wakes)) = (e.poll, e.wake) {
+        writeln!(out, "  {polls} polls, {wakes} wakes")?;
+    }
     if e.lost > 0 {
         writeln!(
             out,
@@ -72,6 +75,9 @@ pub fn write(out: &mut dyn Write, report: &Report, style: &TextStyle) -> Result<
             "  … {} more groups (see --top, --older)",
             report.groups_omitted
         )?;
+    }
+    if let Some(threads) = &report.threads {
+        write_threads(out, threads, &paint)?;
     }
     writeln!(out)?;
     out.flush()?;
@@ -154,5 +160,110 @@ fn site(f: &Frame) -> String {
         f.function.to_string()
     } else {
         format!("{} ({file}:{})", f.function, f.line)
+    }
+}
+
+/// OS threads: one short line per group, growing ones with their reason.
+fn write_threads(
+    out: &mut dyn Write,
+    t: &ThreadsReport,
+    paint: &dyn Fn(&str, &str) -> String,
+) -> Result<()> {
+    let lost = if t.lost > 0 {
+        format!(", {} events lost", t.lost)
+    } else {
+        String::new()
+    };
+    writeln!(
+        out,
+        "{} {} live; since attach {} created, {} exited{lost}",
+        paint("1", "Threads:"),
+        t.live,
+        t.created,
+        t.exited
+    )?;
+    writeln!(
+        out,
+        "  {:>5}  {:<16} {:>7}  {:>7}  {:<7}  created by",
+        "count", "name", "oldest", "growth", "verdict"
+    )?;
+    for g in &t.groups {
+        let verdict = match g.verdict {
+            ThreadVerdict::Growing => paint("1;31", "GROWING"),
+            ThreadVerdict::Ok => paint("32", "ok     "),
+        };
+        writeln!(
+            out,
+            "  {:>5}  {:<16} {:>7}  {:>+7.1}  {verdict}  {}",
+            g.count,
+            g.name,
+            human_secs(g.oldest_s),
+            g.growth_per_s,
+            g.created_by
+        )?;
+        if g.verdict == ThreadVerdict::Growing {
+            writeln!(out, "         {}", g.why)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod thread_tests {
+    use super::*;
+    use crate::report::model::ThreadGroupReport;
+
+    #[test]
+    fn threads_table() {
+        let group = |name: &str, by: &str, count, verdict, why: &str| ThreadGroupReport {
+            name: name.into(),
+            created_by: by.into(),
+            site: None,
+            count,
+            oldest_s: 12.0,
+            growth_per_s: if verdict == ThreadVerdict::Growing {
+                2.0
+            } else {
+                0.0
+            },
+            verdict,
+            why: why.into(),
+        };
+        let t = ThreadsReport {
+            live: 15,
+            created: 14,
+            exited: 0,
+            lost: 0,
+            groups: vec![
+                group(
+                    "conn-#",
+                    "app::serve (main.rs:40)",
+                    10,
+                    ThreadVerdict::Growing,
+                    "only grows: 2 → 10 over 4s in 4 steps, none exited (+2.0/s)",
+                ),
+                group(
+                    "tokio-rt-worker",
+                    "app::main (main.rs:9)",
+                    4,
+                    ThreadVerdict::Ok,
+                    "flat",
+                ),
+                group("app", "(main thread)", 1, ThreadVerdict::Ok, "flat"),
+            ],
+        };
+        let mut out = Vec::new();
+        write_threads(&mut out, &t, &|_, s| s.to_string()).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text,
+            "Threads: 15 live; since attach 14 created, 0 exited
+  count  name              oldest   growth  verdict  created by
+     10  conn-#               12s     +2.0  GROWING  app::serve (main.rs:40)
+         only grows: 2 → 10 over 4s in 4 steps, none exited (+2.0/s)
+      4  tokio-rt-worker      12s     +0.0  ok       app::main (main.rs:9)
+      1  app                  12s     +0.0  ok       (main thread)
+"
+        );
     }
 }

@@ -1,5 +1,6 @@
 //! Address → function, file and line.
 pub mod go;
+pub mod native;
 
 use std::sync::Arc;
 

@@ -459,6 +459,14 @@ impl ElfFile {
         })
     }
 
+    /// Every `.symtab` function whose (mangled) name satisfies `pred`.
+    pub fn functions_where(&self, mut pred: impl FnMut(&str) -> bool) -> Vec<&ElfSymbol> {
+        self.symbols()
+            .values()
+            .filter(|s| s.kind == ElfSymbolKind::Function && pred(&s.name))
+            .collect()
+    }
+
     /// Whether any `.symtab` name satisfies `pred` (for "what is this binary"
     /// hints; walks the whole table).
     pub fn any_symbol(&self, mut pred: impl FnMut(&str) -> bool) -> bool {

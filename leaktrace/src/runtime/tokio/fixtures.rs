@@ -44,7 +44,7 @@ fn target_dir() -> PathBuf {
 
 /// Build (or reuse) the fixture in `profile`. Builds are niced and
 /// single-job: they share the machine with whatever else runs.
-fn fixture_binary(profile: &str, v0: bool) -> PathBuf {
+pub(super) fn fixture_binary(profile: &str, v0: bool) -> PathBuf {
     static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
     let built = BUILT.get_or_init(Default::default);
     let mut built = built.lock().unwrap_or_else(|p| p.into_inner());
@@ -93,9 +93,9 @@ fn fixture_binary(profile: &str, v0: bool) -> PathBuf {
 }
 
 /// A fixture process, killed when dropped.
-struct Running {
+pub(super) struct Running {
     child: Child,
-    pid: u32,
+    pub(super) pid: u32,
     alive_tasks: usize,
 }
 
@@ -106,7 +106,7 @@ impl Drop for Running {
     }
 }
 
-fn run(bin: &Path, mode: &str) -> Running {
+pub(super) fn run(bin: &Path, mode: &str) -> Running {
     run_with(bin, mode, |_| {})
 }
 

@@ -247,7 +247,9 @@ fn read_tolerant(mem: &Memory, at: u64, buf: &mut [u8], out: &mut HeapScan) -> b
     any
 }
 
-fn read_task(
+/// One task header (and its id and scheduler) at `header`, if its vtable
+/// word is still `vt`'s.
+pub fn read_task(
     mem: &Memory,
     header: u64,
     vt: &TaskVtable,

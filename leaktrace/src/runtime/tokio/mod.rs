@@ -8,8 +8,10 @@
 //! - [`heap_scan`]: every live task of a running process, read-only.
 //!
 //! Facts and measurements behind them: `shared/research/rust-tokio.md`.
+pub mod await_points;
 pub mod binary;
 pub mod heap_scan;
+pub mod probe_points;
 pub mod state;
 pub mod tracer;
 pub mod vtables;

@@ -1,40 +1,120 @@
-//! tokio tasks as the rest of leaktrace sees them: every refresh scans the
-//! target's heap for live task cells (read-only, the process never stops)
-//! and turns each into a [`TaskView`].
+//! tokio tasks as the rest of leaktrace sees them.
 //!
-//! No probes yet: spawn and completion are seen as differences between
-//! scans, so a task's age is known to within one refresh, and tasks that live
-//! shorter than that are never seen. Reports say so.
+//! The live table is keyed by task header address and fed from three
+//! sources, best first:
+//! - probe events ([`TokioTracer::apply`]): spawn, completion, cancellation
+//!   and, in detailed mode, every poll and wake;
+//! - a re-read of every known header at each refresh (state word, and
+//!   whether the task is still what the table thinks), which also catches
+//!   completions whose event was lost;
+//! - heap scans ([`super::heap_scan`]): once at attach, for tasks that were
+//!   alive before, and then only now and again, for tasks no probe can see
+//!   (LocalSet tasks are never bound; stripped binaries have no spawn or
+//!   completion symbols, and then every refresh is a scan).
+//!
+//! Reads go through `process_vm_readv`; the target never stops.
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     path::{Path, PathBuf},
     sync::Arc,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
+use leaktrace_common::{TokioEvent, tokio_kind};
 
 use super::{
     binary::{RustBinary, TokioError, detect},
-    heap_scan::{cell_align, exe_load_bias, scan},
+    heap_scan::{LiveTask, cell_align, exe_load_bias, read_task, scan},
+    probe_points::{TokioPlan, plan},
+    state::StateWord,
 };
 use crate::{
     runtime::{Since, TaskView},
     symbols::Frame,
-    target::{elf::ElfFile, process::Process},
+    target::{elf::ElfFile, memory::Memory, process::Process},
 };
+
+/// With probes covering spawns and completions, a heap scan only looks for
+/// what they cannot see; its cost is kept under 1/20 of a core, and it runs
+/// at least this rarely.
+const RESCAN_EVERY: Duration = Duration::from_secs(10);
+const FIRST_RESCAN: Duration = Duration::from_secs(2);
+
+/// What the probes of this session see.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Coverage {
+    pub spawns: bool,
+    pub completions: bool,
+    pub polls: bool,
+}
+
+impl Coverage {
+    /// Spawns and completions both seen: the table follows the runtime's own
+    /// list and heap scans are only a safety net.
+    fn follows_lifecycle(self) -> bool {
+        self.spawns && self.completions
+    }
+}
+
+/// Counts of what happened, for the report's `events`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TokioTotals {
+    pub spawn: u64,
+    pub complete: u64,
+    pub shutdown: u64,
+    pub poll: u64,
+    pub wake: u64,
+    /// Tasks the table had to learn from memory rather than from a probe
+    /// after attach (missed by the probes, or invisible to them), plus tasks
+    /// found finished without a completion event.
+    pub corrected: u64,
+}
+
+#[derive(Clone, Debug)]
+struct Tracked {
+    id: u64,
+    vtable: usize,
+    alive_since: Since,
+    /// Detailed mode: when the last poll began.
+    last_poll: Option<u64>,
+    /// Set by the last read of the header (spawn events carry none).
+    state: Option<StateWord>,
+    owner_id: u64,
+}
 
 pub struct TokioTracer {
     pub bin: RustBinary,
     elf: ElfFile,
     path: PathBuf,
-    /// Task id → when a scan first saw it, and whether that was the first
-    /// scan (so the task may be older).
-    first_seen: HashMap<u64, (u64, bool)>,
-    scans: u64,
     /// Where the program is loaded; found once, it never moves.
     bias: Option<u64>,
+    /// Run-time vtable address → index in `bin.vtables`.
+    by_vtable: HashMap<u64, usize>,
+    tasks: HashMap<u64, Tracked>,
+    coverage: Coverage,
+    /// CLOCK_MONOTONIC when the probes went live (0 without probes).
+    probes_since: u64,
+    scans: u64,
+    next_scan: Option<Instant>,
+    pub totals: TokioTotals,
     /// Task cells rejected as torn or moved during the last scan.
     pub last_unstable: usize,
+    /// Highest task id the first scan found, and when that scan ended: a
+    /// later task is one the spawn probes should have reported.
+    first_scan: Option<(u64, u64)>,
+    /// Tasks spawned after the first scan that no spawn probe reported.
+    missed_spawns: u64,
+    /// Ids the last two refreshes dropped because memory showed them
+    /// finished: their completion event may still be on its way.
+    dropped: [HashSet<u64>; 2],
+    /// Tasks a rescan found that no spawn event had announced yet: the
+    /// event may still be in the ring. Id → when found.
+    unannounced: HashMap<u64, u64>,
+    /// Said once, in the report's notes.
+    pub notes: Vec<String>,
+    /// Interned await stacks, so equal stacks are shared (grouping relies on it).
+    stacks: HashMap<Vec<Frame>, Arc<[Frame]>>,
 }
 
 impl TokioTracer {
@@ -46,10 +126,21 @@ impl TokioTracer {
             bin,
             elf,
             path: path.to_path_buf(),
-            first_seen: HashMap::new(),
-            scans: 0,
             bias: None,
+            by_vtable: HashMap::new(),
+            tasks: HashMap::new(),
+            coverage: Coverage::default(),
+            probes_since: 0,
+            scans: 0,
+            next_scan: None,
+            totals: TokioTotals::default(),
             last_unstable: 0,
+            first_scan: None,
+            missed_spawns: 0,
+            dropped: Default::default(),
+            unannounced: HashMap::new(),
+            notes: Vec::new(),
+            stacks: HashMap::new(),
         })
     }
 
@@ -74,75 +165,351 @@ impl TokioTracer {
         }
     }
 
+    /// Where the probes go for this binary.
+    pub fn plan(&self, detailed: bool) -> TokioPlan {
+        plan(&self.elf, &self.bin.vtables, detailed)
+    }
+
+    /// The probes are attached and will report what `plan` covers.
+    pub fn probes_attached(&mut self, plan: &TokioPlan, now_ns: u64) {
+        self.coverage = Coverage {
+            // A poll probe sees every task at its first poll.
+            spawns: plan.sees_spawns || plan.polls,
+            completions: plan.sees_completions,
+            polls: plan.polls,
+        };
+        self.probes_since = now_ns;
+    }
+
     pub fn warnings(&self) -> Vec<String> {
-        let mut w = vec![
-            "tokio: tasks are found by scanning the heap at each refresh (no probes yet): a \
-             task's age is known to within one refresh, and tasks shorter than that are not seen"
-                .to_string(),
-        ];
+        let mut w = Vec::new();
+        if !self.coverage.follows_lifecycle() {
+            w.push(
+                "tokio: spawns and completions are not probed in this binary, so tasks are \
+                 found by scanning the heap at each refresh: a task's age is known to within \
+                 one refresh, and tasks shorter than that are not seen"
+                    .to_string(),
+            );
+        }
+        if !self.coverage.polls {
+            w.push(
+                "tokio: idle durations need per-poll probes (--detailed); without them the \
+                 report gives each task's age"
+                    .to_string(),
+            );
+        }
         w.extend(self.bin.naming_warning());
+        if self.bin.has_symtab && !self.bin.has_dwarf {
+            w.push(
+                "tokio: no type information (DWARF) in the binary, so where an idle task is \
+                 awaiting is unknown; `debug = true` in the release profile adds it (no \
+                 run-time cost, a larger file)"
+                    .to_string(),
+            );
+        }
         w.extend(self.bin.version_note());
         w
     }
 
-    /// Every live task now.
-    pub fn views(&mut self, pid: u32, now_ns: u64) -> Result<Vec<TaskView>> {
-        let bias = match self.bias {
-            Some(b) => b,
-            None => {
-                let proc = Process::open(pid)?;
-                if !proc.runs(&self.path) {
-                    bail!("process {pid} is not running {} (yet)", self.path.display());
-                }
-                let b =
-                    exe_load_bias(pid, &self.elf).context("finding where the program is loaded")?;
-                *self.bias.insert(b)
+    /// The vtables as the probes must know them: `(run-time address,
+    /// id_offset)`. `None` until the program is mapped (with `-c` the first
+    /// refresh may come before `exec`).
+    pub fn arm(&mut self, pid: u32) -> Result<Option<Vec<(u64, u64)>>> {
+        if self.bias.is_none() {
+            let proc = Process::open(pid)?;
+            if !proc.runs(&self.path) {
+                return Ok(None);
             }
+            let b = exe_load_bias(pid, &self.elf).context("finding where the program is loaded")?;
+            self.bias = Some(b);
+            self.by_vtable = self
+                .bin
+                .vtables
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (v.va.wrapping_add(b), i))
+                .collect();
+        }
+        Ok(Some(
+            self.bin
+                .vtables
+                .iter()
+                .map(|v| (v.va.wrapping_add(self.bias.unwrap_or(0)), v.id_offset))
+                .collect(),
+        ))
+    }
+
+    /// One probe record, in ring order.
+    pub fn apply(&mut self, ev: &TokioEvent) {
+        let Some(&vtable) = self.by_vtable.get(&ev.vtable) else {
+            return;
         };
+        let vt = &self.bin.vtables[vtable];
+        if !vt.has_bound_scheduler() || vt.is_blocking() {
+            // Blocking-pool tasks (seen through `Harness::complete`): the
+            // runtime's, never bound, and not what the table follows.
+            return;
+        }
+        match ev.kind {
+            tokio_kind::SPAWN => {
+                self.totals.spawn += 1;
+                if self.unannounced.remove(&ev.id).is_some() {
+                    self.totals.corrected = self.totals.corrected.saturating_sub(1);
+                }
+                self.tasks.insert(
+                    ev.header,
+                    Tracked {
+                        id: ev.id,
+                        vtable,
+                        alive_since: Since::Exact(ev.ts_ns),
+                        last_poll: None,
+                        state: None,
+                        // bind_inner binds it: counted by num_alive_tasks().
+                        owner_id: u64::MAX,
+                    },
+                );
+            }
+            tokio_kind::COMPLETE => {
+                self.totals.complete += 1;
+                if self.tasks.get(&ev.header).is_some_and(|t| t.id == ev.id) {
+                    self.tasks.remove(&ev.header);
+                } else if self.dropped.iter_mut().any(|d| d.remove(&ev.id)) {
+                    // A refresh read it finished before this event arrived:
+                    // not a correction after all.
+                    self.totals.corrected = self.totals.corrected.saturating_sub(1);
+                } else {
+                    self.check_missed(ev.id, ev.ts_ns);
+                }
+            }
+            tokio_kind::SHUTDOWN => self.totals.shutdown += 1,
+            tokio_kind::POLL => {
+                self.totals.poll += 1;
+                let t = self.tasks.entry(ev.header).or_insert_with(|| Tracked {
+                    id: ev.id,
+                    vtable,
+                    // First poll of a task never seen: spawned no later.
+                    alive_since: Since::AtMost(ev.ts_ns),
+                    last_poll: None,
+                    state: None,
+                    owner_id: 0,
+                });
+                if t.id != ev.id {
+                    // The header was reused by a task we did not see spawn.
+                    *t = Tracked {
+                        id: ev.id,
+                        vtable,
+                        alive_since: Since::AtMost(ev.ts_ns),
+                        last_poll: None,
+                        state: None,
+                        owner_id: 0,
+                    };
+                }
+                t.last_poll = Some(ev.ts_ns);
+            }
+            tokio_kind::WAKE => self.totals.wake += 1,
+            _ => {}
+        }
+    }
+
+    /// A task we never saw spawn, yet alive after the first scan and newer
+    /// than anything it found: the spawn probes do not cover this runtime
+    /// (LTO inlined `bind_inner` into the spawn path of one scheduler
+    /// flavour, or the tasks are a LocalSet's). From then on every refresh
+    /// is a heap scan.
+    fn check_missed(&mut self, id: u64, seen_ns: u64) {
+        let Some((max_id, scan_end)) = self.first_scan else {
+            return;
+        };
+        if id <= max_id || seen_ns <= scan_end || !self.coverage.spawns {
+            return;
+        }
+        self.missed_spawns += 1;
+        self.coverage.spawns = false;
+        self.notes.push(
+            "the spawn probe (`OwnedTasks::bind_inner`) missed tasks of this runtime (inlined \
+             by LTO, or LocalSet tasks): new tasks are found by a heap scan at each refresh \
+             instead, so a task's age is known to within one refresh"
+                .into(),
+        );
+    }
+
+    /// Every live task now, read from the target.
+    pub fn views(&mut self, pid: u32, now_ns: u64) -> Result<Vec<TaskView>> {
+        if self.arm(pid)?.is_none() {
+            bail!("process {pid} is not running {} (yet)", self.path.display());
+        }
+        // Events are at most one ring poll (50 ms) late: an unannounced task
+        // still unannounced a refresh later was never reported.
+        let late: Vec<(u64, u64)> = self
+            .unannounced
+            .iter()
+            .filter(|&(_, &found)| now_ns.saturating_sub(found) > 200_000_000)
+            .map(|(&id, &found)| (id, found))
+            .collect();
+        for (id, found) in late {
+            self.unannounced.remove(&id);
+            self.check_missed(id, found);
+        }
+        let scan_due = !self.coverage.follows_lifecycle()
+            || self.next_scan.is_none_or(|t| Instant::now() >= t);
+        if scan_due {
+            let t0 = Instant::now();
+            self.merge_scan(pid, now_ns)?;
+            let cost = t0.elapsed();
+            // The first rescan comes soon: it is what tells whether the
+            // spawn probes see this runtime's spawns at all.
+            let every = if self.scans == 1 {
+                FIRST_RESCAN
+            } else {
+                RESCAN_EVERY
+            };
+            self.next_scan = Some(Instant::now() + every.max(cost * 20));
+        } else {
+            self.reread(pid);
+        }
+        Ok(self.build_views(pid))
+    }
+
+    fn merge_scan(&mut self, pid: u32, now_ns: u64) -> Result<()> {
+        let bias = self.bias.unwrap_or(0);
         let align = cell_align(self.bin.tokio_version);
         let heap =
             scan(pid, &self.bin.vtables, bias, align).context("scanning the heap for tasks")?;
-        let first_scan = self.scans == 0;
+        let first = self.scans == 0;
         self.scans += 1;
+        if first {
+            let max_id = heap.tasks.iter().map(|t| t.id).max().unwrap_or(0);
+            self.first_scan = Some((max_id, crate::runtime::monotonic_ns()));
+        }
         self.last_unstable = heap.unstable;
-        let mut seen = HashMap::with_capacity(heap.tasks.len());
-        let mut views = Vec::with_capacity(heap.tasks.len());
-        for task in &heap.tasks {
-            let (t, at_first_scan) = *self
-                .first_seen
-                .get(&task.id)
-                .unwrap_or(&(now_ns, first_scan));
-            seen.insert(task.id, (t, at_first_scan));
-            let since = if at_first_scan {
-                Since::AtMost(t)
-            } else {
-                Since::Exact(t)
-            };
-            let vtable = &self.bin.vtables[task.vtable];
+        let mut found: HashMap<u64, LiveTask> =
+            heap.tasks.into_iter().map(|t| (t.header, t)).collect();
+        // Tasks the table has but the scan did not find have finished,
+        // unless a probe saw them start while the scan was reading.
+        let probes = self.coverage.follows_lifecycle();
+        let before = self.tasks.len();
+        self.dropped.swap(0, 1);
+        let dropped = &mut self.dropped[0];
+        dropped.clear();
+        self.tasks.retain(|header, t| {
+            let alive = found.get(header).is_some_and(|live| live.id == t.id);
+            if !alive {
+                dropped.insert(t.id);
+            }
+            alive
+        });
+        if probes && !first {
+            self.totals.corrected += (before - self.tasks.len()) as u64;
+        }
+        let mut unseen = Vec::new();
+        for (header, live) in found.drain() {
+            let t = self.tasks.entry(header).or_insert_with(|| {
+                if probes && !first {
+                    // Alive, yet no probe saw it start: a LocalSet task, an
+                    // inlined spawn path, or a lost event.
+                    self.totals.corrected += 1;
+                    if live.owner_id != 0 {
+                        unseen.push(live.id);
+                    }
+                }
+                Tracked {
+                    id: live.id,
+                    vtable: live.vtable,
+                    alive_since: Since::AtMost(now_ns),
+                    last_poll: None,
+                    state: None,
+                    owner_id: 0,
+                }
+            });
+            t.state = Some(live.state);
+            t.owner_id = live.owner_id;
+        }
+        let now = crate::runtime::monotonic_ns();
+        self.unannounced.extend(unseen.into_iter().map(|id| (id, now)));
+        Ok(())
+    }
+
+    /// Re-read every known header; drop what finished without our noticing.
+    fn reread(&mut self, pid: u32) {
+        let mem = Memory::new(pid);
+        let bias = self.bias.unwrap_or(0);
+        let vtables = &self.bin.vtables;
+        let before = self.tasks.len();
+        self.dropped.swap(0, 1);
+        let dropped = &mut self.dropped[0];
+        dropped.clear();
+        self.tasks.retain(|&header, t| {
+            match read_task(&mem, header, &vtables[t.vtable], t.vtable, bias) {
+                Some(live) if live.id == t.id && live.state.is_plausible_live() => {
+                    t.state = Some(live.state);
+                    t.owner_id = live.owner_id;
+                    true
+                }
+                // Finished (its completion event is on its way, or was lost),
+                // or the cell was freed and reused.
+                _ => {
+                    dropped.insert(t.id);
+                    false
+                }
+            }
+        });
+        self.totals.corrected += (before - self.tasks.len()) as u64;
+    }
+
+    fn build_views(&mut self, _pid: u32) -> Vec<TaskView> {
+        let mut views = Vec::with_capacity(self.tasks.len());
+        for (&header, t) in &self.tasks {
+            // Spawned since the last read: not polled yet, so scheduled.
+            let state = t.state.unwrap_or(StateWord(0b100 | (1 << 6)));
+            let vt = &self.bin.vtables[t.vtable];
             let name = Frame {
-                function: vtable.display_name().into(),
+                function: vt.display_name().into(),
                 file: "".into(),
                 line: 0,
             };
-            let state = task.state.task_state();
+            let task_state = state.task_state();
+            let idle = task_state.is_waiting();
+            let blocked_since = match (idle, self.coverage.polls, t.last_poll) {
+                (true, true, Some(ts)) => Some(Since::Exact(ts)),
+                // Not polled since the poll probes went live.
+                (true, true, None) => Some(Since::AtMost(self.probes_since.max(t.alive_since.ns()))),
+                _ => None,
+            };
+            let stack: Vec<Frame> = Vec::new(); // AWAITS
+            let blocked_at = stack
+                .iter()
+                .find(|f| !is_library_frame(&f.function))
+                .cloned();
+            let stack = self
+                .stacks
+                .entry(stack)
+                .or_insert_with_key(|s| Arc::from(s.as_slice()))
+                .clone();
             views.push(TaskView {
-                key: task.header,
-                id: task.id,
-                never_ends: task.state.lost_waker(),
+                key: header,
+                id: t.id,
+                never_ends: state.lost_waker(),
                 // Blocking-pool tasks: the runtime's, and not what
                 // num_alive_tasks() counts.
-                system: !task.counted_by_tokio(),
+                system: t.owner_id == 0 || vt.is_blocking(),
                 created_by: name.clone(),
                 start: name,
-                stack: Arc::from(Vec::new()),
-                blocked_at: None,
-                blocked_since: state.is_waiting().then_some(since),
-                alive_since: since,
-                state,
+                stack,
+                blocked_at,
+                blocked_since,
+                alive_since: t.alive_since,
+                state: task_state,
                 stack_unstable: false,
             });
         }
-        self.first_seen = seen;
-        Ok(views)
+        views
     }
+}
+
+/// Frames of tokio and the standard library, skipped when naming where a
+/// task is stuck (the program's own `.await` is the useful line).
+fn is_library_frame(function: &str) -> bool {
+    ["tokio::", "core::", "std::", "alloc::", "futures_"]
+        .iter()
+        .any(|p| function.starts_with(p))
 }

@@ -1,0 +1,121 @@
+//! tokio task lifecycle probes.
+//!
+//! One program serves every tokio attach point; the cookie says which event
+//! it is and where the task pointer is expected (see
+//! [`leaktrace_common::tokio_cookie`]). The vtable functions (`raw::poll`,
+//! `raw::shutdown`) take the header as their first argument by the fn-pointer
+//! ABI, but `bind_inner` and `Schedule::release` are ordinary functions whose
+//! argument shape LTO may change (`&Task` promoted to the header itself), so
+//! every candidate is validated: a header's +16 word must be a vtable the
+//! loader put into [`TOKIO_VTABLES`].
+use aya_ebpf::{
+    EbpfContext,
+    helpers::{bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::{map, uprobe},
+    maps::HashMap,
+    programs::ProbeContext,
+};
+use leaktrace_common::TokioEvent;
+
+use crate::maps::{emit, read_u64};
+
+/// Run-time vtable address → `id_offset` of the tasks using it. Filled by
+/// the loader from the binary's vtables (load bias applied).
+#[map]
+static TOKIO_VTABLES: HashMap<u64, u64> = HashMap::with_max_entries(8192, 0);
+
+/// `Header.vtable` is the third word of every tokio ≥ 1.21 task header.
+const HEADER_VTABLE: u64 = 16;
+
+/// A state word whose reference count no live task can have: stack slots
+/// and freed memory that happen to hold a vtable address are rejected.
+const MAX_REFS: u64 = 1 << 20;
+
+/// `(vtable, id)` if `p` points at a live-looking task header: its +16 word
+/// is a known vtable, its state word holds a plausible reference count, and
+/// its id is set.
+#[inline(always)]
+fn header_at(p: u64) -> Option<(u64, u64)> {
+    if p < 4096 {
+        return None;
+    }
+    let vtable = read_u64(p + HEADER_VTABLE);
+    let id_offset = unsafe { TOKIO_VTABLES.get(&vtable) }?;
+    let refs = read_u64(p) >> 6;
+    if refs == 0 || refs >= MAX_REFS {
+        return None;
+    }
+    let id = read_u64(p + *id_offset);
+    (id != 0).then_some((vtable, id))
+}
+
+/// One candidate: `p` itself or, `deref`, the word it points at.
+#[inline(always)]
+fn try_shape(p: u64, deref: bool, tag: u8) -> Option<(u64, u64, u64, u8)> {
+    let h = if deref { read_u64(p) } else { p };
+    let (vt, id) = header_at(h)?;
+    Some((h, vt, id, tag * 2 + deref as u8))
+}
+
+/// One register, in the order the cookie says (a reference argument is
+/// most likely a pointer to the task pointer).
+#[inline(always)]
+fn try_arg(p: u64, tag: u8, deref_first: bool) -> Option<(u64, u64, u64, u8)> {
+    try_shape(p, deref_first, tag).or_else(|| try_shape(p, !deref_first, tag))
+}
+
+/// The task the probe's arguments point at: the cookie's register first,
+/// then the other two. Written without indexing: a bounds check would
+/// leave a panic path the verifier refuses.
+#[inline(always)]
+fn find_task(
+    rdi: u64,
+    rsi: u64,
+    rdx: u64,
+    preferred: u8,
+    deref_first: bool,
+) -> Option<(u64, u64, u64, u8)> {
+    let (a, b, c) = match preferred {
+        0 => ((rdi, 0), (rsi, 1), (rdx, 2)),
+        1 => ((rsi, 1), (rdi, 0), (rdx, 2)),
+        _ => ((rdx, 2), (rdi, 0), (rsi, 1)),
+    };
+    try_arg(a.0, a.1, deref_first)
+        .or_else(|| try_arg(b.0, b.1, deref_first))
+        .or_else(|| try_arg(c.0, c.1, deref_first))
+}
+
+#[uprobe]
+pub fn tokio_task(ctx: ProbeContext) -> u32 {
+    // Copied out first: the verifier refuses loads through a context
+    // pointer the compiler has offset (as indexing the registers would).
+    let regs = unsafe { &*ctx.regs };
+    let (rdi, rsi, rdx) = unsafe {
+        (
+            core::ptr::read_volatile(&regs.rdi),
+            core::ptr::read_volatile(&regs.rsi),
+            core::ptr::read_volatile(&regs.rdx),
+        )
+    };
+    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    let kind = cookie as u8;
+    let preferred = (cookie >> 8) as u8;
+    let deref_first = (cookie >> 16) & 1 == 1;
+    // No match is not an error: `release` also runs for tasks of schedulers
+    // whose vtables we were not told about, and a probe must stay silent
+    // and cheap on paths it does not understand.
+    let Some((header, vtable, id, found_as)) = find_task(rdi, rsi, rdx, preferred, deref_first) else {
+        return 0;
+    };
+    emit(TokioEvent {
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        header,
+        id,
+        vtable,
+        tid: bpf_get_current_pid_tgid() as u32,
+        kind,
+        found_as,
+        _pad: [0; 2],
+    });
+    0
+}
