@@ -104,7 +104,8 @@ pub fn tokio_task(ctx: ProbeContext) -> u32 {
     // No match is not an error: `release` also runs for tasks of schedulers
     // whose vtables we were not told about, and a probe must stay silent
     // and cheap on paths it does not understand.
-    let Some((header, vtable, id, found_as)) = find_task(rdi, rsi, rdx, preferred, deref_first) else {
+    let Some((header, vtable, id, found_as)) = find_task(rdi, rsi, rdx, preferred, deref_first)
+    else {
         return 0;
     };
     emit(TokioEvent {

@@ -15,26 +15,27 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
+use leaktrace_common::{GoConfig, TokioEvent};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
     sync::mpsc::UnboundedReceiver,
     time::{Instant, MissedTickBehavior, interval, sleep_until},
 };
-use leaktrace_common::{GoConfig, TokioEvent};
 
 use crate::{
     aggregate::{
         groups::{Group, GroupKey, group},
         live::LiveTable,
+        threads::ThreadTable,
         trend::Trends,
         verdict::{Rules, Verdict, judge},
     },
     cli::{Args, Color, Format},
-    probes::{Probes, ring::RingReader},
+    probes::{Probes, ring::RingReader, threads::ThreadProbes},
     report::{
         json,
-        model::{BlockedSpan, EventTotals, GroupReport, Report, TargetInfo},
+        model::{BlockedSpan, EventTotals, GroupReport, Report, TargetInfo, ThreadsReport},
         text::{self, TextStyle},
     },
     runtime::{
@@ -166,6 +167,8 @@ struct Reporting<'a> {
     trends: Trends<SiteKey>,
     started: Instant,
     notes: Vec<String>,
+    /// The latest thread sample, when threads are tracked.
+    threads: Option<ThreadsReport>,
 }
 
 impl<'a> Reporting<'a> {
@@ -196,6 +199,7 @@ impl<'a> Reporting<'a> {
             trends: Trends::new(600),
             started: Instant::now(),
             notes,
+            threads: None,
         })
     }
 
@@ -270,7 +274,7 @@ impl<'a> Reporting<'a> {
             groups: reports,
             groups_omitted: omitted,
             notes: self.notes.clone(),
-            threads: None,
+            threads: self.threads.clone(),
         }
     }
 
@@ -329,6 +333,7 @@ async fn run_go(args: &Args, bin: &GoBinary, mut target: Target) -> Result<i32> 
     let mut table = LiveTable::default();
     let mut notes = Vec::new();
     let is_child = matches!(target, Target::Command(_));
+    let mut threads = Threads::start(&mut probes, pid, &mut warnings);
     if let Target::Command(child) = &mut target {
         child.release()?;
     }
@@ -401,6 +406,9 @@ async fn run_go(args: &Args, bin: &GoBinary, mut target: Target) -> Result<i32> 
                     views = reader.views(&mut table, snapshot_ns);
                     rep.record(&views);
                 }
+                if let Some(t) = threads.as_mut() {
+                    t.sample(&mut rep);
+                }
                 // Reading a huge goroutine table costs leaktrace CPU (never the
                 // target's time): keep that under a fifth of one core.
                 next_sample = Instant::now() + sample_every.max(t0.elapsed() * 5);
@@ -431,6 +439,9 @@ async fn run_go(args: &Args, bin: &GoBinary, mut target: Target) -> Result<i32> 
         if bias.is_some() {
             views = reader.views(&mut table, snapshot_ns);
             rep.record(&views);
+        }
+        if let Some(t) = threads.as_mut() {
+            t.sample(&mut rep);
         }
         if is_child {
             rep.stop_child(pid);
@@ -466,11 +477,12 @@ async fn run_tokio(args: &Args, mut tracer: TokioTracer, mut target: Target) -> 
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<TokioEvent>>();
     let logger = probes.take_logger();
     let mut ring = RingReader::spawn(probes.take_ring()?, logger, tx);
+    let mut warnings = tracer.warnings();
+    warnings.extend(plan.notes.iter().cloned());
+    let mut threads = Threads::start(&mut probes, pid, &mut warnings);
     if let Target::Command(child) = &mut target {
         child.release()?;
     }
-    let mut warnings = tracer.warnings();
-    warnings.extend(plan.notes.iter().cloned());
     eprintln!(
         "Attaching to pid {pid} ({exe_display}, {}), {} task types, {} probes; Ctrl-C for the final report.",
         tracer.version(),
@@ -514,6 +526,9 @@ async fn run_tokio(args: &Args, mut tracer: TokioTracer, mut target: Target) -> 
                       rx: &mut UnboundedReceiver<Vec<TokioEvent>>,
                       views: &mut Vec<TaskView>,
                       rep: &mut Reporting| {
+        if let Some(t) = threads.as_mut() {
+            t.sample(rep);
+        }
         if !armed {
             match tracer.arm(pid).and_then(|v| match v {
                 Some(vtables) => arm_probes(probes, &vtables).map(|()| true),
@@ -686,4 +701,36 @@ fn pidfd(pid: u32) -> Result<AsyncFd<OwnedFd>> {
     // SAFETY: the OwnedFd keeps the descriptor open for the AsyncFd's life.
     unsafe { AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("registering the pidfd with tokio: {e}"))
+}
+
+/// OS threads of the target, tracked beside its tasks: a thread pool that
+/// only grows is a leak tasks cannot show.
+struct Threads {
+    probes: ThreadProbes,
+    table: ThreadTable,
+}
+
+impl Threads {
+    /// Attach, then list the threads already there (in that order, so none
+    /// falls in between). Thread tracking is an addition: failing to start
+    /// it is a warning, not an error.
+    fn start(probes: &mut Probes, pid: u32, warnings: &mut Vec<String>) -> Option<Self> {
+        let started = ThreadProbes::attach(probes.ebpf_mut(), pid).and_then(|tp| {
+            let table = ThreadTable::seed(pid).context("listing the target's threads")?;
+            Ok(Self { probes: tp, table })
+        });
+        match started {
+            Ok(t) => Some(t),
+            Err(e) => {
+                warnings.push(format!("threads are not tracked: {e:#}"));
+                None
+            }
+        }
+    }
+
+    /// One sample: take the records waiting, then the table's view now.
+    fn sample(&mut self, rep: &mut Reporting) {
+        self.probes.drain(&mut self.table);
+        rep.threads = Some(self.table.report(monotonic_ns()));
+    }
 }

@@ -15,8 +15,8 @@ use std::{
     thread::JoinHandle,
 };
 
-use aya::maps::{MapData, RingBuf};
 use aya::Pod;
+use aya::maps::{MapData, RingBuf};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::Logger;

@@ -22,14 +22,18 @@ pub fn write(out: &mut dyn Write, report: &Report, style: &TextStyle) -> Result<
     };
     let t = &report.target;
     let e = &report.events;
-    let tasks = if t.runtime == "go" {
-        "goroutines"
+    let go = t.runtime == "go";
+    let tasks = if go { "goroutines" } else { "tasks" };
+    // tokio has no park event: idleness is read from memory.
+    let parks = if go {
+        format!(", {} parks", e.park)
     } else {
-        "tasks"
+        String::new()
     };
+    let exited = if go { "exited" } else { "completed" };
     writeln!(
         out,
-        "{} {} {tasks} live in pid {} ({} {}), {} runtime; after {}: {} spawned, {} exited, {} parks, {} lost",
+        "{} {} {tasks} live in pid {} ({} {}), {} runtime; after {}: {} spawned, {} {exited}{parks}, {} lost",
         paint(
             "1",
             if report.is_final {
@@ -46,7 +50,6 @@ pub fn write(out: &mut dyn Write, report: &Report, style: &TextStyle) -> Result<
         human_secs(report.elapsed_s),
         e.spawn,
         e.exit,
-        e.park,
         e.lost,
     )?;
     if let (Some(polls), Some(wakes)) = (e.poll, e.wake) {
@@ -140,15 +143,16 @@ fn write_group(
     writeln!(out, "          {}", g.why)?;
     if style.stacks {
         for f in &g.stack {
-            writeln!(
-                out,
-                "            {}\n                {}:{}",
-                f.function, f.file, f.line
-            )?;
+            writeln!(out, "            {}", f.function)?;
+            // A tokio await chain ends in a leaf future known by type only.
+            if !f.file.is_empty() {
+                writeln!(out, "                {}:{}", f.file, f.line)?;
+            }
         }
         if !g.sample_ids.is_empty() {
             let ids: Vec<String> = g.sample_ids.iter().map(u64::to_string).collect();
-            writeln!(out, "            e.g. goroutines {}", ids.join(", "))?;
+            let noun = if go { "goroutines" } else { "task ids" };
+            writeln!(out, "            e.g. {noun} {}", ids.join(", "))?;
         }
     }
     Ok(())

@@ -24,6 +24,7 @@ use anyhow::{Context as _, Result, bail};
 use leaktrace_common::{TokioEvent, tokio_kind};
 
 use super::{
+    await_points::AwaitDecoder,
     binary::{RustBinary, TokioError, detect},
     heap_scan::{LiveTask, cell_align, exe_load_bias, read_task, scan},
     probe_points::{TokioPlan, plan},
@@ -113,6 +114,8 @@ pub struct TokioTracer {
     unannounced: HashMap<u64, u64>,
     /// Said once, in the report's notes.
     pub notes: Vec<String>,
+    /// Where idle tasks await (full DWARF only).
+    awaits: Option<AwaitDecoder>,
     /// Interned await stacks, so equal stacks are shared (grouping relies on it).
     stacks: HashMap<Vec<Frame>, Arc<[Frame]>>,
 }
@@ -122,6 +125,7 @@ impl TokioTracer {
         let elf = ElfFile::open(path)
             .map_err(|e| TokioError::NotTokio(format!("cannot read {}: {e}", path.display())))?;
         let bin = detect(&elf)?;
+        let awaits = AwaitDecoder::load(&elf, &bin.vtables);
         Ok(Self {
             bin,
             elf,
@@ -140,6 +144,7 @@ impl TokioTracer {
             dropped: Default::default(),
             unannounced: HashMap::new(),
             notes: Vec::new(),
+            awaits,
             stacks: HashMap::new(),
         })
     }
@@ -199,7 +204,7 @@ impl TokioTracer {
             );
         }
         w.extend(self.bin.naming_warning());
-        if self.bin.has_symtab && !self.bin.has_dwarf {
+        if self.bin.has_symtab && self.awaits.is_none() {
             w.push(
                 "tokio: no type information (DWARF) in the binary, so where an idle task is \
                  awaiting is unknown; `debug = true` in the release profile adds it (no \
@@ -425,7 +430,8 @@ impl TokioTracer {
             t.owner_id = live.owner_id;
         }
         let now = crate::runtime::monotonic_ns();
-        self.unannounced.extend(unseen.into_iter().map(|id| (id, now)));
+        self.unannounced
+            .extend(unseen.into_iter().map(|id| (id, now)));
         Ok(())
     }
 
@@ -456,7 +462,8 @@ impl TokioTracer {
         self.totals.corrected += (before - self.tasks.len()) as u64;
     }
 
-    fn build_views(&mut self, _pid: u32) -> Vec<TaskView> {
+    fn build_views(&mut self, pid: u32) -> Vec<TaskView> {
+        let mem = Memory::new(pid);
         let mut views = Vec::with_capacity(self.tasks.len());
         for (&header, t) in &self.tasks {
             // Spawned since the last read: not polled yet, so scheduled.
@@ -472,13 +479,30 @@ impl TokioTracer {
             let blocked_since = match (idle, self.coverage.polls, t.last_poll) {
                 (true, true, Some(ts)) => Some(Since::Exact(ts)),
                 // Not polled since the poll probes went live.
-                (true, true, None) => Some(Since::AtMost(self.probes_since.max(t.alive_since.ns()))),
+                (true, true, None) => {
+                    Some(Since::AtMost(self.probes_since.max(t.alive_since.ns())))
+                }
                 _ => None,
             };
-            let stack: Vec<Frame> = Vec::new(); // AWAITS
+            let mut stack: Vec<Frame> = Vec::new();
+            if idle && let Some(awaits) = &self.awaits {
+                let mut read = |addr: u64, len: usize| {
+                    let mut b = vec![0u8; len];
+                    mem.read(addr, &mut b).ok().map(|()| b)
+                };
+                stack = awaits
+                    .stack(t.vtable, header, &mut read)
+                    .into_iter()
+                    .map(|p| Frame {
+                        function: p.function.into(),
+                        file: p.file.into(),
+                        line: p.line,
+                    })
+                    .collect();
+            }
             let blocked_at = stack
                 .iter()
-                .find(|f| !is_library_frame(&f.function))
+                .find(|f| f.line != 0 && !is_library_frame(&f.function))
                 .cloned();
             let stack = self
                 .stacks
