@@ -15,7 +15,13 @@
 //!    above it;
 //! 4. attach: time to the first report on a large binary and on 100,000
 //!    goroutines, and whether the target stalls meanwhile (1 ms ticker);
-//! 5. memory: leaktrace's peak RSS per live goroutine.
+//! 5. memory: leaktrace's peak RSS per live goroutine;
+//! 6. tokio: per-task and per-poll cost on tests/fixtures/rust's spawn and
+//!    poll benchmarks, default and detailed mode, against bpftrace at the
+//!    same functions (bench/tokio.rs).
+//!
+//! `--only` runs some sections and, if the output file exists, replaces just
+//! those sections in it, so the rest of a full run's results stays.
 //!
 //! Benchmarks are not tests: nothing here asserts a timing.
 use std::{
@@ -34,6 +40,8 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{demo::build_go_program, setup, util};
 
+mod tokio;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Section {
     Churn,
@@ -41,6 +49,14 @@ pub enum Section {
     Throughput,
     Attach,
     Memory,
+    Tokio,
+}
+
+impl Section {
+    /// Its number in RESULTS.md (`## N. …`), by which `--only` finds it.
+    fn number(self) -> usize {
+        self as usize + 1
+    }
 }
 
 #[derive(clap::Args)]
@@ -161,6 +177,7 @@ pub fn run(o: &Options) -> Result<()> {
             Section::Throughput,
             Section::Attach,
             Section::Memory,
+            Section::Tokio,
         ]
     } else {
         o.only.clone()
@@ -200,44 +217,114 @@ pub fn run(o: &Options) -> Result<()> {
     machine_section(&mut md, &plan, &tools, &did, &load_before)?;
 
     let mut rss = None;
-    for s in &sections {
+    let mut chunks = Vec::new();
+    for &s in &sections {
         let t = Instant::now();
         let load = loadavg();
+        let mut sec = Markdown::default();
         let r = match s {
-            Section::Churn => churn_section(&mut md, &plan, &tools),
-            Section::Http => http_section(&mut md, &plan, &tools),
-            Section::Throughput => throughput_section(&mut md, &plan, &tools),
-            Section::Attach => attach_section(&mut md, &plan, &tools, &mut rss),
-            Section::Memory => memory_section(&mut md, &plan, &tools, rss),
+            Section::Churn => churn_section(&mut sec, &plan, &tools),
+            Section::Http => http_section(&mut sec, &plan, &tools),
+            Section::Throughput => throughput_section(&mut sec, &plan, &tools),
+            Section::Attach => attach_section(&mut sec, &plan, &tools, &mut rss),
+            Section::Memory => memory_section(&mut sec, &plan, &tools, rss),
+            Section::Tokio => tokio::section(&mut sec, &plan, &tools),
         };
         if let Err(e) = r {
-            md.line(&format!("**This section failed:** {e:#}"));
+            sec.line(&format!("**This section failed:** {e:#}"));
             eprintln!("bench: section {s:?} failed: {e:#}");
         }
-        md.line(&format!(
+        sec.line(&format!(
             "_Section took {:.0} s; load average at its start: {load}._",
             t.elapsed().as_secs_f64()
         ));
+        // A section that failed before its heading still needs one, or
+        // `--only` could not find it again.
+        if !sec.text.starts_with("## ") {
+            sec.text = format!("## {}. {s:?}\n\n{}", s.number(), sec.text);
+        }
+        chunks.push((s, sec.text));
     }
-    md.h2("Load");
-    md.line(&format!(
-        "Load average (1, 5, 15 min) before: {load_before}; after: {}. Whole run: {:.0} s.",
-        loadavg(),
-        started.elapsed().as_secs_f64()
-    ));
 
     let out = if o.out.is_absolute() {
         o.out.clone()
     } else {
         util::workspace_root().join(&o.out)
     };
+    let earlier = (!o.only.is_empty())
+        .then(|| std::fs::read_to_string(&out).ok())
+        .flatten()
+        .filter(|t| t.starts_with("# leaktrace benchmarks"));
+    let text = if let Some(earlier) = earlier {
+        let note = format!(
+            "_Regenerated alone by `cargo xtask bench{} --only {}` on {}, {} runs per figure; \
+             the rest of this file is from the run named at the top._\n\n",
+            if plan.quick { " --quick" } else { "" },
+            sections
+                .iter()
+                .map(|s| format!("{s:?}").to_lowercase())
+                .collect::<Vec<_>>()
+                .join(","),
+            command_out("date", &["-u", "+%Y-%m-%d %H:%M UTC"]).unwrap_or_default(),
+            plan.runs,
+        );
+        splice_sections(&earlier, &chunks, &note)
+    } else {
+        for (_, c) in &chunks {
+            md.text.push_str(c);
+        }
+        md.h2("Load");
+        md.line(&format!(
+            "Load average (1, 5, 15 min) before: {load_before}; after: {}. Whole run: {:.0} s.",
+            loadavg(),
+            started.elapsed().as_secs_f64()
+        ));
+        md.text
+    };
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    std::fs::write(&out, &md.text).with_context(|| format!("writing {}", out.display()))?;
-    println!("{}", md.text);
+    std::fs::write(&out, &text).with_context(|| format!("writing {}", out.display()))?;
+    println!("{text}");
     eprintln!("bench: wrote {}", out.display());
     Ok(())
+}
+
+/// `text` with each `(section, chunk)` in place of that section's `## N. …`
+/// block (up to the next `## ` heading), or inserted before the first later
+/// section (or `## Load`) if it has none yet; `note` ends each chunk.
+fn splice_sections(text: &str, chunks: &[(Section, String)], note: &str) -> String {
+    let mut text = text.to_string();
+    for (s, chunk) in chunks {
+        let n = s.number();
+        // (offset, section number or None) of every `## ` line.
+        let heads: Vec<(usize, Option<usize>)> = text
+            .match_indices("## ")
+            .filter(|(at, _)| *at == 0 || text.as_bytes()[at - 1] == b'\n')
+            .map(|(at, _)| {
+                let num = text[at + 3..]
+                    .split('.')
+                    .next()
+                    .and_then(|d| d.parse().ok());
+                (at, num)
+            })
+            .collect();
+        let new = format!("{chunk}{note}");
+        match heads.iter().position(|h| h.1 == Some(n)) {
+            Some(i) => {
+                let end = heads.get(i + 1).map_or(text.len(), |h| h.0);
+                text.replace_range(heads[i].0..end, &new);
+            }
+            None => {
+                let at = heads
+                    .iter()
+                    .find(|h| h.1.is_some_and(|m| m > n) || text[h.0..].starts_with("## Load"))
+                    .map_or(text.len(), |h| h.0);
+                text.insert_str(at, &new);
+            }
+        }
+    }
+    text
 }
 
 // ---------------------------------------------------------------- setup
@@ -251,7 +338,7 @@ fn on_path(bin: &str) -> bool {
 /// apt packages the sections need (bpftrace, wrk, GNU time); what was done.
 fn install_tools(sections: &[Section]) -> Result<Vec<String>> {
     let mut want = vec![("time", "/usr/bin/time")];
-    if sections.contains(&Section::Churn) {
+    if sections.contains(&Section::Churn) || sections.contains(&Section::Tokio) {
         want.push(("bpftrace", "bpftrace"));
     }
     if sections.contains(&Section::Http) {
@@ -854,6 +941,9 @@ struct Events {
     exit: f64,
     lost: f64,
     live: f64,
+    /// tokio only (NaN in a Go report): polls and wakes, seen with --detailed.
+    poll: f64,
+    wake: f64,
 }
 
 impl Events {
@@ -878,6 +968,8 @@ fn last_report(path: &Path) -> Result<Events> {
         exit: get("exit"),
         lost: get("lost"),
         live: num_after(last, "\"live\":").unwrap_or(f64::NAN),
+        poll: get("poll"),
+        wake: get("wake"),
     })
 }
 
@@ -2209,5 +2301,22 @@ mod tests {
         assert_eq!(total, 1234.0);
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+    }
+
+    #[test]
+    fn only_replaces_its_own_sections() {
+        let full = "# leaktrace benchmarks\n\n## Machine and method\n\nm\n\n## 1. Churn\n\nold 1\n\n\
+                    ## 4. Attach\n\nold 4\n\n## Load\n\nl\n";
+        let chunks = [
+            (Section::Churn, "## 1. Churn\n\nnew 1\n\n".to_string()),
+            (Section::Tokio, "## 6. Tokio\n\nnew 6\n\n".to_string()),
+            (Section::Http, "## 2. Http\n\nnew 2\n\n".to_string()),
+        ];
+        assert_eq!(
+            splice_sections(full, &chunks, "_n_\n\n"),
+            "# leaktrace benchmarks\n\n## Machine and method\n\nm\n\n## 1. Churn\n\nnew 1\n\n_n_\n\n\
+             ## 2. Http\n\nnew 2\n\n_n_\n\n## 4. Attach\n\nold 4\n\n## 6. Tokio\n\nnew 6\n\n_n_\n\n\
+             ## Load\n\nl\n"
+        );
     }
 }

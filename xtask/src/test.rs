@@ -60,7 +60,7 @@ pub fn run(o: &Options) -> Result<()> {
     leftovers
 }
 
-/// Programs are named go_spawn/go_park/go_exit; none may stay loaded, and no
+/// Programs are named go_*, tokio_task and thread_*; none may stay loaded, and no
 /// fixture process may outlive the suite.
 fn check_leftovers() -> Result<()> {
     let mut problems = Vec::new();
@@ -69,9 +69,17 @@ fn check_leftovers() -> Result<()> {
         let ours: Vec<&str> = text
             .lines()
             .filter(|l| {
-                ["go_spawn", "go_park", "go_exit"]
-                    .iter()
-                    .any(|n| l.contains(n))
+                [
+                    "go_spawn",
+                    "go_park",
+                    "go_exit",
+                    "tokio_task",
+                    "thread_newtask",
+                    "thread_rename",
+                    "thread_exit",
+                ]
+                .iter()
+                .any(|n| l.contains(n))
             })
             .collect();
         if !ours.is_empty() {

@@ -64,7 +64,9 @@ impl NativeSymbols {
     pub fn new(pid: u32) -> Self {
         Self {
             pid,
-            exe: std::fs::read_link(format!("/proc/{pid}/exe")).ok(),
+            // Read at the first stack: with `-c` the target has not called
+            // exec yet when the probes attach.
+            exe: None,
             regions: Vec::new(),
             modules: HashMap::new(),
             maps_fresh: false,
@@ -75,6 +77,9 @@ impl NativeSymbols {
     /// it called into the library that made the thread.
     pub fn spawn_site(&mut self, stack: &StackCopy<'_>) -> Option<Frame> {
         self.maps_fresh = false;
+        if self.exe.is_none() {
+            self.exe = std::fs::read_link(format!("/proc/{}/exe", self.pid)).ok();
+        }
         let pcs = unwind::unwind(stack, self, MAX_FRAMES);
         pcs.iter().enumerate().find_map(|(i, &pc)| {
             let lookup = if i == 0 { pc } else { pc - 1 };

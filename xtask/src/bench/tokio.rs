@@ -1,0 +1,681 @@
+//! Section 6: what leaktrace costs a tokio program, per task and per poll.
+//!
+//! The target is tests/fixtures/rust's `tokio-fixture` (release profile) in
+//! its two benchmark modes: `spawnbench` (one task spawns trivial tasks in
+//! batches of 1,000 and awaits them) and `pollbench` (one task yields N
+//! times). Each times its own loop, after a 10 % warm-up, so leaktrace's
+//! attach and final report never count.
+//!
+//! Configurations, interleaved per round: untraced; leaktrace attached by
+//! pid in default mode (probes once per task) and with `--detailed` (every
+//! poll and wake too); and bpftrace with a bare `count()` at the same
+//! functions for each mode, the floor any uprobe-based tracer pays there.
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::Command,
+    thread::sleep,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use super::{
+    Events, Markdown, Plan, Proc, Tools, capture, command_out, fmt_med, last_report, median,
+    num_after, ratio,
+};
+use crate::util;
+
+/// How long the fixture sleeps before it starts measuring: leaktrace --pid
+/// attaches in about 0.1 s here, and what it reads right after attaching
+/// should be done before the program's clock starts. Every configuration
+/// gets the same command line, so the untraced runs sleep too.
+const DELAY: Duration = Duration::from_millis(1500);
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Bench {
+    Spawn,
+    Poll,
+}
+
+impl Bench {
+    fn mode(self) -> &'static str {
+        match self {
+            Bench::Spawn => "spawnbench",
+            Bench::Poll => "pollbench",
+        }
+    }
+
+    /// The line the fixture prints its result on.
+    fn key(self) -> &'static str {
+        match self {
+            Bench::Spawn => "spawn_ns_per_task ",
+            Bench::Poll => "poll_ns ",
+        }
+    }
+
+    fn unit(self) -> &'static str {
+        match self {
+            Bench::Spawn => "task",
+            Bench::Poll => "yield",
+        }
+    }
+
+    fn n(self, plan: &Plan) -> u64 {
+        match (self, plan.quick) {
+            (Bench::Spawn, false) => 300_000,
+            (Bench::Spawn, true) => 100_000,
+            (Bench::Poll, false) => 1_000_000,
+            (Bench::Poll, true) => 300_000,
+        }
+    }
+
+    /// Operations in a whole run, warm-up included: what the probes see,
+    /// while the fixture's figure covers the last `n` only.
+    fn ops(self, n: u64) -> f64 {
+        match self {
+            Bench::Spawn => (n + n / 10 + 1) as f64,
+            Bench::Poll => (n + n / 10) as f64,
+        }
+    }
+}
+
+#[derive(Clone)]
+enum Cfg {
+    Untraced,
+    Leaktrace {
+        bin: PathBuf,
+        detailed: bool,
+    },
+    /// bpftrace `count()` at leaktrace's functions for that mode.
+    Floor {
+        detailed: bool,
+    },
+}
+
+/// The functions leaktrace probes in the fixture, by mangled name.
+#[derive(Default)]
+struct Points {
+    spawn: Vec<String>,
+    complete: Vec<String>,
+    shutdown: Vec<String>,
+    poll: Vec<String>,
+    wake: Vec<String>,
+}
+
+/// leaktrace's probe points (leaktrace/src/runtime/tokio/probe_points.rs)
+/// found again with `nm`, by the same demangled-name tests, so that bpftrace
+/// counts at exactly those functions. xtask cannot link leaktrace itself.
+fn points(bin: &Path) -> Result<Points> {
+    let nm = |demangle: bool| -> Result<Vec<(String, String)>> {
+        let mut c = Command::new("nm");
+        // Symbol-table order, so both listings line up row by row.
+        c.args(["--no-sort", "--defined-only"]);
+        if demangle {
+            c.arg("--demangle");
+        }
+        let o = c.arg(bin).output().context("nm (binutils)")?;
+        if !o.status.success() {
+            bail!("nm failed: {}", String::from_utf8_lossy(&o.stderr));
+        }
+        Ok(String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.splitn(3, ' ');
+                let (addr, kind, name) = (f.next()?, f.next()?, f.next()?);
+                matches!(kind, "t" | "T").then(|| (addr.to_string(), name.to_string()))
+            })
+            .collect())
+    };
+    let (raw, demangled) = (nm(false)?, nm(true)?);
+    if raw.len() != demangled.len() {
+        bail!(
+            "nm listed {} symbols, demangled {}",
+            raw.len(),
+            demangled.len()
+        );
+    }
+    let mut p = Points::default();
+    // Aliases at one address would make bpftrace count one call twice.
+    let mut seen = std::collections::BTreeSet::new();
+    for ((addr, name), (addr_d, d)) in raw.into_iter().zip(demangled) {
+        if addr != addr_d {
+            bail!("nm's two listings differ at {addr} / {addr_d}");
+        }
+        let list = if d.contains("tokio::runtime::task::list::OwnedTasks<")
+            && d.ends_with(">::bind_inner")
+        {
+            &mut p.spawn
+        } else if d.ends_with(">::release")
+            && (d.contains(" as tokio::runtime::task::Schedule>")
+                || d.contains("<impl tokio::runtime::task::Schedule for "))
+            && !d.contains("BlockingSchedule")
+        {
+            &mut p.complete
+        } else if d == "tokio::runtime::task::raw::shutdown" {
+            &mut p.shutdown
+        } else if d == "tokio::runtime::task::raw::poll" {
+            &mut p.poll
+        } else if matches!(
+            d.as_str(),
+            "tokio::runtime::task::waker::wake_by_val" | "tokio::runtime::task::waker::wake_by_ref"
+        ) {
+            &mut p.wake
+        } else {
+            continue;
+        };
+        if seen.insert(addr) {
+            list.push(name);
+        }
+    }
+    if p.spawn.is_empty() || p.complete.is_empty() || p.poll.is_empty() {
+        bail!(
+            "leaktrace's probe points not all found in {} (bind_inner {}, release {}, poll {})",
+            bin.display(),
+            p.spawn.len(),
+            p.complete.len(),
+            p.poll.len()
+        );
+    }
+    Ok(p)
+}
+
+/// One `count()` map per kind of point: @s spawn, @r completion, @x
+/// cancellation, and with `detailed` @p poll and @w wake.
+fn bpftrace_script(bin: &Path, p: &Points, detailed: bool) -> String {
+    let mut groups = vec![("s", &p.spawn), ("r", &p.complete), ("x", &p.shutdown)];
+    if detailed {
+        groups.extend([("p", &p.poll), ("w", &p.wake)]);
+    }
+    groups
+        .iter()
+        .filter(|(_, names)| !names.is_empty())
+        .map(|(map, names)| {
+            let probes: Vec<String> = names
+                .iter()
+                .map(|n| format!("uprobe:{}:\"{n}\"", bin.display()))
+                .collect();
+            format!("{} {{ @{map} = count() }}", probes.join(","))
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Build the fixture where the tests build it (so the build is shared),
+/// then run a private copy: bpftrace's uprobes are per file, so a test
+/// running the shared binary meanwhile would be counted (and slowed), and a
+/// rebuild could swap the file in the middle of a round.
+fn fixture(t: &Tools) -> Result<PathBuf> {
+    let target = util::target_dir().join("tokio-fixtures");
+    util::run(
+        Command::new("nice")
+            .args(["-n", "19", "cargo", "build", "--locked", "--quiet"])
+            .args(["--profile", "release", "--target-dir"])
+            .arg(&target)
+            .current_dir(util::workspace_root().join("tests/fixtures/rust"))
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .env_remove("RUSTFLAGS"),
+    )?;
+    let copy = t.scratch.join("tokio-fixture");
+    // Unlink first: a copy onto a file still being executed fails.
+    let _ = std::fs::remove_file(&copy);
+    std::fs::copy(target.join("release/tokio-fixture"), &copy)
+        .with_context(|| format!("copying the tokio fixture to {}", copy.display()))?;
+    Ok(copy)
+}
+
+/// leaktrace's CPU time so far, all threads (ended ones too).
+fn cpu_s(pid: u32, ticks_per_s: f64) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name may hold spaces; after it, utime and stime are the
+    // 12th and 13th fields.
+    let f: Vec<&str> = stat
+        .rsplit_once(')')
+        .context("/proc/PID/stat")?
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: f64 =
+        f.get(11).context("utime")?.parse::<f64>()? + f.get(12).context("stime")?.parse::<f64>()?;
+    Ok(ticks / ticks_per_s)
+}
+
+struct Run {
+    /// The fixture's own figure: ns per task or per yield.
+    ns: f64,
+    /// What the probes counted over the whole run (leaktrace's report or
+    /// bpftrace's maps).
+    ev: Events,
+    /// leaktrace's CPU and the wall time from the end of the fixture's
+    /// delay to its result line (warm-up and loop).
+    cpu_s: f64,
+    window_s: f64,
+    /// Probes leaktrace said it attached.
+    probes: f64,
+    /// tokio and rustc versions as leaktrace read them.
+    version: Option<String>,
+}
+
+impl Run {
+    fn plain(ns: f64, ev: Events) -> Self {
+        Self {
+            ns,
+            ev,
+            cpu_s: f64::NAN,
+            window_s: f64::NAN,
+            probes: f64::NAN,
+            version: None,
+        }
+    }
+}
+
+struct Ctx<'a> {
+    t: &'a Tools,
+    fixture: PathBuf,
+    points: Points,
+    ticks_per_s: f64,
+}
+
+fn result_ns(out: &str, b: Bench) -> Result<f64> {
+    num_after(out, b.key())
+        .with_context(|| format!("no `{}` in the fixture's output: {out:?}", b.key().trim()))
+}
+
+fn once(c: &Ctx, cfg: &Cfg, b: Bench, n: u64) -> Result<Run> {
+    let args = [
+        b.mode().to_string(),
+        "--n".into(),
+        n.to_string(),
+        "--delay".into(),
+        format!("{}ms", DELAY.as_millis()),
+    ];
+    let limit = Duration::from_secs(600);
+    match cfg {
+        Cfg::Untraced => {
+            let (_, out, _) =
+                capture(Command::new(&c.fixture).args(&args), "tokio-fixture", limit)?;
+            Ok(Run::plain(result_ns(&out, b)?, Events::default()))
+        }
+        Cfg::Floor { detailed } => {
+            let (_, out, err) = capture(
+                Command::new("bpftrace")
+                    .arg("-e")
+                    .arg(bpftrace_script(&c.fixture, &c.points, *detailed))
+                    .arg("-c")
+                    .arg(format!("{} {}", c.fixture.display(), args.join(" "))),
+                "bpftrace -c tokio-fixture",
+                limit,
+            )?;
+            let ns = result_ns(&out, b).with_context(|| format!("bpftrace: {err}"))?;
+            // A map that never counted is not printed at all.
+            let count = |m: &str| num_after(&out, &format!("@{m}: ")).unwrap_or(0.0);
+            let ev = Events {
+                spawn: count("s"),
+                exit: count("r"),
+                poll: count("p"),
+                wake: count("w"),
+                ..Events::default()
+            };
+            Ok(Run::plain(ns, ev))
+        }
+        Cfg::Leaktrace { bin, detailed } => leaktrace_once(c, bin, *detailed, b, &args, limit),
+    }
+}
+
+fn leaktrace_once(
+    c: &Ctx,
+    bin: &Path,
+    detailed: bool,
+    b: Bench,
+    args: &[String],
+    limit: Duration,
+) -> Result<Run> {
+    let started = Instant::now();
+    let mut fx = Proc::spawn(Command::new(&c.fixture).args(args), "tokio-fixture")?;
+    let report = c.t.scratch.join("tokio-report.jsonl");
+    let _ = std::fs::remove_file(&report);
+    let mut cmd = Command::new(bin);
+    cmd.args(["--format", "json", "--output"])
+        .arg(&report)
+        .args(["--pid", &fx.pid().to_string()]);
+    if detailed {
+        cmd.arg("--detailed");
+    }
+    let mut lt = Proc::spawn(&mut cmd, "leaktrace --pid tokio-fixture")?;
+    let (attached, line) = lt
+        .err
+        .wait_for("attach", limit, |l| l.starts_with("Attaching"))?;
+    let measuring = started + DELAY;
+    if attached >= measuring {
+        bail!(
+            "leaktrace attached only {:.2} s after the fixture started, after its --delay",
+            (attached - started).as_secs_f64()
+        );
+    }
+    // `…, 20 task types, 24 probes; …`
+    let probes = line
+        .split(" probes;")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(f64::NAN);
+    sleep(measuring.saturating_duration_since(Instant::now()));
+    let cpu0 = cpu_s(lt.pid(), c.ticks_per_s)?;
+    let (done, out) = fx
+        .out
+        .wait_for("the fixture's result", limit, |l| l.starts_with(b.key()))?;
+    let cpu1 = cpu_s(lt.pid(), c.ticks_per_s)?;
+    fx.wait(Duration::from_secs(60))?;
+    // leaktrace ends by itself when its target exits, with a final report.
+    let status = lt.wait(Duration::from_secs(120))?;
+    if !status.success() {
+        bail!("leaktrace: {status}: {}", lt.err.tail());
+    }
+    let ev = last_report(&report)?;
+    let version = std::fs::read_to_string(&report).ok().and_then(|r| {
+        let key = "\"runtime_version\":\"";
+        let at = r.rfind(key)? + key.len();
+        Some(r[at..].split('"').next()?.to_string())
+    });
+    Ok(Run {
+        ns: result_ns(&out, b)?,
+        ev,
+        cpu_s: cpu1 - cpu0,
+        window_s: done.saturating_duration_since(measuring).as_secs_f64(),
+        probes,
+        version,
+    })
+}
+
+pub(super) fn section(md: &mut Markdown, plan: &Plan, t: &Tools) -> Result<()> {
+    let fixture = fixture(t)?;
+    let points = points(&fixture)?;
+    let c = Ctx {
+        t,
+        fixture,
+        points,
+        ticks_per_s: command_out("getconf", &["CLK_TCK"])
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(100.0),
+    };
+    let mut cfgs: Vec<(String, Cfg)> = vec![("untraced".into(), Cfg::Untraced)];
+    let mut bins = vec![("leaktrace".to_string(), t.leaktrace.clone())];
+    bins.extend(t.candidates.iter().cloned());
+    for detailed in [false, true] {
+        let flag = if detailed { " --detailed" } else { "" };
+        for (name, bin) in &bins {
+            cfgs.push((
+                format!("{name} --pid{flag}"),
+                Cfg::Leaktrace {
+                    bin: bin.clone(),
+                    detailed,
+                },
+            ));
+        }
+        cfgs.push((
+            format!(
+                "bpftrace count(), leaktrace's {} points",
+                if detailed { "detailed" } else { "default" }
+            ),
+            Cfg::Floor { detailed },
+        ));
+    }
+    let benches = [Bench::Spawn, Bench::Poll];
+    let mut runs: BTreeMap<(Bench, usize), Vec<Run>> = BTreeMap::new();
+    for round in 0..plan.runs {
+        for b in benches {
+            for (i, (name, cfg)) in cfgs.iter().enumerate() {
+                eprintln!(
+                    "bench: tokio round {}/{}: {} {name}",
+                    round + 1,
+                    plan.runs,
+                    b.mode()
+                );
+                match once(&c, cfg, b, b.n(plan)) {
+                    Ok(r) => runs.entry((b, i)).or_default().push(r),
+                    Err(e) => eprintln!("bench: tokio {} {name}: {e:#}", b.mode()),
+                }
+            }
+        }
+    }
+
+    let p = &c.points;
+    let version = runs
+        .values()
+        .flatten()
+        .find_map(|r| r.version.clone())
+        .unwrap_or_else(|| "?".into());
+    let probes = |detailed: bool| {
+        let v: Vec<f64> = cfgs
+            .iter()
+            .enumerate()
+            .filter(
+                |(_, (_, cfg))| matches!(cfg, Cfg::Leaktrace { detailed: d, .. } if *d == detailed),
+            )
+            .flat_map(|(i, _)| benches.map(|b| (b, i)))
+            .flat_map(|k| runs.get(&k).into_iter().flatten().map(|r| r.probes))
+            .collect();
+        format!("{:.0}", median(&v))
+    };
+    md.h2("6. Tokio: what each task and each poll costs");
+    md.line(&format!(
+        "tests/fixtures/rust's `tokio-fixture` (release profile, {version}; 2 worker threads), \
+         run as `tokio-fixture spawnbench --n {} --delay {}ms` (one task spawns trivial tasks in \
+         batches of 1,000 and awaits each batch: ns per task) and `tokio-fixture pollbench --n {} \
+         --delay {}ms` (one task does `yield_now().await` N times: ns per yield, i.e. per poll). \
+         Each times its loop after a 10 % warm-up. Every configuration runs the same command \
+         line; leaktrace attaches with `--pid` during the delay and ends with the program; \
+         bpftrace runs it with `-c`. The binary is a private copy (`{}`), so no other process \
+         hits bpftrace's per-file probes.",
+        Bench::Spawn.n(plan),
+        DELAY.as_millis(),
+        Bench::Poll.n(plan),
+        DELAY.as_millis(),
+        c.fixture.display(),
+    ));
+    md.line(&format!(
+        "bpftrace's points, found with `nm` by the demangled names leaktrace's \
+         probe_points.rs matches: default mode = {} × `OwnedTasks::bind_inner` (spawn), {} × \
+         `Schedule::release` (completion), {} × `raw::shutdown` (cancellation, never reached \
+         here); detailed adds {} × `raw::poll` and {} × `waker::wake_by_{{ref,val}}`. leaktrace \
+         reported {} probes in default mode and {} in detailed mode (its `raw::*` points come \
+         from the task vtables it finds).",
+        p.spawn.len(),
+        p.complete.len(),
+        p.shutdown.len(),
+        p.poll.len(),
+        p.wake.len(),
+        probes(false),
+        probes(true),
+    ));
+
+    let col = |k: (Bench, usize), f: &dyn Fn(&Run) -> f64| -> Vec<f64> {
+        runs.get(&k)
+            .map(|v| v.iter().map(f).collect())
+            .unwrap_or_default()
+    };
+    let floor_of = |detailed: bool| {
+        cfgs.iter()
+            .position(|(_, cfg)| matches!(cfg, Cfg::Floor { detailed: d } if *d == detailed))
+    };
+    let mut headline = Vec::new();
+    for b in benches {
+        let n = b.n(plan);
+        let ops = b.ops(n);
+        let base = median(&col((b, 0), &|r| r.ns));
+        let over = |i: usize| median(&col((b, i), &|r| r.ns)) - base;
+        let per = |x: f64| {
+            if x.is_finite() {
+                format!("{:.2}", x / ops)
+            } else {
+                "–".into()
+            }
+        };
+        let rows: Vec<Vec<String>> = cfgs
+            .iter()
+            .enumerate()
+            .map(|(i, (name, cfg))| {
+                let k = (b, i);
+                let ns = col(k, &|r| r.ns);
+                let ev = |f: fn(&Events) -> f64| median(&col(k, &|r| f(&r.ev)));
+                let hits = [
+                    ev(|e| e.spawn),
+                    ev(|e| e.exit),
+                    ev(|e| e.poll),
+                    ev(|e| e.wake),
+                ]
+                .iter()
+                .filter(|x| x.is_finite())
+                .sum::<f64>()
+                    / ops;
+                let vs_floor = match cfg {
+                    Cfg::Leaktrace { detailed, .. } => {
+                        let f = floor_of(*detailed).map_or(f64::NAN, over);
+                        // With no probe on the measured path both overheads
+                        // are noise; their ratio would mean nothing.
+                        if f > 0.05 * base {
+                            format!("{:.2}×", over(i) / f)
+                        } else {
+                            "– (no probe per op)".into()
+                        }
+                    }
+                    Cfg::Floor { .. } => "floor".into(),
+                    Cfg::Untraced => "–".into(),
+                };
+                let traced = !matches!(cfg, Cfg::Untraced);
+                vec![
+                    name.clone(),
+                    format!("{}", runs.get(&k).map_or(0, Vec::len)),
+                    fmt_med(&ns, 0),
+                    ratio(median(&ns), base),
+                    if traced {
+                        format!("{:+.0}", over(i))
+                    } else {
+                        "–".into()
+                    },
+                    vs_floor,
+                    if traced {
+                        per(ev(|e| e.spawn))
+                    } else {
+                        "–".into()
+                    },
+                    if traced {
+                        per(ev(|e| e.exit))
+                    } else {
+                        "–".into()
+                    },
+                    if traced {
+                        per(ev(|e| e.poll))
+                    } else {
+                        "–".into()
+                    },
+                    if traced {
+                        per(ev(|e| e.wake))
+                    } else {
+                        "–".into()
+                    },
+                    if traced {
+                        format!("{:.0}", ev(|e| e.lost))
+                    } else {
+                        "–".into()
+                    },
+                    if traced && hits >= 0.5 {
+                        format!("{:.0}", over(i) / hits)
+                    } else {
+                        "–".into()
+                    },
+                ]
+            })
+            .collect();
+        let unit = b.unit();
+        md.line(&format!(
+            "**{}** ({n} {unit}s timed; the event columns count the whole run, {ops:.0} {unit}s \
+             with the warm-up, per {unit}):",
+            b.mode()
+        ));
+        md.table(
+            &[
+                "configuration",
+                "runs",
+                &format!("ns per {unit}"),
+                "× untraced",
+                "ns over untraced",
+                "overhead ÷ floor's",
+                "spawns",
+                "completions",
+                "polls",
+                "wakes",
+                "events lost",
+                "ns per probe hit over untraced",
+            ],
+            &rows,
+        );
+        let lt = |detailed: bool| {
+            cfgs.iter().position(
+                |(n, cfg)| matches!(cfg, Cfg::Leaktrace { detailed: d, .. } if *d == detailed && n.starts_with("leaktrace ")),
+            )
+        };
+        let fmt_over = |i: Option<usize>| i.map_or("–".into(), |i| format!("{:+.0} ns", over(i)));
+        headline.push(format!(
+            "per {unit} ({}): untraced {base:.0} ns; leaktrace default {} (bpftrace floor {}), \
+             --detailed {} (floor {})",
+            b.mode(),
+            fmt_over(lt(false)),
+            fmt_over(floor_of(false)),
+            fmt_over(lt(true)),
+            fmt_over(floor_of(true)),
+        ));
+        let cpu: Vec<String> = [false, true]
+            .iter()
+            .filter_map(|&d| lt(d).map(|i| (d, i)))
+            .map(|(d, i)| {
+                let pct = col((b, i), &|r| 100.0 * r.cpu_s / r.window_s.max(1e-3));
+                let per_op = col((b, i), &|r| r.cpu_s * 1e9 / ops);
+                format!(
+                    "{} {} % of one CPU ({} ns per {unit})",
+                    if d { "--detailed" } else { "default" },
+                    fmt_med(&pct, 0),
+                    fmt_med(&per_op, 0)
+                )
+            })
+            .collect();
+        md.line(&format!(
+            "leaktrace's own CPU from the end of the delay to the program's result line \
+             (warm-up and loop; /proc/PID/stat, 10 ms ticks): {}.",
+            cpu.join("; ")
+        ));
+    }
+    md.line(&format!(
+        "Headline (medians, traced − untraced in the same rounds): {}. A probe hit here is one \
+         counted event (spawn, completion, poll or wake); tasks run on 2 workers, so hits on \
+         the two CPUs partly overlap and ns per hit is a per-operation average, not the cost \
+         of one trap.",
+        headline.join("; ")
+    ));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn script_counts_each_kind_of_point() {
+        let p = Points {
+            spawn: vec!["a".into(), "b".into()],
+            complete: vec!["c".into()],
+            shutdown: vec![],
+            poll: vec!["d".into()],
+            wake: vec!["e".into()],
+        };
+        let bin = Path::new("/x/f");
+        assert_eq!(
+            bpftrace_script(bin, &p, false),
+            "uprobe:/x/f:\"a\",uprobe:/x/f:\"b\" { @s = count() } uprobe:/x/f:\"c\" { @r = count() }"
+        );
+        assert!(
+            bpftrace_script(bin, &p, true)
+                .ends_with("uprobe:/x/f:\"d\" { @p = count() } uprobe:/x/f:\"e\" { @w = count() }")
+        );
+    }
+}
