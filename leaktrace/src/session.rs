@@ -715,7 +715,7 @@ impl Threads {
     /// falls in between). Thread tracking is an addition: failing to start
     /// it is a warning, not an error.
     fn start(probes: &mut Probes, pid: u32, warnings: &mut Vec<String>) -> Option<Self> {
-        let started = ThreadProbes::attach(probes.ebpf_mut(), pid).and_then(|tp| {
+        let started = ThreadProbes::attach(probes, pid).and_then(|tp| {
             let table = ThreadTable::seed(pid).context("listing the target's threads")?;
             Ok(Self { probes: tp, table })
         });

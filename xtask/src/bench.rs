@@ -257,8 +257,8 @@ pub fn run(o: &Options) -> Result<()> {
         .filter(|t| t.starts_with("# leaktrace benchmarks"));
     let text = if let Some(earlier) = earlier {
         let note = format!(
-            "_Regenerated alone by `cargo xtask bench{} --only {}` on {}, {} runs per figure; \
-             the rest of this file is from the run named at the top._\n\n",
+            "_Regenerated alone by `cargo xtask bench{} --only {}` on {}, {} runs per figure, \
+             leaktrace at {}; the rest of this file is from the run named at the top._\n\n",
             if plan.quick { " --quick" } else { "" },
             sections
                 .iter()
@@ -267,6 +267,7 @@ pub fn run(o: &Options) -> Result<()> {
                 .join(","),
             command_out("date", &["-u", "+%Y-%m-%d %H:%M UTC"]).unwrap_or_default(),
             plan.runs,
+            git_describe(),
         );
         splice_sections(&earlier, &chunks, &note)
     } else {
@@ -1001,6 +1002,12 @@ fn loadavg() -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
+/// The workspace's commit, `-dirty` with uncommitted changes.
+fn git_describe() -> String {
+    let root = util::workspace_root().display().to_string();
+    command_out("git", &["-C", &root, "describe", "--always", "--dirty"]).unwrap_or_default()
+}
+
 fn command_out(program: &str, args: &[&str]) -> Option<String> {
     let o = Command::new(program).args(args).output().ok()?;
     let s = String::from_utf8_lossy(&o.stdout).trim().to_string();
@@ -1136,21 +1143,7 @@ fn machine_section(
             ],
             vec![
                 "leaktrace".into(),
-                format!(
-                    "`{}` at {}",
-                    t.leaktrace.display(),
-                    command_out(
-                        "git",
-                        &[
-                            "-C",
-                            &util::workspace_root().display().to_string(),
-                            "describe",
-                            "--always",
-                            "--dirty"
-                        ]
-                    )
-                    .unwrap_or_default()
-                ),
+                format!("`{}` at {}", t.leaktrace.display(), git_describe()),
             ],
             vec![
                 "candidate leaktrace builds".into(),

@@ -2,9 +2,9 @@
 //! probes object to one process, and turn their records into
 //! [`ThreadChange`]s for the [`ThreadTable`].
 //!
-//! Usage (the session owns the [`Ebpf`] and the table):
+//! Usage (the session owns the [`Probes`] and the table):
 //! ```ignore
-//! let mut threads = ThreadProbes::attach(probes.ebpf_mut(), pid)?;
+//! let mut threads = ThreadProbes::attach(&mut probes, pid)?;
 //! let mut table = ThreadTable::seed(pid)?;          // threads alive now
 //! // ... whenever convenient (non-blocking; `as_raw_fd` polls readable):
 //! threads.drain(&mut table);
@@ -20,13 +20,10 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use aya::{
-    Ebpf,
-    maps::{Array, MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
-};
+use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
 use leaktrace_common::{ThreadConfig, ThreadEvent, ThreadNewStack, thread_kind};
 
+use super::Probes;
 use crate::aggregate::threads::{Creator, ThreadChange, ThreadTable};
 use crate::symbols::native::{NativeSymbols, unwind::StackCopy};
 
@@ -52,28 +49,24 @@ pub struct ThreadProbes {
 impl ThreadProbes {
     /// Point the thread programs of `ebpf` at `pid` and attach them. The
     /// links live in `ebpf`: dropping it detaches them.
-    pub fn attach(ebpf: &mut Ebpf, pid: u32) -> Result<Self> {
+    pub fn attach(probes: &mut Probes, pid: u32) -> Result<Self> {
         if pid == 0 {
             bail!("pid 0 cannot be traced");
         }
         let tracefs = tracefs::ensure_mounted()?;
         let config = config_for(&tracefs, pid)?;
         let mut target: Array<&mut MapData, ThreadConfig> = Array::try_from(
-            ebpf.map_mut("THREAD_TARGET")
+            probes
+                .ebpf_mut()
+                .map_mut("THREAD_TARGET")
                 .ok_or_else(|| anyhow!("THREAD_TARGET map missing from the probes object"))?,
         )?;
         target.set(0, config, 0).context("setting THREAD_TARGET")?;
         for (name, category, event) in PROGRAMS {
-            let prog: &mut TracePoint = ebpf
-                .program_mut(name)
-                .ok_or_else(|| anyhow!("program {name} missing from the probes object"))?
-                .try_into()?;
-            prog.load()
-                .map_err(|e| anyhow!("the kernel rejected probe {name}: {e}"))?;
-            prog.attach(category, event)
-                .with_context(|| format!("attaching {name} to {category}:{event}"))?;
+            probes.attach_tracepoint(name, category, event)?;
         }
-        let take = |ebpf: &mut Ebpf, name: &str| {
+        let ebpf = probes.ebpf_mut();
+        let take = |ebpf: &mut aya::Ebpf, name: &str| {
             ebpf.take_map(name)
                 .ok_or_else(|| anyhow!("{name} map missing from the probes object"))
         };

@@ -5,7 +5,7 @@
 
 use std::{
     path::PathBuf,
-    process::{Command, Stdio},
+    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -386,4 +386,165 @@ pub fn one_go(version: &str) -> GoToolchain {
 
 pub fn build(name: &str, go: &GoToolchain, mode: BuildMode) -> PathBuf {
     build_fixture(name, go, mode)
+}
+
+/// A `leaktrace -c` run ended by the test (see [`run_command_until`]).
+pub struct CommandRun {
+    pub reports: Vec<Report>,
+    /// The command's standard output, which leaktrace passes through.
+    pub lines: Vec<String>,
+    pub stderr: String,
+    /// From starting leaktrace to its exit.
+    pub took: Duration,
+}
+
+impl CommandRun {
+    pub fn last(&self) -> &Report {
+        self.reports.last().expect("at least one report")
+    }
+
+    /// The rest of the first output line that starts with `prefix`.
+    pub fn value(&self, prefix: &str) -> Option<&str> {
+        self.lines
+            .iter()
+            .find_map(|l| l.strip_prefix(prefix))
+            .map(str::trim)
+    }
+}
+
+/// `leaktrace [extra] -c FIXTURE ARGS` until the fixture prints a line
+/// starting with `until`, then SIGINT to leaktrace for its final report (and
+/// leaktrace's SIGTERM to the fixture). Ending on the fixture's own line
+/// rather than on a `--duration` puts the final report in the fixture's
+/// quiescent phase however slowly the machine runs, and wastes no time. On
+/// `timeout` it interrupts all the same; the caller then finds the line
+/// missing from `lines`.
+pub fn run_command_until(
+    fixture: &std::path::Path,
+    fixture_args: &[&str],
+    extra: &[&str],
+    until: &str,
+    timeout: Duration,
+) -> CommandRun {
+    use std::io::{BufRead, BufReader};
+    use std::sync::mpsc::RecvTimeoutError;
+    let out = tempfile_path("reports.jsonl");
+    let t0 = Instant::now();
+    let mut child = Command::new(leaktrace_bin())
+        .args(["--format", "json", "--top", "50"])
+        .args(extra)
+        .arg("--output")
+        .arg(&out)
+        .arg("-c")
+        .arg(fixture)
+        .args(fixture_args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting leaktrace");
+    let stdout = child.stdout.take().expect("stdout");
+    let stderr = child.stderr.take().expect("stderr");
+    let err_reader = std::thread::spawn(move || {
+        BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
+    // Lines through a channel: the wait for `until` needs a timeout, and
+    // the pipe stays open as long as the fixture (a grandchild) lives.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let interrupt = |child: &Child| {
+        // SAFETY: signalling our own child, not yet reaped.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    };
+    let deadline = t0 + timeout;
+    let mut lines = Vec::new();
+    loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) => {
+                let done = line.starts_with(until);
+                lines.push(line);
+                if done {
+                    break;
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => break,
+            // leaktrace and the fixture are gone: nothing to interrupt.
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    interrupt(&child);
+    let stop_by = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st;
+        }
+        if Instant::now() > stop_by {
+            let _ = child.kill();
+            break child.wait().expect("wait");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let took = t0.elapsed();
+    // Whatever the fixture printed before leaktrace's SIGTERM ended it.
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(2)) {
+        lines.push(line);
+    }
+    let fixture_pid = lines
+        .first()
+        .and_then(|l| l.strip_prefix("pid "))
+        .and_then(|p| p.trim().parse::<libc::pid_t>().ok());
+    if let Some(pid) = fixture_pid.filter(|_| !status.success()) {
+        // leaktrace failed before it could stop what it started.
+        // SAFETY: kill(2) on the fixture leaktrace started for this test.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    let stderr = err_reader.join().unwrap_or_default();
+    assert!(status.success(), "leaktrace failed ({status}):\n{stderr}");
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    let _ = std::fs::remove_file(&out);
+    let reports = parse_reports(&text);
+    assert!(
+        reports
+            .last()
+            .is_some_and(|r| r.0["final"] == Value::Bool(true)),
+        "no final report from leaktrace:\n{stderr}"
+    );
+    CommandRun {
+        reports,
+        lines,
+        stderr,
+        took,
+    }
+}
+
+/// Build the tokio fixture project (tests/fixtures/rust) with `profile`;
+/// shares its target dir with the unit tests in leaktrace/src/runtime/tokio,
+/// so each profile is built once for both.
+pub fn tokio_fixture(profile: &str) -> PathBuf {
+    let root = leaktrace_e2e::build::workspace_dir();
+    let target = leaktrace_e2e::target_dir().join("tokio-fixtures");
+    let status = Command::new("nice")
+        .args(["-n", "19", "cargo", "build", "--locked", "--quiet"])
+        .args(["--profile", profile, "--target-dir"])
+        .arg(&target)
+        .current_dir(root.join("tests/fixtures/rust"))
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("RUSTFLAGS")
+        .status()
+        .expect("cargo build of the tokio fixture");
+    assert!(
+        status.success(),
+        "building the tokio fixture ({profile}) failed"
+    );
+    target.join(profile).join("tokio-fixture")
 }

@@ -21,8 +21,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use super::{
-    Events, Markdown, Plan, Proc, Tools, capture, command_out, fmt_med, last_report, median,
-    num_after, ratio,
+    Events, Markdown, Plan, Proc, Tools, capture, fmt_med, last_report, median, num_after, ratio,
 };
 use crate::util;
 
@@ -224,20 +223,21 @@ fn fixture(t: &Tools) -> Result<PathBuf> {
     Ok(copy)
 }
 
-/// leaktrace's CPU time so far, all threads (ended ones too).
-fn cpu_s(pid: u32, ticks_per_s: f64) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // The command name may hold spaces; after it, utime and stime are the
-    // 12th and 13th fields.
-    let f: Vec<&str> = stat
-        .rsplit_once(')')
-        .context("/proc/PID/stat")?
-        .1
-        .split_whitespace()
-        .collect();
-    let ticks: f64 =
-        f.get(11).context("utime")?.parse::<f64>()? + f.get(12).context("stime")?.parse::<f64>()?;
-    Ok(ticks / ticks_per_s)
+/// A process's CPU time so far (s): its threads' run time from schedstat,
+/// in ns, because /proc/PID/stat's 10 ms ticks are too coarse for a window
+/// of a second. Ended threads drop out; leaktrace's threads live as long
+/// as it does.
+fn cpu_s(pid: u32) -> Result<f64> {
+    let mut ns = 0.0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let stat = std::fs::read_to_string(task?.path().join("schedstat")).unwrap_or_default();
+        ns += stat
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+    }
+    Ok(ns / 1e9)
 }
 
 struct Run {
@@ -269,11 +269,11 @@ impl Run {
     }
 }
 
+/// What every run needs.
 struct Ctx<'a> {
     t: &'a Tools,
     fixture: PathBuf,
     points: Points,
-    ticks_per_s: f64,
 }
 
 fn result_ns(out: &str, b: Bench) -> Result<f64> {
@@ -360,11 +360,11 @@ fn leaktrace_once(
         .and_then(|s| s.parse().ok())
         .unwrap_or(f64::NAN);
     sleep(measuring.saturating_duration_since(Instant::now()));
-    let cpu0 = cpu_s(lt.pid(), c.ticks_per_s)?;
+    let cpu0 = cpu_s(lt.pid())?;
     let (done, out) = fx
         .out
         .wait_for("the fixture's result", limit, |l| l.starts_with(b.key()))?;
-    let cpu1 = cpu_s(lt.pid(), c.ticks_per_s)?;
+    let cpu1 = cpu_s(lt.pid())?;
     fx.wait(Duration::from_secs(60))?;
     // leaktrace ends by itself when its target exits, with a final report.
     let status = lt.wait(Duration::from_secs(120))?;
@@ -387,91 +387,116 @@ fn leaktrace_once(
     })
 }
 
-pub(super) fn section(md: &mut Markdown, plan: &Plan, t: &Tools) -> Result<()> {
-    let fixture = fixture(t)?;
-    let points = points(&fixture)?;
-    let c = Ctx {
-        t,
-        fixture,
-        points,
-        ticks_per_s: command_out("getconf", &["CLK_TCK"])
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(100.0),
-    };
-    let mut cfgs: Vec<(String, Cfg)> = vec![("untraced".into(), Cfg::Untraced)];
+/// Runs of each (benchmark, index into the configurations).
+type Runs = BTreeMap<(Bench, usize), Vec<Run>>;
+
+/// The configurations, each with its name in the tables.
+fn configurations(t: &Tools) -> Vec<(String, Cfg)> {
+    let mut cfgs = vec![("untraced".to_string(), Cfg::Untraced)];
     let mut bins = vec![("leaktrace".to_string(), t.leaktrace.clone())];
     bins.extend(t.candidates.iter().cloned());
     for detailed in [false, true] {
         let flag = if detailed { " --detailed" } else { "" };
         for (name, bin) in &bins {
+            let bin = bin.clone();
             cfgs.push((
                 format!("{name} --pid{flag}"),
-                Cfg::Leaktrace {
-                    bin: bin.clone(),
-                    detailed,
-                },
+                Cfg::Leaktrace { bin, detailed },
             ));
         }
+        let mode = if detailed { "detailed" } else { "default" };
         cfgs.push((
-            format!(
-                "bpftrace count(), leaktrace's {} points",
-                if detailed { "detailed" } else { "default" }
-            ),
+            format!("bpftrace count(), leaktrace's {mode} points"),
             Cfg::Floor { detailed },
         ));
     }
-    let benches = [Bench::Spawn, Bench::Poll];
-    let mut runs: BTreeMap<(Bench, usize), Vec<Run>> = BTreeMap::new();
+    cfgs
+}
+
+pub(super) fn section(md: &mut Markdown, plan: &Plan, t: &Tools) -> Result<()> {
+    let fixture = fixture(t)?;
+    let points = points(&fixture)?;
+    let c = Ctx { t, fixture, points };
+    let cfgs = configurations(t);
+    let mut runs = Runs::new();
     for round in 0..plan.runs {
-        for b in benches {
+        for b in BENCHES {
             for (i, (name, cfg)) in cfgs.iter().enumerate() {
+                let mode = b.mode();
                 eprintln!(
-                    "bench: tokio round {}/{}: {} {name}",
+                    "bench: tokio round {}/{}: {mode} {name}",
                     round + 1,
-                    plan.runs,
-                    b.mode()
+                    plan.runs
                 );
                 match once(&c, cfg, b, b.n(plan)) {
                     Ok(r) => runs.entry((b, i)).or_default().push(r),
-                    Err(e) => eprintln!("bench: tokio {} {name}: {e:#}", b.mode()),
+                    Err(e) => eprintln!("bench: tokio {mode} {name}: {e:#}"),
                 }
             }
         }
     }
+    describe(md, plan, &c, &cfgs, &runs);
+    let headline: Vec<String> = BENCHES
+        .iter()
+        .map(|&b| bench_table(md, plan, b, &cfgs, &runs))
+        .collect();
+    md.line(&event_check(plan, &cfgs, &runs));
+    md.line(&format!(
+        "Headline (medians, traced − untraced in the same rounds): {}. A probe hit is one \
+         counted event (spawn, completion, poll or wake); the tasks run on 2 workers, so hits \
+         on the two CPUs partly overlap, and ns per hit is an average per operation, not the \
+         cost of one trap.",
+        headline.join("; ")
+    ));
+    Ok(())
+}
 
-    let p = &c.points;
+const BENCHES: [Bench; 2] = [Bench::Spawn, Bench::Poll];
+
+/// The indices of leaktrace (the workspace's build, not a candidate) and of
+/// the bpftrace floor in `detailed` mode or not.
+fn leaktrace_and_floor(cfgs: &[(String, Cfg)], detailed: bool) -> (Option<usize>, Option<usize>) {
+    let lt = cfgs.iter().position(|(n, cfg)| {
+        n.starts_with("leaktrace ")
+            && matches!(cfg, Cfg::Leaktrace { detailed: d, .. } if *d == detailed)
+    });
+    let floor = cfgs
+        .iter()
+        .position(|(_, cfg)| matches!(cfg, Cfg::Floor { detailed: d } if *d == detailed));
+    (lt, floor)
+}
+
+fn describe(md: &mut Markdown, plan: &Plan, c: &Ctx, cfgs: &[(String, Cfg)], runs: &Runs) {
     let version = runs
         .values()
         .flatten()
         .find_map(|r| r.version.clone())
         .unwrap_or_else(|| "?".into());
     let probes = |detailed: bool| {
-        let v: Vec<f64> = cfgs
+        let lt = leaktrace_and_floor(cfgs, detailed).0;
+        let v: Vec<f64> = BENCHES
             .iter()
-            .enumerate()
-            .filter(
-                |(_, (_, cfg))| matches!(cfg, Cfg::Leaktrace { detailed: d, .. } if *d == detailed),
-            )
-            .flat_map(|(i, _)| benches.map(|b| (b, i)))
-            .flat_map(|k| runs.get(&k).into_iter().flatten().map(|r| r.probes))
+            .filter_map(|&b| runs.get(&(b, lt?)))
+            .flatten()
+            .map(|r| r.probes)
             .collect();
         format!("{:.0}", median(&v))
     };
+    let p = &c.points;
     md.h2("6. Tokio: what each task and each poll costs");
     md.line(&format!(
         "tests/fixtures/rust's `tokio-fixture` (release profile, {version}; 2 worker threads), \
-         run as `tokio-fixture spawnbench --n {} --delay {}ms` (one task spawns trivial tasks in \
-         batches of 1,000 and awaits each batch: ns per task) and `tokio-fixture pollbench --n {} \
-         --delay {}ms` (one task does `yield_now().await` N times: ns per yield, i.e. per poll). \
-         Each times its loop after a 10 % warm-up. Every configuration runs the same command \
-         line; leaktrace attaches with `--pid` during the delay and ends with the program; \
-         bpftrace runs it with `-c`. The binary is a private copy (`{}`), so no other process \
-         hits bpftrace's per-file probes.",
+         run as `tokio-fixture spawnbench --n {} --delay {delay}ms` (one task spawns trivial \
+         tasks in batches of 1,000 and awaits each batch: ns per task) and `tokio-fixture \
+         pollbench --n {} --delay {delay}ms` (one task does `yield_now().await` N times: ns per \
+         yield, i.e. per poll). Each times its loop after a 10 % warm-up. Every configuration \
+         runs the same command line; leaktrace attaches with `--pid` during the delay and ends \
+         with the program; bpftrace runs it with `-c`. The binary is a private copy (`{}`), so \
+         no other process hits bpftrace's per-file probes.",
         Bench::Spawn.n(plan),
-        DELAY.as_millis(),
         Bench::Poll.n(plan),
-        DELAY.as_millis(),
         c.fixture.display(),
+        delay = DELAY.as_millis(),
     ));
     md.line(&format!(
         "bpftrace's points, found with `nm` by the demangled names leaktrace's \
@@ -488,171 +513,221 @@ pub(super) fn section(md: &mut Markdown, plan: &Plan, t: &Tools) -> Result<()> {
         probes(false),
         probes(true),
     ));
+}
 
-    let col = |k: (Bench, usize), f: &dyn Fn(&Run) -> f64| -> Vec<f64> {
-        runs.get(&k)
-            .map(|v| v.iter().map(f).collect())
-            .unwrap_or_default()
+fn col(runs: &Runs, k: (Bench, usize), f: impl Fn(&Run) -> f64) -> Vec<f64> {
+    runs.get(&k)
+        .map(|v| v.iter().map(f).collect())
+        .unwrap_or_default()
+}
+
+/// One benchmark's table and leaktrace's CPU line; its part of the headline.
+fn bench_table(
+    md: &mut Markdown,
+    plan: &Plan,
+    b: Bench,
+    cfgs: &[(String, Cfg)],
+    runs: &Runs,
+) -> String {
+    let n = b.n(plan);
+    let ops = b.ops(n);
+    let unit = b.unit();
+    let base = median(&col(runs, (b, 0), |r| r.ns));
+    let over = |i: usize| median(&col(runs, (b, i), |r| r.ns)) - base;
+    let ev = |i: usize, f: fn(&Events) -> f64| median(&col(runs, (b, i), |r| f(&r.ev)));
+    let per_op = |x: f64| {
+        if x.is_finite() {
+            format!("{:.2}", x / ops)
+        } else {
+            "–".into()
+        }
     };
-    let floor_of = |detailed: bool| {
-        cfgs.iter()
-            .position(|(_, cfg)| matches!(cfg, Cfg::Floor { detailed: d } if *d == detailed))
+    // Probe hits per operation, over every event kind reported.
+    let hits = |i: usize| {
+        [
+            ev(i, |e| e.spawn),
+            ev(i, |e| e.exit),
+            ev(i, |e| e.poll),
+            ev(i, |e| e.wake),
+        ]
+        .iter()
+        .filter(|x| x.is_finite())
+        .sum::<f64>()
+            / ops
     };
-    let mut headline = Vec::new();
-    for b in benches {
-        let n = b.n(plan);
-        let ops = b.ops(n);
-        let base = median(&col((b, 0), &|r| r.ns));
-        let over = |i: usize| median(&col((b, i), &|r| r.ns)) - base;
-        let per = |x: f64| {
-            if x.is_finite() {
-                format!("{:.2}", x / ops)
-            } else {
-                "–".into()
-            }
-        };
-        let rows: Vec<Vec<String>> = cfgs
-            .iter()
-            .enumerate()
-            .map(|(i, (name, cfg))| {
-                let k = (b, i);
-                let ns = col(k, &|r| r.ns);
-                let ev = |f: fn(&Events) -> f64| median(&col(k, &|r| f(&r.ev)));
-                let hits = [
-                    ev(|e| e.spawn),
-                    ev(|e| e.exit),
-                    ev(|e| e.poll),
-                    ev(|e| e.wake),
-                ]
-                .iter()
-                .filter(|x| x.is_finite())
-                .sum::<f64>()
-                    / ops;
-                let vs_floor = match cfg {
-                    Cfg::Leaktrace { detailed, .. } => {
-                        let f = floor_of(*detailed).map_or(f64::NAN, over);
-                        // With no probe on the measured path both overheads
-                        // are noise; their ratio would mean nothing.
-                        if f > 0.05 * base {
-                            format!("{:.2}×", over(i) / f)
-                        } else {
-                            "– (no probe per op)".into()
-                        }
-                    }
-                    Cfg::Floor { .. } => "floor".into(),
-                    Cfg::Untraced => "–".into(),
-                };
-                let traced = !matches!(cfg, Cfg::Untraced);
-                vec![
-                    name.clone(),
-                    format!("{}", runs.get(&k).map_or(0, Vec::len)),
-                    fmt_med(&ns, 0),
-                    ratio(median(&ns), base),
-                    if traced {
-                        format!("{:+.0}", over(i))
-                    } else {
-                        "–".into()
-                    },
-                    vs_floor,
-                    if traced {
-                        per(ev(|e| e.spawn))
-                    } else {
-                        "–".into()
-                    },
-                    if traced {
-                        per(ev(|e| e.exit))
-                    } else {
-                        "–".into()
-                    },
-                    if traced {
-                        per(ev(|e| e.poll))
-                    } else {
-                        "–".into()
-                    },
-                    if traced {
-                        per(ev(|e| e.wake))
-                    } else {
-                        "–".into()
-                    },
-                    if traced {
-                        format!("{:.0}", ev(|e| e.lost))
-                    } else {
-                        "–".into()
-                    },
-                    if traced && hits >= 0.5 {
-                        format!("{:.0}", over(i) / hits)
-                    } else {
-                        "–".into()
-                    },
-                ]
-            })
-            .collect();
-        let unit = b.unit();
-        md.line(&format!(
-            "**{}** ({n} {unit}s timed; the event columns count the whole run, {ops:.0} {unit}s \
-             with the warm-up, per {unit}):",
-            b.mode()
-        ));
-        md.table(
-            &[
-                "configuration",
-                "runs",
-                &format!("ns per {unit}"),
-                "× untraced",
-                "ns over untraced",
-                "overhead ÷ floor's",
-                "spawns",
-                "completions",
-                "polls",
-                "wakes",
-                "events lost",
-                "ns per probe hit over untraced",
-            ],
-            &rows,
-        );
-        let lt = |detailed: bool| {
-            cfgs.iter().position(
-                |(n, cfg)| matches!(cfg, Cfg::Leaktrace { detailed: d, .. } if *d == detailed && n.starts_with("leaktrace ")),
-            )
-        };
-        let fmt_over = |i: Option<usize>| i.map_or("–".into(), |i| format!("{:+.0} ns", over(i)));
-        headline.push(format!(
-            "per {unit} ({}): untraced {base:.0} ns; leaktrace default {} (bpftrace floor {}), \
-             --detailed {} (floor {})",
-            b.mode(),
-            fmt_over(lt(false)),
-            fmt_over(floor_of(false)),
-            fmt_over(lt(true)),
-            fmt_over(floor_of(true)),
-        ));
-        let cpu: Vec<String> = [false, true]
-            .iter()
-            .filter_map(|&d| lt(d).map(|i| (d, i)))
-            .map(|(d, i)| {
-                let pct = col((b, i), &|r| 100.0 * r.cpu_s / r.window_s.max(1e-3));
-                let per_op = col((b, i), &|r| r.cpu_s * 1e9 / ops);
-                format!(
-                    "{} {} % of one CPU ({} ns per {unit})",
-                    if d { "--detailed" } else { "default" },
-                    fmt_med(&pct, 0),
-                    fmt_med(&per_op, 0)
-                )
-            })
-            .collect();
-        md.line(&format!(
-            "leaktrace's own CPU from the end of the delay to the program's result line \
-             (warm-up and loop; /proc/PID/stat, 10 ms ticks): {}.",
-            cpu.join("; ")
-        ));
-    }
+    let rows: Vec<Vec<String>> = cfgs
+        .iter()
+        .enumerate()
+        .map(|(i, (name, cfg))| {
+            let ns = col(runs, (b, i), |r| r.ns);
+            let mut row = vec![
+                name.clone(),
+                format!("{}", runs.get(&(b, i)).map_or(0, Vec::len)),
+                fmt_med(&ns, 0),
+                ratio(median(&ns), base),
+            ];
+            let vs_floor = match cfg {
+                Cfg::Untraced => {
+                    row.extend(std::iter::repeat_n("–".to_string(), 8));
+                    return row;
+                }
+                Cfg::Floor { .. } => "floor".into(),
+                Cfg::Leaktrace { detailed, .. } => match leaktrace_and_floor(cfgs, *detailed).1 {
+                    // With no probe on the measured path both overheads are
+                    // noise; their ratio would mean nothing.
+                    Some(f) if hits(f) >= 0.5 => format!("{:.2}×", over(i) / over(f)),
+                    _ => "– (no probe per op)".into(),
+                },
+            };
+            row.extend([
+                format!("{:+.0}", over(i)),
+                vs_floor,
+                per_op(ev(i, |e| e.spawn)),
+                per_op(ev(i, |e| e.exit)),
+                per_op(ev(i, |e| e.poll)),
+                per_op(ev(i, |e| e.wake)),
+                format!("{:.0}", ev(i, |e| e.lost)),
+                if hits(i) >= 0.5 {
+                    format!("{:.0}", over(i) / hits(i))
+                } else {
+                    "–".into()
+                },
+            ]);
+            row
+        })
+        .collect();
     md.line(&format!(
-        "Headline (medians, traced − untraced in the same rounds): {}. A probe hit here is one \
-         counted event (spawn, completion, poll or wake); tasks run on 2 workers, so hits on \
-         the two CPUs partly overlap and ns per hit is a per-operation average, not the cost \
-         of one trap.",
-        headline.join("; ")
+        "**{}** ({n} {unit}s timed; the event columns count the whole run, {ops:.0} {unit}s \
+         with the warm-up, per {unit}):",
+        b.mode()
     ));
-    Ok(())
+    md.table(
+        &[
+            "configuration",
+            "runs",
+            &format!("ns per {unit}"),
+            "× untraced",
+            "ns over untraced",
+            "overhead ÷ floor's",
+            "spawns",
+            "completions",
+            "polls",
+            "wakes",
+            "events lost",
+            "ns per probe hit over untraced",
+        ],
+        &rows,
+    );
+    let cpu: Vec<String> = [false, true]
+        .into_iter()
+        .filter_map(|d| Some((d, leaktrace_and_floor(cfgs, d).0?)))
+        .map(|(d, i)| {
+            let pct = col(runs, (b, i), |r| 100.0 * r.cpu_s / r.window_s.max(1e-3));
+            let ns = col(runs, (b, i), |r| r.cpu_s * 1e9 / ops);
+            format!(
+                "{} {} % of one CPU ({} ns per {unit})",
+                if d { "--detailed" } else { "default" },
+                fmt_med(&pct, 0),
+                fmt_med(&ns, 0)
+            )
+        })
+        .collect();
+    md.line(&format!(
+        "leaktrace's own CPU from the end of the delay to the program's result line (warm-up \
+         and loop; its threads' run time in /proc/PID/task/*/schedstat): {}.",
+        cpu.join("; ")
+    ));
+    let fmt_over = |i: Option<usize>| i.map_or("–".into(), |i| format!("{:+.0} ns", over(i)));
+    let (lt, floor) = leaktrace_and_floor(cfgs, false);
+    let (lt_d, floor_d) = leaktrace_and_floor(cfgs, true);
+    format!(
+        "per {unit} ({}): untraced {base:.0} ns; leaktrace default {} (bpftrace floor {}), \
+         --detailed {} (floor {})",
+        b.mode(),
+        fmt_over(lt),
+        fmt_over(floor),
+        fmt_over(lt_d),
+        fmt_over(floor_d),
+    )
+}
+
+/// The fixture's runtime has 2 workers, each started by a blocking-pool
+/// task polled once at start-up: seen by a tracer that is there from the
+/// start (bpftrace -c), not by one that attaches later (leaktrace --pid).
+const LAUNCHERS: u64 = 2;
+
+/// Did every traced run see what the program did? The fixture's counts are
+/// known exactly: spawnbench spawns (and completes) n + n/10 + 1 trivial
+/// tasks plus the task that spawns them; pollbench's one task is polled
+/// n + n/10 + 1 times and wakes itself n + n/10 times.
+fn event_check(plan: &Plan, cfgs: &[(String, Cfg)], runs: &Runs) -> String {
+    type Get = fn(&Events) -> f64;
+    let expected = |b: Bench, cfg: &Cfg| -> Vec<(&str, Get, u64)> {
+        let n = b.n(plan);
+        let ops = n + n / 10;
+        let (spawn, exit): (Get, Get) = (|e| e.spawn, |e| e.exit);
+        let (detailed, launchers) = match cfg {
+            Cfg::Untraced => return Vec::new(),
+            Cfg::Leaktrace { detailed, .. } => (*detailed, 0),
+            Cfg::Floor { detailed } => (*detailed, LAUNCHERS),
+        };
+        match b {
+            Bench::Spawn => vec![("spawns", spawn, ops + 2), ("completions", exit, ops + 2)],
+            Bench::Poll if detailed => vec![
+                ("spawns", spawn, 1),
+                ("completions", exit, 1),
+                ("polls", |e| e.poll, ops + 1 + launchers),
+                ("wakes", |e| e.wake, ops),
+            ],
+            Bench::Poll => vec![("spawns", spawn, 1), ("completions", exit, 1)],
+        }
+    };
+    let mut checked = 0;
+    let mut off = Vec::new();
+    for b in BENCHES {
+        for (i, (name, cfg)) in cfgs.iter().enumerate() {
+            if matches!(cfg, Cfg::Untraced) {
+                continue;
+            }
+            for r in runs.get(&(b, i)).into_iter().flatten() {
+                checked += 1;
+                for (what, get, want) in expected(b, cfg) {
+                    if get(&r.ev) != want as f64 {
+                        off.push(format!(
+                            "{} {name}: {} {what} of {want}",
+                            b.mode(),
+                            get(&r.ev)
+                        ));
+                    }
+                }
+                if r.ev.lost > 0.0 {
+                    off.push(format!("{} {name}: {} events lost", b.mode(), r.ev.lost));
+                }
+            }
+        }
+    }
+    let (s, p) = (Bench::Spawn.n(plan), Bench::Poll.n(plan));
+    let what = format!(
+        "spawnbench {} tasks spawned and completed per run, pollbench 1 task, with --detailed {} \
+         polls (bpftrace, there from the start, also sees the {LAUNCHERS} polls of the tasks \
+         that launch the workers) and {} wakes",
+        s + s / 10 + 2,
+        p + p / 10 + 1,
+        p + p / 10
+    );
+    if off.is_empty() {
+        format!(
+            "Event check: all {checked} traced runs (leaktrace's final report, bpftrace's maps) \
+             counted exactly what the fixture did ({what}), and none lost an event."
+        )
+    } else {
+        format!(
+            "**Event check: {} of the counts in {checked} traced runs differ from what the \
+             fixture did** ({what}): {}.",
+            off.len(),
+            off.join("; ")
+        )
+    }
 }
 
 #[cfg(test)]

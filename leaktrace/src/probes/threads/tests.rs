@@ -8,12 +8,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::{Ebpf, EbpfLoader};
-
 use super::*;
 use crate::report::model::{ThreadGroupReport, ThreadVerdict, ThreadsReport};
-
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leaktrace"));
 
 fn root(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -28,10 +24,8 @@ fn root(test: &str) -> bool {
     false
 }
 
-fn load() -> Ebpf {
-    EbpfLoader::new()
-        .load(OBJECT)
-        .expect("loading the probes object")
+fn load() -> Probes {
+    Probes::load(leaktrace_common::GoConfig::default()).expect("loading the probes object")
 }
 
 /// A child that takes commands on stdin and answers one line each.

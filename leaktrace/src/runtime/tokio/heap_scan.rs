@@ -211,6 +211,14 @@ pub fn scan_regions(
         }
         match read_task(mem, header, vt, i, load_bias) {
             Some(again) if again.id == first.id && again.state.is_plausible_live() => {
+                // A freed cell reused by other data can keep the old header
+                // intact (seen: an mpsc block whose first slot made a
+                // plausible state word); its list neighbours moved on.
+                let linked = || linked_both_ways(mem, header, vt, &by_addr, vtables);
+                if vt.has_bound_scheduler() && !linked() && !linked() {
+                    out.stale_cells += 1;
+                    continue;
+                }
                 if ids.insert(again.id) {
                     out.tasks.push(again);
                 } else {
@@ -247,6 +255,35 @@ fn read_tolerant(mem: &Memory, at: u64, buf: &mut [u8], out: &mut HeapScan) -> b
     any
 }
 
+/// Whether a bound task's list neighbours point back at it. A task lives on
+/// its runtime's owned-task list (`Trailer.owned`: prev and next headers)
+/// from spawn to completion; a freed cell keeps stale pointers whose
+/// targets were relinked to each other when it left. A task alone in its
+/// list shard has no neighbours to ask and passes.
+fn linked_both_ways(
+    mem: &Memory,
+    header: u64,
+    vt: &TaskVtable,
+    by_addr: &HashMap<u64, usize>,
+    vtables: &[TaskVtable],
+) -> bool {
+    let pair = |at: u64| {
+        let mut b = [0u8; 16];
+        mem.read(at, &mut b).ok()?;
+        Some([word(&b, 0)?, word(&b, 8)?])
+    };
+    let Some(neighbours) = pair(header + vt.trailer_offset) else {
+        return false;
+    };
+    neighbours.iter().filter(|&&n| n != 0).all(|&n| {
+        let points_back = || {
+            let nvt = &vtables[*by_addr.get(&mem.read_u64(n + HEADER_VTABLE).ok()?)?];
+            pair(n + nvt.trailer_offset).map(|p| p.contains(&header))
+        };
+        points_back().unwrap_or(false)
+    })
+}
+
 /// One task header (and its id and scheduler) at `header`, if its vtable
 /// word is still `vt`'s.
 pub fn read_task(
@@ -257,19 +294,34 @@ pub fn read_task(
     load_bias: u64,
 ) -> Option<LiveTask> {
     // Header, scheduler and id in one read: the offsets are small (< 4 KiB).
-    let len = (vt.id_offset + 8).max(HEADER_LEN as u64) as usize;
-    let mut b = vec![0u8; len];
+    let mut b = vec![0u8; task_span(vt)];
     mem.read(header, &mut b).ok()?;
-    if word(&b, HEADER_VTABLE as usize)? != vt.va.wrapping_add(load_bias) {
+    parse_task(&b, header, vt, index, load_bias)
+}
+
+/// Bytes from the header to the end of the task id.
+pub fn task_span(vt: &TaskVtable) -> usize {
+    (vt.id_offset + 8).max(HEADER_LEN as u64) as usize
+}
+
+/// A task from `b`, the [`task_span`] bytes read at `header`.
+pub fn parse_task(
+    b: &[u8],
+    header: u64,
+    vt: &TaskVtable,
+    index: usize,
+    load_bias: u64,
+) -> Option<LiveTask> {
+    if word(b, HEADER_VTABLE as usize)? != vt.va.wrapping_add(load_bias) {
         return None;
     }
     Some(LiveTask {
         header,
-        id: word(&b, vt.id_offset as usize)?,
-        state: StateWord(word(&b, 0)?),
+        id: word(b, vt.id_offset as usize)?,
+        state: StateWord(word(b, 0)?),
         vtable: index,
-        owner_id: word(&b, HEADER_OWNER_ID as usize)?,
-        scheduler: word(&b, vt.scheduler_offset as usize)?,
+        owner_id: word(b, HEADER_OWNER_ID as usize)?,
+        scheduler: word(b, vt.scheduler_offset as usize)?,
     })
 }
 

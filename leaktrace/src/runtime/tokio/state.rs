@@ -83,7 +83,14 @@ impl StateWord {
     /// all, and no bits above the refcount that tokio never sets.
     pub fn is_plausible_live(self) -> bool {
         let refs = self.refs();
-        !self.is_complete() && (1..MAX_PLAUSIBLE_REFS).contains(&refs)
+        // A scheduled or running task is also referenced by its run-queue
+        // entry (the `Notified`), besides the owner list.
+        let min_refs = if self.is_notified() || self.is_running() {
+            2
+        } else {
+            1
+        };
+        !self.is_complete() && (min_refs..MAX_PLAUSIBLE_REFS).contains(&refs)
     }
 
     pub fn activity(self) -> Activity {

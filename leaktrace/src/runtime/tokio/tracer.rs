@@ -26,7 +26,7 @@ use leaktrace_common::{TokioEvent, tokio_kind};
 use super::{
     await_points::AwaitDecoder,
     binary::{RustBinary, TokioError, detect},
-    heap_scan::{LiveTask, cell_align, exe_load_bias, read_task, scan},
+    heap_scan::{LiveTask, cell_align, exe_load_bias, parse_task, scan, task_span},
     probe_points::{TokioPlan, plan},
     state::StateWord,
 };
@@ -420,7 +420,13 @@ impl TokioTracer {
                 Tracked {
                     id: live.id,
                     vtable: live.vtable,
-                    alive_since: Since::AtMost(now_ns),
+                    // Before the first scan: any age. Later: new since the
+                    // last scan, so its start is known to within one.
+                    alive_since: if first {
+                        Since::AtMost(now_ns)
+                    } else {
+                        Since::Exact(now_ns)
+                    },
                     last_poll: None,
                     state: None,
                     owner_id: 0,
@@ -440,25 +446,33 @@ impl TokioTracer {
         let mem = Memory::new(pid);
         let bias = self.bias.unwrap_or(0);
         let vtables = &self.bin.vtables;
+        // Many headers per syscall; the span covers every vtable's id.
+        let span = vtables.iter().map(task_span).max().unwrap_or(0);
+        let headers: Vec<u64> = self.tasks.keys().copied().collect();
+        let reads = mem.read_many(&headers, span);
         let before = self.tasks.len();
         self.dropped.swap(0, 1);
         let dropped = &mut self.dropped[0];
         dropped.clear();
-        self.tasks.retain(|&header, t| {
-            match read_task(&mem, header, &vtables[t.vtable], t.vtable, bias) {
+        for (header, bytes) in headers.into_iter().zip(reads) {
+            let Some(t) = self.tasks.get_mut(&header) else {
+                continue;
+            };
+            let live =
+                bytes.and_then(|b| parse_task(&b, header, &vtables[t.vtable], t.vtable, bias));
+            match live {
                 Some(live) if live.id == t.id && live.state.is_plausible_live() => {
                     t.state = Some(live.state);
                     t.owner_id = live.owner_id;
-                    true
                 }
                 // Finished (its completion event is on its way, or was lost),
                 // or the cell was freed and reused.
                 _ => {
                     dropped.insert(t.id);
-                    false
+                    self.tasks.remove(&header);
                 }
             }
-        });
+        }
         self.totals.corrected += (before - self.tasks.len()) as u64;
     }
 

@@ -1,5 +1,5 @@
 //! Every way a session ends gives a final report and leaves no probe behind:
-//! Ctrl-C, SIGTERM, the target exiting, COUNT reached.
+//! Ctrl-C, SIGTERM, the target exiting, COUNT reached; for Go and tokio.
 mod common;
 
 use std::{
@@ -99,15 +99,11 @@ fn wait_attached(child: &mut Child) -> Vec<(&'static str, String)> {
     held
 }
 
-#[test]
-fn every_exit_path_prints_a_final_report_and_detaches() {
-    if !ebpf_available("every_exit_path_prints_a_final_report_and_detaches") {
-        return;
-    }
-    let go = one_go("1.26");
-    let bin = build("chan_send", &go, BuildMode::Plain);
+/// Ctrl-C, SIGTERM and the target's exit, each on a fresh target from
+/// `start` holding at least `min_live` tasks.
+fn check_signals_and_target_exit(start: &dyn Fn() -> Fixture, min_live: u64) {
     for (how, sig) in [("Ctrl-C", libc::SIGINT), ("SIGTERM", libc::SIGTERM)] {
-        let fx = Fixture::start(&bin, ["-n", "50", "-hold", "60s"]);
+        let fx = start();
         let mut lt = start_leaktrace(fx.pid(), &[]);
         let held = wait_attached(&mut lt);
         // SAFETY: signalling our own child.
@@ -118,7 +114,7 @@ fn every_exit_path_prints_a_final_report_and_detaches() {
             .last()
             .unwrap_or_else(|| panic!("{how}: no report: {stderr}"));
         assert_eq!(last.0["final"], true, "{how}");
-        assert!(last.live() >= 50, "{how}: {}", last.summary());
+        assert!(last.live() >= min_live, "{how}: {}", last.summary());
         assert_eq!(
             still_loaded(&held),
             Vec::<String>::new(),
@@ -133,7 +129,7 @@ fn every_exit_path_prints_a_final_report_and_detaches() {
     }
 
     // The target exits while traced: a final report that says so.
-    let fx = Fixture::start(&bin, ["-n", "50", "-hold", "60s"]);
+    let fx = start();
     let mut lt = start_leaktrace(fx.pid(), &[]);
     let held = wait_attached(&mut lt);
     fx.terminate(Duration::from_secs(10))
@@ -150,6 +146,16 @@ fn every_exit_path_prints_a_final_report_and_detaches() {
         "probes left after the target exited"
     );
     println!("target exit: final report noting it, exit 0, probes detached");
+}
+
+#[test]
+fn every_exit_path_prints_a_final_report_and_detaches() {
+    if !ebpf_available("every_exit_path_prints_a_final_report_and_detaches") {
+        return;
+    }
+    let go = one_go("1.26");
+    let bin = build("chan_send", &go, BuildMode::Plain);
+    check_signals_and_target_exit(&|| Fixture::start(&bin, ["-n", "50", "-hold", "60s"]), 50);
 
     // COUNT periodic reports, the last one final.
     let fx = Fixture::start(&bin, ["-n", "50", "-hold", "60s"]);
@@ -163,4 +169,20 @@ fn every_exit_path_prints_a_final_report_and_detaches() {
     assert!(reports[..2].iter().all(|r| r.0["final"] == false) && reports[2].0["final"] == true);
     assert_eq!(still_loaded(&held), Vec::<String>::new());
     println!("INTERVAL COUNT: 3 reports, the last one final, probes detached");
+}
+
+/// The same for a tokio program: its uprobes (spawn, completion, every
+/// vtable's shutdown) and the thread tracepoints all go.
+#[test]
+fn tokio_exit_paths_print_a_final_report_and_detach() {
+    if !ebpf_available("tokio_exit_paths_print_a_final_report_and_detach") {
+        return;
+    }
+    let bin = tokio_fixture("release");
+    let start = || {
+        let fx = Fixture::start(&bin, ["pending", "--n", "20", "--hold", "60"]);
+        fx.wait_for_line("alive_tasks ", Duration::from_secs(30));
+        fx
+    };
+    check_signals_and_target_exit(&start, 20);
 }
