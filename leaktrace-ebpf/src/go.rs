@@ -18,7 +18,7 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use leaktrace_common::{EventKind, GoConfig, GoEvent, spawn_point};
 
-use crate::maps::{emit, read_u64, read_u8};
+use crate::maps::{emit, read_u8, read_u64};
 
 /// Set by the loader before the program is loaded.
 #[unsafe(no_mangle)]
