@@ -7,9 +7,9 @@
 #![no_main]
 
 mod go;
-mod tokio;
 mod maps;
 mod threads;
+mod tokio;
 
 #[cfg(not(test))]
 #[panic_handler]
