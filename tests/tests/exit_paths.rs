@@ -82,21 +82,33 @@ fn still_loaded(objects: &[(&'static str, String)]) -> Vec<String> {
 
 /// Let the session get going; what it holds in the kernel.
 fn wait_attached(child: &mut Child) -> Vec<(&'static str, String)> {
-    std::thread::sleep(Duration::from_millis(1500));
-    assert!(
-        child.try_wait().expect("wait").is_none(),
-        "leaktrace exited early"
-    );
-    let held = held_bpf_objects(child.id());
-    assert!(
-        held.iter().filter(|o| o.0 == "prog").count() >= 3,
-        "leaktrace holds its programs: {held:?}"
-    );
-    assert!(
-        held.iter().any(|o| o.0 == "link"),
-        "leaktrace holds uprobe links: {held:?}"
-    );
-    held
+    // Attaching waits for the kernel's uprobe lock, which another session
+    // detaching (tests run in parallel) holds for a while: wait until the
+    // set of held objects stops changing, not a fixed time.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = Vec::new();
+    let mut stable = 0;
+    while stable < 5 {
+        assert!(
+            Instant::now() < deadline,
+            "leaktrace never finished attaching: {last:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "leaktrace exited early"
+        );
+        let held = held_bpf_objects(child.id());
+        let attached = held.iter().filter(|o| o.0 == "prog").count() >= 3
+            && held.iter().any(|o| o.0 == "link");
+        stable = if attached && held == last {
+            stable + 1
+        } else {
+            0
+        };
+        last = held;
+    }
+    last
 }
 
 /// Ctrl-C, SIGTERM and the target's exit, each on a fresh target from
