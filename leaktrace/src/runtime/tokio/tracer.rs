@@ -104,8 +104,6 @@ pub struct TokioTracer {
     /// Highest task id the first scan found, and when that scan ended: a
     /// later task is one the spawn probes should have reported.
     first_scan: Option<(u64, u64)>,
-    /// Tasks spawned after the first scan that no spawn probe reported.
-    missed_spawns: u64,
     /// Ids the last two refreshes dropped because memory showed them
     /// finished: their completion event may still be on its way.
     dropped: [HashSet<u64>; 2],
@@ -140,7 +138,6 @@ impl TokioTracer {
             totals: TokioTotals::default(),
             last_unstable: 0,
             first_scan: None,
-            missed_spawns: 0,
             dropped: Default::default(),
             unannounced: HashMap::new(),
             notes: Vec::new(),
@@ -226,14 +223,7 @@ impl TokioTracer {
                 return Ok(None);
             }
             let b = exe_load_bias(pid, &self.elf).context("finding where the program is loaded")?;
-            self.bias = Some(b);
-            self.by_vtable = self
-                .bin
-                .vtables
-                .iter()
-                .enumerate()
-                .map(|(i, v)| (v.va.wrapping_add(b), i))
-                .collect();
+            self.set_bias(b);
         }
         Ok(Some(
             self.bin
@@ -242,6 +232,17 @@ impl TokioTracer {
                 .map(|v| (v.va.wrapping_add(self.bias.unwrap_or(0)), v.id_offset))
                 .collect(),
         ))
+    }
+
+    fn set_bias(&mut self, bias: u64) {
+        self.bias = Some(bias);
+        self.by_vtable = self
+            .bin
+            .vtables
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (v.va.wrapping_add(bias), i))
+            .collect();
     }
 
     /// One probe record, in ring order.
@@ -328,7 +329,6 @@ impl TokioTracer {
         if id <= max_id || seen_ns <= scan_end || !self.coverage.spawns {
             return;
         }
-        self.missed_spawns += 1;
         self.coverage.spawns = false;
         self.notes.push(
             "the spawn probe (`OwnedTasks::bind_inner`) missed tasks of this runtime (inlined \
@@ -550,4 +550,68 @@ fn is_library_frame(function: &str) -> bool {
     ["tokio::", "core::", "std::", "alloc::", "futures_"]
         .iter()
         .any(|p| function.starts_with(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures::fixture_binary;
+    use super::*;
+
+    fn event(kind: u8, header: u64, id: u64, vtable: u64, ts_ns: u64) -> TokioEvent {
+        TokioEvent {
+            ts_ns,
+            header,
+            id,
+            vtable,
+            kind,
+            ..TokioEvent::default()
+        }
+    }
+
+    /// The table follows spawn and completion events; a completion that
+    /// arrives after a refresh already dropped the task is not a
+    /// correction; a completion of a task no spawn event announced, after
+    /// the first scan, switches the session to heap scans and says why.
+    #[test]
+    fn events_drive_the_table_and_missed_spawns_are_noticed() {
+        let mut t = TokioTracer::open(&fixture_binary("release", false)).expect("tokio fixture");
+        t.set_bias(0x1000);
+        t.coverage = Coverage {
+            spawns: true,
+            completions: true,
+            polls: false,
+        };
+        let vt = t
+            .bin
+            .vtables
+            .iter()
+            .find(|v| v.has_bound_scheduler() && !v.is_blocking())
+            .expect("a task vtable")
+            .va
+            + 0x1000;
+        t.first_scan = Some((10, 100));
+        t.apply(&event(tokio_kind::SPAWN, 0xa000, 11, vt, 200));
+        t.apply(&event(tokio_kind::SPAWN, 0xb000, 12, vt, 210));
+        assert_eq!(t.tasks.len(), 2);
+        assert_eq!(t.tasks[&0xa000].alive_since, Since::Exact(200));
+        t.apply(&event(tokio_kind::COMPLETE, 0xa000, 11, vt, 300));
+        assert_eq!(t.tasks.len(), 1);
+
+        // A refresh found 12 finished before its event came.
+        t.tasks.remove(&0xb000);
+        t.dropped[0].insert(12);
+        t.totals.corrected = 1;
+        t.apply(&event(tokio_kind::COMPLETE, 0xb000, 12, vt, 310));
+        assert_eq!(t.totals.corrected, 0);
+        assert!(t.notes.is_empty() && t.coverage.spawns);
+
+        // Id 13 was never announced.
+        t.apply(&event(tokio_kind::COMPLETE, 0xc000, 13, vt, 320));
+        assert!(!t.coverage.spawns, "falls back to heap scans");
+        assert_eq!(t.notes.len(), 1, "{:?}", t.notes);
+
+        // Records for vtables that are not tasks' are ignored.
+        t.apply(&event(tokio_kind::SPAWN, 0xd000, 14, 0xdead, 330));
+        assert!(!t.tasks.contains_key(&0xd000));
+    }
 }
