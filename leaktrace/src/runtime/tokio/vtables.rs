@@ -88,6 +88,10 @@ pub struct TaskName {
     pub source: NameSource,
     /// For [`NameSource::Address`]: why nothing better was available.
     pub reason: Option<String>,
+    /// For [`NameSource::DropGlue`]: other futures whose drop code the
+    /// linker folded into the same function, so the name may be any of
+    /// them (sorted; `future` is the first).
+    pub also: Vec<String>,
 }
 
 /// One task vtable. Addresses are link-time (add the load bias for PIE).
@@ -111,7 +115,18 @@ impl TaskVtable {
     /// wrapped closure for `spawn_blocking`, else `vtable@0x…`.
     pub fn display_name(&self) -> String {
         match &self.name.future {
-            Some(t) => short_future_name(t),
+            Some(t) if self.name.also.is_empty() => short_future_name(t),
+            // Say so rather than pick one silently.
+            Some(t) => format!(
+                "{} (or {}: folded drop code)",
+                short_future_name(t),
+                self.name
+                    .also
+                    .iter()
+                    .map(|a| short_future_name(a))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
             None => format!("vtable@{:#x}", self.va),
         }
     }
@@ -314,6 +329,7 @@ fn vtable_at(
             scheduler: None,
             source: NameSource::Address,
             reason: None,
+            also: Vec::new(),
         },
     })
 }
@@ -446,6 +462,7 @@ fn name_vtable(
             scheduler: args.next(),
             source,
             reason: None,
+            also: Vec::new(),
         })
     };
     if let Some(names) = symbols.names_at(vt.poll()) {
@@ -514,6 +531,7 @@ fn address_only(reason: &str) -> TaskName {
         scheduler: None,
         source: NameSource::Address,
         reason: Some(reason.into()),
+        also: Vec::new(),
     }
 }
 
@@ -559,10 +577,16 @@ fn drop_glue_name(elf: &ElfFile, vt: &TaskVtable, symbols: &Symbols) -> Option<T
             let Some(names) = symbols.names_at(target) else {
                 continue;
             };
-            for n in names {
-                if let Some(name) = task_drop_glue(&n.demangled) {
-                    return Some(name);
-                }
+            let mut found: Vec<TaskName> = names
+                .iter()
+                .filter_map(|n| task_drop_glue(&n.demangled))
+                .collect();
+            found.sort_by(|a, b| a.future.cmp(&b.future));
+            found.dedup_by(|a, b| a.future == b.future);
+            if !found.is_empty() {
+                let mut name = found.remove(0);
+                name.also = found.into_iter().filter_map(|n| n.future).collect();
+                return Some(name);
             }
             let generic_task_fn = names.iter().any(|n| {
                 n.demangled
@@ -599,6 +623,7 @@ fn task_drop_glue(demangled: &str) -> Option<TaskName> {
         scheduler: args.next(),
         source: NameSource::DropGlue,
         reason: None,
+        also: Vec::new(),
     })
 }
 
@@ -709,6 +734,31 @@ mod tests {
         assert_eq!(short_future_name("app::f::{async_block_env#3}"), "app::f");
         assert_eq!(split_generic_args("poll<a, b"), None);
         assert_eq!(split_generic_args("no generics"), None);
+    }
+
+    /// Folded drop code names several futures: all of them are shown.
+    #[test]
+    fn ambiguous_names_say_so() {
+        let mut vt = TaskVtable {
+            va: 0x1000,
+            fns: [0; 7],
+            trailer_offset: 80,
+            scheduler_offset: 32,
+            id_offset: 40,
+            name: TaskName {
+                future: Some("app::pending_forever::{{closure}}".into()),
+                scheduler: None,
+                source: NameSource::DropGlue,
+                reason: None,
+                also: vec!["app::poll_bench::{{closure}}".into()],
+            },
+        };
+        assert_eq!(
+            vt.display_name(),
+            "app::pending_forever (or app::poll_bench: folded drop code)"
+        );
+        vt.name.also.clear();
+        assert_eq!(vt.display_name(), "app::pending_forever");
     }
 
     #[test]
