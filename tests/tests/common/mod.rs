@@ -123,23 +123,54 @@ impl Run {
 /// fixture leaks for `leak_for`, goes quiescent and prints its truth; the
 /// final report comes after that, at `duration`. leaktrace passes the
 /// fixture's stdout through, so the truth block is read from leaktrace's.
-pub fn run_command_mode(fixture: &PathBuf, fixture_args: &[&str], duration: &str) -> Run {
+pub fn run_command_mode(fixture: &std::path::Path, fixture_args: &[&str], duration: &str) -> Run {
     use std::io::{BufRead, BufReader};
     let out = tempfile_path("reports.jsonl");
+    let (mut child, stdout, err_reader) =
+        start_command_mode(fixture, fixture_args, &["--duration", duration], &out);
+    let lines: Vec<String> = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .collect();
+    let status = wait_exit(&mut child, Duration::from_secs(60));
+    let stderr = err_reader.join().unwrap_or_default();
+    let reports = final_reports(status, &out, &stderr);
+    let truth = first_truth_block(&lines).unwrap_or_else(|| {
+        panic!(
+            "the fixture printed no ground truth:\n{}\n{stderr}",
+            lines.join("\n")
+        )
+    });
+    Run {
+        reports,
+        truth,
+        stderr,
+    }
+}
+
+/// `leaktrace --format json --top 50 EXTRA --output OUT -c FIXTURE ARGS`,
+/// its stdout (the fixture's, passed through) and a thread collecting its
+/// stderr.
+fn start_command_mode(
+    fixture: &std::path::Path,
+    fixture_args: &[&str],
+    extra: &[&str],
+    out: &std::path::Path,
+) -> (
+    Child,
+    std::process::ChildStdout,
+    std::thread::JoinHandle<String>,
+) {
+    use std::io::{BufRead, BufReader};
     let mut child = Command::new(leaktrace_bin())
-        .args([
-            "--format",
-            "json",
-            "--top",
-            "50",
-            "--duration",
-            duration,
-            "--output",
-        ])
-        .arg(&out)
+        .args(["--format", "json", "--top", "50"])
+        .args(extra)
+        .arg("--output")
+        .arg(out)
         .arg("-c")
         .arg(fixture)
         .args(fixture_args)
+        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -153,25 +184,34 @@ pub fn run_command_mode(fixture: &PathBuf, fixture_args: &[&str], duration: &str
             .collect::<Vec<_>>()
             .join("\n")
     });
-    let lines: Vec<String> = BufReader::new(stdout)
-        .lines()
-        .map_while(Result::ok)
-        .collect();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
+    (child, stdout, err_reader)
+}
+
+/// leaktrace's exit status; killed if it takes longer than `timeout`.
+fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
         if let Some(st) = child.try_wait().expect("wait") {
-            break st;
+            return st;
         }
         if Instant::now() > deadline {
             let _ = child.kill();
-            break child.wait().expect("wait");
+            return child.wait().expect("wait");
         }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let stderr = err_reader.join().unwrap_or_default();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The reports leaktrace wrote to `out`, which must end with a final one,
+/// after a successful exit.
+fn final_reports(
+    status: std::process::ExitStatus,
+    out: &std::path::Path,
+    stderr: &str,
+) -> Vec<Report> {
     assert!(status.success(), "leaktrace failed ({status}):\n{stderr}");
-    let text = std::fs::read_to_string(&out).unwrap_or_default();
-    let _ = std::fs::remove_file(&out);
+    let text = std::fs::read_to_string(out).unwrap_or_default();
+    let _ = std::fs::remove_file(out);
     let reports = parse_reports(&text);
     assert!(
         reports
@@ -179,17 +219,7 @@ pub fn run_command_mode(fixture: &PathBuf, fixture_args: &[&str], duration: &str
             .is_some_and(|r| r.0["final"] == Value::Bool(true)),
         "no final report from leaktrace:\n{stderr}"
     );
-    let truth = first_truth_block(&lines).unwrap_or_else(|| {
-        panic!(
-            "the fixture printed no ground truth:\n{}\n{stderr}",
-            lines.join("\n")
-        )
-    });
-    Run {
-        reports,
-        truth,
-        stderr,
-    }
+    reports
 }
 
 /// The first `numgoroutine` + profile block in a fixture's output.
@@ -430,28 +460,7 @@ pub fn run_command_until(
     use std::sync::mpsc::RecvTimeoutError;
     let out = tempfile_path("reports.jsonl");
     let t0 = Instant::now();
-    let mut child = Command::new(leaktrace_bin())
-        .args(["--format", "json", "--top", "50"])
-        .args(extra)
-        .arg("--output")
-        .arg(&out)
-        .arg("-c")
-        .arg(fixture)
-        .args(fixture_args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting leaktrace");
-    let stdout = child.stdout.take().expect("stdout");
-    let stderr = child.stderr.take().expect("stderr");
-    let err_reader = std::thread::spawn(move || {
-        BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-            .collect::<Vec<_>>()
-            .join("\n")
-    });
+    let (mut child, stdout, err_reader) = start_command_mode(fixture, fixture_args, extra, &out);
     // Lines through a channel: the wait for `until` needs a timeout, and
     // the pipe stays open as long as the fixture (a grandchild) lives.
     let (tx, rx) = std::sync::mpsc::channel();
@@ -483,17 +492,7 @@ pub fn run_command_until(
         }
     }
     interrupt(&child);
-    let stop_by = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(st) = child.try_wait().expect("wait") {
-            break st;
-        }
-        if Instant::now() > stop_by {
-            let _ = child.kill();
-            break child.wait().expect("wait");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let status = wait_exit(&mut child, Duration::from_secs(30));
     let took = t0.elapsed();
     // Whatever the fixture printed before leaktrace's SIGTERM ended it.
     while let Ok(line) = rx.recv_timeout(Duration::from_secs(2)) {
@@ -509,16 +508,7 @@ pub fn run_command_until(
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
     let stderr = err_reader.join().unwrap_or_default();
-    assert!(status.success(), "leaktrace failed ({status}):\n{stderr}");
-    let text = std::fs::read_to_string(&out).unwrap_or_default();
-    let _ = std::fs::remove_file(&out);
-    let reports = parse_reports(&text);
-    assert!(
-        reports
-            .last()
-            .is_some_and(|r| r.0["final"] == Value::Bool(true)),
-        "no final report from leaktrace:\n{stderr}"
-    );
+    let reports = final_reports(status, &out, &stderr);
     CommandRun {
         reports,
         lines,

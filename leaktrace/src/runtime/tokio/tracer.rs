@@ -84,6 +84,19 @@ struct Tracked {
     owner_id: u64,
 }
 
+impl Tracked {
+    fn new(id: u64, vtable: usize, alive_since: Since) -> Self {
+        Self {
+            id,
+            vtable,
+            alive_since,
+            last_poll: None,
+            state: None,
+            owner_id: 0,
+        }
+    }
+}
+
 pub struct TokioTracer {
     pub bin: RustBinary,
     elf: ElfFile,
@@ -262,18 +275,10 @@ impl TokioTracer {
                 if self.unannounced.remove(&ev.id).is_some() {
                     self.totals.corrected = self.totals.corrected.saturating_sub(1);
                 }
-                self.tasks.insert(
-                    ev.header,
-                    Tracked {
-                        id: ev.id,
-                        vtable,
-                        alive_since: Since::Exact(ev.ts_ns),
-                        last_poll: None,
-                        state: None,
-                        // bind_inner binds it: counted by num_alive_tasks().
-                        owner_id: u64::MAX,
-                    },
-                );
+                let mut t = Tracked::new(ev.id, vtable, Since::Exact(ev.ts_ns));
+                // bind_inner binds it: counted by num_alive_tasks().
+                t.owner_id = u64::MAX;
+                self.tasks.insert(ev.header, t);
             }
             tokio_kind::COMPLETE => {
                 self.totals.complete += 1;
@@ -290,25 +295,12 @@ impl TokioTracer {
             tokio_kind::SHUTDOWN => self.totals.shutdown += 1,
             tokio_kind::POLL => {
                 self.totals.poll += 1;
-                let t = self.tasks.entry(ev.header).or_insert_with(|| Tracked {
-                    id: ev.id,
-                    vtable,
-                    // First poll of a task never seen: spawned no later.
-                    alive_since: Since::AtMost(ev.ts_ns),
-                    last_poll: None,
-                    state: None,
-                    owner_id: 0,
-                });
+                // First poll of a task never seen (or of a reused header):
+                // spawned no later than now.
+                let fresh = || Tracked::new(ev.id, vtable, Since::AtMost(ev.ts_ns));
+                let t = self.tasks.entry(ev.header).or_insert_with(fresh);
                 if t.id != ev.id {
-                    // The header was reused by a task we did not see spawn.
-                    *t = Tracked {
-                        id: ev.id,
-                        vtable,
-                        alive_since: Since::AtMost(ev.ts_ns),
-                        last_poll: None,
-                        state: None,
-                        owner_id: 0,
-                    };
+                    *t = fresh();
                 }
                 t.last_poll = Some(ev.ts_ns);
             }
@@ -417,20 +409,14 @@ impl TokioTracer {
                         unseen.push(live.id);
                     }
                 }
-                Tracked {
-                    id: live.id,
-                    vtable: live.vtable,
-                    // Before the first scan: any age. Later: new since the
-                    // last scan, so its start is known to within one.
-                    alive_since: if first {
-                        Since::AtMost(now_ns)
-                    } else {
-                        Since::Exact(now_ns)
-                    },
-                    last_poll: None,
-                    state: None,
-                    owner_id: 0,
-                }
+                // Before the first scan: any age. Later: new since the last
+                // scan, so its start is known to within one.
+                let since = if first {
+                    Since::AtMost(now_ns)
+                } else {
+                    Since::Exact(now_ns)
+                };
+                Tracked::new(live.id, live.vtable, since)
             });
             t.state = Some(live.state);
             t.owner_id = live.owner_id;
