@@ -130,6 +130,15 @@ fn bad_input_gets_a_clear_error() {
             .arg("30")
             .spawn()
             .expect("setpriv sleep");
+        // Until setpriv has exec'd sleep, the victim is not dumpable and
+        // nobody may read it, which would be a different (right) error.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !std::fs::read_link(format!("/proc/{}/exe", victim.id()))
+            .is_ok_and(|p| p.to_string_lossy().ends_with("sleep"))
+        {
+            assert!(std::time::Instant::now() < deadline, "sleep never started");
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let out = nobody(&bin)
             .args(["--pid", &victim.id().to_string()])
             .output()
