@@ -10,7 +10,9 @@
 //! loader put into [`TOKIO_VTABLES`].
 use aya_ebpf::{
     EbpfContext,
-    helpers::{bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{
+        bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
+    },
     macros::{map, uprobe},
     maps::HashMap,
     programs::ProbeContext,
@@ -24,28 +26,36 @@ use crate::maps::{emit, read_u64};
 #[map]
 static TOKIO_VTABLES: HashMap<u64, u64> = HashMap::with_max_entries(8192, 0);
 
-/// `Header.vtable` is the third word of every tokio ≥ 1.21 task header.
-const HEADER_VTABLE: u64 = 16;
-
 /// A state word whose reference count no live task can have: stack slots
 /// and freed memory that happen to hold a vtable address are rejected.
 const MAX_REFS: u64 = 1 << 20;
 
 /// `(vtable, id)` if `p` points at a live-looking task header: its +16 word
 /// is a known vtable, its state word holds a plausible reference count, and
-/// its id is set.
+/// its id is set. One 64-byte read covers the header and, for every
+/// scheduler tokio has, the id (`id_offset` is 40 or 48): each user-memory
+/// read is a helper call, and these probes run twice per task.
 #[inline(always)]
 fn header_at(p: u64) -> Option<(u64, u64)> {
     if p < 4096 {
         return None;
     }
-    let vtable = read_u64(p + HEADER_VTABLE);
-    let id_offset = unsafe { TOKIO_VTABLES.get(&vtable) }?;
-    let refs = read_u64(p) >> 6;
+    let w = unsafe { bpf_probe_read_user(p as *const [u64; 8]) }.ok()?;
+    let vtable = w[2];
+    let id_offset = *unsafe { TOKIO_VTABLES.get(&vtable) }?;
+    let refs = w[0] >> 6;
     if refs == 0 || refs >= MAX_REFS {
         return None;
     }
-    let id = read_u64(p + *id_offset);
+    // Constant indices only: a computed one would need a bounds check the
+    // verifier sees as a path to a panic.
+    let id = match id_offset {
+        32 => w[4],
+        40 => w[5],
+        48 => w[6],
+        56 => w[7],
+        _ => read_u64(p + id_offset),
+    };
     (id != 0).then_some((vtable, id))
 }
 

@@ -44,7 +44,9 @@ pub fn run(o: &Options) -> Result<()> {
         .collect();
     let mut cmd = util::cargo();
     cmd.current_dir(&root)
-        .args(["test", "--release"])
+        // Every test binary runs even after one fails: a CI log then shows
+        // every failure at once.
+        .args(["test", "--release", "--no-fail-fast"])
         .env("LEAKTRACE_BIN", &bin)
         .env("LEAKTRACE_GO_ROOTS", go_roots.join(","));
     if o.all_go {
