@@ -210,10 +210,13 @@ fn pid_mode_on_a_process_already_leaking() {
     }
     for (profile, (mode, f)) in [("release", LEAKS[0]), ("stripped", LEAKS[1])] {
         let bin = tokio_fixture(profile);
-        let fx = Fixture::start(&bin, [mode, "--leak-for", "4s", "--hold", "30s"]);
+        // A long active phase: attaching waits for the kernel's uprobe lock,
+        // which other tests' sessions hold while they detach, so the trend
+        // may start seconds late on a busy machine.
+        let fx = Fixture::start(&bin, [mode, "--leak-for", "8s", "--hold", "30s"]);
         std::thread::sleep(Duration::from_secs(1));
-        // Ends about 6s after the fixture started: after its quiescent line.
-        let (reports, stderr) = run_pid_mode(&fx, &["--duration", "5s"]);
+        // Ends at least 9s after the fixture started: after its quiescent line.
+        let (reports, stderr) = run_pid_mode(&fx, &["--duration", "8s"]);
         let alive: u64 = fx
             .wait_for_line("alive_tasks ", Duration::from_secs(10))
             .trim_start_matches("alive_tasks ")
