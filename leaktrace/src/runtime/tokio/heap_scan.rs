@@ -191,6 +191,8 @@ pub fn scan_regions(
     // Second read of each hit, whole header and id at once: a cell that
     // was freed or reused in between shows a different vtable or id.
     let mut ids = HashSet::new();
+    // (header, id, list neighbours) of every bound task kept.
+    let mut listed: Vec<(u64, u64, [u64; 2])> = Vec::new();
     for (header, i) in hits {
         let vt = &vtables[i];
         let Some(first) = read_task(mem, header, vt, i, load_bias) else {
@@ -214,12 +216,22 @@ pub fn scan_regions(
                 // A freed cell reused by other data can keep the old header
                 // intact (seen: an mpsc block whose first slot made a
                 // plausible state word); its list neighbours moved on.
-                let linked = || linked_both_ways(mem, header, vt, &by_addr, vtables);
-                if vt.has_bound_scheduler() && !linked() && !linked() {
-                    out.stale_cells += 1;
-                    continue;
-                }
+                let linked = || list_neighbours(mem, header, vt, &by_addr, vtables);
+                let neighbours = if vt.has_bound_scheduler() {
+                    match linked().or_else(linked) {
+                        Some(n) => Some(n),
+                        None => {
+                            out.stale_cells += 1;
+                            continue;
+                        }
+                    }
+                } else {
+                    None
+                };
                 if ids.insert(again.id) {
+                    if let Some(n) = neighbours {
+                        listed.push((header, again.id, n));
+                    }
                     out.tasks.push(again);
                 } else {
                     // Two cells cannot hold one live id; the other is a
@@ -230,8 +242,50 @@ pub fn scan_regions(
             _ => out.unstable += 1,
         }
     }
+    let lone = lone_impostors(&listed);
+    if !lone.is_empty() {
+        out.stale_cells += lone.len();
+        out.tasks.retain(|t| !lone.contains(&t.id));
+    }
     out.tasks.sort_by_key(|t| t.header);
     Ok(out)
+}
+
+/// Ids of cells that claim to be alone in their list shard (no neighbours)
+/// although other tasks share that shard: a freed cell whose task was alone
+/// when it left, since reused by data that left its header intact.
+///
+/// tokio picks a task's shard as `id & (shards - 1)`, and the tasks of one
+/// shard are linked to each other, so every difference between linked ids
+/// is a multiple of the shard count; their gcd is the shard count or a
+/// multiple of it, which only makes this test weaker, never wrong.
+fn lone_impostors(listed: &[(u64, u64, [u64; 2])]) -> HashSet<u64> {
+    let id_of: HashMap<u64, u64> = listed.iter().map(|&(h, id, _)| (h, id)).collect();
+    let mut shards = 0u64;
+    for &(_, id, neighbours) in listed {
+        for n in neighbours {
+            if let Some(&other) = id_of.get(&n) {
+                shards = gcd(shards, id.abs_diff(other));
+            }
+        }
+    }
+    if shards == 0 {
+        return HashSet::new();
+    }
+    let linked: HashSet<u64> = listed
+        .iter()
+        .filter(|(_, _, n)| n.iter().any(|&p| p != 0))
+        .map(|(_, id, _)| id % shards)
+        .collect();
+    listed
+        .iter()
+        .filter(|(_, id, n)| n == &[0, 0] && linked.contains(&(id % shards)))
+        .map(|&(_, id, _)| id)
+        .collect()
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 { a } else { gcd(b, a % b) }
 }
 
 /// Read `buf.len()` bytes at `at`; on failure, page by page, zeroing what
@@ -255,33 +309,31 @@ fn read_tolerant(mem: &Memory, at: u64, buf: &mut [u8], out: &mut HeapScan) -> b
     any
 }
 
-/// Whether a bound task's list neighbours point back at it. A task lives on
-/// its runtime's owned-task list (`Trailer.owned`: prev and next headers)
-/// from spawn to completion; a freed cell keeps stale pointers whose
-/// targets were relinked to each other when it left. A task alone in its
-/// list shard has no neighbours to ask and passes.
-fn linked_both_ways(
+/// A bound task's list neighbours (prev and next headers, 0 for none), if
+/// each points back at it. A task lives on its runtime's owned-task list
+/// (`Trailer.owned`) from spawn to completion; a freed cell keeps stale
+/// pointers whose targets were relinked to each other when it left.
+fn list_neighbours(
     mem: &Memory,
     header: u64,
     vt: &TaskVtable,
     by_addr: &HashMap<u64, usize>,
     vtables: &[TaskVtable],
-) -> bool {
+) -> Option<[u64; 2]> {
     let pair = |at: u64| {
         let mut b = [0u8; 16];
         mem.read(at, &mut b).ok()?;
         Some([word(&b, 0)?, word(&b, 8)?])
     };
-    let Some(neighbours) = pair(header + vt.trailer_offset) else {
-        return false;
+    let neighbours = pair(header + vt.trailer_offset)?;
+    let points_back = |n: u64| {
+        let nvt = &vtables[*by_addr.get(&mem.read_u64(n + HEADER_VTABLE).ok()?)?];
+        pair(n + nvt.trailer_offset).map(|p| p.contains(&header))
     };
-    neighbours.iter().filter(|&&n| n != 0).all(|&n| {
-        let points_back = || {
-            let nvt = &vtables[*by_addr.get(&mem.read_u64(n + HEADER_VTABLE).ok()?)?];
-            pair(n + nvt.trailer_offset).map(|p| p.contains(&header))
-        };
-        points_back().unwrap_or(false)
-    })
+    neighbours
+        .iter()
+        .all(|&n| n == 0 || points_back(n).unwrap_or(false))
+        .then_some(neighbours)
 }
 
 /// One task header (and its id and scheduler) at `header`, if its vtable
@@ -346,6 +398,26 @@ mod tests {
         assert_eq!(cell_align(v(28)), MALLOC_ALIGN);
         assert_eq!(cell_align(v(29)), CELL_ALIGN);
         assert_eq!(cell_align(None), CELL_ALIGN);
+    }
+
+    /// Shard count 4 (ids 1, 5, 9 linked; 2, 6 linked): a lone 13 shares
+    /// shard 1 with a list, so it cannot be alone; a lone 3 can.
+    #[test]
+    fn lone_cells_in_a_populated_shard_are_impostors() {
+        let listed = [
+            (0x100, 1, [0, 0x200]),
+            (0x200, 5, [0x100, 0x300]),
+            (0x300, 9, [0x200, 0]),
+            (0x400, 2, [0, 0x500]),
+            (0x500, 6, [0x400, 0]),
+            (0x600, 13, [0, 0]),
+            (0x700, 3, [0, 0]),
+        ];
+        assert_eq!(lone_impostors(&listed), HashSet::from([13]));
+        assert!(
+            lone_impostors(&listed[5..]).is_empty(),
+            "no lists: no evidence"
+        );
     }
 
     #[test]
