@@ -87,7 +87,8 @@ pub struct Args {
     pub no_snapshot: bool,
 
     /// tokio: also probe every poll and wake (exact idle durations, tasks of
-    /// stripped binaries seen at their first poll), at ~1 µs per poll.
+    /// stripped binaries seen at their first poll), at ~2.4 µs per poll
+    /// (bench/RESULTS.md §6).
     /// Default is once per task (spawn, completion, cancellation).
     #[arg(long)]
     pub detailed: bool,

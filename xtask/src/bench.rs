@@ -61,8 +61,9 @@ impl Section {
 
 #[derive(clap::Args)]
 pub struct Options {
-    /// A few minutes instead of about fifteen: fewer goroutines, shorter and
-    /// fewer runs, the standard-library-only large binary, no 1M-goroutine run.
+    /// About six minutes instead of twenty: fewer goroutines and tokio tasks,
+    /// shorter and fewer runs, the standard-library-only large binary, no
+    /// 1M-goroutine run.
     #[arg(long)]
     pub quick: bool,
     /// Runs of each measurement, whose median is reported (default 5, or 3 with --quick).
