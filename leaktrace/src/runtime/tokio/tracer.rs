@@ -41,6 +41,8 @@ use crate::{
 /// at least this rarely.
 const RESCAN_EVERY: Duration = Duration::from_secs(10);
 const FIRST_RESCAN: Duration = Duration::from_secs(2);
+/// See [`TokioTracer::check_missed`].
+const MISSES_BEFORE_SCANNING: u32 = 3;
 
 /// What the probes of this session see.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -117,6 +119,8 @@ pub struct TokioTracer {
     /// Highest task id the first scan found, and when that scan ended: a
     /// later task is one the spawn probes should have reported.
     first_scan: Option<(u64, u64)>,
+    /// Tasks no spawn probe announced although it should have.
+    missed: u32,
     /// Ids the last two refreshes dropped because memory showed them
     /// finished: their completion event may still be on its way.
     dropped: [HashSet<u64>; 2],
@@ -151,6 +155,7 @@ impl TokioTracer {
             totals: TokioTotals::default(),
             last_unstable: 0,
             first_scan: None,
+            missed: 0,
             dropped: Default::default(),
             unannounced: HashMap::new(),
             notes: Vec::new(),
@@ -312,13 +317,20 @@ impl TokioTracer {
     /// A task we never saw spawn, yet alive after the first scan and newer
     /// than anything it found: the spawn probes do not cover this runtime
     /// (LTO inlined `bind_inner` into the spawn path of one scheduler
-    /// flavour, or the tasks are a LocalSet's). From then on every refresh
-    /// is a heap scan.
+    /// flavour, or the tasks are a LocalSet's), and from then on every
+    /// refresh is a heap scan. Uncovered spawns repeat with every task, so
+    /// it takes [`MISSES_BEFORE_SCANNING`] of them: a single one can be a
+    /// race at attach (seen once in a CI run of the 20-run tokio matrix),
+    /// not a blind spot.
     fn check_missed(&mut self, id: u64, seen_ns: u64) {
         let Some((max_id, scan_end)) = self.first_scan else {
             return;
         };
         if id <= max_id || seen_ns <= scan_end || !self.coverage.spawns {
+            return;
+        }
+        self.missed += 1;
+        if self.missed < MISSES_BEFORE_SCANNING {
             return;
         }
         self.coverage.spawns = false;
@@ -591,8 +603,12 @@ mod tests {
         assert_eq!(t.totals.corrected, 0);
         assert!(t.notes.is_empty() && t.coverage.spawns);
 
-        // Id 13 was never announced.
+        // Ids 13, 15, 17 were never announced: one is a race, three a
+        // blind spot.
         t.apply(&event(tokio_kind::COMPLETE, 0xc000, 13, vt, 320));
+        assert!(t.coverage.spawns && t.notes.is_empty(), "one miss");
+        t.apply(&event(tokio_kind::COMPLETE, 0xc100, 15, vt, 321));
+        t.apply(&event(tokio_kind::COMPLETE, 0xc200, 17, vt, 322));
         assert!(!t.coverage.spawns, "falls back to heap scans");
         assert_eq!(t.notes.len(), 1, "{:?}", t.notes);
 
