@@ -273,22 +273,13 @@ fn read_regions(pid: u32) -> Vec<Region> {
     let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
         return Vec::new();
     };
-    maps.lines()
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let (start, end) = fields.next()?.split_once('-')?;
-            let perms = fields.next()?;
-            let offset = fields.next()?;
-            let path = fields.skip(2).collect::<Vec<_>>().join(" ");
-            if !perms.contains('x') || !path.starts_with('/') {
-                return None;
-            }
-            Some(Region {
-                start: u64::from_str_radix(start, 16).ok()?,
-                end: u64::from_str_radix(end, 16).ok()?,
-                offset: u64::from_str_radix(offset, 16).ok()?,
-                path,
-            })
+    crate::target::maps::entries(&maps)
+        .filter(|e| e.perms.contains('x') && e.path.starts_with('/'))
+        .map(|e| Region {
+            start: e.start,
+            end: e.end,
+            offset: e.offset,
+            path: e.path,
         })
         .collect()
 }

@@ -1,5 +1,6 @@
 //! The traced process: its pid, executable and (read-only) memory.
 pub mod elf;
 pub mod launch;
+pub mod maps;
 pub mod memory;
 pub mod process;

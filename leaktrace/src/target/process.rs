@@ -119,24 +119,12 @@ pub struct Mapping {
 fn parse_maps(maps: &str, exe: &Path) -> Vec<Mapping> {
     let exe = exe.to_string_lossy();
     let exe = exe.trim_end_matches(" (deleted)");
-    maps.lines()
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let range = fields.next()?;
-            let _perms = fields.next()?;
-            let offset = fields.next()?;
-            let _dev = fields.next()?;
-            let _inode = fields.next()?;
-            let path: String = fields.collect::<Vec<_>>().join(" ");
-            if path.trim_end_matches(" (deleted)") != exe {
-                return None;
-            }
-            let (start, end) = range.split_once('-')?;
-            Some(Mapping {
-                start: u64::from_str_radix(start, 16).ok()?,
-                end: u64::from_str_radix(end, 16).ok()?,
-                file_offset: u64::from_str_radix(offset, 16).ok()?,
-            })
+    super::maps::entries(maps)
+        .filter(|e| e.path.trim_end_matches(" (deleted)") == exe)
+        .map(|e| Mapping {
+            start: e.start,
+            end: e.end,
+            file_offset: e.offset,
         })
         .collect()
 }

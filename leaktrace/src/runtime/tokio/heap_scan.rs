@@ -16,6 +16,7 @@ use std::io;
 use super::state::StateWord;
 use super::vtables::TaskVtable;
 use crate::target::elf::ElfFile;
+use crate::target::maps::entries;
 use crate::target::memory::Memory;
 use crate::target::process::{Process, load_bias};
 
@@ -111,27 +112,14 @@ pub struct Region {
 /// `rw-p` mappings with no file: `[heap]`, glibc's thread arenas and
 /// mmapped chunks, and `[anon:…]`-named ones.
 pub fn heap_regions(maps: &str) -> Vec<Region> {
-    maps.lines()
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let range = fields.next()?;
-            let perms = fields.next()?;
-            let _offset = fields.next()?;
-            let _dev = fields.next()?;
-            let inode = fields.next()?;
-            let path = fields.collect::<Vec<_>>().join(" ");
-            if !perms.starts_with("rw") || !perms.ends_with('p') || inode != "0" {
-                return None;
-            }
-            let anonymous = path.is_empty() || path == "[heap]" || path.starts_with("[anon:");
-            if !anonymous {
-                return None;
-            }
-            let (start, end) = range.split_once('-')?;
-            Some(Region {
-                start: u64::from_str_radix(start, 16).ok()?,
-                end: u64::from_str_radix(end, 16).ok()?,
-            })
+    entries(maps)
+        .filter(|e| {
+            let anonymous = e.path.is_empty() || e.path == "[heap]" || e.path.starts_with("[anon:");
+            e.perms.starts_with("rw") && e.is_private() && e.inode == "0" && anonymous
+        })
+        .map(|e| Region {
+            start: e.start,
+            end: e.end,
         })
         .collect()
 }
