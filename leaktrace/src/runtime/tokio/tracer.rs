@@ -231,10 +231,9 @@ impl TokioTracer {
         w
     }
 
-    /// The vtables as the probes must know them: `(run-time address,
-    /// id_offset)`. `None` until the program is mapped (with `-c` the first
-    /// refresh may come before `exec`).
-    pub fn arm(&mut self, pid: u32) -> Result<Option<Vec<(u64, u64)>>> {
+    /// Where the program is loaded, found once; `None` until it is mapped
+    /// (with `-c` the first refresh may come before `exec`).
+    fn locate(&mut self, pid: u32) -> Result<Option<u64>> {
         if self.bias.is_none() {
             let proc = Process::open(pid)?;
             if !proc.runs(&self.path) {
@@ -243,11 +242,20 @@ impl TokioTracer {
             let b = exe_load_bias(pid, &self.elf).context("finding where the program is loaded")?;
             self.set_bias(b);
         }
+        Ok(self.bias)
+    }
+
+    /// The vtables as the probes must know them: `(run-time address,
+    /// id_offset)`. `None` until the program is mapped.
+    pub fn arm(&mut self, pid: u32) -> Result<Option<Vec<(u64, u64)>>> {
+        let Some(bias) = self.locate(pid)? else {
+            return Ok(None);
+        };
         Ok(Some(
             self.bin
                 .vtables
                 .iter()
-                .map(|v| (v.va.wrapping_add(self.bias.unwrap_or(0)), v.id_offset))
+                .map(|v| (v.va.wrapping_add(bias), v.id_offset))
                 .collect(),
         ))
     }
@@ -344,9 +352,9 @@ impl TokioTracer {
 
     /// Every live task now, read from the target.
     pub fn views(&mut self, pid: u32, now_ns: u64) -> Result<Vec<TaskView>> {
-        if self.arm(pid)?.is_none() {
+        let Some(bias) = self.locate(pid)? else {
             bail!("process {pid} is not running {} (yet)", self.path.display());
-        }
+        };
         // Events are at most one ring poll (50 ms) late: an unannounced task
         // still unannounced a refresh later was never reported.
         let late: Vec<(u64, u64)> = self
@@ -363,7 +371,7 @@ impl TokioTracer {
             || self.next_scan.is_none_or(|t| Instant::now() >= t);
         if scan_due {
             let t0 = Instant::now();
-            self.merge_scan(pid, now_ns)?;
+            self.merge_scan(pid, bias, now_ns)?;
             let cost = t0.elapsed();
             // The first rescan comes soon: it is what tells whether the
             // spawn probes see this runtime's spawns at all.
@@ -374,13 +382,12 @@ impl TokioTracer {
             };
             self.next_scan = Some(Instant::now() + every.max(cost * 20));
         } else {
-            self.reread(pid);
+            self.reread(pid, bias);
         }
         Ok(self.build_views(pid))
     }
 
-    fn merge_scan(&mut self, pid: u32, now_ns: u64) -> Result<()> {
-        let bias = self.bias.unwrap_or(0);
+    fn merge_scan(&mut self, pid: u32, bias: u64, now_ns: u64) -> Result<()> {
         let align = cell_align(self.bin.tokio_version);
         let heap =
             scan(pid, &self.bin.vtables, bias, align).context("scanning the heap for tasks")?;
@@ -440,9 +447,8 @@ impl TokioTracer {
     }
 
     /// Re-read every known header; drop what finished without our noticing.
-    fn reread(&mut self, pid: u32) {
+    fn reread(&mut self, pid: u32, bias: u64) {
         let mem = Memory::new(pid);
-        let bias = self.bias.unwrap_or(0);
         let vtables = &self.bin.vtables;
         // Many headers per syscall; the span covers every vtable's id.
         let span = vtables.iter().map(task_span).max().unwrap_or(0);
