@@ -113,6 +113,22 @@ pub fn tokio_cookie(kind: u8, arg: u8, by_reference: bool) -> u64 {
     u64::from(kind) | (u64::from(arg) << 8) | (u64::from(by_reference) << 16)
 }
 
+/// The tokio task header (tokio ≥ 1.21, 64-bit, `repr(C)`), as both the
+/// probes and the heap scan validate it: `state`, `queue_next`, `vtable`,
+/// `owner_id`.
+pub mod tokio_task {
+    pub const HEADER_VTABLE: u64 = 16;
+    pub const HEADER_OWNER_ID: u64 = 24;
+    pub const HEADER_LEN: usize = 32;
+    /// The reference count sits above the six flag bits of the state word.
+    pub const REF_SHIFT: u32 = 6;
+    /// A live task holds a handful of references (list, JoinHandle, wakers,
+    /// abort handles). Anything near this bound is not a task: glibc's
+    /// safe-linked free-list pointers land in the same word once a cell is
+    /// freed, and they decode as refcounts of 2^25 and more.
+    pub const MAX_PLAUSIBLE_REFS: u64 = 1 << 20;
+}
+
 /// One tokio record in the ring buffer.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]

@@ -17,7 +17,10 @@ use aya_ebpf::{
     maps::HashMap,
     programs::ProbeContext,
 };
-use leaktrace_common::TokioEvent;
+use leaktrace_common::{
+    TokioEvent,
+    tokio_task::{HEADER_VTABLE, MAX_PLAUSIBLE_REFS, REF_SHIFT},
+};
 
 use crate::maps::{emit, read_u64};
 
@@ -25,10 +28,6 @@ use crate::maps::{emit, read_u64};
 /// the loader from the binary's vtables (load bias applied).
 #[map]
 static TOKIO_VTABLES: HashMap<u64, u64> = HashMap::with_max_entries(8192, 0);
-
-/// A state word whose reference count no live task can have: stack slots
-/// and freed memory that happen to hold a vtable address are rejected.
-const MAX_REFS: u64 = 1 << 20;
 
 /// `(vtable, id)` if `p` points at a live-looking task header: its +16 word
 /// is a known vtable, its state word holds a plausible reference count, and
@@ -41,10 +40,12 @@ fn header_at(p: u64) -> Option<(u64, u64)> {
         return None;
     }
     let w = unsafe { bpf_probe_read_user(p as *const [u64; 8]) }.ok()?;
-    let vtable = w[2];
+    let vtable = w[(HEADER_VTABLE / 8) as usize];
     let id_offset = *unsafe { TOKIO_VTABLES.get(&vtable) }?;
-    let refs = w[0] >> 6;
-    if refs == 0 || refs >= MAX_REFS {
+    // A reference count no live task can have: stack slots and freed
+    // memory that happen to hold a vtable address are rejected.
+    let refs = w[0] >> REF_SHIFT;
+    if refs == 0 || refs >= MAX_PLAUSIBLE_REFS {
         return None;
     }
     // Constant indices only: a computed one would need a bounds check the

@@ -13,6 +13,8 @@
 use std::collections::{HashMap, HashSet};
 use std::io;
 
+use leaktrace_common::tokio_task::{HEADER_LEN, HEADER_OWNER_ID, HEADER_VTABLE};
+
 use super::state::StateWord;
 use super::vtables::TaskVtable;
 use crate::target::elf::ElfFile;
@@ -33,9 +35,7 @@ pub fn cell_align(version: Option<super::binary::TokioVersion>) -> u64 {
         _ => CELL_ALIGN,
     }
 }
-const HEADER_VTABLE: u64 = 16;
-const HEADER_OWNER_ID: u64 = 24;
-const HEADER_LEN: usize = 32;
+
 /// Read mappings in pieces this big: bounded memory on multi-GB heaps.
 const CHUNK: u64 = 1 << 20;
 

@@ -13,13 +13,7 @@ pub const NOTIFIED: u64 = 1 << 2;
 pub const JOIN_INTEREST: u64 = 1 << 3;
 pub const JOIN_WAKER: u64 = 1 << 4;
 pub const CANCELLED: u64 = 1 << 5;
-pub const REF_SHIFT: u32 = 6;
-
-/// A live task holds a handful of references (list, JoinHandle, wakers,
-/// abort handles). Anything near this bound is not a task: glibc's
-/// safe-linked free-list pointers land in the same word once a cell is
-/// freed, and they decode as refcounts of 2^25 and more.
-pub const MAX_PLAUSIBLE_REFS: u64 = 1 << 20;
+pub use leaktrace_common::tokio_task::{MAX_PLAUSIBLE_REFS, REF_SHIFT};
 
 /// What the task is doing, as tokio-console derives it from the same word.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
