@@ -407,15 +407,7 @@ struct Clocks {
 
 impl Clocks {
     fn now() -> Self {
-        let read = |id| {
-            let mut ts = libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            };
-            // SAFETY: valid clock id and out pointer.
-            unsafe { libc::clock_gettime(id, &mut ts) };
-            ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-        };
+        let read = crate::runtime::clock_ns;
         // SAFETY: sysconf has no preconditions.
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
         Self {
