@@ -319,13 +319,7 @@ async fn run_go(args: &Args, bin: &GoBinary, mut target: Target) -> Result<i32> 
         probe_config(&bin.layout),
         &placement.plan,
     )
-    .map_err(|e| {
-        if process_gone(pid) {
-            TargetError::ExitedDuringAttach(pid).into()
-        } else {
-            e
-        }
-    })?;
+    .map_err(|e| attach_failure(pid, e))?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let logger = probes.take_logger();
     let mut ring = RingReader::spawn(probes.take_ring()?, logger, tx);
@@ -466,13 +460,7 @@ async fn run_tokio(args: &Args, mut tracer: TokioTracer, mut target: Target) -> 
     let mut probes = Probes::load(GoConfig::default())?;
     probes
         .attach("tokio_task", &plan.points, &attach_path, pid)
-        .map_err(|e| {
-            if process_gone(pid) {
-                TargetError::ExitedDuringAttach(pid).into()
-            } else {
-                e
-            }
-        })?;
+        .map_err(|e| attach_failure(pid, e))?;
     tracer.probes_attached(&plan, monotonic_ns());
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<TokioEvent>>();
     let logger = probes.take_logger();
@@ -633,6 +621,16 @@ fn snapshot(bin: &GoBinary, reader: &mut GoReader, table: &mut LiveTable) -> Res
         table.insert_existing(t);
     }
     Ok(n)
+}
+
+/// An attach that failed because the target exited meanwhile says that,
+/// not whatever the kernel answered for a vanished process.
+fn attach_failure(pid: u32, e: anyhow::Error) -> anyhow::Error {
+    if process_gone(pid) {
+        TargetError::ExitedDuringAttach(pid).into()
+    } else {
+        e
+    }
 }
 
 fn process_gone(pid: u32) -> bool {
