@@ -16,7 +16,7 @@ use aya_ebpf::{
     programs::ProbeContext,
 };
 use aya_log_ebpf::warn;
-use leaktrace_common::{EventKind, GoConfig, GoEvent, spawn_point};
+use leaktrace_common::go::{GoConfig, GoEvent, GoEventKind, SpawnPoint};
 
 use crate::maps::{emit, read_u8, read_u64};
 
@@ -44,7 +44,7 @@ pub fn go_spawn(ctx: ProbeContext) -> u32 {
     let regs = unsafe { &*ctx.regs };
     let cfg = config();
     let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
-    if cookie == spawn_point::CASGSTATUS_CALL && regs.rbx as u32 != cfg.gstatus_dead {
+    if cookie == SpawnPoint::CasgstatusCall as u64 && regs.rbx as u32 != cfg.gstatus_dead {
         // The other casgstatus in newproc1 (_Gidle → _Gdead for a fresh g).
         return 0;
     }
@@ -78,7 +78,7 @@ pub fn go_spawn(ctx: ProbeContext) -> u32 {
         gopc: read_u64(g + cfg.g_gopc as u64),
         startpc: read_u64(g + cfg.g_startpc as u64),
         parent_goid,
-        kind: EventKind::Spawn as u8,
+        kind: GoEventKind::Spawn as u8,
         wait_reason: 0,
         _pad: [0; 6],
     });
@@ -98,7 +98,7 @@ pub fn go_park(ctx: ProbeContext) -> u32 {
         g,
         goid: read_u64(g + cfg.g_goid as u64),
         wait_reason: read_u8(g + cfg.g_waitreason as u64),
-        kind: EventKind::Park as u8,
+        kind: GoEventKind::Park as u8,
         ..GoEvent::default()
     });
     0
@@ -116,7 +116,7 @@ pub fn go_exit(ctx: ProbeContext) -> u32 {
         ts_ns: unsafe { bpf_ktime_get_ns() },
         g,
         goid: read_u64(g + cfg.g_goid as u64),
-        kind: EventKind::Exit as u8,
+        kind: GoEventKind::Exit as u8,
         ..GoEvent::default()
     });
     0

@@ -5,7 +5,7 @@ use aya_ebpf::{
     macros::map,
     maps::{PerCpuArray, RingBuf},
 };
-use leaktrace_common::RING_BYTES;
+use leaktrace_common::ring::RING_BYTES;
 
 /// All task events, in the order the probes reserved them (so, for one
 /// task, spawn < park… < exit even across CPUs). One session traces one

@@ -21,8 +21,8 @@ use aya_ebpf::{
     maps::{Array, PerCpuArray, RingBuf},
     programs::TracePointContext,
 };
-use leaktrace_common::{
-    THREAD_STACK_BYTES, ThreadConfig, ThreadEvent, ThreadNewStack, thread_kind,
+use leaktrace_common::threads::{
+    THREAD_STACK_BYTES, ThreadConfig, ThreadEvent, ThreadEventKind, ThreadNewStack,
 };
 
 /// Written by userspace after load; `tgid == 0` keeps every program idle.
@@ -63,9 +63,9 @@ fn count_lost(index: u32) {
 }
 
 #[inline(always)]
-fn event(kind: u32, tid: u32, by_tid: u32, comm: [u8; 16]) -> ThreadEvent {
+fn event(kind: ThreadEventKind, tid: u32, by_tid: u32, comm: [u8; 16]) -> ThreadEvent {
     ThreadEvent {
-        kind,
+        kind: kind as u32,
         tid,
         ts_ns: unsafe { bpf_ktime_get_ns() },
         by_tid,
@@ -94,7 +94,7 @@ pub fn thread_newtask(ctx: TracePointContext) -> u32 {
     }
     let tid: u32 = unsafe { ctx.read_at(cfg.newtask_pid as usize) }.unwrap_or(0);
     let comm = bpf_get_current_comm().unwrap_or([0; 16]);
-    let ev = event(thread_kind::NEW, tid, by_tid, comm);
+    let ev = event(ThreadEventKind::New, tid, by_tid, comm);
     let Some(mut slot) = THREAD_EVENTS.reserve::<ThreadNewStack>(0) else {
         count_lost(1);
         emit(ev);
@@ -110,7 +110,7 @@ pub fn thread_newtask(ctx: TracePointContext) -> u32 {
         // struct pt_regs: r15..rbp is index 4, rip 16, rsp 19.
         let (bp, ip, sp) = (reg(4), reg(16), reg(19));
         (*rec).event = ThreadEvent {
-            kind: thread_kind::NEW_STACK,
+            kind: ThreadEventKind::NewStack as u32,
             ..ev
         };
         (*rec).ip = ip;
@@ -148,7 +148,7 @@ pub fn thread_rename(ctx: TracePointContext) -> u32 {
     // SAFETY: offsets come from this kernel's format file.
     let tid: u32 = unsafe { ctx.read_at(cfg.rename_pid as usize) }.unwrap_or(0);
     let comm: [u8; 16] = unsafe { ctx.read_at(cfg.rename_newcomm as usize) }.unwrap_or([0; 16]);
-    emit(event(thread_kind::RENAME, tid, by_tid, comm));
+    emit(event(ThreadEventKind::Rename, tid, by_tid, comm));
     0
 }
 
@@ -158,6 +158,6 @@ pub fn thread_exit(_ctx: TracePointContext) -> u32 {
         return 0;
     };
     let comm = bpf_get_current_comm().unwrap_or([0; 16]);
-    emit(event(thread_kind::EXIT, tid, tid, comm));
+    emit(event(ThreadEventKind::Exit, tid, tid, comm));
     0
 }

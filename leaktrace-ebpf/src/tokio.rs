@@ -2,7 +2,7 @@
 //!
 //! One program serves every tokio attach point; the cookie says which event
 //! it is and where the task pointer is expected (see
-//! [`leaktrace_common::tokio_cookie`]). The vtable functions (`raw::poll`,
+//! [`leaktrace_common::tokio::tokio_cookie`]). The vtable functions (`raw::poll`,
 //! `raw::shutdown`) take the header as their first argument by the fn-pointer
 //! ABI, but `bind_inner` and `Schedule::release` are ordinary functions whose
 //! argument shape LTO may change (`&Task` promoted to the header itself), so
@@ -17,9 +17,9 @@ use aya_ebpf::{
     maps::HashMap,
     programs::ProbeContext,
 };
-use leaktrace_common::{
+use leaktrace_common::tokio::{
     TokioEvent,
-    tokio_task::{HEADER_VTABLE, MAX_PLAUSIBLE_REFS, REF_SHIFT},
+    task_header::{MAX_PLAUSIBLE_REFS, REF_SHIFT, VTABLE as HEADER_VTABLE},
 };
 
 use crate::maps::{emit, read_u64};

@@ -31,7 +31,7 @@ pub struct Args {
         short,
         long,
         conflicts_with = "command",
-        required_unless_present = "command"
+        required_unless_present_any = ["command", "explain_probes"]
     )]
     pub pid: Option<u32>,
 
@@ -95,6 +95,12 @@ pub struct Args {
 
     #[arg(long, value_enum, default_value_t = Color::Auto)]
     pub color: Color,
+
+    /// Print where the probes would go in PROGRAM (JSON: program, event,
+    /// symbol, offsets, cookie) and exit; attaches nothing, needs no
+    /// privileges. Benchmarks use it to probe exactly leaktrace's points.
+    #[arg(long, value_name = "PROGRAM", conflicts_with_all = ["pid", "command"])]
+    pub explain_probes: Option<PathBuf>,
 
     /// Start this command with the probes attached before it runs, so nothing
     /// is missed; its output passes through. Everything after -c is the command.

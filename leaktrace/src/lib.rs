@@ -1,10 +1,11 @@
 //! leaktrace: find goroutine and task leaks in a running process with eBPF.
 //!
-//! The flow, one module each:
-//! `target` (what the process is, read-only memory) → `runtime` (the seam:
-//! what Go or tokio look like inside) → `probes` (eBPF load/attach, ring
-//! buffer) → `aggregate` (live tasks, groups, growth, verdicts) → `report`
-//! (text and JSON). `session` wires them together for one run.
+//! The flow, one module each, every arrow pointing down this list:
+//! `session` (one loop for every runtime) → `report` (build, text, JSON) →
+//! `threads` (the OS-thread slice) → `aggregate` (groups, trends,
+//! verdicts) → `runtime` (the seam; Go and tokio behind it) → `probes`
+//! (eBPF load/attach, ring buffer) → `symbols` (DWARF, native) → `target`
+//! (the process, its ELF, read-only memory, clocks).
 pub mod aggregate;
 pub mod cli;
 pub mod probes;
@@ -13,3 +14,4 @@ pub mod runtime;
 pub mod session;
 pub mod symbols;
 pub mod target;
+pub mod threads;

@@ -6,12 +6,10 @@ use anyhow::{Result, bail};
 use clap::Parser;
 use leaktrace::{
     cli::Args,
-    runtime::{
-        go::binary::{GoBinary, InspectError},
-        tokio::{binary::TokioError, tracer::TokioTracer},
-    },
-    session::{self, Runtime, Target},
+    runtime::{self, Options},
+    session::{self, Target},
     target::{
+        elf::ElfFile,
         launch::{HeldChild, resolve},
         process::{Process, check_kernel, check_privileges},
     },
@@ -30,44 +28,68 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> Result<i32> {
+    let options = Options {
+        detailed: args.detailed,
+    };
+    if let Some(program) = &args.explain_probes {
+        explain_probes(program, options)?;
+        return Ok(0);
+    }
     // Everything that can be checked before touching the kernel is checked
     // first, so bad input fails fast and clearly.
-    let (bin, target) = match (args.pid, args.command.first()) {
+    let (rt, target) = match (args.pid, args.command.first()) {
         (Some(pid), _) => {
             let proc = Process::open(pid)?;
             check_privileges()?;
             check_kernel()?;
-            (inspect(&proc.exe_link)?, Target::Pid(proc))
+            (runtime::open(&proc.exe_link, options)?, Target::Pid(proc))
         }
         (None, Some(cmd)) => {
             let program = resolve(cmd)?;
             check_privileges()?;
             check_kernel()?;
-            let bin = inspect(&program)?;
+            let rt = runtime::open(&program, options)?;
             // Fork before any thread exists (the tokio runtime starts below).
             let child = HeldChild::spawn(&program, &args.command)?;
-            (bin, Target::Command(child))
+            (rt, Target::Command(child))
         }
         (None, None) => bail!("nothing to trace: give --pid PID or -c COMMAND (see --help)"),
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
+    let tokio_rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(session::run(args, bin, target))
+    tokio_rt.block_on(session::run(args, rt, target))
 }
 
-/// Go or tokio? An error that says what the program is not, and why.
-fn inspect(path: &Path) -> Result<Runtime> {
-    match GoBinary::open(path) {
-        Ok(bin) => Ok(Runtime::Go(Box::new(bin))),
-        Err(go @ InspectError::NotGo { .. }) => match TokioTracer::open(path) {
-            Ok(tracer) => Ok(Runtime::Tokio(Box::new(tracer))),
-            Err(TokioError::NotTokio(why)) => bail!(
-                "{go}; and not a tokio program either ({why}). leaktrace traces Go programs and \
-                 Rust programs using tokio ≥ 1.23"
-            ),
-            Err(e) => Err(e.into()),
-        },
-        Err(e) => Err(e.into()),
-    }
+/// `--explain-probes`: the probe plan of a program, as JSON on stdout.
+fn explain_probes(program: &Path, options: Options) -> Result<()> {
+    let rt = runtime::open(program, options)?;
+    let elf = ElfFile::open(program)?;
+    let probes: Vec<serde_json::Value> = rt
+        .plan()?
+        .into_iter()
+        .map(|p| {
+            let symbol = p.function.clone().or_else(|| {
+                elf.function_containing(p.point.va)
+                    .map(|(name, entry)| (name.to_string(), entry))
+            });
+            serde_json::json!({
+                "program": p.program,
+                "event": p.event,
+                "symbol": symbol.as_ref().map(|(name, _)| name),
+                "symbol_offset": symbol.as_ref().map(|(_, entry)| p.point.va - entry),
+                "va": p.point.va,
+                "file_offset": p.point.file_offset,
+                "cookie": p.point.cookie,
+                "what": p.point.what,
+            })
+        })
+        .collect();
+    let listing = serde_json::json!({
+        "runtime": rt.kind().name,
+        "runtime_version": rt.describe().version,
+        "probes": probes,
+    });
+    println!("{listing}");
+    Ok(())
 }

@@ -7,6 +7,11 @@
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 
+/// Separate rises of the aged count a group needs before it is called
+/// growing (tasks and threads alike): a burst (a pool starting) that a
+/// sample happens to split still shows as at most two.
+pub const MIN_RISES: usize = 3;
+
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct Sample {
     tick: u64,

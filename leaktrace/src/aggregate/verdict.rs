@@ -18,7 +18,10 @@
 //! 6. Anything else: `ok` (e.g. a fixed pool idling on its jobs channel).
 use serde::Serialize;
 
-use super::{groups::Group, trend::Movement};
+use super::{
+    groups::Group,
+    trend::{MIN_RISES, Movement},
+};
 use crate::runtime::TaskState;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -87,9 +90,7 @@ pub fn judge(g: &Group, m: &Movement, rules: &Rules) -> (Verdict, String) {
     let needed = rules
         .min_growth
         .max((m.aged_first as f64 * 0.10).ceil() as u32);
-    // Three separate rises: a burst (a pool starting) that a sample happens
-    // to split still shows as at most two.
-    if m.ticks >= 4 && m.aged_rises >= 3 && m.aged_slope > 0.0 && grew >= needed {
+    if m.ticks > MIN_RISES && m.aged_rises >= MIN_RISES && m.aged_slope > 0.0 && grew >= needed {
         let verdict = if g.key.state.is_waiting() {
             Verdict::Leak
         } else {

@@ -1,8 +1,9 @@
-//! Loading the embedded eBPF object, attaching it to the target, and reading
-//! what it sends. Dropping [`Probes`] detaches every probe: that is how
-//! every exit path (return, `?`, panic unwinding) cleans up.
+//! Loading the embedded eBPF object, attaching its programs where a runtime
+//! says, and reading what they send. Knows no runtime: Go, tokio and the
+//! thread tracker each tell it which program goes where. Dropping [`Probes`]
+//! detaches every probe: that is how every exit path (return, `?`, panic
+//! unwinding) cleans up.
 pub mod ring;
-pub mod threads;
 
 use std::{num::NonZeroU32, path::Path};
 
@@ -16,7 +17,6 @@ use aya::{
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
     },
 };
-use leaktrace_common::GoConfig;
 
 /// The probes object built by leaktrace-ebpf, embedded at compile time so a
 /// single `leaktrace` file is all a production host needs.
@@ -26,17 +26,32 @@ static PROBES_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"
 /// the program reads to know which kind of point fired.
 #[derive(Clone, Debug)]
 pub struct AttachPoint {
+    /// Link-time virtual address of the probed instruction (for listings).
+    pub va: u64,
     pub file_offset: u64,
     pub cookie: u64,
     /// For messages: e.g. `runtime.park_m+4 (JBE)`.
     pub what: String,
 }
 
-#[derive(Clone, Debug)]
-pub struct GoAttachPlan {
-    pub spawn: Vec<AttachPoint>,
-    pub park: AttachPoint,
-    pub exit: AttachPoint,
+/// A value the probes object reads as a global (`static`), set before the
+/// programs are loaded, e.g. a runtime's field offsets.
+pub struct Global {
+    pub name: &'static str,
+    pub bytes: Vec<u8>,
+}
+
+impl Global {
+    /// The bytes of a plain-old-data value.
+    pub fn of<T: aya::Pod>(name: &'static str, value: &T) -> Self {
+        // SAFETY: `T: Pod` is plain old data without padding that matters.
+        let bytes =
+            unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) };
+        Self {
+            name,
+            bytes: bytes.to_vec(),
+        }
+    }
 }
 
 pub struct Probes {
@@ -52,11 +67,14 @@ pub struct Probes {
 pub type Logger = aya_log::EbpfLogger<&'static dyn log::Log>;
 
 impl Probes {
-    /// Load the object into the kernel, attaching nothing yet. `go` is the
-    /// traced Go binary's layout (zeros for other runtimes).
-    pub fn load(go: GoConfig) -> Result<Self> {
-        let mut ebpf = EbpfLoader::new()
-            .override_global("GO_CONFIG", &go, true)
+    /// Load the object into the kernel, attaching nothing yet. `globals`
+    /// are what the traced runtime's programs read (others keep zeros).
+    pub fn load(globals: &[Global]) -> Result<Self> {
+        let mut loader = EbpfLoader::new();
+        for g in globals {
+            loader.override_global(g.name, g.bytes.as_slice(), true);
+        }
+        let mut ebpf = loader
             .load(PROBES_OBJECT)
             .map_err(|e| anyhow!("loading the eBPF probes into the kernel failed: {e}"))?;
         // Before the programs load: their log map must be taken first.
@@ -76,20 +94,10 @@ impl Probes {
         })
     }
 
-    /// Load and attach the Go probes. `exe` is the path the kernel resolves
-    /// to the target's inode (`/proc/PID/exe` for a running process, the
-    /// program file for `-c`); `pid` scopes every probe to that process in
-    /// the kernel.
-    pub fn attach_go(exe: &Path, pid: u32, config: GoConfig, plan: &GoAttachPlan) -> Result<Self> {
-        let mut probes = Self::load(config)?;
-        let spawn: Vec<AttachPoint> = plan.spawn.clone();
-        probes.attach("go_spawn", &spawn, exe, pid)?;
-        probes.attach("go_park", std::slice::from_ref(&plan.park), exe, pid)?;
-        probes.attach("go_exit", std::slice::from_ref(&plan.exit), exe, pid)?;
-        Ok(probes)
-    }
-
     /// Attach uprobe program `name` at each point of `exe`, for `pid` only.
+    /// `exe` is the path the kernel resolves to the target's inode
+    /// (`/proc/PID/exe` for a running process, the program file for `-c`);
+    /// `pid` scopes every probe to that process in the kernel.
     pub fn attach(
         &mut self,
         name: &str,
@@ -177,10 +185,22 @@ impl Probes {
         Ok(())
     }
 
-    /// For probe families that need more than uprobes (maps to fill,
-    /// tracepoints to attach).
+    /// For probe families that need more than uprobes (maps to fill or take).
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
         &mut self.ebpf
+    }
+
+    /// Insert `(key, value)` pairs into the `u64 → u64` hash map `name`.
+    pub fn fill_hash_map(&mut self, name: &str, entries: &[(u64, u64)]) -> Result<()> {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or_else(|| anyhow!("{name} map missing from the probes object"))?;
+        let mut map = aya::maps::HashMap::<_, u64, u64>::try_from(map)?;
+        for &(k, v) in entries {
+            map.insert(k, v, 0)?;
+        }
+        Ok(())
     }
 
     /// The probes' log channel, drained by the ring reader thread.

@@ -24,6 +24,28 @@ use super::Logger;
 /// Longest a record waits in the ring when the probes did not wake us.
 const POLL_MS: i32 = 50;
 
+/// Records of one kind, copied out of the ring back to back, `stride` bytes
+/// each: one allocation per batch, whatever the runtime's record type.
+#[derive(Debug, Default)]
+pub struct RecordBatch {
+    pub bytes: Vec<u8>,
+    pub stride: usize,
+}
+
+impl RecordBatch {
+    pub fn records(&self) -> impl Iterator<Item = &[u8]> {
+        self.bytes.chunks_exact(self.stride.max(1))
+    }
+
+    pub fn len(&self) -> usize {
+        self.bytes.len() / self.stride.max(1)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+}
+
 pub struct RingReader {
     stop: Arc<AtomicBool>,
     handle: Option<JoinHandle<()>>,
@@ -33,12 +55,13 @@ pub struct RingReader {
 }
 
 impl RingReader {
-    /// Batches of records go to `tx` in ring order; the probes' log lines
-    /// (if any) are printed as they come.
-    pub fn spawn<T: Pod + Send>(
+    /// Batches of `stride`-byte records go to `tx` in ring order; the
+    /// probes' log lines (if any) are printed as they come.
+    pub fn spawn(
         mut ring: RingBuf<MapData>,
         mut logger: Option<Logger>,
-        tx: UnboundedSender<Vec<T>>,
+        stride: usize,
+        tx: UnboundedSender<RecordBatch>,
     ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let malformed = Arc::new(AtomicU64::new(0));
@@ -48,10 +71,13 @@ impl RingReader {
             .spawn(move || {
                 loop {
                     let stopping = stop2.load(Ordering::Acquire);
-                    let mut batch = Vec::new();
+                    let mut batch = RecordBatch {
+                        bytes: Vec::new(),
+                        stride,
+                    };
                     while let Some(item) = ring.next() {
-                        match decode::<T>(&item) {
-                            Some(ev) => batch.push(ev),
+                        match item.get(..stride) {
+                            Some(record) => batch.bytes.extend_from_slice(record),
                             None => {
                                 malformed2.fetch_add(1, Ordering::Relaxed);
                             }
@@ -105,7 +131,8 @@ impl Drop for RingReader {
     }
 }
 
-fn decode<T: Pod>(bytes: &[u8]) -> Option<T> {
+/// One record as the probes wrote it; `None` if `bytes` is too short.
+pub fn decode_record<T: Pod>(bytes: &[u8]) -> Option<T> {
     if bytes.len() < size_of::<T>() {
         return None;
     }

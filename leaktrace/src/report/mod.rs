@@ -1,4 +1,7 @@
-//! What a report says (the JSON contract) and how it is shown.
+//! What a report says (the JSON contract), how it is built from task views,
+//! and how it is shown.
+pub mod build;
 pub mod json;
 pub mod model;
+pub mod output;
 pub mod text;

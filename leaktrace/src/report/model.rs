@@ -1,7 +1,12 @@
 //! One report. Field names are a contract other tools parse: keep them.
 use serde::Serialize;
 
-use crate::{aggregate::verdict::Verdict, symbols::Frame};
+pub use crate::threads::view::{ThreadGroupReport, ThreadVerdict, ThreadsReport};
+use crate::{
+    aggregate::verdict::Verdict,
+    runtime::{Counter, RuntimeKind, TaskCounts},
+    symbols::Frame,
+};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
@@ -30,29 +35,53 @@ pub struct Report {
 pub struct TargetInfo {
     pub pid: u32,
     pub exe: String,
-    pub runtime: &'static str,
+    /// Serialized as its name (`go`, `rust-tokio`).
+    pub runtime: RuntimeKind,
     pub runtime_version: String,
     pub symbols: &'static str,
     pub warnings: Vec<String>,
 }
 
-#[derive(Clone, Copy, Debug, Default, Serialize)]
+/// Event totals since attach: the runtime's task counts and the probes'
+/// losses. JSON: `spawn`, `exit`, then the runtime's own counters (`park`
+/// for Go; `poll`, `wake`, `shutdown` for tokio), then `lost`, `corrected`.
+#[derive(Clone, Debug, Default)]
 pub struct EventTotals {
     pub spawn: u64,
     pub exit: u64,
-    pub park: u64,
     /// Records the probes could not deliver (ring buffer full).
     pub lost: u64,
     /// Tasks found finished in memory without an exit event, and removed.
     pub corrected: u64,
-    /// tokio, detailed mode: polls and wakes seen.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub poll: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub wake: Option<u64>,
-    /// tokio: tasks the runtime cancelled (`raw::shutdown`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub shutdown: Option<u64>,
+    /// The runtime's own counters.
+    pub extra: Vec<Counter>,
+}
+
+impl EventTotals {
+    pub fn new(counts: TaskCounts, lost: u64) -> Self {
+        Self {
+            spawn: counts.spawn,
+            exit: counts.exit,
+            lost,
+            corrected: counts.corrected,
+            extra: counts.extra,
+        }
+    }
+}
+
+impl Serialize for EventTotals {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(4 + self.extra.len()))?;
+        m.serialize_entry("spawn", &self.spawn)?;
+        m.serialize_entry("exit", &self.exit)?;
+        for c in &self.extra {
+            m.serialize_entry(c.name, &c.value)?;
+        }
+        m.serialize_entry("lost", &self.lost)?;
+        m.serialize_entry("corrected", &self.corrected)?;
+        m.end()
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -80,42 +109,4 @@ pub struct BlockedSpan {
     /// Whether `min` / `max` themselves are such lower bounds.
     pub min_at_least: bool,
     pub max_at_least: bool,
-}
-
-/// The process's OS threads (when thread tracking is on).
-#[derive(Clone, Debug, Serialize)]
-pub struct ThreadsReport {
-    /// Threads alive now (what /proc/PID/task lists).
-    pub live: u64,
-    /// Threads created and exited since attach.
-    pub created: u64,
-    pub exited: u64,
-    /// Thread events the probes could not deliver (ring buffer full).
-    pub lost: u64,
-    pub groups: Vec<ThreadGroupReport>,
-}
-
-/// Threads with one name pattern (digits folded to `#`) and one creator.
-#[derive(Clone, Debug, Serialize)]
-pub struct ThreadGroupReport {
-    pub name: String,
-    /// The program's function that spawned them, else the spawning thread's
-    /// name, `(main thread)` or `(before attach)`.
-    pub created_by: String,
-    /// That function as a frame, when known.
-    pub site: Option<Frame>,
-    pub count: u64,
-    /// Age of the oldest member.
-    pub oldest_s: f64,
-    pub growth_per_s: f64,
-    pub verdict: ThreadVerdict,
-    pub why: String,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ThreadVerdict {
-    /// More members at each of several samples, none exiting.
-    Growing,
-    Ok,
 }

@@ -5,7 +5,11 @@ use std::io::Write;
 use anyhow::Result;
 
 use super::model::{GroupReport, Report, ThreadVerdict, ThreadsReport};
-use crate::{aggregate::verdict::Verdict, aggregate::verdict::human_secs, symbols::Frame};
+use crate::{
+    aggregate::verdict::{Verdict, human_secs},
+    runtime::{RuntimeKind, Shown},
+    symbols::Frame,
+};
 
 pub struct TextStyle {
     pub color: bool,
@@ -22,18 +26,23 @@ pub fn write(out: &mut dyn Write, report: &Report, style: &TextStyle) -> Result<
     };
     let t = &report.target;
     let e = &report.events;
-    let go = t.runtime == "go";
-    let tasks = if go { "goroutines" } else { "tasks" };
-    // tokio has no park event: idleness is read from memory.
-    let parks = if go {
-        format!(", {} parks", e.park)
-    } else {
-        String::new()
+    let kind = t.runtime;
+    let tasks = kind.tasks;
+    let counters = |shown: Shown| -> Vec<String> {
+        e.extra
+            .iter()
+            .filter(|c| c.shown == shown)
+            .map(|c| format!("{} {}", c.value, c.label))
+            .collect()
     };
-    let exited = if go { "exited" } else { "completed" };
+    let headline: String = counters(Shown::Headline)
+        .iter()
+        .map(|c| format!(", {c}"))
+        .collect();
+    let exited = kind.ended;
     writeln!(
         out,
-        "{} {} {tasks} live in pid {} ({} {}), {} runtime; after {}: {} spawned, {} {exited}{parks}, {} lost",
+        "{} {} {tasks} live in pid {} ({} {}), {} runtime; after {}: {} spawned, {} {exited}{headline}, {} lost",
         paint(
             "1",
             if report.is_final {
@@ -52,8 +61,9 @@ pub fn write(out: &mut dyn Write, report: &Report, style: &TextStyle) -> Result<
         e.exit,
         e.lost,
     )?;
-    if let (Some(polls), Some(wakes)) = (e.poll, e.wake) {
-        writeln!(out, "  {polls} polls, {wakes} wakes")?;
+    let detail = counters(Shown::Detail);
+    if !detail.is_empty() {
+        writeln!(out, "  {}", detail.join(", "))?;
     }
     if e.lost > 0 {
         writeln!(
@@ -70,7 +80,7 @@ pub fn write(out: &mut dyn Write, report: &Report, style: &TextStyle) -> Result<
         writeln!(out, "  (no groups to show)")?;
     }
     for g in &report.groups {
-        write_group(out, g, t.runtime == "go", style, &paint)?;
+        write_group(out, g, kind, style, &paint)?;
     }
     if report.groups_omitted > 0 {
         writeln!(
@@ -90,7 +100,7 @@ pub fn write(out: &mut dyn Write, report: &Report, style: &TextStyle) -> Result<
 fn write_group(
     out: &mut dyn Write,
     g: &GroupReport,
-    go: bool,
+    kind: RuntimeKind,
     style: &TextStyle,
     paint: &dyn Fn(&str, &str) -> String,
 ) -> Result<()> {
@@ -116,15 +126,13 @@ fn write_group(
             }
         })
         .unwrap_or_else(|| "-".into());
-    let noun = match (go, g.count == 1) {
-        (true, true) => "goroutine ",
-        (true, false) => "goroutines",
-        (false, true) => "task ",
-        (false, false) => "tasks",
+    // Padded to the plural's width, so counts line up.
+    let noun = if g.count == 1 {
+        format!("{:<width$}", kind.task, width = kind.tasks.len())
+    } else {
+        kind.tasks.to_string()
     };
-    // A tokio task is known by its future's type (where it was spawned is
-    // not recorded without tokio_unstable).
-    let origin = if go { "created by" } else { "future" };
+    let origin = kind.origin;
     let mut line = format!(
         "{:>7} {noun}  {}  {}  {:+.1}/s  {}  {origin} {}",
         g.count,
@@ -151,8 +159,7 @@ fn write_group(
         }
         if !g.sample_ids.is_empty() {
             let ids: Vec<String> = g.sample_ids.iter().map(u64::to_string).collect();
-            let noun = if go { "goroutines" } else { "task ids" };
-            writeln!(out, "            e.g. {noun} {}", ids.join(", "))?;
+            writeln!(out, "            e.g. {} {}", kind.ids, ids.join(", "))?;
         }
     }
     Ok(())

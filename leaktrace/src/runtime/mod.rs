@@ -1,132 +1,161 @@
-//! The seam between runtime-specific knowledge and the rest of leaktrace.
+//! The seam: what a runtime (Go, tokio) must provide so that one session
+//! loop can trace it without knowing which it is.
 //!
-//! A runtime module (only `go` today) turns its probe records into
-//! [`TaskEvent`]s and, when asked at report time, reads each live task from
-//! the target's memory into a [`TaskView`]. Everything downstream (the live
-//! table, grouping, trends, verdicts, reports) only sees these types.
+//! A runtime inspects its binary, says where its probes go, attaches them,
+//! applies their ring records to its own live table, reads its live tasks
+//! from the target's memory at each refresh, and hands back neutral
+//! [`TaskView`]s and [`TaskCounts`]. Everything downstream (grouping,
+//! trends, verdicts, reports) only sees those. Adding a runtime means one
+//! new folder here and one line in [`open`].
 pub mod go;
+mod task;
 pub mod tokio;
 
-use crate::symbols::Frame;
+use std::path::Path;
 
-/// A lifecycle event of one task, in the order the probes saw them.
+use anyhow::{Result, bail};
+
+pub use task::{Since, TaskState, TaskView};
+
+use crate::probes::{AttachPoint, Global, Probes};
+
+/// Which runtime, with the words reports use for it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TaskEvent {
-    /// CLOCK_MONOTONIC nanoseconds.
-    pub ts_ns: u64,
-    /// The task's control block address (Go: the `runtime.g`). Unique among
-    /// live tasks; reused only after the task's Exit.
-    pub key: u64,
-    /// Runtime id (goid); 0 when not known yet.
-    pub id: u64,
-    pub kind: TaskEventKind,
+pub struct RuntimeKind {
+    /// As JSON names it: `go`, `rust-tokio`.
+    pub name: &'static str,
+    /// One task, several tasks: `goroutine`/`goroutines`, `task`/`tasks`.
+    pub task: &'static str,
+    pub tasks: &'static str,
+    /// What a task does at its end: `exited`, `completed`.
+    pub ended: &'static str,
+    /// What names a group's origin: `created by` (a `go` statement),
+    /// `future` (a tokio task is known by its future's type).
+    pub origin: &'static str,
+    /// What member ids are: `goroutines`, `task ids`.
+    pub ids: &'static str,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TaskEventKind {
-    Spawn {
-        /// Return address of the spawning call (Go: gopc).
-        created_pc: u64,
-        /// Entry of the task's function (Go: startpc).
-        start_pc: u64,
-        parent_id: u64,
-    },
-    Park {
-        /// Runtime-specific wait reason code.
-        reason: u8,
-    },
-    Exit,
-}
-
-/// What a task is doing when looked at.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum TaskState {
-    Running,
-    Runnable,
-    Syscall,
-    /// Blocked, with the wait reason as the runtime prints it.
-    Waiting(String),
-}
-
-impl TaskState {
-    pub fn label(&self) -> &str {
-        match self {
-            Self::Running => "running",
-            Self::Runnable => "runnable",
-            Self::Syscall => "syscall",
-            Self::Waiting(reason) => reason,
-        }
-    }
-
-    pub fn is_waiting(&self) -> bool {
-        matches!(self, Self::Waiting(_))
+impl serde::Serialize for RuntimeKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name)
     }
 }
 
-/// One live task as read from the target at report time.
+/// What the binary is, for the report's header.
 #[derive(Clone, Debug)]
-pub struct TaskView {
-    pub key: u64,
-    pub id: u64,
-    pub state: TaskState,
-    /// The wait can never end (Go: nil channel, `select {}`).
-    pub never_ends: bool,
-    /// The runtime's own bookkeeping task (Go: `isSystemGoroutine`); not
-    /// counted as the program's, like `runtime.NumGoroutine()`.
-    pub system: bool,
-    /// Where the task was created (the `go` statement).
-    pub created_by: Frame,
-    /// The task's own function, compiler wrappers unwrapped.
-    pub start: Frame,
-    /// Innermost first. Empty when not blocked or not readable. Shared by
-    /// every task parked at the same place.
-    pub stack: std::sync::Arc<[Frame]>,
-    /// First frame of the program's own code in `stack` (not the runtime's
-    /// or the standard library's): where it is stuck.
-    pub blocked_at: Option<Frame>,
-    /// When the current block began, if known.
-    pub blocked_since: Option<Since>,
-    /// When the task was created (a lower bound for tasks that existed
-    /// before attach).
-    pub alive_since: Since,
-    /// Set when the stack could not be read consistently (the runtime moved
-    /// it while we read, repeatedly).
-    pub stack_unstable: bool,
+pub struct Description {
+    /// e.g. `go1.22.10`, `tokio 1.47.1, 1.95.0 (…)`.
+    pub version: String,
+    /// Where names come from: `dwarf`, `symtab`, `pclntab`, `none`.
+    pub symbols: &'static str,
 }
 
-/// A point in time (CLOCK_MONOTONIC ns) that is either exact or only an
-/// upper bound on the start (so durations derived from it are lower bounds).
+/// One probe a runtime plans: which program of the probes object, at which
+/// point of the binary, for which event.
+#[derive(Clone, Debug)]
+pub struct PlannedProbe {
+    /// The program in the probes object, e.g. `go_park`, `tokio_task`.
+    pub program: &'static str,
+    /// What it reports: `spawn`, `park`, `exit`, `complete`, …
+    pub event: &'static str,
+    pub point: AttachPoint,
+    /// The function holding the point and its entry, when the runtime knows
+    /// it better than `.symtab` (Go's pclntab survives stripping).
+    pub function: Option<(String, u64)>,
+}
+
+/// What attaching told us.
+#[derive(Clone, Debug, Default)]
+pub struct Attached {
+    /// Said once at attach and kept in every report.
+    pub warnings: Vec<String>,
+    /// Extra words for the attach line, e.g. `450 task types`.
+    pub detail: Option<String>,
+}
+
+/// A runtime-specific event counter (parks, polls, wakes, cancellations).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Since {
-    /// Seen by a probe.
-    Exact(u64),
-    /// Known to have started no later than this.
-    AtMost(u64),
+pub struct Counter {
+    /// The JSON key under `events`.
+    pub name: &'static str,
+    /// The text report's word for it (plural).
+    pub label: &'static str,
+    pub value: u64,
+    pub shown: Shown,
 }
 
-impl Since {
-    pub fn ns(self) -> u64 {
-        match self {
-            Self::Exact(t) | Self::AtMost(t) => t,
+/// Where the text report prints a counter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shown {
+    /// On the header line, after the spawn and exit counts.
+    Headline,
+    /// On a line of its own under the header.
+    Detail,
+    /// Only in JSON.
+    JsonOnly,
+}
+
+/// Event totals since attach.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TaskCounts {
+    pub spawn: u64,
+    pub exit: u64,
+    /// Tasks a memory read found finished without an exit event.
+    pub corrected: u64,
+    pub extra: Vec<Counter>,
+}
+
+/// How the user asked to trace.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Options {
+    /// Probe every poll and wake too (tokio), at a per-poll cost.
+    pub detailed: bool,
+}
+
+/// A runtime, as one session drives it: attach → snapshot → (apply,
+/// refresh)* → detach (by dropping the [`Probes`]).
+pub trait Runtime {
+    fn kind(&self) -> RuntimeKind;
+    fn describe(&self) -> Description;
+    /// Globals the probes object needs before it is loaded.
+    fn probe_globals(&self) -> Vec<Global>;
+    /// Where the probes go in this binary (also what `--explain-probes`
+    /// lists, so benchmarks measure exactly these points).
+    fn plan(&self) -> Result<Vec<PlannedProbe>>;
+    /// Attach the planned probes for `pid` (by file offset, so before a
+    /// `-c` child runs).
+    fn attach(&mut self, probes: &mut Probes, exe: &Path, pid: u32) -> Result<Attached>;
+    /// Size of one ring record.
+    fn record_size(&self) -> usize;
+    /// One ring record, in ring order.
+    fn apply(&mut self, record: &[u8]);
+    /// Read the tasks that existed before attach (a running process only).
+    /// Returns a note for the report.
+    fn snapshot(&mut self, pid: u32) -> Result<Option<String>>;
+    /// Read every live task from memory. `Ok(None)`: the program is not
+    /// running the binary yet (`-c` before exec).
+    fn refresh(&mut self, probes: &mut Probes, pid: u32) -> Result<Option<Vec<TaskView>>>;
+    fn counts(&self) -> TaskCounts;
+    /// Notes that arose since the last call (said once).
+    fn take_notes(&mut self) -> Vec<String>;
+}
+
+/// The runtime of the program at `path`: Go or tokio, or an error that says
+/// what it is not and why.
+pub fn open(path: &Path, options: Options) -> Result<Box<dyn Runtime>> {
+    match go::GoRuntime::open(path) {
+        Ok(rt) => Ok(Box::new(rt)),
+        Err(not_go @ go::binary::InspectError::NotGo { .. }) => {
+            match tokio::TokioRuntime::open(path, options) {
+                Ok(rt) => Ok(Box::new(rt)),
+                Err(tokio::binary::TokioError::NotTokio(why)) => bail!(
+                    "{not_go}; and not a tokio program either ({why}). leaktrace traces Go \
+                     programs and Rust programs using tokio ≥ 1.23"
+                ),
+                Err(e) => Err(e.into()),
+            }
         }
+        Err(e) => Err(e.into()),
     }
-    pub fn is_lower_bound(self) -> bool {
-        matches!(self, Self::AtMost(_))
-    }
-}
-
-/// CLOCK_MONOTONIC now, the clock `bpf_ktime_get_ns` and Go's `nanotime` use.
-pub fn monotonic_ns() -> u64 {
-    clock_ns(libc::CLOCK_MONOTONIC)
-}
-
-/// `clock` now, in nanoseconds.
-pub fn clock_ns(clock: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out-pointer; the callers pass clocks Linux always has.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

@@ -258,15 +258,7 @@ fn load_dwarf(elf: &ElfFile) -> Option<Dwarf> {
     if !elf.has_dwarf() {
         return None;
     }
-    let dwarf = gimli::Dwarf::load(|id| -> Result<_, gimli::Error> {
-        let bytes: Arc<[u8]> = match elf.uncompressed_section(id.name()) {
-            Ok(Some(data)) => data.into_owned().into(),
-            _ => Arc::new([]),
-        };
-        Ok(EndianArcSlice::new(bytes, LittleEndian))
-    })
-    .ok()?;
-    addr2line::Context::from_dwarf(dwarf).ok()
+    addr2line::Context::from_dwarf(super::dwarf::owned(elf)?).ok()
 }
 
 fn read_regions(pid: u32) -> Vec<Region> {

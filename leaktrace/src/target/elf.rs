@@ -467,6 +467,20 @@ impl ElfFile {
             .collect()
     }
 
+    /// The `.symtab` function whose range holds `va`: `(name, entry)`. A
+    /// linear walk: for listings, not for hot paths.
+    pub fn function_containing(&self, va: u64) -> Option<(&str, u64)> {
+        self.symbols()
+            .values()
+            .filter(|s| {
+                s.kind == ElfSymbolKind::Function
+                    && s.value <= va
+                    && va < s.value.saturating_add(s.size.max(1))
+            })
+            .min_by_key(|s| va - s.value)
+            .map(|s| (s.name.as_str(), s.value))
+    }
+
     /// Whether any `.symtab` name satisfies `pred` (for "what is this binary"
     /// hints; walks the whole table).
     pub fn any_symbol(&self, mut pred: impl FnMut(&str) -> bool) -> bool {

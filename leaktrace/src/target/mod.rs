@@ -1,4 +1,5 @@
 //! The traced process: its pid, executable and (read-only) memory.
+pub mod clock;
 pub mod elf;
 pub mod launch;
 pub mod maps;

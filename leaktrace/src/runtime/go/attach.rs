@@ -1,16 +1,15 @@
 //! Where the probes go in this particular binary, as file offsets.
 use anyhow::{Context as _, Result};
-use leaktrace_common::spawn_point;
 
 use super::{
     allgs_locate::{AllgsLocation, locate_allgs},
     binary::GoBinary,
     probe_points::{ProbePoint, SpawnProbe, plan_probes},
 };
-use crate::probes::{AttachPoint, GoAttachPlan};
+use crate::{probes::AttachPoint, runtime::PlannedProbe};
 
 pub struct Placement {
-    pub plan: GoAttachPlan,
+    pub probes: Vec<PlannedProbe>,
     /// Probe points the kernel has to single-step (slow): said once at attach.
     pub warnings: Vec<String>,
 }
@@ -21,25 +20,31 @@ pub fn place_probes(bin: &GoBinary) -> Result<Placement> {
     let plan = plan_probes(&code_at, &func)
         .context("finding the probe points in the Go runtime of this binary")?;
     let mut warnings = Vec::new();
-    let cookie = match plan.spawn_kind {
-        SpawnProbe::CasgstatusCall => spawn_point::CASGSTATUS_CALL,
-        SpawnProbe::Newproc1Ret => {
-            warnings.push(
-                "runtime.casgstatus is inlined into newproc1 (a PGO build?): spawn probes sit on \
-                 newproc1's RET instructions, which the kernel single-steps (~10× slower per goroutine)"
-                    .to_string(),
-            );
-            spawn_point::NEWPROC1_RET
-        }
-    };
-    let to_attach = |p: &ProbePoint, cookie: u64| -> Result<AttachPoint> {
-        Ok(AttachPoint {
-            file_offset: bin
-                .elf
-                .va_to_file_offset(p.va)
-                .with_context(|| format!("{} ({:#x}) is not in a loaded segment", p.what, p.va))?,
-            cookie,
-            what: p.what.clone(),
+    if plan.spawn_kind == SpawnProbe::Newproc1Ret {
+        warnings.push(
+            "runtime.casgstatus is inlined into newproc1 (a PGO build?): spawn probes sit on \
+             newproc1's RET instructions, which the kernel single-steps (~10× slower per goroutine)"
+                .to_string(),
+        );
+    }
+    let cookie = plan.spawn_kind.cookie();
+    let planned = |p: &ProbePoint,
+                   program: &'static str,
+                   event: &'static str,
+                   cookie: u64|
+     -> Result<PlannedProbe> {
+        Ok(PlannedProbe {
+            program,
+            event,
+            function: bin.symbols.function_at(p.va).map(|f| (f.name, f.entry)),
+            point: AttachPoint {
+                va: p.va,
+                file_offset: bin.elf.va_to_file_offset(p.va).with_context(|| {
+                    format!("{} ({:#x}) is not in a loaded segment", p.what, p.va)
+                })?,
+                cookie,
+                what: p.what.clone(),
+            },
         })
     };
     for p in [&plan.park, &plan.exit] {
@@ -50,18 +55,14 @@ pub fn place_probes(bin: &GoBinary) -> Result<Placement> {
             ));
         }
     }
-    Ok(Placement {
-        plan: GoAttachPlan {
-            spawn: plan
-                .spawn
-                .iter()
-                .map(|p| to_attach(p, cookie))
-                .collect::<Result<_>>()?,
-            park: to_attach(&plan.park, 0)?,
-            exit: to_attach(&plan.exit, 0)?,
-        },
-        warnings,
-    })
+    let mut probes = plan
+        .spawn
+        .iter()
+        .map(|p| planned(p, "go_spawn", "spawn", cookie))
+        .collect::<Result<Vec<_>>>()?;
+    probes.push(planned(&plan.park, "go_park", "park", 0)?);
+    probes.push(planned(&plan.exit, "go_exit", "exit", 0)?);
+    Ok(Placement { probes, warnings })
 }
 
 pub fn find_allgs(bin: &GoBinary) -> Result<AllgsLocation> {

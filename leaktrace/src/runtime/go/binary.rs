@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::layout::{GLayout, LayoutSource};
+use super::pclntab::GoSymbols;
 use super::version::{GoVersion, VersionError, supported_range};
 use super::wait_reason::WaitReasons;
-use crate::symbols::go::GoSymbols;
 use crate::target::elf::{ElfError, ElfFile, Machine};
 
 /// Why a file cannot be traced as a Go program. Every message says what to
@@ -148,7 +148,7 @@ impl GoBinary {
         ]
         .iter()
         .any(|s| elf.section(s).is_some());
-        if !has_go_sections && !crate::symbols::go::has_pclntab(&elf) {
+        if !has_go_sections && !super::pclntab::has_pclntab(&elf) {
             return Err(InspectError::NotGo {
                 hint: non_go_hint(&elf),
             });

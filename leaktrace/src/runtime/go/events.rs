@@ -1,20 +1,48 @@
-//! Probe records → runtime-neutral events, and the probes' configuration.
-use leaktrace_common::{EventKind, GoConfig, GoEvent};
+//! Probe records → goroutine lifecycle events, and the probes' configuration.
+use leaktrace_common::go::{GoConfig, GoEvent, GoEventKind};
 
 use super::{layout::GLayout, wait_reason::gstatus};
-use crate::runtime::{TaskEvent, TaskEventKind};
+
+/// A lifecycle event of one goroutine, in the order the probes saw them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskEvent {
+    /// CLOCK_MONOTONIC nanoseconds.
+    pub ts_ns: u64,
+    /// The goroutine's `runtime.g` address. Unique among live goroutines;
+    /// reused only after its Exit.
+    pub key: u64,
+    /// goid; 0 when not known yet.
+    pub id: u64,
+    pub kind: TaskEventKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TaskEventKind {
+    Spawn {
+        /// Return address of the spawning call (gopc).
+        created_pc: u64,
+        /// Entry of the goroutine's function (startpc).
+        start_pc: u64,
+        parent_id: u64,
+    },
+    Park {
+        /// Version-specific wait reason code.
+        reason: u8,
+    },
+    Exit,
+}
 
 pub fn decode(ev: &GoEvent) -> Option<TaskEvent> {
-    let kind = match EventKind::from_u8(ev.kind)? {
-        EventKind::Spawn => TaskEventKind::Spawn {
+    let kind = match GoEventKind::from_raw(ev.kind)? {
+        GoEventKind::Spawn => TaskEventKind::Spawn {
             created_pc: ev.gopc,
             start_pc: ev.startpc,
             parent_id: ev.parent_goid,
         },
-        EventKind::Park => TaskEventKind::Park {
+        GoEventKind::Park => TaskEventKind::Park {
             reason: ev.wait_reason,
         },
-        EventKind::Exit => TaskEventKind::Exit,
+        GoEventKind::Exit => TaskEventKind::Exit,
     };
     Some(TaskEvent {
         ts_ns: ev.ts_ns,

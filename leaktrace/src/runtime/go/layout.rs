@@ -6,14 +6,13 @@
 //! (measured from DWARF of each release) is used. Fields have moved in 1.21
 //! (`parentGoid`), 1.23 (`syscallbp`), 1.25 (`gobuf.ret` removed) and 1.26.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 
 use serde::Serialize;
 
 use super::version::GoVersion;
-use crate::target::elf::ElfFile;
+use crate::{symbols::dwarf, target::elf::ElfFile};
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct GLayout {
@@ -381,21 +380,10 @@ pub fn read_dwarf_structs(
     elf: &ElfFile,
     names: &[&str],
 ) -> Result<HashMap<String, DwarfStruct>, String> {
-    use gimli::{AttributeValue, SectionId};
+    use gimli::AttributeValue;
 
-    let load = |id: SectionId| -> Result<Cow<'_, [u8]>, String> {
-        // Only what type DIEs need: decompressing .debug_line or .debug_loc
-        // would cost more than the whole lookup.
-        match id {
-            SectionId::DebugAbbrev | SectionId::DebugInfo | SectionId::DebugStr => Ok(elf
-                .uncompressed_section(id.name())
-                .map_err(|e| e.to_string())?
-                .unwrap_or(Cow::Borrowed(&[]))),
-            _ => Ok(Cow::Borrowed(&[])),
-        }
-    };
-    let sections = gimli::DwarfSections::load(load)?;
-    let dwarf = sections.borrow(|s| gimli::EndianSlice::new(s, gimli::LittleEndian));
+    let sections = dwarf::sections(elf, dwarf::types_only).map_err(|e| e.to_string())?;
+    let dwarf = dwarf::borrow(&sections);
     let err = |e: gimli::Error| format!("reading DWARF: {e}");
 
     let mut found: HashMap<String, DwarfStruct> = HashMap::new();

@@ -1,10 +1,17 @@
-//! Everything leaktrace knows about Go's runtime.
+//! Everything leaktrace knows about Go's runtime: the binary (version,
+//! pclntab symbols, `runtime.g` layout, wait reasons), where the probes go,
+//! the live goroutine table and the memory reader, behind [`GoRuntime`].
 pub mod allgs_locate;
 pub mod attach;
 pub mod binary;
 pub mod events;
 pub mod layout;
+pub mod live;
+pub mod pclntab;
 pub mod probe_points;
 pub mod reader;
+mod tracer;
 pub mod version;
 pub mod wait_reason;
+
+pub use tracer::{GO, GoRuntime};

@@ -17,7 +17,7 @@ use iced_x86::{
 };
 
 /// How spawns are observed; the number is the uprobe cookie
-/// (`leaktrace_common::spawn_point`).
+/// (`leaktrace_common::go::SpawnPoint`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SpawnProbe {
     /// `CALL runtime.casgstatus` sites in `newproc1` (emulated, cheap).
@@ -31,8 +31,8 @@ impl SpawnProbe {
     /// The attach cookie the eBPF program uses to interpret registers.
     pub fn cookie(self) -> u64 {
         match self {
-            SpawnProbe::CasgstatusCall => leaktrace_common::spawn_point::CASGSTATUS_CALL,
-            SpawnProbe::Newproc1Ret => leaktrace_common::spawn_point::NEWPROC1_RET,
+            SpawnProbe::CasgstatusCall => leaktrace_common::go::SpawnPoint::CasgstatusCall as u64,
+            SpawnProbe::Newproc1Ret => leaktrace_common::go::SpawnPoint::Newproc1Ret as u64,
         }
     }
 }

@@ -10,9 +10,14 @@ use std::{collections::HashMap, sync::Arc};
 
 use anyhow::{Context as _, Result, bail};
 
-use super::{allgs_locate::AllgsLocation, binary::GoBinary, layout::GLayout, wait_reason::gstatus};
+use super::{
+    allgs_locate::AllgsLocation,
+    binary::GoBinary,
+    layout::GLayout,
+    live::{LiveTable, LiveTask},
+    wait_reason::gstatus,
+};
 use crate::{
-    aggregate::live::{LiveTable, LiveTask},
     runtime::{Since, TaskState, TaskView},
     symbols::Frame,
     target::memory::Memory,
@@ -25,8 +30,8 @@ const MAX_STACK_READ: u64 = 64 * 1024;
 /// Attempts at a consistent read of one goroutine.
 const READ_ATTEMPTS: usize = 3;
 
-pub struct GoReader<'a> {
-    bin: &'a GoBinary,
+pub struct GoReader {
+    bin: Arc<GoBinary>,
     mem: Memory,
     /// Runtime address = link-time VA + bias (non-zero for PIE).
     bias: u64,
@@ -132,8 +137,8 @@ impl GHeader {
     }
 }
 
-impl<'a> GoReader<'a> {
-    pub fn new(bin: &'a GoBinary, pid: u32, bias: u64) -> Self {
+impl GoReader {
+    pub fn new(bin: Arc<GoBinary>, pid: u32, bias: u64) -> Self {
         Self {
             bin,
             mem: Memory::new(pid),

@@ -21,14 +21,16 @@
 //! vtables' `poll` functions (found through `.debug_aranges`) and follows
 //! type references from there; [`AwaitDecoder::stack`] then needs no DWARF:
 //! one read of the task cell, plus one per boxed future on the chain.
-use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 
-use gimli::{AttributeValue, DebuggingInformationEntry, DwTag, EndianSlice, RunTimeEndian};
+use gimli::{AttributeValue, DebuggingInformationEntry, DwTag};
 
 use super::vtables::{TaskVtable, short_future_name};
-use crate::target::elf::ElfFile;
+use crate::{
+    symbols::dwarf::{self, Slice},
+    target::elf::ElfFile,
+};
 
 /// At most this many frames per stack (recursive async fns are cut there).
 const MAX_FRAMES: usize = 16;
@@ -172,12 +174,8 @@ impl AwaitDecoder {
         if !elf.has_dwarf() || vtables.is_empty() {
             return None;
         }
-        let sections = gimli::DwarfSections::load(|id| {
-            elf.uncompressed_section(id.name())
-                .map(|d| d.unwrap_or(Cow::Borrowed(&[])))
-        })
-        .ok()?;
-        let dwarf = sections.borrow(|s| EndianSlice::new(s, RunTimeEndian::Little));
+        let sections = dwarf::sections(elf, dwarf::all).ok()?;
+        let dwarf = dwarf::borrow(&sections);
         let mut dw = Dw::new(dwarf);
         let polls: HashSet<u64> = vtables.iter().map(|v| v.poll()).collect();
         let subprograms = dw.poll_subprograms(&polls);
@@ -354,8 +352,6 @@ impl<'r> Window<'r> {
         Some(u64::from_le_bytes(word))
     }
 }
-
-type Slice<'a> = EndianSlice<'a, RunTimeEndian>;
 
 /// A DIE by its `.debug_info` offset: unique across units, so it serves as
 /// type identity.

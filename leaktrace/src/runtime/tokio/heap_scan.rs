@@ -13,7 +13,9 @@
 use std::collections::{HashMap, HashSet};
 use std::io;
 
-use leaktrace_common::tokio_task::{HEADER_LEN, HEADER_OWNER_ID, HEADER_VTABLE};
+use leaktrace_common::tokio::task_header::{
+    LEN as HEADER_LEN, OWNER_ID as HEADER_OWNER_ID, VTABLE as HEADER_VTABLE,
+};
 
 use super::state::StateWord;
 use super::vtables::TaskVtable;

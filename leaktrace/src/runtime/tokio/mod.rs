@@ -1,7 +1,7 @@
-//! Tracing tokio tasks in an unmodified Rust binary.
+//! Tracing tokio tasks in an unmodified Rust binary, behind [`TokioRuntime`].
 //!
-//! Today tasks are found by heap scans ([`tracer`]); probes for spawn and
-//! completion are still to come. The pieces, each usable alone:
+//! Probes follow spawns, completions and cancellations (and, detailed,
+//! polls and wakes); heap scans find what they cannot see. The pieces:
 //! - [`binary`]: is it Rust + tokio, which rustc and tokio, refuse tokio < 1.23;
 //! - [`vtables`]: every task vtable, named by its future type (and how);
 //! - [`state`]: the task state word (running/scheduled/idle/complete, lost waker);
@@ -12,9 +12,12 @@ pub mod await_points;
 pub mod binary;
 pub mod heap_scan;
 pub mod probe_points;
+mod seam;
 pub mod state;
 pub mod tracer;
 pub mod vtables;
+
+pub use seam::{TOKIO, TokioRuntime};
 
 #[cfg(test)]
 mod fixtures;

@@ -12,7 +12,7 @@
 //! falls back to heap scans for spawns and completions.
 use std::collections::BTreeSet;
 
-use leaktrace_common::{tokio_cookie, tokio_kind};
+use leaktrace_common::tokio::{TokioEventKind, tokio_cookie};
 
 use super::vtables::{POLL, SHUTDOWN, TaskVtable};
 use crate::{probes::AttachPoint, target::elf::ElfFile};
@@ -83,9 +83,15 @@ fn functions(elf: &ElfFile, pred: impl Fn(&str) -> bool) -> Vec<(u64, String)> {
 
 pub fn plan(elf: &ElfFile, vtables: &[TaskVtable], detailed: bool) -> TokioPlan {
     let mut plan = TokioPlan::default();
-    let add = |plan: &mut TokioPlan, va: u64, kind: u8, arg: u8, by_ref: bool, what: String| {
+    let add = |plan: &mut TokioPlan,
+               va: u64,
+               kind: TokioEventKind,
+               arg: u8,
+               by_ref: bool,
+               what: String| {
         if let Some(file_offset) = elf.va_to_file_offset(va) {
             plan.points.push(AttachPoint {
+                va,
                 file_offset,
                 cookie: tokio_cookie(kind, arg, by_ref),
                 what,
@@ -101,7 +107,7 @@ pub fn plan(elf: &ElfFile, vtables: &[TaskVtable], detailed: bool) -> TokioPlan 
     // bind_inner(&self, task: Task<S>, notified): the header is the 2nd
     // argument by value.
     for (va, d) in functions(elf, is_bind_inner) {
-        plan.sees_spawns |= add(&mut plan, va, tokio_kind::SPAWN, 1, false, d);
+        plan.sees_spawns |= add(&mut plan, va, TokioEventKind::Spawn, 1, false, d);
     }
     // release(&self, task: &Task<S>): `&Task` in the 2nd argument, or the
     // header itself after LTO's argument promotion; the probe tries both.
@@ -119,7 +125,7 @@ pub fn plan(elf: &ElfFile, vtables: &[TaskVtable], detailed: bool) -> TokioPlan 
             .collect()
     };
     for (va, d, arg, by_ref) in completes {
-        plan.sees_completions |= add(&mut plan, va, tokio_kind::COMPLETE, arg, by_ref, d);
+        plan.sees_completions |= add(&mut plan, va, TokioEventKind::Complete, arg, by_ref, d);
     }
 
     // The vtable functions exist in every build (their addresses are
@@ -130,7 +136,7 @@ pub fn plan(elf: &ElfFile, vtables: &[TaskVtable], detailed: bool) -> TokioPlan 
         add(
             &mut plan,
             va,
-            tokio_kind::SHUTDOWN,
+            TokioEventKind::Shutdown,
             0,
             false,
             "tokio::runtime::task::raw::shutdown".into(),
@@ -141,14 +147,14 @@ pub fn plan(elf: &ElfFile, vtables: &[TaskVtable], detailed: bool) -> TokioPlan 
             plan.polls |= add(
                 &mut plan,
                 va,
-                tokio_kind::POLL,
+                TokioEventKind::Poll,
                 0,
                 false,
                 "tokio::runtime::task::raw::poll".into(),
             );
         }
         for (va, d) in functions(elf, is_wake) {
-            add(&mut plan, va, tokio_kind::WAKE, 0, false, d);
+            add(&mut plan, va, TokioEventKind::Wake, 0, false, d);
         }
     }
     if !plan.sees_spawns {
@@ -213,21 +219,26 @@ mod tests {
             let elf = ElfFile::open(&fixture_binary(profile, v0)).expect("fixture");
             let bin = detect(&elf).expect("tokio");
             let p = plan(&elf, &bin.vtables, true);
-            let kinds = |k: u8| p.points.iter().filter(|a| a.cookie as u8 == k).count();
+            let kinds = |k: TokioEventKind| {
+                p.points
+                    .iter()
+                    .filter(|a| a.cookie as u8 == k as u8)
+                    .count()
+            };
             println!(
                 "{profile}{}: spawn {} complete {} shutdown {} poll {} wake {}; notes {:?}",
                 if v0 { "+v0" } else { "" },
-                kinds(tokio_kind::SPAWN),
-                kinds(tokio_kind::COMPLETE),
-                kinds(tokio_kind::SHUTDOWN),
-                kinds(tokio_kind::POLL),
-                kinds(tokio_kind::WAKE),
+                kinds(TokioEventKind::Spawn),
+                kinds(TokioEventKind::Complete),
+                kinds(TokioEventKind::Shutdown),
+                kinds(TokioEventKind::Poll),
+                kinds(TokioEventKind::Wake),
                 p.notes
             );
             assert_eq!(p.sees_spawns, symbols, "{profile}");
             assert_eq!(p.sees_completions, symbols, "{profile}");
-            assert!(kinds(tokio_kind::SHUTDOWN) > 0 && p.polls, "{profile}");
-            assert_eq!(kinds(tokio_kind::WAKE) == 2, symbols, "{profile}");
+            assert!(kinds(TokioEventKind::Shutdown) > 0 && p.polls, "{profile}");
+            assert_eq!(kinds(TokioEventKind::Wake) == 2, symbols, "{profile}");
         }
     }
 }

@@ -13,7 +13,7 @@ pub const NOTIFIED: u64 = 1 << 2;
 pub const JOIN_INTEREST: u64 = 1 << 3;
 pub const JOIN_WAKER: u64 = 1 << 4;
 pub const CANCELLED: u64 = 1 << 5;
-pub use leaktrace_common::tokio_task::{MAX_PLAUSIBLE_REFS, REF_SHIFT};
+pub use leaktrace_common::tokio::task_header::{MAX_PLAUSIBLE_REFS, REF_SHIFT};
 
 /// What the task is doing, as tokio-console derives it from the same word.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -21,7 +21,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use leaktrace_common::{TokioEvent, tokio_kind};
+use leaktrace_common::tokio::{TokioEvent, TokioEventKind};
 
 use super::{
     await_points::AwaitDecoder,
@@ -287,8 +287,11 @@ impl TokioTracer {
             // runtime's, never bound, and not what the table follows.
             return;
         }
-        match ev.kind {
-            tokio_kind::SPAWN => {
+        let Some(kind) = TokioEventKind::from_raw(ev.kind) else {
+            return;
+        };
+        match kind {
+            TokioEventKind::Spawn => {
                 self.totals.spawn += 1;
                 self.first_announced.get_or_insert(ev.id);
                 if self.unannounced.remove(&ev.id).is_some() {
@@ -299,7 +302,7 @@ impl TokioTracer {
                 t.owner_id = u64::MAX;
                 self.tasks.insert(ev.header, t);
             }
-            tokio_kind::COMPLETE => {
+            TokioEventKind::Complete => {
                 self.totals.complete += 1;
                 if self.tasks.get(&ev.header).is_some_and(|t| t.id == ev.id) {
                     self.tasks.remove(&ev.header);
@@ -311,8 +314,8 @@ impl TokioTracer {
                     self.check_missed(ev.id, ev.ts_ns);
                 }
             }
-            tokio_kind::SHUTDOWN => self.totals.shutdown += 1,
-            tokio_kind::POLL => {
+            TokioEventKind::Shutdown => self.totals.shutdown += 1,
+            TokioEventKind::Poll => {
                 self.totals.poll += 1;
                 // First poll of a task never seen (or of a reused header):
                 // spawned no later than now.
@@ -323,8 +326,7 @@ impl TokioTracer {
                 }
                 t.last_poll = Some(ev.ts_ns);
             }
-            tokio_kind::WAKE => self.totals.wake += 1,
-            _ => {}
+            TokioEventKind::Wake => self.totals.wake += 1,
         }
     }
 
@@ -405,7 +407,7 @@ impl TokioTracer {
         self.scans += 1;
         if first {
             let max_id = heap.tasks.iter().map(|t| t.id).max().unwrap_or(0);
-            self.first_scan = Some((max_id, crate::runtime::monotonic_ns()));
+            self.first_scan = Some((max_id, crate::target::clock::monotonic_ns()));
         }
         self.last_unstable = heap.unstable;
         let mut found: HashMap<u64, LiveTask> =
@@ -450,7 +452,7 @@ impl TokioTracer {
             t.state = Some(live.state);
             t.owner_id = live.owner_id;
         }
-        let now = crate::runtime::monotonic_ns();
+        let now = crate::target::clock::monotonic_ns();
         self.unannounced
             .extend(unseen.into_iter().map(|id| (id, now)));
         Ok(())
@@ -571,13 +573,13 @@ mod tests {
     use super::super::fixtures::fixture_binary;
     use super::*;
 
-    fn event(kind: u8, header: u64, id: u64, vtable: u64, ts_ns: u64) -> TokioEvent {
+    fn event(kind: TokioEventKind, header: u64, id: u64, vtable: u64, ts_ns: u64) -> TokioEvent {
         TokioEvent {
             ts_ns,
             header,
             id,
             vtable,
-            kind,
+            kind: kind as u8,
             ..TokioEvent::default()
         }
     }
@@ -604,39 +606,39 @@ mod tests {
             .va
             + 0x1000;
         t.first_scan = Some((5, 100));
-        t.apply(&event(tokio_kind::SPAWN, 0xa000, 11, vt, 200));
-        t.apply(&event(tokio_kind::SPAWN, 0xb000, 12, vt, 210));
+        t.apply(&event(TokioEventKind::Spawn, 0xa000, 11, vt, 200));
+        t.apply(&event(TokioEventKind::Spawn, 0xb000, 12, vt, 210));
         assert_eq!(t.tasks.len(), 2);
         assert_eq!(t.tasks[&0xa000].alive_since, Since::Exact(200));
-        t.apply(&event(tokio_kind::COMPLETE, 0xa000, 11, vt, 300));
+        t.apply(&event(TokioEventKind::Complete, 0xa000, 11, vt, 300));
         assert_eq!(t.tasks.len(), 1);
 
         // A refresh found 12 finished before its event came.
         t.tasks.remove(&0xb000);
         t.dropped[0].insert(12);
         t.totals.corrected = 1;
-        t.apply(&event(tokio_kind::COMPLETE, 0xb000, 12, vt, 310));
+        t.apply(&event(TokioEventKind::Complete, 0xb000, 12, vt, 310));
         assert_eq!(t.totals.corrected, 0);
         assert!(t.notes.is_empty() && t.coverage.spawns);
 
         // Id 8 is newer than the first scan found but older than the first
         // announced spawn: spawned before the probes were armed.
         for _ in 0..3 {
-            t.apply(&event(tokio_kind::COMPLETE, 0xbf00, 8, vt, 315));
+            t.apply(&event(TokioEventKind::Complete, 0xbf00, 8, vt, 315));
         }
         assert!(t.coverage.spawns && t.notes.is_empty(), "pre-arm tasks");
 
         // Ids 13, 15, 17 were never announced: one is a race, three a
         // blind spot.
-        t.apply(&event(tokio_kind::COMPLETE, 0xc000, 13, vt, 320));
+        t.apply(&event(TokioEventKind::Complete, 0xc000, 13, vt, 320));
         assert!(t.coverage.spawns && t.notes.is_empty(), "one miss");
-        t.apply(&event(tokio_kind::COMPLETE, 0xc100, 15, vt, 321));
-        t.apply(&event(tokio_kind::COMPLETE, 0xc200, 17, vt, 322));
+        t.apply(&event(TokioEventKind::Complete, 0xc100, 15, vt, 321));
+        t.apply(&event(TokioEventKind::Complete, 0xc200, 17, vt, 322));
         assert!(!t.coverage.spawns, "falls back to heap scans");
         assert_eq!(t.notes.len(), 1, "{:?}", t.notes);
 
         // Records for vtables that are not tasks' are ignored.
-        t.apply(&event(tokio_kind::SPAWN, 0xd000, 14, 0xdead, 330));
+        t.apply(&event(TokioEventKind::Spawn, 0xd000, 14, 0xdead, 330));
         assert!(!t.tasks.contains_key(&0xd000));
     }
 }

@@ -21,11 +21,13 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 
-use gimli::{EndianSlice, RunTimeEndian};
 use iced_x86::{Decoder, DecoderOptions, FlowControl};
 use object::{Object as _, ObjectSymbol as _, SymbolKind};
 
-use crate::target::elf::{ElfFile, Machine};
+use crate::{
+    symbols::dwarf::{self, Slice},
+    target::elf::{ElfFile, Machine},
+};
 
 /// The vtable's function slots, in declaration order.
 pub const SLOTS: [&str; 7] = [
@@ -627,26 +629,14 @@ fn task_drop_glue(demangled: &str) -> Option<TaskName> {
     })
 }
 
-type Slice<'a> = EndianSlice<'a, RunTimeEndian>;
-
 /// `poll<T, S>` names of the subprograms at the given addresses. The DIE
 /// with the address may only point (abstract_origin/specification) at the
 /// one with the name.
 fn dwarf_poll_names(elf: &ElfFile, polls: &HashSet<u64>) -> Option<HashMap<u64, String>> {
-    // Every section gimli asks for, present or not: `Dwarf::unit` also
-    // parses the unit's line program header and fails without .debug_line.
-    let mut owned: HashMap<&'static str, std::borrow::Cow<'_, [u8]>> = HashMap::new();
-    let _ = gimli::Dwarf::load(|id| -> Result<(), gimli::Error> {
-        if let Ok(Some(data)) = elf.uncompressed_section(id.name()) {
-            owned.insert(id.name(), data);
-        }
-        Ok(())
-    });
-    let dwarf = gimli::Dwarf::load(|id| -> Result<Slice<'_>, gimli::Error> {
-        let data = owned.get(id.name()).map(|d| &d[..]).unwrap_or(&[]);
-        Ok(EndianSlice::new(data, RunTimeEndian::Little))
-    })
-    .ok()?;
+    // Every section: `Dwarf::unit` also parses the unit's line program
+    // header and fails without .debug_line.
+    let sections = dwarf::sections(elf, dwarf::all).ok()?;
+    let dwarf = dwarf::borrow(&sections);
     let mut out = HashMap::new();
     let mut units = dwarf.units();
     while let Ok(Some(header)) = units.next() {

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::*;
+use crate::runtime::go::pclntab::GoSymbols;
 use crate::symbols::Frame;
-use crate::symbols::go::GoSymbols;
 
 const MAIN_GO: &str = include_str!("../../../../tests-data/go-groundtruth/main.go");
 const GM_GO: &str = include_str!("../../../../tests-data/go-groundtruth/gm.go");

@@ -1,7 +1,8 @@
-//! The table of live tasks, fed by probe events and the attach-time snapshot.
+//! Go's table of live goroutines, fed by probe events and the attach-time
+//! snapshot, refreshed from memory by the reader.
 use std::collections::HashMap;
 
-use crate::runtime::{TaskEvent, TaskEventKind};
+use super::events::{TaskEvent, TaskEventKind};
 
 /// What we know about one live task without reading the target's memory.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

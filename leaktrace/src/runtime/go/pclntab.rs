@@ -20,8 +20,8 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::OnceLock;
 
-use super::Frame;
-use crate::runtime::go::version::GoVersion;
+use super::version::GoVersion;
+use crate::symbols::Frame;
 use crate::target::elf::{ElfFile, VaReader};
 
 /// A physical function: one entry of the pclntab function table.

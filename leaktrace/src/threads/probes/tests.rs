@@ -25,7 +25,7 @@ fn root(test: &str) -> bool {
 }
 
 fn load() -> Probes {
-    Probes::load(leaktrace_common::GoConfig::default()).expect("loading the probes object")
+    Probes::load(&[]).expect("loading the probes object")
 }
 
 /// A child that takes commands on stdin and answers one line each.

@@ -14,18 +14,18 @@ use std::{
     sync::Arc,
 };
 
-use super::trend::Trends;
-use super::verdict::human_secs;
+use super::view::{ThreadGroupReport, ThreadVerdict, ThreadsReport};
 use crate::{
-    report::model::{ThreadGroupReport, ThreadVerdict, ThreadsReport},
+    aggregate::{
+        trend::{MIN_RISES, Movement, Trends},
+        verdict::human_secs,
+    },
     symbols::Frame,
 };
 
-/// Samples a trend keeps (one per report), as for task groups.
+/// Samples a trend keeps: one per refresh (at most every 500 ms, so about
+/// half a minute), against the task groups' 600.
 const WINDOW_TICKS: usize = 60;
-/// Separate rises a group needs to be called growing: as for task groups, a
-/// burst (a pool starting) that a sample happens to split shows as two.
-const MIN_RISES: usize = 3;
 
 /// Who made a thread, as the probes saw it.
 #[derive(Clone, Debug)]
@@ -334,9 +334,9 @@ impl ThreadTable {
     }
 }
 
-fn judge(count: u32, m: &super::trend::Movement, exited_recently: bool) -> (ThreadVerdict, String) {
+fn judge(count: u32, m: &Movement, exited_recently: bool) -> (ThreadVerdict, String) {
     let over = human_secs(m.window_s);
-    if m.ticks < MIN_RISES + 1 {
+    if m.ticks <= MIN_RISES {
         return (
             ThreadVerdict::Ok,
             format!("{count} now; too few samples ({}) for a trend", m.ticks),
@@ -407,7 +407,7 @@ struct Clocks {
 
 impl Clocks {
     fn now() -> Self {
-        let read = crate::runtime::clock_ns;
+        let read = crate::target::clock::clock_ns;
         // SAFETY: sysconf has no preconditions.
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
         Self {

@@ -1,6 +1,6 @@
-//! Thread tracking: attach the thread tracepoints of an already loaded
-//! probes object to one process, and turn their records into
-//! [`ThreadChange`]s for the [`ThreadTable`].
+//! The thread tracepoints of an already loaded probes object, attached to
+//! one process, and their records turned into [`ThreadChange`]s for the
+//! [`ThreadTable`].
 //!
 //! Usage (the session owns the [`Probes`] and the table):
 //! ```ignore
@@ -12,7 +12,6 @@
 //! ```
 //! Attach before seeding: a thread created in between then shows up in
 //! both, which the table absorbs; the other order would miss it.
-pub mod tracefs;
 
 use std::{
     os::fd::{AsRawFd, RawFd},
@@ -21,11 +20,16 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
-use leaktrace_common::{ThreadConfig, ThreadEvent, ThreadNewStack, thread_kind};
+use leaktrace_common::threads::{ThreadConfig, ThreadEvent, ThreadEventKind, ThreadNewStack};
 
-use super::Probes;
-use crate::aggregate::threads::{Creator, ThreadChange, ThreadTable};
-use crate::symbols::native::{NativeSymbols, unwind::StackCopy};
+use super::{
+    table::{Creator, ThreadChange, ThreadTable},
+    tracefs,
+};
+use crate::{
+    probes::{Probes, ring::decode_record},
+    symbols::native::{NativeSymbols, unwind::StackCopy},
+};
 
 /// Program name in the probes object → tracepoint (category, name).
 const PROGRAMS: [(&str, &str, &str); 3] = [
@@ -85,9 +89,10 @@ impl ThreadProbes {
             // Copy the record out first: the ring item borrows the ring.
             let record = match self.ring.next() {
                 None => break,
-                Some(item) => match decode::<ThreadEvent>(&item) {
-                    Some(ev) if ev.kind == thread_kind::NEW_STACK => {
-                        decode::<ThreadNewStack>(&item).map(|r| Record::WithStack(Box::new(r)))
+                Some(item) => match decode_record::<ThreadEvent>(&item) {
+                    Some(ev) if ev.kind == ThreadEventKind::NewStack as u32 => {
+                        decode_record::<ThreadNewStack>(&item)
+                            .map(|r| Record::WithStack(Box::new(r)))
                     }
                     Some(ev) => Some(Record::Plain(ev)),
                     None => None,
@@ -133,15 +138,16 @@ impl ThreadProbes {
 
     fn change(&mut self, ev: &ThreadEvent) -> Option<ThreadChange> {
         let name = comm(&ev.comm);
-        Some(match ev.kind {
-            thread_kind::NEW => self.new_thread(ev, None),
-            thread_kind::RENAME => ThreadChange::Rename { tid: ev.tid, name },
-            thread_kind::EXIT => ThreadChange::Exit {
+        Some(match ThreadEventKind::from_raw(ev.kind)? {
+            ThreadEventKind::New => self.new_thread(ev, None),
+            ThreadEventKind::Rename => ThreadChange::Rename { tid: ev.tid, name },
+            ThreadEventKind::Exit => ThreadChange::Exit {
                 ts_ns: ev.ts_ns,
                 tid: ev.tid,
                 name,
             },
-            _ => return None,
+            // Only ever sent with its stack, as a `ThreadNewStack`.
+            ThreadEventKind::NewStack => return None,
         })
     }
 
@@ -197,15 +203,6 @@ fn config_for(tracefs: &Path, pid: u32) -> Result<ThreadConfig> {
         rename_pid: field("task/task_rename", "pid", 4)?,
         rename_newcomm: field("task/task_rename", "newcomm", 16)?,
     })
-}
-
-fn decode<T: aya::Pod>(bytes: &[u8]) -> Option<T> {
-    if bytes.len() < size_of::<T>() {
-        return None;
-    }
-    // SAFETY: length checked; plain old data; read_unaligned copes with the
-    // ring's 8-byte alignment.
-    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }
 
 /// A kernel `comm`: up to 15 bytes and a NUL, not necessarily UTF-8.

@@ -1,0 +1,85 @@
+//! Goroutine lifecycle records and the Go probes' configuration.
+
+/// What happened to a goroutine.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GoEventKind {
+    /// `runtime.newproc1` filled in a new g (gopc, startpc, parent are valid).
+    Spawn = 1,
+    /// `runtime.park_m`: the goroutine blocked; `wait_reason` is valid.
+    Park = 2,
+    /// `runtime.goexit0`: the goroutine finished; its g may be reused after this.
+    Exit = 3,
+}
+
+impl GoEventKind {
+    pub const fn from_raw(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(Self::Spawn),
+            2 => Some(Self::Park),
+            3 => Some(Self::Exit),
+            _ => None,
+        }
+    }
+}
+
+/// One goroutine record in the ring buffer.
+///
+/// A single fixed-size record for all kinds keeps the probe code branch-free
+/// and the decoder trivial; at 56 bytes it is under one cache line.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GoEvent {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) at the probe.
+    pub ts_ns: u64,
+    /// Address of the `runtime.g`. Stable for the goroutine's life; reused
+    /// only after its Exit event.
+    pub g: u64,
+    /// goid; 0 on Spawn where the runtime assigns it after our probe point.
+    pub goid: u64,
+    /// Spawn: return address of the `go` statement's call to newproc.
+    pub gopc: u64,
+    /// Spawn: entry of the goroutine's function (often a compiler wrapper).
+    pub startpc: u64,
+    /// Spawn: goid of the creating goroutine.
+    pub parent_goid: u64,
+    /// [`GoEventKind`] as u8.
+    pub kind: u8,
+    /// Park: `g.waitreason` (version-specific numbering, decoded in userspace).
+    pub wait_reason: u8,
+    pub _pad: [u8; 6],
+}
+
+const _: () = assert!(core::mem::size_of::<GoEvent>() == 56);
+
+/// Where the probes find things in a `runtime.g` (and `runtime.m`) of this
+/// particular Go binary. Filled from DWARF or the per-version table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GoConfig {
+    pub g_goid: u32,
+    pub g_gopc: u32,
+    pub g_startpc: u32,
+    pub g_waitreason: u32,
+    /// 0 when the runtime has no `g.parentGoid` (Go < 1.21): the probe then
+    /// reads the creator as `g0.m.curg.goid` instead.
+    pub g_parent_goid: u32,
+    pub g_m: u32,
+    pub m_curg: u32,
+    /// `_Gdead`, the old status of the `casgstatus` call that makes a new g
+    /// runnable; the spawn probe on that call filters on it.
+    pub gstatus_dead: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<GoConfig>() == 32);
+
+/// The attach cookie of a spawn probe: which kind of point fired.
+#[repr(u64)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpawnPoint {
+    /// A `CALL runtime.casgstatus` inside newproc1: RAX = g, EBX = old
+    /// status, ECX = new status. Only `_Gdead → runnable/waiting` is a spawn.
+    CasgstatusCall = 1,
+    /// A `RET` of newproc1: RAX = the new g (single-stepped, so slower).
+    Newproc1Ret = 2,
+}

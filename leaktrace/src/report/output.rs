@@ -1,0 +1,31 @@
+//! Where reports go, and in which form.
+use std::io::Write;
+
+use anyhow::Result;
+
+use super::{json, model::Report, text};
+
+pub use text::TextStyle;
+
+pub enum Form {
+    Text(TextStyle),
+    Json,
+}
+
+pub struct Output {
+    out: Box<dyn Write>,
+    form: Form,
+}
+
+impl Output {
+    pub fn new(out: Box<dyn Write>, form: Form) -> Self {
+        Self { out, form }
+    }
+
+    pub fn write(&mut self, report: &Report) -> Result<()> {
+        match &self.form {
+            Form::Json => json::write(self.out.as_mut(), report),
+            Form::Text(style) => text::write(self.out.as_mut(), report, style),
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! Go behind the seam: the probes' records keep the live table, each
+//! refresh reads every goroutine in it from memory, and at attach the
+//! goroutines that already existed are read from `runtime.allgs`.
+use std::{io::IsTerminal, path::Path, sync::Arc};
+
+use anyhow::{Context as _, Result};
+use leaktrace_common::go::GoEvent;
+
+use super::{
+    attach::{find_allgs, place_probes},
+    binary::{GoBinary, InspectError},
+    events::{decode, probe_config},
+    live::LiveTable,
+    reader::GoReader,
+};
+use crate::{
+    probes::{Global, Probes, ring::decode_record},
+    runtime::{
+        Attached, Counter, Description, PlannedProbe, Runtime, RuntimeKind, Shown, TaskCounts,
+        TaskView,
+    },
+    target::{
+        clock::monotonic_ns,
+        process::{Process, load_bias},
+    },
+};
+
+pub const GO: RuntimeKind = RuntimeKind {
+    name: "go",
+    task: "goroutine",
+    tasks: "goroutines",
+    ended: "exited",
+    origin: "created by",
+    ids: "goroutines",
+};
+
+pub struct GoRuntime {
+    bin: Arc<GoBinary>,
+    table: LiveTable,
+    /// Set at attach, when the pid is known.
+    reader: Option<GoReader>,
+    /// Where a PIE is loaded, once the process really runs it.
+    bias: Option<u64>,
+    /// When the probes went live: what existed before is dated "at most" this.
+    snapshot_ns: u64,
+}
+
+impl GoRuntime {
+    pub fn open(path: &Path) -> Result<Self, InspectError> {
+        Ok(Self {
+            bin: Arc::new(GoBinary::open(path)?),
+            table: LiveTable::default(),
+            reader: None,
+            bias: None,
+            snapshot_ns: 0,
+        })
+    }
+
+    /// The load bias, found once the process runs the binary (with `-c`,
+    /// not before its exec).
+    fn locate(&mut self, pid: u32) -> Option<u64> {
+        if self.bias.is_none() {
+            self.bias = bias_of(pid, &self.bin);
+            if let (Some(b), Some(reader)) = (self.bias, self.reader.as_mut()) {
+                reader.set_bias(b);
+            }
+        }
+        self.bias
+    }
+}
+
+impl Runtime for GoRuntime {
+    fn kind(&self) -> RuntimeKind {
+        GO
+    }
+
+    fn describe(&self) -> Description {
+        Description {
+            version: self.bin.version.raw.clone(),
+            symbols: self.bin.symbol_source(),
+        }
+    }
+
+    fn probe_globals(&self) -> Vec<Global> {
+        vec![Global::of("GO_CONFIG", &probe_config(&self.bin.layout))]
+    }
+
+    fn plan(&self) -> Result<Vec<PlannedProbe>> {
+        Ok(place_probes(&self.bin)?.probes)
+    }
+
+    fn attach(&mut self, probes: &mut Probes, exe: &Path, pid: u32) -> Result<Attached> {
+        let placement = place_probes(&self.bin)?;
+        for program in ["go_spawn", "go_park", "go_exit"] {
+            let points: Vec<_> = placement
+                .probes
+                .iter()
+                .filter(|p| p.program == program)
+                .map(|p| p.point.clone())
+                .collect();
+            probes.attach(program, &points, exe, pid)?;
+        }
+        self.reader = Some(GoReader::new(self.bin.clone(), pid, 0));
+        self.snapshot_ns = monotonic_ns();
+        let mut warnings = self.bin.warnings();
+        warnings.extend(placement.warnings);
+        Ok(Attached {
+            warnings,
+            detail: None,
+        })
+    }
+
+    fn record_size(&self) -> usize {
+        size_of::<GoEvent>()
+    }
+
+    fn apply(&mut self, record: &[u8]) {
+        if let Some(ev) = decode_record::<GoEvent>(record).and_then(|ev| decode(&ev)) {
+            self.table.apply(&ev);
+        }
+    }
+
+    fn snapshot(&mut self, pid: u32) -> Result<Option<String>> {
+        self.locate(pid)
+            .context("the process does not run the binary leaktrace inspected")?;
+        let at = find_allgs(&self.bin)?;
+        let reader = self.reader.as_mut().context("snapshot before attach")?;
+        let show_progress = std::io::stderr().is_terminal();
+        if show_progress {
+            eprint!(
+                "reading existing goroutines from runtime.allgs ({})…\r",
+                at.how
+            );
+        }
+        let tasks = reader.snapshot(&at)?;
+        if show_progress {
+            eprint!("\x1b[2K");
+        }
+        let n = tasks.len();
+        for t in tasks {
+            self.table.insert_existing(t);
+        }
+        Ok(Some(format!(
+            "{n} goroutines (the runtime's included) existed at attach: their blocked \
+             durations are lower bounds (≥)"
+        )))
+    }
+
+    fn refresh(&mut self, _probes: &mut Probes, pid: u32) -> Result<Option<Vec<TaskView>>> {
+        if self.locate(pid).is_none() {
+            return Ok(None);
+        }
+        let Some(reader) = self.reader.as_mut() else {
+            return Ok(None);
+        };
+        Ok(Some(reader.views(&mut self.table, self.snapshot_ns)))
+    }
+
+    fn counts(&self) -> TaskCounts {
+        TaskCounts {
+            spawn: self.table.counts.spawn,
+            exit: self.table.counts.exit,
+            corrected: self.table.corrected,
+            extra: vec![Counter {
+                name: "park",
+                label: "parks",
+                value: self.table.counts.park,
+                shown: Shown::Headline,
+            }],
+        }
+    }
+
+    fn take_notes(&mut self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// Where a PIE is loaded, once the process really runs it.
+fn bias_of(pid: u32, bin: &GoBinary) -> Option<u64> {
+    let proc = Process::open(pid).ok()?;
+    if !proc.runs(&bin.path) {
+        return None;
+    }
+    if !bin.is_pie {
+        return Some(0);
+    }
+    load_bias(&proc.exe_mappings().ok()?, &bin.elf.load_segments())
+}

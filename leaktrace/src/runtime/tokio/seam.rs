@@ -1,0 +1,170 @@
+//! tokio behind the seam: probes for spawn, completion and cancellation
+//! (plus polls and wakes with `--detailed`) keep the tracer's table; each
+//! refresh re-reads the known task headers, and heap scans find what the
+//! probes cannot see (which is also how tasks alive at attach are found).
+use std::path::Path;
+
+use anyhow::Result;
+use leaktrace_common::tokio::{TokioEvent, TokioEventKind};
+
+use super::{binary::TokioError, tracer::TokioTracer};
+use crate::{
+    probes::{Global, Probes, ring::decode_record},
+    runtime::{
+        Attached, Counter, Description, Options, PlannedProbe, Runtime, RuntimeKind, Shown,
+        TaskCounts, TaskView,
+    },
+    target::clock::monotonic_ns,
+};
+
+pub const TOKIO: RuntimeKind = RuntimeKind {
+    name: "rust-tokio",
+    task: "task",
+    tasks: "tasks",
+    ended: "completed",
+    origin: "future",
+    ids: "task ids",
+};
+
+pub struct TokioRuntime {
+    tracer: TokioTracer,
+    options: Options,
+    /// The attached plan probes polls (so poll/wake counts mean something).
+    polls: bool,
+    /// The probes know the vtables' run-time addresses (known once the
+    /// program is mapped); until then they stay silent.
+    armed: bool,
+}
+
+impl TokioRuntime {
+    pub fn open(path: &Path, options: Options) -> Result<Self, TokioError> {
+        Ok(Self {
+            tracer: TokioTracer::open(path)?,
+            options,
+            polls: false,
+            armed: false,
+        })
+    }
+
+    /// Tell the probes which vtables are tasks' (run-time addresses).
+    fn arm(&mut self, probes: &mut Probes, pid: u32) -> Result<()> {
+        if !self.armed
+            && let Some(vtables) = self.tracer.arm(pid)?
+        {
+            probes.fill_hash_map("TOKIO_VTABLES", &vtables)?;
+            self.armed = true;
+        }
+        Ok(())
+    }
+}
+
+fn event_name(cookie: u64) -> &'static str {
+    match TokioEventKind::from_raw(cookie as u8) {
+        Some(TokioEventKind::Spawn) => "spawn",
+        Some(TokioEventKind::Complete) => "complete",
+        Some(TokioEventKind::Shutdown) => "shutdown",
+        Some(TokioEventKind::Poll) => "poll",
+        Some(TokioEventKind::Wake) => "wake",
+        None => "unknown",
+    }
+}
+
+impl Runtime for TokioRuntime {
+    fn kind(&self) -> RuntimeKind {
+        TOKIO
+    }
+
+    fn describe(&self) -> Description {
+        Description {
+            version: self.tracer.version(),
+            symbols: self.tracer.symbol_source(),
+        }
+    }
+
+    fn probe_globals(&self) -> Vec<Global> {
+        Vec::new()
+    }
+
+    fn plan(&self) -> Result<Vec<PlannedProbe>> {
+        Ok(self
+            .tracer
+            .plan(self.options.detailed)
+            .points
+            .into_iter()
+            .map(|point| PlannedProbe {
+                program: "tokio_task",
+                event: event_name(point.cookie),
+                point,
+                function: None,
+            })
+            .collect())
+    }
+
+    fn attach(&mut self, probes: &mut Probes, exe: &Path, pid: u32) -> Result<Attached> {
+        let plan = self.tracer.plan(self.options.detailed);
+        probes.attach("tokio_task", &plan.points, exe, pid)?;
+        self.tracer.probes_attached(&plan, monotonic_ns());
+        self.polls = plan.polls;
+        let mut warnings = self.tracer.warnings();
+        warnings.extend(plan.notes.iter().cloned());
+        Ok(Attached {
+            warnings,
+            detail: Some(format!("{} task types", self.tracer.bin.vtables.len())),
+        })
+    }
+
+    fn record_size(&self) -> usize {
+        size_of::<TokioEvent>()
+    }
+
+    fn apply(&mut self, record: &[u8]) {
+        if let Some(ev) = decode_record::<TokioEvent>(record) {
+            self.tracer.apply(&ev);
+        }
+    }
+
+    /// Tasks alive at attach are found by the first refresh's heap scan.
+    fn snapshot(&mut self, _pid: u32) -> Result<Option<String>> {
+        Ok(None)
+    }
+
+    fn refresh(&mut self, probes: &mut Probes, pid: u32) -> Result<Option<Vec<TaskView>>> {
+        self.arm(probes, pid)?;
+        self.tracer.views(pid, monotonic_ns()).map(Some)
+    }
+
+    fn counts(&self) -> TaskCounts {
+        let t = self.tracer.totals;
+        let mut extra = Vec::new();
+        if self.polls {
+            extra.push(Counter {
+                name: "poll",
+                label: "polls",
+                value: t.poll,
+                shown: Shown::Detail,
+            });
+            extra.push(Counter {
+                name: "wake",
+                label: "wakes",
+                value: t.wake,
+                shown: Shown::Detail,
+            });
+        }
+        extra.push(Counter {
+            name: "shutdown",
+            label: "cancelled",
+            value: t.shutdown,
+            shown: Shown::JsonOnly,
+        });
+        TaskCounts {
+            spawn: t.spawn,
+            exit: t.complete,
+            corrected: t.corrected,
+            extra,
+        }
+    }
+
+    fn take_notes(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.tracer.notes)
+    }
+}
