@@ -2,8 +2,8 @@
 //! where `probes::load` embeds it with `include_bytes_aligned!`.
 //!
 //! Building BPF Rust needs a compiler that can build `core` for
-//! bpfel-unknown-none, i.e. one with the standard library sources. Two routes
-//! work, picked in this order:
+//! bpfel-unknown-none, i.e. one with the standard library sources. Three
+//! routes work, picked in this order:
 //! 1. `LEAKTRACE_EBPF_TOOLCHAIN=<rustup toolchain>` if set;
 //! 2. rustup's `nightly` when it has the rust-src component (aya's usual route);
 //! 3. Debian's rustc-web 1.96 linked into rustup as `debian-web`, made to

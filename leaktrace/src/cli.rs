@@ -67,6 +67,16 @@ pub struct Args {
     #[arg(long, default_value_t = 100)]
     pub suspect_count: u64,
 
+    /// The recent window growth is measured over; growth earlier in the
+    /// session is remembered apart ("grew by N in the first …").
+    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    pub window: Duration,
+
+    /// Blocked longer than this outside an idle pattern (accept, a read on a
+    /// connection, a timer, a pool's receive) is `suspect`.
+    #[arg(long, value_parser = parse_duration, default_value = "10m")]
+    pub stuck: Duration,
+
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
 
@@ -131,6 +141,15 @@ impl Args {
     pub fn report_count(&self) -> Option<u64> {
         self.count.or(self.count_pos)
     }
+
+    /// Periodic reports are on unless `--duration` was given alone: then
+    /// the one report is the final one.
+    pub fn periodic_reports(&self) -> bool {
+        self.duration.is_none()
+            || self.interval.is_some()
+            || self.interval_pos.is_some()
+            || self.report_count().is_some()
+    }
 }
 
 /// `5` (seconds), `1.5`, `500ms`, `30s`, `5m`, `1h`.
@@ -149,6 +168,17 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn duration_alone_means_one_final_report() {
+        let parse = |a: &[&str]| Args::try_parse_from(a).expect("valid arguments");
+        assert!(!parse(&["leaktrace", "-p", "1", "--duration", "30s"]).periodic_reports());
+        assert!(
+            parse(&["leaktrace", "-p", "1", "--duration", "30s", "-i", "5"]).periodic_reports()
+        );
+        assert!(parse(&["leaktrace", "-p", "1", "5"]).periodic_reports());
+        assert!(parse(&["leaktrace", "-p", "1"]).periodic_reports());
+    }
 
     #[test]
     fn durations() {

@@ -21,6 +21,10 @@ pub struct Group {
     pub count: u64,
     pub never_ends: bool,
     pub system: bool,
+    /// The program's main task is in this group.
+    pub main: bool,
+    /// Members that already existed when leaktrace attached.
+    pub before_attach: u32,
     /// Shortest and longest current block, in seconds (waiting groups only).
     pub blocked_s: Option<(f64, f64)>,
     /// Some durations are only lower bounds (tasks blocked since before attach).
@@ -65,6 +69,8 @@ pub fn group<'v>(
                 count: 0,
                 never_ends: false,
                 system: v.system,
+                main: false,
+                before_attach: 0,
                 blocked_s: None,
                 blocked_at_least: false,
                 min_at_least: false,
@@ -80,6 +86,8 @@ pub fn group<'v>(
         let g = &mut a.group;
         g.count += 1;
         g.never_ends |= v.never_ends;
+        g.main |= v.main;
+        g.before_attach += v.alive_since.is_lower_bound() as u32;
         g.unstable += v.stack_unstable as u32;
         if g.sample_ids.len() < 5 && v.id != 0 {
             g.sample_ids.push(v.id);
@@ -185,6 +193,7 @@ mod tests {
             id,
             never_ends: false,
             system: false,
+            main: false,
             created_by: frame("main.serve", 10),
             start: frame("main.serve.func1", 11),
             stack: vec![frame("runtime.gopark", 1), frame("main.serve.func1", 12)].into(),

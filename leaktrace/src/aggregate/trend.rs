@@ -19,16 +19,35 @@ struct Sample {
     aged: u32,
 }
 
+/// What a series did over the whole session, kept after its samples leave
+/// the window, so a leak that grew and stopped is still known as one.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct History {
+    first_ns: u64,
+    first_aged: u32,
+    last_aged: u32,
+    /// Separate rises of the aged count over the session.
+    rises: usize,
+    /// When the aged count last went up (0: never).
+    last_rise_ns: u64,
+    /// When the series was last present.
+    seen_ns: u64,
+}
+
 #[derive(Debug)]
 pub struct Trends<K> {
     /// Tick number → time (ns) for the ticks still in the window.
     ticks: VecDeque<(u64, u64)>,
     next_tick: u64,
     series: HashMap<K, VecDeque<Sample>>,
+    history: HashMap<K, History>,
+    /// The recent window the movement covers, in ns.
+    window_ns: u64,
+    /// Ticks kept at most, whatever the window (bounds memory).
     max_ticks: usize,
 }
 
-/// A group's movement over the window.
+/// A group's movement over the recent window, and over the session.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Movement {
     /// Least-squares slope of the group's total, per second.
@@ -43,14 +62,38 @@ pub struct Movement {
     pub aged_rises: usize,
     pub ticks: usize,
     pub window_s: f64,
+    pub session: Session,
+}
+
+/// The whole session of one series.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Session {
+    /// Since the series was first seen.
+    pub span_s: f64,
+    pub aged_first: u32,
+    pub aged_last: u32,
+    pub rises: usize,
+    /// From the first sample to the last rise; and since the last rise.
+    pub growing_s: f64,
+    pub flat_s: f64,
+}
+
+impl Session {
+    /// The aged count's rise over the session (0 if it fell).
+    pub fn grew(&self) -> u32 {
+        self.aged_last.saturating_sub(self.aged_first)
+    }
 }
 
 impl<K: Eq + Hash + Clone> Trends<K> {
-    pub fn new(max_ticks: usize) -> Self {
+    /// Movement over the last `window_ns` (at most `max_ticks` samples).
+    pub fn new(window_ns: u64, max_ticks: usize) -> Self {
         Self {
             ticks: VecDeque::new(),
             next_tick: 0,
             series: HashMap::new(),
+            history: HashMap::new(),
+            window_ns,
             max_ticks: max_ticks.max(2),
         }
     }
@@ -62,12 +105,39 @@ impl<K: Eq + Hash + Clone> Trends<K> {
         self.next_tick += 1;
         self.ticks.push_back((tick, now_ns));
         for (key, total, aged) in groups {
+            let h = self.history.entry(key.clone()).or_insert(History {
+                first_ns: now_ns,
+                first_aged: aged,
+                last_aged: 0,
+                rises: 0,
+                last_rise_ns: 0,
+                seen_ns: now_ns,
+            });
+            if aged > h.last_aged && h.seen_ns != now_ns {
+                h.rises += 1;
+                h.last_rise_ns = now_ns;
+            }
+            h.last_aged = aged;
+            h.seen_ns = now_ns;
             self.series
                 .entry(key)
                 .or_default()
                 .push_back(Sample { tick, total, aged });
         }
-        while self.ticks.len() > self.max_ticks {
+        // Absent now: zero. A series gone for a whole window is forgotten.
+        let window = self.window_ns;
+        self.history.retain(|_, h| {
+            if h.seen_ns != now_ns {
+                h.last_aged = 0;
+            }
+            now_ns.saturating_sub(h.seen_ns) <= window
+        });
+        while self.ticks.len() > self.max_ticks
+            || self
+                .ticks
+                .front()
+                .is_some_and(|&(_, t)| now_ns.saturating_sub(t) > window)
+        {
             self.ticks.pop_front();
         }
         let oldest = self.ticks.front().map(|&(t, _)| t).unwrap_or(0);
@@ -80,11 +150,32 @@ impl<K: Eq + Hash + Clone> Trends<K> {
     }
 
     pub fn movement(&self, key: &K) -> Movement {
-        let Some(series) = self.series.get(key) else {
-            return Movement::default();
-        };
         let (Some(&(_, t0)), Some(&(_, tn))) = (self.ticks.front(), self.ticks.back()) else {
             return Movement::default();
+        };
+        let session = self
+            .history
+            .get(key)
+            .map(|h| Session {
+                span_s: tn.saturating_sub(h.first_ns) as f64 / 1e9,
+                aged_first: h.first_aged,
+                aged_last: h.last_aged,
+                rises: h.rises,
+                growing_s: h.last_rise_ns.saturating_sub(h.first_ns) as f64 / 1e9,
+                flat_s: if h.last_rise_ns == 0 {
+                    tn.saturating_sub(h.first_ns) as f64 / 1e9
+                } else {
+                    tn.saturating_sub(h.last_rise_ns) as f64 / 1e9
+                },
+            })
+            .unwrap_or_default();
+        let Some(series) = self.series.get(key) else {
+            return Movement {
+                session,
+                ticks: self.ticks.len(),
+                window_s: (tn - t0) as f64 / 1e9,
+                ..Movement::default()
+            };
         };
         let points: Vec<(f64, f64, f64)> = self
             .ticks
@@ -109,6 +200,7 @@ impl<K: Eq + Hash + Clone> Trends<K> {
             aged_last: aged_at(self.ticks.back().map_or(0, |t| t.0)),
             ticks: self.ticks.len(),
             window_s: (tn - t0) as f64 / 1e9,
+            session,
         }
     }
 }
@@ -136,7 +228,7 @@ mod tests {
 
     #[test]
     fn steady_growth_has_its_rate() {
-        let mut t = Trends::new(100);
+        let mut t = Trends::new(60 * S, 100);
         for i in 0..6u32 {
             t.record(i as u64 * S, [("a", 10 + 5 * i, 5 * i)]);
         }
@@ -150,7 +242,7 @@ mod tests {
 
     #[test]
     fn absent_ticks_count_as_zero_and_window_slides() {
-        let mut t = Trends::new(3);
+        let mut t = Trends::new(60 * S, 3);
         t.record(0, [("a", 4, 4)]);
         t.record(S, Vec::<(&str, u32, u32)>::new());
         t.record(2 * S, [("a", 4, 4)]);
@@ -162,5 +254,23 @@ mod tests {
         // Flat once the gap leaves the window.
         t.record(4 * S, [("a", 4, 4)]);
         assert_eq!(t.movement(&"a").growth_per_s, 0.0);
+    }
+
+    #[test]
+    fn a_leak_that_stopped_is_remembered_past_the_window() {
+        // 10 s window; grows 0 → 40 over the first 4 s, then flat for 20 s.
+        let mut t = Trends::new(10 * S, 1000);
+        for i in 0..=24u64 {
+            let aged = (i.min(4) * 10) as u32;
+            t.record(i * S, [("a", aged, aged)]);
+        }
+        let m = t.movement(&"a");
+        assert_eq!(m.aged_rises, 0, "flat over the recent window");
+        assert_eq!(m.growth_per_s, 0.0);
+        assert_eq!(m.session.grew(), 40);
+        assert_eq!(m.session.rises, 4);
+        assert!((m.session.growing_s - 4.0).abs() < 1e-9, "{m:?}");
+        assert!((m.session.flat_s - 20.0).abs() < 1e-9, "{m:?}");
+        assert!((m.window_s - 10.0).abs() < 1e-9, "{m:?}");
     }
 }

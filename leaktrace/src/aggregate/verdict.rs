@@ -1,28 +1,40 @@
-//! The verdict on each group, with the reason in words.
+//! The verdict on each group, with the reason in words. Every `leak` says
+//! what a person can check: a trend, the group's age against its finished
+//! siblings, or a wait that can never end.
 //!
 //! The rules (also in the README):
-//! 1. The runtime's own goroutines are `ok`.
+//! 1. The runtime's own tasks are `ok`; so is the program's main goroutine
+//!    (it has no `go` statement, and parking it forever is a server's idiom).
 //! 2. Running or runnable: `ok`. A goroutine spinning on a CPU is a CPU
 //!    problem, not a leak.
 //! 3. Waiting on something that can never happen (a nil channel, `select {}`):
-//!    `leak`, whatever the count.
-//! 4. Waiting, and the number of old tasks (alive at least `--older`) from
-//!    the group's creation site and function grew over the window by at
-//!    least `min_growth` and 10 %, in at least three separate steps: `leak`.
+//!    `leak`, unless it is a single goroutine whose site does not keep
+//!    producing them (`suspect`: fine if it is meant to live as long as the
+//!    program).
+//! 4. Waiting, and the group's old members (alive at least `--older`) grew
+//!    over the recent window (`--window`) by at least `min_growth` and 10 %,
+//!    in at least three separate steps, and so did its creation site: `leak`.
 //!    Short-lived tasks never get old, so a busy, healthy server does not
-//!    trip this however high its count; a pool started all at once ages in
-//!    a single step, so it does not either.
-//! 5. Waiting, flat, but at least `suspect_count` members blocked longer than
-//!    `--older`: `suspect` (leaked before we attached, or sized by load: watch
-//!    longer, or compare with load).
-//! 6. Anything else: `ok` (e.g. a fixed pool idling on its jobs channel).
+//!    trip this however high its count; a pool started all at once ages in a
+//!    single step, so it does not either. Growing in step with the process's
+//!    open sockets follows load instead (`ok` in I/O wait, else `suspect`).
+//! 5. The same growth earlier in the session, now flat, with the members
+//!    still blocked: `leak` ("grew by N in the first …, flat for the last …").
+//! 6. Waiting far longer than every finished sibling from the same creation
+//!    site lived (at least 20 finished, 50× their p99 and 2× the longest):
+//!    `leak` — the orphaned-request pattern, found without waiting for growth.
+//! 7. Blocked longer than `--stuck` outside an idle pattern (accept, a read
+//!    on a connection, a timer, a fixed pool's receive): `suspect`.
+//! 8. Flat, but at least `suspect_count` members blocked longer than
+//!    `--older`: `suspect`.
+//! 9. Anything else: `ok`.
 use serde::Serialize;
 
 use super::{
     groups::Group,
-    trend::{MIN_RISES, Movement},
+    trend::{MIN_RISES, Movement, Session},
 };
-use crate::runtime::TaskState;
+use crate::runtime::{Lifetimes, TaskState};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -37,6 +49,8 @@ pub struct Rules {
     pub older_s: f64,
     pub suspect_count: u64,
     pub min_growth: u32,
+    /// Blocked longer than this outside an idle pattern is `suspect`.
+    pub stuck_s: f64,
     /// What the runtime calls a task in reports: "goroutine" or "task".
     pub noun: &'static str,
 }
@@ -47,16 +61,78 @@ impl Default for Rules {
             older_s: 1.0,
             suspect_count: 100,
             min_growth: 3,
+            stuck_s: 600.0,
             noun: "goroutine",
         }
     }
 }
 
-pub fn judge(g: &Group, m: &Movement, rules: &Rules) -> (Verdict, String) {
+/// Finished siblings a site needs before its lifetimes say anything.
+pub const MIN_SIBLINGS: u64 = 20;
+
+/// What a group is judged on besides itself.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Evidence {
+    /// The group's own members (creation site, function and blocked frame,
+    /// any wait state), so a figure quoted on a group is about that group.
+    pub group: Movement,
+    /// Every member of the creation site and function, in any state: a
+    /// pool's workers move between running and waiting while it stays the
+    /// same size, and a site must grow for its groups to be growing.
+    pub site: Movement,
+    /// How long the site's finished tasks lived.
+    pub siblings: Option<Lifetimes>,
+    /// The process's open sockets over the same time.
+    pub sockets: Option<Movement>,
+}
+
+fn needed(rules: &Rules, first: u32) -> u32 {
+    rules.min_growth.max((first as f64 * 0.10).ceil() as u32)
+}
+
+/// Steady growth over the recent window.
+fn grows(m: &Movement, rules: &Rules) -> bool {
+    m.ticks > MIN_RISES
+        && m.aged_rises >= MIN_RISES
+        && m.aged_slope > 0.0
+        && m.aged_last.saturating_sub(m.aged_first) >= needed(rules, m.aged_first)
+}
+
+/// Steady growth at some point of the session.
+fn grew(s: &Session, rules: &Rules) -> bool {
+    s.rises >= MIN_RISES && s.grew() >= needed(rules, s.aged_first)
+}
+
+/// Waits a healthy program spends most of its time in: a server's accept
+/// and its reads on live connections, sleeps and timers.
+fn idle_wait(reason: &str, g: &Group) -> bool {
+    matches!(reason, "IO wait" | "sleep" | "idle, no waker" | "idle")
+        || g.stack.iter().any(|f| {
+            let f = &*f.function;
+            f.starts_with("time.Sleep")
+                || f.starts_with("time.(*Ticker)")
+                || f.starts_with("time.Tick")
+                || f.contains("(*netFD).accept")
+                || f.starts_with("net.(*conn).Read")
+        })
+}
+
+pub fn judge(g: &Group, e: &Evidence, rules: &Rules) -> (Verdict, String) {
     let older = human_secs(rules.older_s);
     let noun = rules.noun;
+    let window = human_secs(e.group.window_s.max(e.site.window_s));
     if g.system {
         return (Verdict::Ok, format!("the runtime's own {noun}"));
+    }
+    if g.main {
+        return (
+            Verdict::Ok,
+            format!(
+                "the program's main {noun} (started by the runtime, no `go` statement): it lives as \
+                 long as the program; parking it for good (`select {{}}`, a signal wait, `Serve`) is \
+                 an idiom, not a leak"
+            ),
+        );
     }
     let reason = match &g.key.state {
         TaskState::Running => {
@@ -74,59 +150,170 @@ pub fn judge(g: &Group, m: &Movement, rules: &Rules) -> (Verdict, String) {
         TaskState::Syscall => "a system call",
         TaskState::Waiting(r) => r.as_str(),
     };
+    let waiting = g.key.state.is_waiting();
     let at = g
         .key
         .blocked_at
         .as_ref()
         .map(|f| format!(" at {}", f.function))
         .unwrap_or_default();
-    if g.never_ends && g.key.state.is_waiting() {
+    let site_grows = grows(&e.site, rules) || grew(&e.site.session, rules);
+    if g.never_ends && waiting {
+        if g.count == 1 && !site_grows && e.group.session.grew() <= 1 {
+            return (
+                Verdict::Suspect,
+                format!(
+                    "blocked in `{reason}`{at}: nothing can ever wake it. A single {noun} whose \
+                     `go` statement has not run again: a leak if it does, fine if it is meant to \
+                     live as long as the program"
+                ),
+            );
+        }
         return (
             Verdict::Leak,
             format!("blocked in `{reason}`{at}: nothing can ever wake it"),
         );
     }
-    let grew = m.aged_last.saturating_sub(m.aged_first);
-    let needed = rules
-        .min_growth
-        .max((m.aged_first as f64 * 0.10).ceil() as u32);
-    if m.ticks > MIN_RISES && m.aged_rises >= MIN_RISES && m.aged_slope > 0.0 && grew >= needed {
-        let verdict = if g.key.state.is_waiting() {
+    // Growth the open sockets account for follows connections (load).
+    let with_sockets = |grew: u32| -> Option<(u32, u32)> {
+        let s = e.sockets?;
+        let more = s.aged_last.saturating_sub(s.aged_first);
+        (grew > 0 && u64::from(more) * 2 >= u64::from(grew)).then_some((more, s.aged_last))
+    };
+    let sockets_flat = |reason: String| -> String {
+        match e.sockets {
+            Some(s) if s.aged_last <= s.aged_first => {
+                format!("{reason}; open sockets stayed at {}", s.aged_last)
+            }
+            _ => reason,
+        }
+    };
+    if grows(&e.group, rules) && site_grows {
+        let m = &e.group;
+        let more = m.aged_last.saturating_sub(m.aged_first).min(g.count as u32);
+        if let Some((sockets, now)) = with_sockets(more) {
+            let verdict = if reason == "IO wait" {
+                Verdict::Ok
+            } else {
+                Verdict::Suspect
+            };
+            return (
+                verdict,
+                format!(
+                    "grows {:+.1}/s in step with the open sockets: +{more} {noun}s with +{sockets} \
+                     sockets ({now} now) over {window}: it follows connections (load)",
+                    m.aged_slope
+                ),
+            );
+        }
+        let verdict = if waiting {
             Verdict::Leak
         } else {
             Verdict::Suspect
         };
         return (
             verdict,
+            sockets_flat(format!(
+                "grows {:+.1}/s: {more} more {noun}s older than {older} stuck in `{reason}`{at} over \
+                 {window}, and none finish",
+                m.aged_slope
+            )),
+        );
+    }
+    let s = e.group.session;
+    if waiting && grew(&s, rules) && site_grows && g.aged > 0 {
+        let more = s.grew().min(g.count as u32);
+        if with_sockets(more).is_none() {
+            return (
+                Verdict::Leak,
+                format!(
+                    "grew by {more} in the first {} of the session, flat for the last {}; they are \
+                     still blocked in `{reason}`{at}",
+                    human_secs(s.growing_s),
+                    human_secs(s.flat_s)
+                ),
+            );
+        }
+    }
+    let blocked_min = g.blocked_s.map(|(min, _)| min);
+    let ge = if g.min_at_least { "≥" } else { "" };
+    if waiting
+        && !idle_wait(reason, g)
+        && let (Some(l), Some(min)) = (e.siblings, blocked_min)
+        && l.finished >= MIN_SIBLINGS
+        && min >= (l.p99_s * 50.0).max(l.max_s * 2.0).max(rules.older_s)
+    {
+        let these = if g.count == 1 {
+            "this one has".to_string()
+        } else {
+            format!("these {} have", g.count)
+        };
+        return (
+            Verdict::Leak,
             format!(
-                "grows {:+.1}/s: {} more {noun}s older than {older} stuck in `{reason}`{at} over {}, and none finish",
-                m.aged_slope,
-                grew,
-                human_secs(m.window_s)
+                "its {} siblings from the same creation site finished within {} (p99; the longest \
+                 lived {}); {these} been blocked for {ge}{} in `{reason}`{at}",
+                l.finished,
+                human_secs(l.p99_s),
+                human_secs(l.max_s),
+                human_secs(min)
+            ),
+        );
+    }
+    let fixed_pool = g.count >= 2
+        && e.site.session.grew() == 0
+        && matches!(reason, "chan receive" | "select" | "sync.Cond.Wait");
+    if waiting
+        && !idle_wait(reason, g)
+        && !fixed_pool
+        && let Some(min) = blocked_min
+        && min >= rules.stuck_s
+    {
+        return (
+            Verdict::Suspect,
+            format!(
+                "blocked for {ge}{} in `{reason}`{at}, longer than --stuck {}, outside an idle \
+                 pattern (accept, a read on a connection, a timer, a fixed pool's receive)",
+                human_secs(min),
+                human_secs(rules.stuck_s)
             ),
         );
     }
     if u64::from(g.aged) >= rules.suspect_count {
+        let why = if g.before_attach > 0 {
+            "leaked before attach, or sized by load"
+        } else {
+            "sized by load, or leaked before this window"
+        };
         return (
             Verdict::Suspect,
             format!(
-                "{} blocked ≥ {older} in `{reason}`{at}, flat over {}: leaked before attach, or sized \
-                 by load; watch longer or compare with load",
-                g.aged,
-                human_secs(m.window_s)
+                "{} blocked ≥ {older} in `{reason}`{at}, flat over {window}: {why}; watch longer or \
+                 compare with load",
+                g.aged
             ),
         );
     }
-    if m.growth_per_s > 0.0 && g.aged == 0 {
+    if e.group.growth_per_s > 0.0 && g.aged == 0 {
         return (
             Verdict::Ok,
             format!("members are younger than {older}: short-lived work, not stuck"),
         );
     }
-    (
-        Verdict::Ok,
-        format!("flat at {} over {}", g.count, human_secs(m.window_s)),
-    )
+    if s.grew() > 0 && s.span_s > 0.0 {
+        return (
+            Verdict::Ok,
+            format!(
+                "{} now; its old members went {} → {} over {} in {} steps: not a steady trend",
+                g.count,
+                s.aged_first,
+                s.aged_last,
+                human_secs(s.span_s),
+                s.rises
+            ),
+        );
+    }
+    (Verdict::Ok, format!("flat at {} over {window}", g.count))
 }
 
 pub fn human_secs(s: f64) -> String {
@@ -143,6 +330,7 @@ pub fn human_secs(s: f64) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::super::trend::Session;
     use super::*;
     use crate::{aggregate::groups::GroupKey, symbols::Frame};
 
@@ -157,6 +345,8 @@ mod tests {
             count,
             never_ends,
             system: false,
+            main: false,
+            before_attach: 0,
             blocked_s: None,
             blocked_at_least: false,
             min_at_least: false,
@@ -178,7 +368,17 @@ mod tests {
             aged_rises: if last > first { ticks - 1 } else { 0 },
             ticks,
             window_s: 5.0,
+            session: Session::default(),
         }
+    }
+
+    fn judge(g: &Group, m: &Movement, r: &Rules) -> (Verdict, String) {
+        let e = Evidence {
+            group: *m,
+            site: *m,
+            ..Evidence::default()
+        };
+        super::judge(g, &e, r)
     }
 
     fn waiting(r: &str) -> TaskState {
@@ -205,7 +405,7 @@ mod tests {
         );
         assert_eq!(
             judge(
-                &group(waiting("chan receive (nil chan)"), 1, 0, true),
+                &group(waiting("chan receive (nil chan)"), 3, 0, true),
                 &flat,
                 &r
             )
@@ -263,6 +463,122 @@ mod tests {
         );
         assert!(
             why.contains("chan send") && why.contains("+12.0/s"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn main_goroutine_and_single_forever_waits_are_not_leaks() {
+        let r = Rules::default();
+        let flat = moving(1, 1, 6);
+        let mut main = group(waiting("select (no cases)"), 1, 1, true);
+        main.main = true;
+        assert_eq!(judge(&main, &flat, &r).0, Verdict::Ok);
+        // One `go` statement that parked one goroutine forever: suspect.
+        let single = group(waiting("select (no cases)"), 1, 1, true);
+        assert_eq!(judge(&single, &flat, &r).0, Verdict::Suspect);
+        // Its site producing more of them: a leak.
+        assert_eq!(
+            judge(
+                &group(waiting("select (no cases)"), 12, 12, true),
+                &flat,
+                &r
+            )
+            .0,
+            Verdict::Leak
+        );
+    }
+
+    #[test]
+    fn a_group_far_older_than_its_finished_siblings_is_a_leak() {
+        let r = Rules::default();
+        let mut g = group(waiting("chan send"), 37, 37, false);
+        g.blocked_s = Some((720.0, 730.0));
+        let siblings = Lifetimes {
+            finished: 9800,
+            p99_s: 0.04,
+            max_s: 0.2,
+        };
+        let e = Evidence {
+            group: moving(37, 37, 6),
+            site: moving(37, 37, 6),
+            siblings: Some(siblings),
+            sockets: None,
+        };
+        let (v, why) = super::judge(&g, &e, &r);
+        assert_eq!(v, Verdict::Leak, "{why}");
+        assert!(
+            why.contains("9800 siblings") && why.contains("12m"),
+            "{why}"
+        );
+        // Too few finished siblings to say anything.
+        let few = Evidence {
+            siblings: Some(Lifetimes {
+                finished: 3,
+                ..siblings
+            }),
+            ..e
+        };
+        assert_ne!(super::judge(&g, &few, &r).0, Verdict::Leak);
+        // Siblings that live long too: no claim.
+        let slow = Evidence {
+            siblings: Some(Lifetimes {
+                max_s: 600.0,
+                ..siblings
+            }),
+            ..e
+        };
+        assert_ne!(super::judge(&g, &slow, &r).0, Verdict::Leak);
+    }
+
+    #[test]
+    fn growth_quoted_is_the_groups_own_and_sockets_explain_load() {
+        let r = Rules::default();
+        // The site grew by 400; this group has one member.
+        let g = group(waiting("select"), 1, 1, false);
+        let e = Evidence {
+            group: moving(1, 1, 6),
+            site: moving(0, 400, 6),
+            ..Evidence::default()
+        };
+        assert_eq!(super::judge(&g, &e, &r).0, Verdict::Ok);
+        // Growing in step with open sockets, in I/O wait: connections.
+        let g = group(waiting("IO wait"), 200, 200, false);
+        let e = Evidence {
+            group: moving(0, 200, 6),
+            site: moving(0, 200, 6),
+            sockets: Some(moving(10, 210, 6)),
+            siblings: None,
+        };
+        let (v, why) = super::judge(&g, &e, &r);
+        assert_eq!(v, Verdict::Ok, "{why}");
+        assert!(why.contains("+200 sockets"), "{why}");
+        // Sockets flat: a leak, and the reason says so.
+        let e = Evidence {
+            sockets: Some(moving(10, 10, 6)),
+            ..e
+        };
+        let (v, why) = super::judge(&group(waiting("chan send"), 200, 200, false), &e, &r);
+        assert_eq!(v, Verdict::Leak);
+        assert!(why.contains("open sockets stayed at 10"), "{why}");
+    }
+
+    #[test]
+    fn a_leak_that_stopped_growing_stays_a_leak() {
+        let r = Rules::default();
+        let mut m = moving(800, 800, 6);
+        m.session = Session {
+            span_s: 35.0,
+            aged_first: 0,
+            aged_last: 800,
+            rises: 40,
+            growing_s: 20.0,
+            flat_s: 15.0,
+        };
+        let (v, why) = judge(&group(waiting("chan send"), 800, 800, false), &m, &r);
+        assert_eq!(v, Verdict::Leak);
+        assert!(
+            why.contains("grew by 800 in the first 20s") && why.contains("flat for the last 15s"),
             "{why}"
         );
     }

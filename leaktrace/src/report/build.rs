@@ -5,11 +5,12 @@ use std::{collections::HashMap, time::Instant};
 use super::model::{BlockedSpan, EventTotals, GroupReport, Report, TargetInfo, ThreadsReport};
 use crate::{
     aggregate::{
+        cause::classify,
         groups::{Group, GroupKey, group},
         trend::Trends,
-        verdict::{Rules, Verdict, judge},
+        verdict::{Evidence, Rules, Verdict, judge},
     },
-    runtime::TaskView,
+    runtime::{Lifetimes, TaskView},
     symbols::Frame,
     target::clock::monotonic_ns,
 };
@@ -21,6 +22,8 @@ pub struct Shape {
     pub top: usize,
     /// Show the runtime's own tasks too.
     pub system: bool,
+    /// The recent window growth is measured over (`--window`).
+    pub window_ns: u64,
 }
 
 /// Trends, verdicts and report contents for one traced process.
@@ -28,7 +31,13 @@ pub struct ReportBuilder {
     shape: Shape,
     target: TargetInfo,
     rules: Rules,
-    trends: Trends<SiteKey>,
+    /// Per creation site and function, any state.
+    sites: Trends<SiteKey>,
+    /// Per group without its wait state: what a group's figures quote.
+    groups: Trends<GroupTrendKey>,
+    /// The process's open sockets (one series).
+    sockets: Trends<()>,
+    has_sockets: bool,
     started: Instant,
     /// Said in every report from now on.
     pub notes: Vec<String>,
@@ -36,8 +45,8 @@ pub struct ReportBuilder {
     pub threads: Option<ThreadsReport>,
 }
 
-/// Samples kept per trend (one per refresh, at most every 500 ms).
-const TREND_TICKS: usize = 600;
+/// Samples kept per trend at most (one per refresh, at most every 100 ms).
+const TREND_TICKS: usize = 6000;
 
 impl ReportBuilder {
     pub fn new(shape: Shape, target: TargetInfo, rules: Rules, notes: Vec<String>) -> Self {
@@ -45,7 +54,10 @@ impl ReportBuilder {
             shape,
             target,
             rules,
-            trends: Trends::new(TREND_TICKS),
+            sites: Trends::new(shape.window_ns, TREND_TICKS),
+            groups: Trends::new(shape.window_ns, TREND_TICKS),
+            sockets: Trends::new(shape.window_ns, TREND_TICKS),
+            has_sockets: false,
             started: Instant::now(),
             notes,
             threads: None,
@@ -60,32 +72,74 @@ impl ReportBuilder {
     /// move between running and waiting (a pool at work), so following one
     /// state's group would see a fixed pool "grow" each time its workers
     /// come back to wait.
-    pub fn record(&mut self, views: &[TaskView]) {
+    ///
+    /// `sockets`: the process's open sockets now, when known.
+    pub fn record(&mut self, views: &[TaskView], sockets: Option<u32>) {
         let now = monotonic_ns();
         let mut sites: HashMap<SiteKey, (u32, u32)> = HashMap::new();
+        let mut groups: HashMap<GroupTrendKey, (u32, u32)> = HashMap::new();
         for g in group(views, now, self.older_ns()) {
+            let count = g.count.min(u32::MAX as u64) as u32;
             let e = sites.entry(site_of(&g.key)).or_default();
-            e.0 = e.0.saturating_add(g.count.min(u32::MAX as u64) as u32);
+            e.0 = e.0.saturating_add(count);
             e.1 = e.1.saturating_add(g.old);
+            let e = groups.entry(group_trend_of(&g.key)).or_default();
+            e.0 = e.0.saturating_add(count);
+            e.1 = e.1.saturating_add(g.aged);
         }
-        self.trends.record(
+        self.sites.record(
             now,
             sites.into_iter().map(|(k, (total, old))| (k, total, old)),
         );
+        self.groups.record(
+            now,
+            groups
+                .into_iter()
+                .map(|(k, (total, aged))| (k, total, aged)),
+        );
+        if let Some(n) = sockets {
+            self.has_sockets = true;
+            self.sockets.record(now, [((), n, n)]);
+        }
     }
 
-    pub fn build(&self, is_final: bool, events: EventTotals, views: &[TaskView]) -> Report {
+    /// `lifetimes`: how long finished tasks lived, per creation site.
+    pub fn build(
+        &self,
+        is_final: bool,
+        events: EventTotals,
+        views: &[TaskView],
+        lifetimes: &HashMap<Frame, Lifetimes>,
+    ) -> Report {
         let live = views.iter().filter(|v| !v.system).count() as u64;
         let system = views.len() as u64 - live;
         let shown = views.iter().filter(|v| self.shape.system || !v.system);
-        let groups = group(shown, monotonic_ns(), self.older_ns());
         let mut window_s: f64 = 0.0;
+        let mut judged: Vec<(Group, f64, Verdict, String)> =
+            group(shown, monotonic_ns(), self.older_ns())
+                .into_iter()
+                .map(|g| {
+                    let evidence = Evidence {
+                        group: self.groups.movement(&group_trend_of(&g.key)),
+                        site: self.sites.movement(&site_of(&g.key)),
+                        siblings: lifetimes.get(&g.key.created_by).copied(),
+                        sockets: self.has_sockets.then(|| self.sockets.movement(&())),
+                    };
+                    window_s = window_s.max(evidence.site.window_s);
+                    let (verdict, why) = judge(&g, &evidence, &self.rules);
+                    (g, evidence.group.growth_per_s, verdict, why)
+                })
+                .collect();
+        // Verdicts first (leak, suspect, ok), by count within each: `--top`
+        // must never hide a leak behind large healthy groups.
+        judged.sort_by_key(|(_, _, verdict, _)| match verdict {
+            Verdict::Leak => 0,
+            Verdict::Suspect => 1,
+            Verdict::Ok => 2,
+        });
         let mut reports: Vec<GroupReport> = Vec::new();
         let mut omitted = 0;
-        for g in groups {
-            let m = self.trends.movement(&site_of(&g.key));
-            window_s = window_s.max(m.window_s);
-            let (verdict, why) = judge(&g, &m, &self.rules);
+        for (g, growth_per_s, verdict, why) in judged {
             // --older: a blocked group none of whose members has been old
             // that long is noise unless it is a verdict.
             let young = g.key.state.is_waiting() && g.aged == 0 && verdict == Verdict::Ok;
@@ -93,7 +147,7 @@ impl ReportBuilder {
                 omitted += 1;
                 continue;
             }
-            reports.push(group_report(g, m.growth_per_s, verdict, why));
+            reports.push(group_report(g, growth_per_s, verdict, why));
         }
         Report {
             is_final,
@@ -118,8 +172,18 @@ fn site_of(k: &GroupKey) -> SiteKey {
     (k.created_by.clone(), k.start.clone())
 }
 
+/// A group without its wait state: members of one site blocked at one frame.
+type GroupTrendKey = (Frame, Frame, Option<Frame>);
+
+fn group_trend_of(k: &GroupKey) -> GroupTrendKey {
+    (k.created_by.clone(), k.start.clone(), k.blocked_at.clone())
+}
+
 fn group_report(g: Group, growth_per_s: f64, verdict: Verdict, why: String) -> GroupReport {
+    let cause = (verdict != Verdict::Ok).then(|| classify(&g)).flatten();
     GroupReport {
+        cause: cause.map(|c| c.name),
+        fix: cause.map(|c| c.fix),
         count: g.count,
         state: g.key.state.label().to_string(),
         created_by: g.key.created_by,

@@ -95,6 +95,10 @@ pub struct GroupReport {
     pub growth_per_s: f64,
     pub verdict: Verdict,
     pub why: String,
+    /// For `leak` and `suspect`: the catalogue's name for why (README
+    /// §Causes), and the fix in one sentence; null when not recognised.
+    pub cause: Option<&'static str>,
+    pub fix: Option<&'static str>,
     pub stack: Vec<Frame>,
     pub sample_ids: Vec<u64>,
 }

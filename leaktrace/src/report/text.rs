@@ -149,6 +149,9 @@ fn write_group(
     }
     writeln!(out, "{line}")?;
     writeln!(out, "          {}", g.why)?;
+    if let (Some(cause), Some(fix)) = (g.cause, g.fix) {
+        writeln!(out, "          cause: {cause} — fix: {fix}")?;
+    }
     if style.stacks {
         for f in &g.stack {
             writeln!(out, "            {}", f.function)?;

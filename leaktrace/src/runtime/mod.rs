@@ -15,9 +15,12 @@ use std::path::Path;
 
 use anyhow::{Result, bail};
 
-pub use task::{Since, TaskState, TaskView};
+pub use task::{LifetimeStats, Lifetimes, Since, TaskState, TaskView};
 
-use crate::probes::{AttachPoint, Global, Probes};
+use crate::{
+    probes::{AttachPoint, Global, Probes},
+    symbols::Frame,
+};
 
 /// Which runtime, with the words reports use for it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,6 +140,11 @@ pub trait Runtime {
     /// running the binary yet (`-c` before exec).
     fn refresh(&mut self, probes: &mut Probes, pid: u32) -> Result<Option<Vec<TaskView>>>;
     fn counts(&self) -> TaskCounts;
+    /// How long finished tasks lived, per creation site (`created_by` as in
+    /// the views), since attach.
+    fn lifetimes(&self) -> Vec<(Frame, Lifetimes)> {
+        Vec::new()
+    }
     /// Notes that arose since the last call (said once).
     fn take_notes(&mut self) -> Vec<String>;
 }

@@ -40,6 +40,9 @@ pub struct TaskView {
     /// The runtime's own bookkeeping task (Go: `isSystemGoroutine`); not
     /// counted as the program's, like `runtime.NumGoroutine()`.
     pub system: bool,
+    /// The program's main task (Go: goroutine 1, started by the runtime
+    /// without a `go` statement).
+    pub main: bool,
     /// Where the task was created (the `go` statement).
     pub created_by: Frame,
     /// The task's own function, compiler wrappers unwrapped.
@@ -78,5 +81,82 @@ impl Since {
     }
     pub fn is_lower_bound(self) -> bool {
         matches!(self, Self::AtMost(_))
+    }
+}
+
+/// How long the finished tasks of one creation site lived: what its
+/// blocked members are compared with.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Lifetimes {
+    pub finished: u64,
+    /// 99th percentile and longest lifetime, in seconds.
+    pub p99_s: f64,
+    pub max_s: f64,
+}
+
+/// A bounded record of lifetimes: counts in buckets of √2 from 1 µs to
+/// about 4 days, so a percentile costs 64 words per site, whatever the
+/// number of tasks.
+#[derive(Clone, Debug)]
+pub struct LifetimeStats {
+    buckets: [u64; BUCKETS],
+    finished: u64,
+    max_ns: u64,
+}
+
+const BUCKETS: usize = 80;
+
+impl Default for LifetimeStats {
+    fn default() -> Self {
+        Self {
+            buckets: [0; BUCKETS],
+            finished: 0,
+            max_ns: 0,
+        }
+    }
+}
+
+impl LifetimeStats {
+    fn bucket(ns: u64) -> usize {
+        let us = (ns / 1000).max(1) as f64;
+        ((us.log2() * 2.0) as usize).min(BUCKETS - 1)
+    }
+
+    /// Upper edge of a bucket, in seconds.
+    fn upper_s(b: usize) -> f64 {
+        2f64.powf((b + 1) as f64 / 2.0) / 1e6
+    }
+
+    pub fn record(&mut self, lifetime_ns: u64) {
+        self.buckets[Self::bucket(lifetime_ns)] += 1;
+        self.finished += 1;
+        self.max_ns = self.max_ns.max(lifetime_ns);
+    }
+
+    pub fn merge(&mut self, other: &LifetimeStats) {
+        for (a, b) in self.buckets.iter_mut().zip(other.buckets.iter()) {
+            *a += b;
+        }
+        self.finished += other.finished;
+        self.max_ns = self.max_ns.max(other.max_ns);
+    }
+
+    pub fn summary(&self) -> Lifetimes {
+        let want = (self.finished as f64 * 0.99).ceil() as u64;
+        let mut seen = 0;
+        let mut p99_s = 0.0;
+        for (b, &n) in self.buckets.iter().enumerate() {
+            seen += n;
+            if seen >= want && n > 0 {
+                p99_s = Self::upper_s(b);
+                break;
+            }
+        }
+        let max_s = self.max_ns as f64 / 1e9;
+        Lifetimes {
+            finished: self.finished,
+            p99_s: p99_s.min(max_s.max(1e-6)),
+            max_s,
+        }
     }
 }

@@ -28,7 +28,7 @@ use crate::{
     runtime::{Runtime, TaskView},
     target::{
         launch::{HeldChild, try_reap},
-        process::{Process, TargetError},
+        process::{Process, TargetError, open_sockets},
     },
     threads::Threads,
 };
@@ -117,12 +117,14 @@ pub async fn run(args: &Args, mut rt: Box<dyn Runtime>, mut target: Target) -> R
     let rules = Rules {
         older_s: args.older.as_secs_f64(),
         suspect_count: args.suspect_count,
+        stuck_s: args.stuck.as_secs_f64(),
         noun: kind.task,
         ..Rules::default()
     };
     let shape = Shape {
         top: args.top,
         system: args.system,
+        window_ns: args.window.as_nanos().min(u128::from(u64::MAX)) as u64,
     };
     let mut out = output(args)?;
     let mut refresh = Refresh {
@@ -150,7 +152,16 @@ pub async fn run(args: &Args, mut rt: Box<dyn Runtime>, mut target: Target) -> R
                 next_sample = Instant::now() + sample_every.max(t0.elapsed() * 5);
             }
             stop = stops.next() => match stop {
-                Stop::Report => out.write(&refresh.report(false, rt.as_ref(), &probes))?,
+                Stop::Report => {
+                    // Read the tasks now, not at the last sample: `live`
+                    // includes what was spawned since.
+                    while let Ok(batch) = rx.try_recv() {
+                        apply(rt.as_mut(), &batch);
+                    }
+                    refresh.run(rt.as_mut(), &mut probes, threads.as_mut());
+                    next_sample = Instant::now() + sample_every;
+                    out.write(&refresh.report(false, rt.as_ref(), &probes))?;
+                }
                 Stop::End(end) => break end,
             },
         }
@@ -206,7 +217,7 @@ impl Refresh {
         match result {
             Ok(Some(views)) => {
                 self.views = views;
-                self.builder.record(&self.views);
+                self.builder.record(&self.views, open_sockets(self.pid));
             }
             Ok(None) => {}
             // With -c the program may not have started yet; otherwise say
@@ -223,7 +234,9 @@ impl Refresh {
         probes: &Probes,
     ) -> crate::report::model::Report {
         let events = EventTotals::new(rt.counts(), probes.lost());
-        self.builder.build(is_final, events, &self.views)
+        let lifetimes = rt.lifetimes().into_iter().collect();
+        self.builder
+            .build(is_final, events, &self.views, &lifetimes)
     }
 }
 

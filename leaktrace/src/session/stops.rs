@@ -35,6 +35,9 @@ pub struct Stops {
     exit_fd: AsyncFd<OwnedFd>,
     deadline: Option<Instant>,
     reporter: Interval,
+    /// Off for `--duration` alone: its one report is the final one.
+    periodic: bool,
+    period: Duration,
     reports: u64,
     count: Option<u64>,
 }
@@ -48,7 +51,8 @@ impl Stops {
         // Watch for the target's exit (works for any pid, child or not).
         let exit_fd =
             pidfd(pid).map_err(|_| anyhow::Error::from(TargetError::ExitedDuringAttach(pid)))?;
-        let mut reporter = interval(args.report_interval().max(Duration::from_millis(100)));
+        let period = args.report_interval().max(Duration::from_millis(100));
+        let mut reporter = interval(period);
         reporter.set_missed_tick_behavior(MissedTickBehavior::Delay);
         Ok(Self {
             sigint,
@@ -56,6 +60,8 @@ impl Stops {
             exit_fd,
             deadline: None,
             reporter,
+            periodic: args.periodic_reports(),
+            period,
             reports: 0,
             count: args.report_count(),
         })
@@ -70,9 +76,14 @@ impl Stops {
     pub async fn next(&mut self) -> Stop {
         let deadline = self.deadline;
         tokio::select! {
-            _ = self.reporter.tick() => {
+            _ = self.reporter.tick(), if self.periodic => {
                 self.reports += 1;
-                if self.count.is_some_and(|c| self.reports >= c) {
+                // A report due with the end (30s at 5s intervals) is the
+                // final one, not a copy printed just before it.
+                let ends_now = deadline.is_some_and(|d| d <= Instant::now() + self.period / 4);
+                if ends_now {
+                    Stop::End(End::Duration)
+                } else if self.count.is_some_and(|c| self.reports >= c) {
                     Stop::End(End::Count)
                 } else {
                     Stop::Report

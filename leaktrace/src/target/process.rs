@@ -132,6 +132,24 @@ fn parse_maps(maps: &str, exe: &Path) -> Vec<Mapping> {
 /// Load bias of a mapped ELF: runtime address = link-time VA + bias.
 ///
 /// `segments` are the PT_LOAD (vaddr, file offset) pairs. 0 for non-PIE.
+/// Open sockets of `pid` (links in /proc/PID/fd that read `socket:[…]`);
+/// `None` when they cannot be listed. Stops counting at `MAX_FDS_SCANNED`
+/// descriptors, so a process with millions of them costs a bounded scan.
+pub fn open_sockets(pid: u32) -> Option<u32> {
+    let dir = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    let mut n = 0u32;
+    for entry in dir.take(MAX_FDS_SCANNED).flatten() {
+        if std::fs::read_link(entry.path())
+            .is_ok_and(|l| l.as_os_str().as_encoded_bytes().starts_with(b"socket:"))
+        {
+            n += 1;
+        }
+    }
+    Some(n)
+}
+
+const MAX_FDS_SCANNED: usize = 1 << 20;
+
 pub fn load_bias(mappings: &[Mapping], segments: &[(u64, u64)]) -> Option<u64> {
     for m in mappings {
         for &(vaddr, offset) in segments {

@@ -26,6 +26,9 @@ use crate::{
 /// Samples a trend keeps: one per refresh (at most every 500 ms, so about
 /// half a minute), against the task groups' 600.
 const WINDOW_TICKS: usize = 60;
+/// Thread trends are bounded by samples, not time; this only forgets groups
+/// gone for ten minutes.
+const THREAD_WINDOW_NS: u64 = 600 * 1_000_000_000;
 
 /// Who made a thread, as the probes saw it.
 #[derive(Clone, Debug)]
@@ -148,7 +151,7 @@ impl ThreadTable {
         Self {
             pid,
             threads: HashMap::new(),
-            trends: Trends::new(WINDOW_TICKS),
+            trends: Trends::new(THREAD_WINDOW_NS, WINDOW_TICKS),
             last_exit: HashMap::new(),
             created: 0,
             exited: 0,

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::layout::{GLayout, LayoutSource};
+use super::own_code::OwnCode;
 use super::pclntab::GoSymbols;
 use super::version::{GoVersion, VersionError, supported_range};
 use super::wait_reason::WaitReasons;
@@ -86,6 +87,8 @@ pub struct GoBinary {
     pub version: GoVersion,
     /// Main module path from `.go.buildinfo` (`mod` line, else `path`).
     pub main_module: Option<String>,
+    /// The program's own code: its modules, from the build info.
+    pub own_code: OwnCode,
     pub symbols: GoSymbols,
     pub layout: GLayout,
     pub layout_source: LayoutSource,
@@ -197,6 +200,13 @@ impl GoBinary {
             .as_ref()
             .and_then(|b| b.main_module.or(b.main_path))
             .map(str::to_owned);
+        let own_code = OwnCode::new(
+            build_info.as_ref().and_then(|b| b.main_module),
+            build_info
+                .as_ref()
+                .map(|b| b.deps.iter().map(|d| d.path.to_owned()).collect::<Vec<_>>())
+                .unwrap_or_default(),
+        );
         let goarch = build_info
             .as_ref()
             .and_then(|b| b.goarch())
@@ -301,6 +311,7 @@ impl GoBinary {
             path: path.to_path_buf(),
             version,
             main_module,
+            own_code,
             symbols,
             layout,
             layout_source,

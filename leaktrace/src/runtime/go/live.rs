@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 
 use super::events::{TaskEvent, TaskEventKind};
+use crate::runtime::LifetimeStats;
 
 /// What we know about one live task without reading the target's memory.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -38,7 +39,14 @@ pub struct LiveTable {
     /// Tasks a memory read found dead although no exit event arrived (lost
     /// events or a path the probes do not cover); removed and counted.
     pub corrected: u64,
+    /// How long the goroutines that finished lived, per `go` statement
+    /// (gopc), for those seen from spawn to exit.
+    lifetimes: HashMap<u64, LifetimeStats>,
 }
+
+/// Creation sites whose lifetimes are kept; a program with more distinct
+/// `go` statements than this is not judged on lifetimes for the rest.
+const MAX_LIFETIME_SITES: usize = 8192;
 
 impl LiveTable {
     /// Events must be applied in ring order: for one key, spawn < park… <
@@ -80,7 +88,19 @@ impl LiveTable {
             }
             TaskEventKind::Exit => {
                 self.counts.exit += 1;
-                self.tasks.remove(&ev.key);
+                if let Some(task) = self.tasks.remove(&ev.key)
+                    && let Some(born) = task.spawned_ns
+                    && task.created_pc != 0
+                {
+                    let full = self.lifetimes.len() >= MAX_LIFETIME_SITES;
+                    if let Some(stats) = match self.lifetimes.get_mut(&task.created_pc) {
+                        Some(s) => Some(s),
+                        None if !full => Some(self.lifetimes.entry(task.created_pc).or_default()),
+                        None => None,
+                    } {
+                        stats.record(ev.ts_ns.saturating_sub(born));
+                    }
+                }
             }
         }
     }
@@ -112,6 +132,11 @@ impl LiveTable {
 
     pub fn get(&self, key: u64) -> Option<&LiveTask> {
         self.tasks.get(&key)
+    }
+
+    /// Lifetimes of finished goroutines by `go` statement (gopc).
+    pub fn lifetimes(&self) -> impl Iterator<Item = (u64, &LifetimeStats)> {
+        self.lifetimes.iter().map(|(&pc, s)| (pc, s))
     }
 }
 

@@ -7,6 +7,7 @@ pub mod binary;
 pub mod events;
 pub mod layout;
 pub mod live;
+pub mod own_code;
 pub mod pclntab;
 pub mod probe_points;
 pub mod reader;

@@ -332,6 +332,8 @@ impl GoReader {
             alive_since,
             never_ends,
             system: origin.system,
+            // Goroutine 1 runs runtime.main, the only one without a `go` statement.
+            main: h.goid == 1,
             created_by: origin.created_by.clone(),
             start: stack
                 .as_ref()
@@ -365,7 +367,7 @@ impl GoReader {
         let stack = Arc::new(Stack {
             blocked_at: frames
                 .iter()
-                .find(|f| !is_runtime_or_stdlib(&f.function))
+                .find(|f| self.bin.own_code.is_own(&f.function))
                 .cloned(),
             start: start_from_stack(&frames),
             frames: frames.into(),
@@ -377,15 +379,22 @@ impl GoReader {
         stack
     }
 
+    /// The `go` statement at a run-time gopc, as views name it.
+    pub fn created_by(&self, gopc: u64) -> Frame {
+        let va = gopc.wrapping_sub(1).wrapping_sub(self.bias);
+        self.bin
+            .symbols
+            .try_frames(va)
+            .and_then(|f| f.first().cloned())
+            .or_else(|| self.physical_frame(gopc.wrapping_sub(1)))
+            .unwrap_or_else(|| Frame::unknown(gopc))
+    }
+
     fn origin(&mut self, gopc: u64, startpc: u64) -> Arc<Origin> {
         if let Some(o) = self.origins.get(&(gopc, startpc)) {
             return o.clone();
         }
-        let created_by = self
-            .frames_at(gopc.wrapping_sub(1))
-            .and_then(|f| f.first().cloned())
-            .or_else(|| self.physical_frame(gopc.wrapping_sub(1)))
-            .unwrap_or_else(|| Frame::unknown(gopc));
+        let created_by = self.created_by(gopc);
         // The start pc is often a compiler wrapper (`gowrapN`), which
         // `frames` hides; the wrapper's own name still says whose it is.
         let physical = self.physical_frame(startpc);
@@ -512,22 +521,6 @@ fn is_system_start(function: &str) -> bool {
         && function != "runtime.handleAsyncEvent"
 }
 
-/// Code that is not the program's own: the runtime and the standard library
-/// (an import path whose first element has no dot, other than `main`).
-pub fn is_runtime_or_stdlib(function: &str) -> bool {
-    let pkg_end = function
-        .rfind('/')
-        .map(|slash| {
-            function[slash..]
-                .find('.')
-                .map_or(function.len(), |d| slash + d)
-        })
-        .unwrap_or_else(|| function.find('.').unwrap_or(function.len()));
-    let pkg = &function[..pkg_end];
-    let first = pkg.split('/').next().unwrap_or(pkg);
-    pkg != "main" && !first.contains('.')
-}
-
 /// The goroutine's real function: the outermost frame under `goexit` that is
 /// not a compiler-generated wrapper (`gowrapN`, `dwrap.N`).
 fn start_from_stack(stack: &[Frame]) -> Option<Frame> {
@@ -546,27 +539,6 @@ fn is_wrapper(function: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn stdlib_and_program_code() {
-        for f in [
-            "runtime.gopark",
-            "sync.(*WaitGroup).Wait",
-            "internal/poll.(*FD).Read",
-            "net/http.(*conn).serve",
-            "time.Sleep",
-        ] {
-            assert!(is_runtime_or_stdlib(f), "{f}");
-        }
-        for f in [
-            "main.leak.func1",
-            "main.(*Server).notify",
-            "github.com/acme/api/handlers.(*H).ServeHTTP",
-            "golang.org/x/sync/errgroup.(*Group).Go.func1",
-        ] {
-            assert!(!is_runtime_or_stdlib(f), "{f}");
-        }
-    }
 
     #[test]
     fn system_goroutines_and_wrappers() {

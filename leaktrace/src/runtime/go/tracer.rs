@@ -16,9 +16,10 @@ use super::{
 use crate::{
     probes::{Global, Probes, ring::decode_record},
     runtime::{
-        Attached, Counter, Description, PlannedProbe, Runtime, RuntimeKind, Shown, TaskCounts,
-        TaskView,
+        Attached, Counter, Description, LifetimeStats, Lifetimes, PlannedProbe, Runtime,
+        RuntimeKind, Shown, TaskCounts, TaskView,
     },
+    symbols::Frame,
     target::{
         clock::monotonic_ns,
         process::{Process, load_bias},
@@ -172,6 +173,21 @@ impl Runtime for GoRuntime {
 
     fn take_notes(&mut self) -> Vec<String> {
         Vec::new()
+    }
+
+    fn lifetimes(&self) -> Vec<(Frame, Lifetimes)> {
+        let Some(reader) = self.reader.as_ref() else {
+            return Vec::new();
+        };
+        // Several gopcs can be one source line (inlining); merge by frame.
+        let mut by_site: std::collections::HashMap<Frame, LifetimeStats> = Default::default();
+        for (gopc, stats) in self.table.lifetimes() {
+            by_site
+                .entry(reader.created_by(gopc))
+                .or_default()
+                .merge(stats);
+        }
+        by_site.into_iter().map(|(f, s)| (f, s.summary())).collect()
     }
 }
 

@@ -546,6 +546,7 @@ impl TokioTracer {
                 // Blocking-pool tasks: the runtime's, and not what
                 // num_alive_tasks() counts.
                 system: t.owner_id == 0 || vt.is_blocking(),
+                main: false,
                 created_by: name.clone(),
                 start: name,
                 stack,

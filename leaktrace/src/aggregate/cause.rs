@@ -1,0 +1,210 @@
+//! Why a group is stuck, named from a catalogue (README §Causes), with the
+//! fix in one sentence. Recognised from the wait reason and the blocked
+//! stack only; anything not recognised has no cause rather than a guess.
+use super::groups::Group;
+use crate::runtime::TaskState;
+
+/// One entry of the catalogue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cause {
+    pub name: &'static str,
+    pub fix: &'static str,
+}
+
+macro_rules! causes {
+    ($($id:ident = $name:literal : $fix:literal;)*) => {
+        $(pub const $id: Cause = Cause { name: $name, fix: $fix };)*
+        /// Every cause, in README order.
+        pub const CATALOGUE: &[Cause] = &[$($id),*];
+    };
+}
+
+causes! {
+    NIL_CHANNEL = "nil-channel":
+        "the channel is nil (never made, or a disabled feature's): make it, or do not send to or receive from it";
+    SELECT_NO_WAY_OUT = "select-no-way-out":
+        "`select {}` (or a select whose every channel is nil) never returns: add a way out (ctx.Done(), a quit channel) or do not start the goroutine";
+    SEND_WITHOUT_RECEIVER = "send-without-receiver":
+        "nobody receives any more: select on ctx.Done() beside the send, or give the channel room (a buffer of 1) so the sender can finish when the receiver is gone";
+    RECEIVE_WITHOUT_SENDER = "receive-without-sender":
+        "nothing will send or close: close the channel when the producer is done (a `range` needs a close), or select on ctx.Done() beside the receive";
+    WAITGROUP_MISSING_DONE = "waitgroup-missing-done":
+        "a wg.Add has no matching wg.Done on some path: `defer wg.Done()` first thing in each goroutine, and Add before the `go` statement";
+    MUTEX_NEVER_UNLOCKED = "mutex-never-unlocked":
+        "a Lock whose Unlock is skipped (early return, panic): `defer mu.Unlock()` right after Lock";
+    COND_NEVER_SIGNALLED = "cond-never-signalled":
+        "nobody calls Signal/Broadcast after changing the condition: signal on every change, and wait in a loop that also checks for shutdown";
+    HTTP_CLIENT_NO_TIMEOUT = "http-client-no-timeout":
+        "an HTTP connection waits on a server that does not answer, or a response body is never closed: set http.Client.Timeout (or a context deadline) and always close resp.Body";
+    IO_WITHOUT_DEADLINE = "io-without-deadline":
+        "a read or write on a connection with no deadline waits for a peer that is gone: SetReadDeadline/SetDeadline, or close the connection when its context ends";
+    ERRGROUP_WITHOUT_CONTEXT = "errgroup-without-context":
+        "errgroup goroutines block after a sibling failed: use errgroup.WithContext and select on ctx.Done() in every send and receive";
+    TIMER_IN_SELECT = "timer-in-select":
+        "a select loop waits on time.After and a channel nobody closes: close the channel (or select on ctx.Done()) so the loop can end, and use one time.Timer instead of time.After per iteration";
+    TICKER_NEVER_STOPPED = "ticker-never-stopped":
+        "a goroutine loops on a time.Ticker and nothing ends it: return on ctx.Done() or a quit channel, and `defer ticker.Stop()`";
+    POOL_NEVER_CLOSED = "pool-never-closed":
+        "workers range over a jobs channel that is never closed, so the Wait for them never returns: close the jobs channel when the last job is sent";
+    NO_WAKER = "no-waker":
+        "the task awaits something that can never wake it (its waker was dropped, or the future never registers one): abort the task, or fix the future so the other side wakes it or is dropped with it";
+    CHANNEL_NEVER_CLOSED = "channel-never-closed":
+        "the task awaits recv() on a channel whose senders stay alive: drop every Sender (clones too) when done, so recv() returns None";
+}
+
+fn any_frame(g: &Group, pred: impl Fn(&str) -> bool) -> bool {
+    g.stack.iter().any(|f| pred(&f.function))
+        || g.key.blocked_at.as_ref().is_some_and(|f| pred(&f.function))
+}
+
+/// The cause of a blocked group, when the catalogue recognises it.
+pub fn classify(g: &Group) -> Option<Cause> {
+    let TaskState::Waiting(reason) = &g.key.state else {
+        return None;
+    };
+    let reason = reason.as_str();
+    // Most specific first: where the stack names the culprit.
+    if any_frame(g, |f| {
+        f.starts_with("net/http.(*persistConn).readLoop")
+            || f.starts_with("net/http.(*persistConn).writeLoop")
+    }) {
+        return Some(HTTP_CLIENT_NO_TIMEOUT);
+    }
+    let errgroup = |f: &str| f.contains("golang.org/x/sync/errgroup.(*Group)");
+    if (g.key.created_by.function.contains("errgroup.(*Group).Go") || any_frame(g, errgroup))
+        && matches!(reason, "chan send" | "chan receive" | "select")
+    {
+        return Some(ERRGROUP_WITHOUT_CONTEXT);
+    }
+    Some(match reason {
+        "chan send (nil chan)" | "chan receive (nil chan)" => NIL_CHANNEL,
+        "select (no cases)" => SELECT_NO_WAY_OUT,
+        "chan send" => SEND_WITHOUT_RECEIVER,
+        "chan receive" => RECEIVE_WITHOUT_SENDER,
+        "sync.WaitGroup.Wait" => WAITGROUP_MISSING_DONE,
+        "sync.Mutex.Lock" | "sync.RWMutex.Lock" | "sync.RWMutex.RLock" => MUTEX_NEVER_UNLOCKED,
+        "sync.Cond.Wait" => COND_NEVER_SIGNALLED,
+        // Before Go 1.20 these all read "semacquire": the stack tells.
+        "semacquire" if any_frame(g, |f| f.starts_with("sync.(*WaitGroup).Wait")) => {
+            WAITGROUP_MISSING_DONE
+        }
+        "semacquire"
+            if any_frame(g, |f| {
+                f.starts_with("sync.(*Mutex).Lock") || f.starts_with("sync.(*RWMutex).")
+            }) =>
+        {
+            MUTEX_NEVER_UNLOCKED
+        }
+        "IO wait"
+            if any_frame(g, |f| {
+                f.starts_with("net.(*conn).Read")
+                    || f.starts_with("net.(*conn).Write")
+                    || f.starts_with("internal/poll.(*FD).Read")
+                    || f.starts_with("internal/poll.(*FD).Write")
+            }) =>
+        {
+            IO_WITHOUT_DEADLINE
+        }
+        "idle, no waker" => NO_WAKER,
+        "idle" if any_frame(g, |f| f.contains("tokio::sync::mpsc") && f.contains("recv")) => {
+            CHANNEL_NEVER_CLOSED
+        }
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{aggregate::groups::GroupKey, symbols::Frame};
+
+    fn group(reason: &str, stack: &[&str], created_by: &str) -> Group {
+        let frame = |f: &str| Frame {
+            function: f.into(),
+            file: "x.go".into(),
+            line: 1,
+        };
+        Group {
+            key: GroupKey {
+                created_by: frame(created_by),
+                start: frame("main.worker"),
+                state: TaskState::Waiting(reason.into()),
+                blocked_at: Some(frame("main.worker")),
+            },
+            count: 3,
+            never_ends: false,
+            system: false,
+            main: false,
+            before_attach: 0,
+            blocked_s: None,
+            blocked_at_least: false,
+            min_at_least: false,
+            max_at_least: false,
+            aged: 3,
+            old: 3,
+            stack: stack.iter().map(|f| frame(f)).collect(),
+            unstable: 0,
+            sample_ids: vec![],
+        }
+    }
+
+    #[test]
+    fn wait_reasons_and_stacks_name_causes() {
+        let c = |reason: &str, stack: &[&str], by: &str| {
+            classify(&group(reason, stack, by)).map(|c| c.name)
+        };
+        assert_eq!(
+            c("chan send (nil chan)", &[], "main.f"),
+            Some("nil-channel")
+        );
+        assert_eq!(
+            c("select (no cases)", &[], "main.f"),
+            Some("select-no-way-out")
+        );
+        assert_eq!(c("chan send", &[], "main.f"), Some("send-without-receiver"));
+        assert_eq!(
+            c("chan receive", &[], "main.f"),
+            Some("receive-without-sender")
+        );
+        assert_eq!(
+            c(
+                "semacquire",
+                &["sync.runtime_Semacquire", "sync.(*WaitGroup).Wait"],
+                "main.f"
+            ),
+            Some("waitgroup-missing-done")
+        );
+        assert_eq!(
+            c("sync.Mutex.Lock", &[], "main.f"),
+            Some("mutex-never-unlocked")
+        );
+        assert_eq!(
+            c(
+                "select",
+                &["net/http.(*persistConn).readLoop"],
+                "net/http.(*Transport).dialConn"
+            ),
+            Some("http-client-no-timeout")
+        );
+        assert_eq!(
+            c("chan send", &[], "golang.org/x/sync/errgroup.(*Group).Go"),
+            Some("errgroup-without-context")
+        );
+        assert_eq!(
+            c(
+                "IO wait",
+                &["internal/poll.(*FD).Read", "net.(*conn).Read"],
+                "main.f"
+            ),
+            Some("io-without-deadline")
+        );
+        // An unknown wait has no cause, not a guess.
+        assert_eq!(
+            c("GC worker (idle)", &[], "runtime.gcBgMarkStartWorkers"),
+            None
+        );
+        assert_eq!(c("IO wait", &["net.(*netFD).accept"], "main.main"), None);
+        let names: std::collections::HashSet<_> = CATALOGUE.iter().map(|c| c.name).collect();
+        assert_eq!(names.len(), CATALOGUE.len(), "names are unique");
+    }
+}
