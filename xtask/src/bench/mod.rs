@@ -38,6 +38,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::{setup, util};
 
 // Shared helpers, one job each.
+mod elf;
 mod machine;
 mod markdown;
 mod points;

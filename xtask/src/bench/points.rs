@@ -4,8 +4,10 @@ use std::{collections::BTreeMap, path::Path, process::Command};
 
 use anyhow::{Context as _, Result, bail};
 
-use super::ChurnPoints;
-use crate::util;
+use super::{
+    ChurnPoints,
+    elf::{NewSymbol, copy_with_symbols},
+};
 
 /// Copy `bin` with ELF symbols at the points leaktrace probes: each `CALL
 /// runtime.casgstatus` in newproc1, and the branch right after the stack
@@ -69,11 +71,6 @@ pub(super) fn churn_points(go: &Path, bin: &Path) -> Result<ChurnPoints> {
     if spawn.is_empty() {
         bail!("no CALL runtime.casgstatus in runtime.newproc1 (inlined? a PGO build?)");
     }
-    let elf = std::fs::read(bin)?;
-    let text_sh = elf_sections(&elf)?
-        .into_iter()
-        .find(|s| s.name == ".text")
-        .context("no .text section")?;
     let copy = bin.with_file_name("churn.lt-points");
     let mut names: Vec<(String, u64)> = spawn
         .iter()
@@ -82,21 +79,14 @@ pub(super) fn churn_points(go: &Path, bin: &Path) -> Result<ChurnPoints> {
         .collect();
     names.push(("lt_park".into(), park));
     names.push(("lt_exit".into(), exit));
-    let mut objcopy = Command::new("objcopy");
-    for (name, addr) in &names {
-        objcopy.arg("--add-symbol").arg(format!(
-            "{name}=.text:{:#x},global,function",
-            addr - text_sh.addr
-        ));
-    }
-    util::run(objcopy.arg(bin).arg(&copy)).context("objcopy (binutils)")?;
-    // bpftrace refuses a symbol of size 0; the size is not used otherwise.
-    let mut patched = std::fs::read(&copy)?;
-    let n = elf_set_symbol_sizes(&mut patched, "lt_", 1)?;
-    if n != names.len() {
-        bail!("patched {n} symbols, expected {}", names.len());
-    }
-    std::fs::write(&copy, patched)?;
+    let symbols: Vec<NewSymbol> = names
+        .iter()
+        .map(|(name, va)| NewSymbol {
+            name: name.clone(),
+            va: *va,
+        })
+        .collect();
+    copy_with_symbols(bin, &copy, &symbols)?;
     let described = format!(
         "newproc1: {} × `CALL runtime.casgstatus` ({}); park_m+{:#x} (`{park_asm}`); goexit0+{:#x} (`{exit_asm}`)",
         spawn.len(),
@@ -119,96 +109,4 @@ pub(super) fn churn_points(go: &Path, bin: &Path) -> Result<ChurnPoints> {
         exit: "lt_exit".into(),
         described,
     })
-}
-
-pub(super) struct ElfSection {
-    name: String,
-    kind: u32,
-    addr: u64,
-    offset: u64,
-    size: u64,
-    link: u32,
-}
-
-pub(super) fn le_u16(b: &[u8], at: usize) -> Result<u16> {
-    Ok(u16::from_le_bytes(
-        b.get(at..at + 2).context("ELF truncated")?.try_into()?,
-    ))
-}
-pub(super) fn le_u32(b: &[u8], at: usize) -> Result<u32> {
-    Ok(u32::from_le_bytes(
-        b.get(at..at + 4).context("ELF truncated")?.try_into()?,
-    ))
-}
-pub(super) fn le_u64(b: &[u8], at: usize) -> Result<u64> {
-    Ok(u64::from_le_bytes(
-        b.get(at..at + 8).context("ELF truncated")?.try_into()?,
-    ))
-}
-
-pub(super) fn c_str(b: &[u8], at: usize) -> String {
-    let tail = b.get(at..).unwrap_or_default();
-    let end = tail.iter().position(|&c| c == 0).unwrap_or(tail.len());
-    String::from_utf8_lossy(&tail[..end]).into_owned()
-}
-
-/// Section headers of a little-endian ELF64 file.
-pub(super) fn elf_sections(b: &[u8]) -> Result<Vec<ElfSection>> {
-    if b.get(..6) != Some(&b"\x7fELF\x02\x01"[..]) {
-        bail!("not a little-endian ELF64 file");
-    }
-    let shoff = le_u64(b, 0x28)? as usize;
-    let shentsize = le_u16(b, 0x3a)? as usize;
-    let shnum = le_u16(b, 0x3c)? as usize;
-    let shstrndx = le_u16(b, 0x3e)? as usize;
-    let raw = |i: usize| -> Result<(u32, u32, u64, u64, u64, u32)> {
-        let h = shoff + i * shentsize;
-        Ok((
-            le_u32(b, h)?,
-            le_u32(b, h + 4)?,
-            le_u64(b, h + 0x10)?,
-            le_u64(b, h + 0x18)?,
-            le_u64(b, h + 0x20)?,
-            le_u32(b, h + 0x28)?,
-        ))
-    };
-    let names_at = raw(shstrndx)?.3 as usize;
-    (0..shnum)
-        .map(|i| {
-            let (name, kind, addr, offset, size, link) = raw(i)?;
-            Ok(ElfSection {
-                name: c_str(b, names_at + name as usize),
-                kind,
-                addr,
-                offset,
-                size,
-                link,
-            })
-        })
-        .collect()
-}
-
-/// Set `st_size` of every .symtab symbol whose name starts with `prefix`;
-/// how many were set.
-pub(super) fn elf_set_symbol_sizes(b: &mut [u8], prefix: &str, size: u64) -> Result<usize> {
-    const SHT_SYMTAB: u32 = 2;
-    let sections = elf_sections(b)?;
-    let symtab = sections
-        .iter()
-        .find(|s| s.kind == SHT_SYMTAB)
-        .context("no .symtab")?;
-    let strtab = sections
-        .get(symtab.link as usize)
-        .context("bad .symtab link")?
-        .offset as usize;
-    let mut n = 0;
-    for at in (symtab.offset..symtab.offset + symtab.size).step_by(24) {
-        let at = at as usize;
-        let name = c_str(b, strtab + le_u32(b, at)? as usize);
-        if name.starts_with(prefix) {
-            b[at + 16..at + 24].copy_from_slice(&size.to_le_bytes());
-            n += 1;
-        }
-    }
-    Ok(n)
 }
