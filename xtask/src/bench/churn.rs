@@ -2,7 +2,11 @@
 //! ends goroutines back to back, untraced, under leaktrace, and under
 //! bpftrace at the same functions (entries, and leaktrace's own points).
 use std::{
-    collections::BTreeMap, fmt::Write as _, path::PathBuf, process::Command, thread::sleep,
+    collections::{BTreeMap, BTreeSet},
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    process::Command,
+    thread::sleep,
     time::Duration,
 };
 
@@ -10,10 +14,102 @@ use anyhow::{Context as _, Result, bail};
 
 use super::{
     Markdown, Plan, Tools,
+    elf::{NewSymbol, copy_with_symbols},
+    probes::Listing,
     proc::{Proc, capture},
     report::{last_report, num_after},
     stats::{fmt_med, median, ratio},
 };
+
+/// leaktrace's Go probe programs, and the bpftrace map that counts each.
+const PROGRAMS: [(&str, &str); 3] = [("go_spawn", "s"), ("go_park", "p"), ("go_exit", "e")];
+
+/// `churn` copied with an ELF symbol at each of leaktrace's probe points,
+/// so that bpftrace (which attaches only at symbols) probes exactly there.
+pub(super) struct Points {
+    bin: PathBuf,
+    /// The symbols, per program of `PROGRAMS`.
+    spawn: Vec<String>,
+    park: Vec<String>,
+    exit: Vec<String>,
+    described: String,
+}
+
+/// Make the copy of `churn` for `listing`, leaktrace's own list of its
+/// probe points in `churn`.
+pub(super) fn points(listing: &Listing, churn: &Path) -> Result<Points> {
+    if listing.runtime != "go" {
+        bail!(
+            "leaktrace took {} for a {} program",
+            churn.display(),
+            listing.runtime
+        );
+    }
+    if let Some(p) = listing
+        .probes
+        .iter()
+        .find(|p| !PROGRAMS.iter().any(|(name, _)| *name == p.program))
+    {
+        // Leaving it out would compare leaktrace with a bpftrace that
+        // probes less.
+        bail!(
+            "leaktrace also probes {} with {}, which this benchmark does not count",
+            p.describe(),
+            p.program
+        );
+    }
+    let mut symbols = Vec::new();
+    let mut names: [Vec<String>; 3] = Default::default();
+    let mut described = Vec::new();
+    for ((program, _), group) in PROGRAMS.into_iter().zip(&mut names) {
+        let event = program.trim_start_matches("go_");
+        // One symbol per address: two at one address would count one hit twice.
+        let mut seen = BTreeSet::new();
+        let probes: Vec<_> = listing
+            .probes
+            .iter()
+            .filter(|p| p.program == program && seen.insert(p.va))
+            .collect();
+        if probes.is_empty() {
+            bail!("leaktrace lists no {program} probe in {}", churn.display());
+        }
+        for (i, p) in probes.iter().enumerate() {
+            let name = format!("lt_{event}{i}");
+            symbols.push(NewSymbol {
+                name: name.clone(),
+                va: p.va,
+                file_offset: p.file_offset,
+            });
+            group.push(name);
+        }
+        described.push(format!(
+            "{event}: {}",
+            probes
+                .iter()
+                .map(|p| format!("`{}` at {:#x}", p.describe(), p.va))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    let copy = churn.with_file_name("churn.lt-points");
+    copy_with_symbols(churn, &copy, &symbols)?;
+    let [spawn, park, exit] = names;
+    Ok(Points {
+        bin: copy,
+        spawn,
+        park,
+        exit,
+        described: format!(
+            "{} (as `leaktrace --explain-probes` lists them{})",
+            described.join("; "),
+            listing
+                .runtime_version
+                .as_ref()
+                .map(|v| format!(" for {v}"))
+                .unwrap_or_default()
+        ),
+    })
+}
 
 #[derive(Clone)]
 enum ChurnCfg {
@@ -147,15 +243,13 @@ fn bpftrace_script(t: &Tools, cfg: &ChurnCfg) -> Result<(PathBuf, String)> {
                 .context("leaktrace's probe points are not available")?;
             let b = p.bin.display();
             let mut s = String::new();
-            if *spawn {
-                let pts: Vec<String> = p.spawn.iter().map(|n| format!("uprobe:{b}:{n}")).collect();
-                let _ = write!(s, "{} {{ @s = count() }} ", pts.join(","));
-            }
-            if *park {
-                let _ = write!(s, "uprobe:{b}:{} {{ @p = count() }} ", p.park);
-            }
-            if *exit {
-                let _ = write!(s, "uprobe:{b}:{} {{ @e = count() }} ", p.exit);
+            let wanted = [(*spawn, &p.spawn), (*park, &p.park), (*exit, &p.exit)];
+            for ((want, names), (_, map)) in wanted.into_iter().zip(PROGRAMS) {
+                if want {
+                    let pts: Vec<String> =
+                        names.iter().map(|n| format!("uprobe:{b}:{n}")).collect();
+                    let _ = write!(s, "{} {{ @{map} = count() }} ", pts.join(","));
+                }
             }
             Ok((p.bin.clone(), s))
         }
@@ -339,4 +433,37 @@ fn interrupts(row: &str) -> u64 {
                 })
         })
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listing(runtime: &str, programs: &[&str]) -> Listing {
+        let probes: Vec<String> = programs
+            .iter()
+            .map(|p| format!(r#"{{"program":"{p}","event":"x","va":1,"file_offset":1}}"#))
+            .collect();
+        serde_json::from_str(&format!(
+            r#"{{"runtime":"{runtime}","probes":[{}]}}"#,
+            probes.join(",")
+        ))
+        .unwrap()
+    }
+
+    /// Refused before any file is touched: these never reach objcopy.
+    #[test]
+    fn points_need_exactly_the_go_programs() {
+        let bin = Path::new("/nonexistent/churn");
+        let err = |l: Listing| format!("{:#}", points(&l, bin).err().unwrap());
+        assert!(err(listing("tokio", &["tokio_task"])).contains("for a tokio program"));
+        assert!(
+            err(listing(
+                "go",
+                &["go_spawn", "go_park", "go_exit", "go_ready"]
+            ))
+            .contains("does not count")
+        );
+        assert!(err(listing("go", &["go_spawn", "go_exit"])).contains("no go_park probe"));
+    }
 }

@@ -18,10 +18,13 @@ use crate::util;
 pub(super) struct NewSymbol {
     pub(super) name: String,
     pub(super) va: u64,
+    /// Where whoever chose `va` expects it in the file: a check that the
+    /// address was taken from this very file.
+    pub(super) file_offset: u64,
 }
 
 /// Copy `bin` to `copy` with a global function symbol of size 1 at each of
-/// `symbols`, which must lie in a code section.
+/// `symbols`, which must lie in a code section, at the file offset given.
 pub(super) fn copy_with_symbols(bin: &Path, copy: &Path, symbols: &[NewSymbol]) -> Result<()> {
     let data = std::fs::read(bin).with_context(|| format!("reading {}", bin.display()))?;
     let file = object::File::parse(&*data)
@@ -36,6 +39,19 @@ pub(super) fn copy_with_symbols(bin: &Path, copy: &Path, symbols: &[NewSymbol]) 
                     && (c.address()..c.address() + c.size()).contains(&s.va)
             })
             .with_context(|| format!("{:#x} ({}) is in no code section", s.va, s.name))?;
+        let at = section
+            .file_range()
+            .map(|(off, _)| off + (s.va - section.address()));
+        if at != Some(s.file_offset) {
+            bail!(
+                "{:#x} ({}) is at file offset {} in {}, not at {:#x}: the address is not from this file",
+                s.va,
+                s.name,
+                at.map_or("none".into(), |a| format!("{a:#x}")),
+                bin.display(),
+                s.file_offset
+            );
+        }
         objcopy.arg("--add-symbol").arg(format!(
             "{}={}:{:#x},global,function",
             s.name,
@@ -100,17 +116,19 @@ mod tests {
         let data = std::fs::read(&bin).unwrap();
         let file = object::File::parse(&*data).unwrap();
         let text = file.section_by_name(".text").unwrap();
-        let want = [
-            NewSymbol {
-                name: "lt_test_a".into(),
-                va: text.address() + 4,
-            },
-            NewSymbol {
-                name: "lt_test_b".into(),
-                va: text.address() + 0x40,
-            },
-        ];
+        let (text_at, _) = text.file_range().unwrap();
+        let at = |off: u64| NewSymbol {
+            name: format!("lt_test_{off:x}"),
+            va: text.address() + off,
+            file_offset: text_at + off,
+        };
+        let want = [at(4), at(0x40)];
         let copy = std::env::temp_dir().join(format!("xtask-elf-test-{}", std::process::id()));
+        let wrong = [NewSymbol {
+            file_offset: text_at + 5,
+            ..at(4)
+        }];
+        assert!(copy_with_symbols(&bin, &copy, &wrong).is_err());
         copy_with_symbols(&bin, &copy, &want).unwrap();
         let out = std::fs::read(&copy).unwrap();
         let _ = std::fs::remove_file(&copy);

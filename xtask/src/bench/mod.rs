@@ -41,7 +41,7 @@ use crate::{setup, util};
 mod elf;
 mod machine;
 mod markdown;
-mod points;
+mod probes;
 mod proc;
 mod report;
 mod stats;
@@ -164,20 +164,12 @@ struct Tools {
     churn: PathBuf,
     /// `churn` with ELF symbols added at leaktrace's probe points, so that
     /// bpftrace (which cannot probe at an offset here) can use the same points.
-    churn_points: Option<ChurnPoints>,
+    churn_points: Option<churn::Points>,
     http: PathBuf,
     ticker: PathBuf,
     chan_send: PathBuf,
     big: PathBuf,
     scratch: PathBuf,
-}
-
-struct ChurnPoints {
-    bin: PathBuf,
-    spawn: Vec<String>,
-    park: String,
-    exit: String,
-    described: String,
 }
 
 pub fn run(o: &Options) -> Result<()> {
@@ -223,7 +215,7 @@ pub fn run(o: &Options) -> Result<()> {
             .unwrap_or_else(|| c.display().to_string());
         candidates.push((format!("candidate {name}"), c.clone()));
     }
-    let tools = build_tools(&plan, &go, leaktrace, candidates, &mut did)?;
+    let tools = build_tools(&plan, &sections, &go, leaktrace, candidates, &mut did)?;
 
     md.h1("leaktrace benchmarks");
     md.line(&format!(

@@ -1,5 +1,6 @@
 //! What the benchmark runs, made ready before any section starts: apt
-//! packages (bpftrace, wrk, GNU time) and the Go target programs.
+//! packages (bpftrace, wrk, GNU time), the Go target programs, and the copy
+//! of bench/churn that bpftrace probes at leaktrace's points.
 use std::{
     fmt::Write as _,
     path::{Path, PathBuf},
@@ -9,7 +10,7 @@ use std::{
 
 use anyhow::Result;
 
-use super::{Plan, Section, Tools, points::churn_points};
+use super::{Plan, Section, Tools, churn, probes};
 use crate::{demo::build_go_program, util};
 
 fn on_path(bin: &str) -> bool {
@@ -65,6 +66,7 @@ pub(super) fn install_tools(sections: &[Section]) -> Result<Vec<String>> {
 
 pub(super) fn build_tools(
     plan: &Plan,
+    sections: &[Section],
     go: &Path,
     leaktrace: PathBuf,
     candidates: Vec<(String, PathBuf)>,
@@ -74,14 +76,23 @@ pub(super) fn build_tools(
     let scratch = util::target_dir().join("bench");
     std::fs::create_dir_all(&scratch)?;
     let churn = build_go_program(go, "bench/churn")?;
-    let churn_points = match churn_points(go, &churn) {
-        Ok(p) => Some(p),
-        Err(e) => {
-            let msg = format!("bpftrace at leaktrace's probe points is skipped: {e:#}");
-            eprintln!("bench: {msg}");
-            did.push(msg);
-            None
+    // Only the churn section measures at leaktrace's probe points. A
+    // leaktrace that cannot list them stops the run here, before anything
+    // is measured; a listing this benchmark cannot use (or no objcopy)
+    // only drops those rows, as the text of the results says.
+    let churn_points = if sections.contains(&Section::Churn) {
+        let listing = probes::explain(&leaktrace, &churn)?;
+        match churn::points(&listing, &churn) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                let msg = format!("bpftrace at leaktrace's probe points is skipped: {e:#}");
+                eprintln!("bench: {msg}");
+                did.push(msg);
+                None
+            }
         }
+    } else {
+        None
     };
     let big = if plan.generated_big {
         let t = Instant::now();
