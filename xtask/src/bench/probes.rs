@@ -14,7 +14,7 @@ use super::proc::capture;
 /// What `--explain-probes` prints.
 #[derive(Debug, Deserialize)]
 pub(super) struct Listing {
-    /// `go` or `tokio`.
+    /// `go`, or `rust-tokio` for a tokio program.
     pub(super) runtime: String,
     /// e.g. `go1.22.10`.
     pub(super) runtime_version: Option<String>,
