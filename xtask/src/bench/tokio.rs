@@ -21,7 +21,10 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use super::{
-    Events, Markdown, Plan, Proc, Tools, capture, fmt_med, last_report, median, num_after, ratio,
+    Markdown, Plan, Tools,
+    proc::{Proc, capture},
+    report::{Events, last_report, num_after},
+    stats::{fmt_med, median, ratio},
 };
 use crate::util;
 
