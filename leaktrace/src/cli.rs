@@ -4,7 +4,7 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Parser, ValueEnum};
 
-#[derive(Debug, Parser)]
+#[derive(Clone, Debug, Parser)]
 #[command(
     name = "leaktrace",
     version,
@@ -77,6 +77,22 @@ pub struct Args {
     #[arg(long, value_parser = parse_duration, default_value = "10m")]
     pub stuck: Duration,
 
+    /// Every goroutine of the program blocked on the program itself
+    /// (channels, locks) this long, none running or waiting on I/O or a
+    /// timer: the report says `deadlock` with the participants.
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    pub hang: Duration,
+
+    /// Leave out goroutines whose top frame (the first outside package
+    /// runtime) is this function, as goleak's IgnoreTopFunction (repeatable).
+    #[arg(long, value_name = "FUNC")]
+    pub ignore_top: Vec<String>,
+
+    /// Leave out goroutines that already existed when leaktrace attached,
+    /// as goleak's IgnoreCurrent.
+    #[arg(long)]
+    pub ignore_current: bool,
+
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
 
@@ -112,11 +128,34 @@ pub struct Args {
     #[arg(long, value_name = "PROGRAM", conflicts_with_all = ["pid", "command"])]
     pub explain_probes: Option<PathBuf>,
 
+    /// With -c: also trace every Go or tokio program the command starts
+    /// (fork, exec, wrapper scripts, `go test` running each package's test
+    /// binary), each reported on its own. Each new program is held (SIGSTOP)
+    /// for the milliseconds leaktrace takes to look at it and attach, so
+    /// nothing is missed; other programs are passed over.
+    #[arg(short = 'f', long, requires = "command")]
+    pub follow: bool,
+
+    /// Exit with status 3 when a traced process ends with a group of this
+    /// verdict (or worse) in its final report: for CI jobs that must fail
+    /// when a test leaks.
+    #[arg(long, value_enum, value_name = "VERDICT")]
+    pub fail_on: Option<FailOn>,
+
     /// Start this command with the probes attached before it runs, so nothing
     /// is missed; its output passes through. Everything after -c is the command.
     #[arg(short = 'c', long = "command", num_args = 1.., allow_hyphen_values = true, value_name = "CMD")]
     pub command: Vec<String>,
 }
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FailOn {
+    Leak,
+    Suspect,
+}
+
+/// `--fail-on` matched.
+pub const EXIT_FAIL_ON: i32 = 3;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Format {

@@ -316,6 +316,98 @@ pub fn judge(g: &Group, e: &Evidence, rules: &Rules) -> (Verdict, String) {
     (Verdict::Ok, format!("flat at {} over {window}", g.count))
 }
 
+/// At the moment the program exited, with goleak's meaning: a goroutine of
+/// the program still blocked then is a leak, whatever the count or trend.
+pub fn judge_at_exit(g: &Group, rules: &Rules) -> (Verdict, String) {
+    let noun = rules.noun;
+    if g.system {
+        return (Verdict::Ok, format!("the runtime's own {noun}"));
+    }
+    if g.main {
+        return (
+            Verdict::Ok,
+            format!("the program's main {noun}: the one that ended the program"),
+        );
+    }
+    let TaskState::Waiting(reason) = &g.key.state else {
+        return (
+            Verdict::Ok,
+            format!(
+                "{} when the program exited, not blocked",
+                g.key.state.label()
+            ),
+        );
+    };
+    let at = g
+        .key
+        .blocked_at
+        .as_ref()
+        .map(|f| format!(" at {}", f.function))
+        .unwrap_or_default();
+    let blocked = g
+        .blocked_s
+        .map(|(min, _)| {
+            let ge = if g.min_at_least { "≥" } else { "" };
+            format!(" (blocked for {ge}{})", human_secs(min))
+        })
+        .unwrap_or_default();
+    (
+        Verdict::Leak,
+        format!("still blocked in `{reason}`{at} when the program exited{blocked}"),
+    )
+}
+
+/// Every goroutine of the program blocked on the program itself (channels,
+/// locks, `select {}`) for at least `hang_s`, none running, none waiting on
+/// the outside world (I/O, a system call, a sleep or a timer, which can
+/// wake them): nothing can ever run again. The blocked time of the most
+/// recently blocked member, or `None`.
+pub fn global_deadlock(groups: &[Group], hang_s: f64) -> Option<f64> {
+    let program: Vec<&Group> = groups.iter().filter(|g| !g.system).collect();
+    let mut since = f64::INFINITY;
+    let mut off_main = false;
+    for g in &program {
+        let TaskState::Waiting(reason) = &g.key.state else {
+            // Running, runnable, or in a system call (the signal loop of
+            // `signal.Notify` is one, and waits for the outside world).
+            if is_signal_loop(g) {
+                continue;
+            }
+            return None;
+        };
+        if !blocks_on_program(reason) {
+            return None;
+        }
+        since = since.min(g.blocked_s?.0);
+        off_main |= !g.main;
+    }
+    (off_main && since.is_finite() && since >= hang_s).then_some(since)
+}
+
+fn is_signal_loop(g: &Group) -> bool {
+    g.key.start.function.starts_with("os/signal.loop")
+        || g.key.created_by.function.starts_with("os/signal.Notify")
+}
+
+/// Waits only another goroutine of the program can end (no timer: a plain
+/// `select` may have a `time.After` case, so it does not count).
+fn blocks_on_program(reason: &str) -> bool {
+    matches!(
+        reason,
+        "chan send"
+            | "chan receive"
+            | "chan send (nil chan)"
+            | "chan receive (nil chan)"
+            | "select (no cases)"
+            | "semacquire"
+            | "sync.Mutex.Lock"
+            | "sync.RWMutex.Lock"
+            | "sync.RWMutex.RLock"
+            | "sync.WaitGroup.Wait"
+            | "sync.Cond.Wait"
+    )
+}
+
 pub fn human_secs(s: f64) -> String {
     if s < 1.0 {
         format!("{:.0}ms", s * 1000.0)
@@ -581,5 +673,52 @@ mod tests {
             why.contains("grew by 800 in the first 20s") && why.contains("flat for the last 15s"),
             "{why}"
         );
+    }
+
+    #[test]
+    fn at_exit_still_blocked_is_a_leak_and_deadlocks_need_everyone_blocked() {
+        let r = Rules::default();
+        assert_eq!(
+            judge_at_exit(&group(waiting("chan send"), 25, 0, false), &r).0,
+            Verdict::Leak
+        );
+        let mut main = group(TaskState::Running, 1, 0, false);
+        main.main = true;
+        assert_eq!(judge_at_exit(&main, &r).0, Verdict::Ok);
+        assert_eq!(
+            judge_at_exit(&group(TaskState::Runnable, 2, 0, false), &r).0,
+            Verdict::Ok
+        );
+
+        let blocked = |reason: &str, secs: f64, is_main: bool| {
+            let mut g = group(waiting(reason), 1, 1, false);
+            g.blocked_s = Some((secs, secs));
+            g.main = is_main;
+            g
+        };
+        // A hung test: the test goroutine and main both wait on channels.
+        let hung = [
+            blocked("chan receive", 9.0, true),
+            blocked("chan send", 6.0, false),
+        ];
+        assert_eq!(global_deadlock(&hung, 5.0), Some(6.0));
+        assert_eq!(global_deadlock(&hung, 7.0), None, "not blocked long enough");
+        // An idle server: its accept loop waits on I/O.
+        let idle = [
+            blocked("chan receive", 60.0, false),
+            blocked("IO wait", 60.0, false),
+        ];
+        assert_eq!(global_deadlock(&idle, 5.0), None);
+        // main waiting for a signal, alone: an idiom, not a deadlock.
+        assert_eq!(
+            global_deadlock(&[blocked("chan receive", 60.0, true)], 5.0),
+            None
+        );
+        // A select may have a timer case: not counted.
+        let timed = [
+            blocked("select", 60.0, false),
+            blocked("chan receive", 60.0, true),
+        ];
+        assert_eq!(global_deadlock(&timed, 5.0), None);
     }
 }

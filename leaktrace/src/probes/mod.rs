@@ -4,6 +4,7 @@
 //! detaches every probe: that is how every exit path (return, `?`, panic
 //! unwinding) cleans up.
 pub mod ring;
+pub mod tracefs;
 
 use std::{num::NonZeroU32, path::Path};
 
