@@ -207,6 +207,3 @@ pub fn comm(raw: &[u8]) -> std::sync::Arc<str> {
     let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
     String::from_utf8_lossy(&raw[..end]).into()
 }
-
-#[cfg(test)]
-mod tests;

@@ -517,24 +517,8 @@ pub fn run_command_until(
     }
 }
 
-/// Build the tokio fixture project (tests/fixtures/rust) with `profile`;
-/// shares its target dir with the unit tests in leaktrace/src/runtime/tokio,
-/// so each profile is built once for both.
+/// The tokio fixture project (tests/fixtures/rust) built with `profile`
+/// (see [`leaktrace_e2e::build::tokio_fixture`]).
 pub fn tokio_fixture(profile: &str) -> PathBuf {
-    let root = leaktrace_e2e::build::workspace_dir();
-    let target = leaktrace_e2e::target_dir().join("tokio-fixtures");
-    let status = Command::new("nice")
-        .args(["-n", "19", "cargo", "build", "--locked", "--quiet"])
-        .args(["--profile", profile, "--target-dir"])
-        .arg(&target)
-        .current_dir(root.join("tests/fixtures/rust"))
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("RUSTFLAGS")
-        .status()
-        .expect("cargo build of the tokio fixture");
-    assert!(
-        status.success(),
-        "building the tokio fixture ({profile}) failed"
-    );
-    target.join(profile).join("tokio-fixture")
+    leaktrace_e2e::tokio_fixture(profile, false)
 }

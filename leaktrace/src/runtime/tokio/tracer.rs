@@ -145,7 +145,16 @@ impl TokioTracer {
             .map_err(|e| TokioError::NotTokio(format!("cannot read {}: {e}", path.display())))?;
         let bin = detect(&elf)?;
         let awaits = AwaitDecoder::load(&elf, &bin.vtables);
-        Ok(Self {
+        Ok(Self::with_binary(path, elf, bin, awaits))
+    }
+
+    fn with_binary(
+        path: &Path,
+        elf: ElfFile,
+        bin: RustBinary,
+        awaits: Option<AwaitDecoder>,
+    ) -> Self {
+        Self {
             bin,
             elf,
             path: path.to_path_buf(),
@@ -166,7 +175,7 @@ impl TokioTracer {
             notes: Vec::new(),
             awaits,
             stacks: HashMap::new(),
-        })
+        }
     }
 
     pub fn version(&self) -> String {
@@ -571,7 +580,7 @@ fn is_library_frame(function: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::super::fixtures::fixture_binary;
+    use super::super::vtables::{NameSource, TaskName, TaskVtable};
     use super::*;
 
     fn event(kind: TokioEventKind, header: u64, id: u64, vtable: u64, ts_ns: u64) -> TokioEvent {
@@ -585,13 +594,48 @@ mod tests {
         }
     }
 
+    /// A tracer for a binary with one vtable of a task bound to the
+    /// multi-thread scheduler (the kind the table follows; the release
+    /// build of tests/fixtures/rust has such vtables, which
+    /// tests/tests/tokio_binary.rs checks), and no await decoder.
+    fn tracer_with_one_task_vtable() -> TokioTracer {
+        let exe = std::env::current_exe().expect("the test binary");
+        let elf = ElfFile::open(&exe).expect("an ELF file");
+        let vtable = TaskVtable {
+            va: 0x5000,
+            fns: [0; 7],
+            trailer_offset: 80,
+            scheduler_offset: 32,
+            id_offset: 40,
+            name: TaskName {
+                future: Some("app::job::{{closure}}".into()),
+                scheduler: Some(
+                    "alloc::sync::Arc<tokio::runtime::scheduler::multi_thread::handle::Handle>"
+                        .into(),
+                ),
+                source: NameSource::DropGlue,
+                reason: None,
+                also: Vec::new(),
+            },
+        };
+        let bin = RustBinary {
+            rustc: None,
+            tokio_version: None,
+            has_symtab: true,
+            has_dwarf: false,
+            mangling: Default::default(),
+            vtables: vec![vtable],
+        };
+        TokioTracer::with_binary(&exe, elf, bin, None)
+    }
+
     /// The table follows spawn and completion events; a completion that
     /// arrives after a refresh already dropped the task is not a
     /// correction; a completion of a task no spawn event announced, after
     /// the first scan, switches the session to heap scans and says why.
     #[test]
     fn events_drive_the_table_and_missed_spawns_are_noticed() {
-        let mut t = TokioTracer::open(&fixture_binary("release", false)).expect("tokio fixture");
+        let mut t = tracer_with_one_task_vtable();
         t.set_bias(0x1000);
         t.coverage = Coverage {
             spawns: true,
