@@ -3,6 +3,7 @@
 //! thread tracker each tell it which program goes where. Dropping [`Probes`]
 //! detaches every probe: that is how every exit path (return, `?`, panic
 //! unwinding) cleans up.
+pub mod multi;
 pub mod ring;
 pub mod tracefs;
 
