@@ -34,7 +34,7 @@ use std::{
     },
     path::Path,
     sync::Mutex,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
@@ -42,7 +42,8 @@ use aya::{maps::MapInfo, programs::UProbe};
 use aya_obj::{
     Object, ProgramSection,
     generated::{
-        bpf_attach_type, bpf_attr, bpf_cmd, bpf_insn, bpf_prog_type::BPF_PROG_TYPE_KPROBE,
+        bpf_attach_type, bpf_attr, bpf_cmd, bpf_insn, bpf_prog_info,
+        bpf_prog_type::BPF_PROG_TYPE_KPROBE,
     },
 };
 
@@ -169,6 +170,26 @@ pub fn is_unsupported(e: &io::Error) -> bool {
 /// [`load_multi_copy`].
 pub fn embedded_object() -> &'static [u8] {
     super::PROBES_OBJECT
+}
+
+/// The kernel's id for program `fd`.
+fn prog_id(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    // SAFETY: plain old data.
+    let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
+    let mut attr = zeroed_attr();
+    attr.info.bpf_fd = fd.as_raw_fd() as u32;
+    attr.info.info_len = size_of::<bpf_prog_info>() as u32;
+    attr.info.info = &mut info as *mut bpf_prog_info as u64;
+    sys_bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok(info.id)
+}
+
+/// Whether the kernel still has program `id` (a reference taken to find
+/// out is dropped at once).
+fn prog_exists(id: u32) -> bool {
+    let mut attr = zeroed_attr();
+    attr.__bindgen_anon_6.__bindgen_anon_1.prog_id = id;
+    fd_sys_bpf(bpf_cmd::BPF_PROG_GET_FD_BY_ID, &mut attr).is_ok()
 }
 
 fn btf_fd_by_id(id: u32) -> io::Result<OwnedFd> {
@@ -453,6 +474,41 @@ impl MultiLinks {
     /// rest); the program copies go when `self` is dropped.
     pub fn take_links(&mut self) -> Vec<OwnedFd> {
         std::mem::take(&mut self.links)
+    }
+}
+
+/// Longest [`MultiLinks`]' drop waits for the kernel to free the copies.
+const UNLOAD_WAIT: Duration = Duration::from_secs(2);
+
+impl Drop for MultiLinks {
+    /// Closes the links (if still here) and the program copies, then waits
+    /// until the kernel has freed the copies: a closed uprobe-multi link
+    /// drops its program only after an RCU-tasks-trace and an RCU grace
+    /// period (the link counts as sleepable), so without this wait the copy
+    /// would outlive leaktrace's exit by a moment (`bpftool prog` still shows
+    /// it), unlike per-point links whose programs go synchronously.
+    fn drop(&mut self) {
+        drop(std::mem::take(&mut self.links));
+        let ids: Vec<u32> = self
+            .copies
+            .values()
+            .filter_map(|fd| prog_id(fd.as_fd()).ok())
+            .collect();
+        self.copies.clear();
+        let t = Instant::now();
+        let mut left = ids;
+        while !left.is_empty() && t.elapsed() < UNLOAD_WAIT {
+            std::thread::sleep(Duration::from_millis(2));
+            left.retain(|&id| prog_exists(id));
+        }
+        if left.is_empty() {
+            log::debug!(
+                "uprobe-multi program copies freed {:.1} ms after close",
+                t.elapsed().as_secs_f64() * 1e3
+            );
+        } else {
+            log::debug!("uprobe-multi program copies {left:?} still loaded after {UNLOAD_WAIT:?}");
+        }
     }
 }
 
