@@ -18,7 +18,7 @@ pub struct FollowConfig {
     pub hold: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<FollowConfig>() == 16);
+const _: () = assert!(size_of::<FollowConfig>() == 16);
 
 /// A followed process executed a new program (`sched_process_exec`).
 #[repr(C)]
@@ -32,4 +32,4 @@ pub struct ExecEvent {
     pub held: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<ExecEvent>() == 16);
+const _: () = assert!(size_of::<ExecEvent>() == 16);

@@ -23,14 +23,22 @@ pub mod tokio;
 #[cfg(feature = "user")]
 mod user {
     use super::{follow, go, threads, tokio};
-    // SAFETY: plain old data, `#[repr(C)]`, no pointers; every bit pattern is
-    // a valid value (kinds are read back through `from_raw`).
+    // SAFETY (each): `#[repr(C)]` plain old data, no pointers; every bit
+    // pattern is a valid value (kinds are read back through `from_raw`).
+    // SAFETY: `#[repr(C)]` plain old data (asserted sizes, no pointers).
     unsafe impl aya::Pod for go::GoEvent {}
+    // SAFETY: `#[repr(C)]` plain old data (asserted sizes, no pointers).
     unsafe impl aya::Pod for go::GoConfig {}
+    // SAFETY: `#[repr(C)]` plain old data (asserted sizes, no pointers).
     unsafe impl aya::Pod for tokio::TokioEvent {}
+    // SAFETY: `#[repr(C)]` plain old data (asserted sizes, no pointers).
     unsafe impl aya::Pod for threads::ThreadEvent {}
+    // SAFETY: `#[repr(C)]` plain old data (asserted sizes, no pointers).
     unsafe impl aya::Pod for threads::ThreadConfig {}
+    // SAFETY: `#[repr(C)]` plain old data (asserted sizes, no pointers).
     unsafe impl aya::Pod for threads::ThreadNewStack {}
+    // SAFETY: `#[repr(C)]` plain old data (asserted sizes, no pointers).
     unsafe impl aya::Pod for follow::FollowConfig {}
+    // SAFETY: `#[repr(C)]` plain old data (asserted sizes, no pointers).
     unsafe impl aya::Pod for follow::ExecEvent {}
 }

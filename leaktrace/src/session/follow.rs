@@ -28,7 +28,7 @@ use crate::{
     },
 };
 
-pub async fn run(ctx: Rc<Ctx>, mut child: HeldChild, mut signals: Signals) -> Result<i32> {
+pub(super) async fn run(ctx: Rc<Ctx>, mut child: HeldChild, mut signals: Signals) -> Result<i32> {
     let root = child.pid;
     let mut follow = FollowProbes::attach(root)?;
     let root_exit = pidfd(root)?;

@@ -17,7 +17,7 @@ use crate::cli::Args;
 
 /// Why tracing ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum End {
+pub(super) enum End {
     Duration,
     Count,
     Interrupted,
@@ -31,7 +31,7 @@ pub enum End {
 }
 
 /// Ctrl-C, SIGTERM and the `--duration` deadline.
-pub struct Signals {
+pub(super) struct Signals {
     sigint: Signal,
     sigterm: Signal,
     pub deadline: Option<Instant>,
@@ -41,7 +41,7 @@ impl Signals {
     /// Installed before anything slow: Ctrl-C during a long attach or
     /// snapshot must still end in a final report, not in the default
     /// handler. The `--duration` clock starts here.
-    pub fn new(args: &Args) -> Result<Self> {
+    pub(super) fn new(args: &Args) -> Result<Self> {
         Ok(Self {
             sigint: signal(SignalKind::interrupt())?,
             sigterm: signal(SignalKind::terminate())?,
@@ -49,7 +49,7 @@ impl Signals {
         })
     }
 
-    pub async fn next(&mut self) -> End {
+    pub(super) async fn next(&mut self) -> End {
         let deadline = self.deadline;
         tokio::select! {
             _ = async { sleep_until(deadline.unwrap_or_else(Instant::now)).await }, if deadline.is_some() => End::Duration,
@@ -59,13 +59,13 @@ impl Signals {
     }
 }
 
-pub enum Tick {
+pub(super) enum Tick {
     Report,
     End(End),
 }
 
 /// One process's periodic reports.
-pub struct Schedule {
+pub(super) struct Schedule {
     reporter: Interval,
     /// Off for `--duration` alone: its one report is the final one.
     periodic: bool,
@@ -77,7 +77,7 @@ pub struct Schedule {
 
 impl Schedule {
     /// Starts now (once the process is attached).
-    pub fn new(args: &Args, deadline: Option<Instant>) -> Self {
+    pub(super) fn new(args: &Args, deadline: Option<Instant>) -> Self {
         let period = args.report_interval().max(Duration::from_millis(100));
         let mut reporter = interval(period);
         reporter.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -94,7 +94,7 @@ impl Schedule {
 
     /// The next report, or the end after COUNT of them. Pending forever
     /// when reports are not periodic.
-    pub async fn next(&mut self) -> Tick {
+    pub(super) async fn next(&mut self) -> Tick {
         if !self.periodic {
             return std::future::pending().await;
         }
@@ -116,7 +116,7 @@ impl Schedule {
 }
 
 /// A pidfd becomes readable when the process exits (any pid, child or not).
-pub fn pidfd(pid: u32) -> Result<AsyncFd<OwnedFd>> {
+pub(super) fn pidfd(pid: u32) -> Result<AsyncFd<OwnedFd>> {
     // SAFETY: plain syscall; the fd is owned by the returned OwnedFd.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
     if fd < 0 {

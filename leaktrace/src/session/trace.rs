@@ -80,7 +80,7 @@ impl Target {
 }
 
 /// What every traced process shares.
-pub struct Ctx {
+pub(super) struct Ctx {
     pub args: Args,
     pub out: RefCell<Output>,
     /// When `--duration` ends (the same for every process).
@@ -92,14 +92,14 @@ pub struct Ctx {
 
 /// How one process's tracing ended.
 #[derive(Clone, Debug)]
-pub struct Outcome {
+pub(super) struct Outcome {
     /// Its exit status when we could learn it (our own child).
     pub status: Option<i32>,
     /// The worst verdict in its final report.
     pub worst: Verdict,
 }
 
-pub async fn trace(
+pub(super) async fn trace(
     ctx: Rc<Ctx>,
     mut rt: Box<dyn Runtime>,
     mut target: Target,
@@ -283,7 +283,7 @@ pub async fn trace(
 }
 
 /// Leak first.
-pub fn verdict_rank(v: Verdict) -> u8 {
+pub(super) fn verdict_rank(v: Verdict) -> u8 {
     match v {
         Verdict::Leak => 0,
         Verdict::Suspect => 1,
