@@ -84,6 +84,10 @@ pub struct Evidence {
     pub siblings: Option<Lifetimes>,
     /// The process's open sockets over the same time.
     pub sockets: Option<Movement>,
+    /// The group's creation site is a function that is blocked accepting
+    /// connections right now: its members are per-connection goroutines of
+    /// a server, which live as long as their clients keep them open.
+    pub accepted: bool,
 }
 
 fn needed(rules: &Rules, first: u32) -> u32 {
@@ -192,16 +196,23 @@ pub fn judge(g: &Group, e: &Evidence, rules: &Rules) -> (Verdict, String) {
         let m = &e.group;
         let more = m.aged_last.saturating_sub(m.aged_first).min(g.count as u32);
         if let Some((sockets, now)) = with_sockets(more) {
-            let verdict = if reason == "IO wait" {
-                Verdict::Ok
-            } else {
-                Verdict::Suspect
+            let (verdict, what) = match (e.accepted, reason == "IO wait") {
+                (true, true) => (
+                    Verdict::Ok,
+                    "connections its accept loop is serving: it follows the clients (load)",
+                ),
+                (false, true) => (
+                    Verdict::Leak,
+                    "calls waiting on connections this program opened, and none finish: reads \
+                     with no deadline on peers that do not answer",
+                ),
+                _ => (Verdict::Suspect, "it follows connections (load)"),
             };
             return (
                 verdict,
                 format!(
                     "grows {:+.1}/s in step with the open sockets: +{more} {noun}s with +{sockets} \
-                     sockets ({now} now) over {window}: it follows connections (load)",
+                     sockets ({now} now) over {window}: {what}",
                     m.aged_slope
                 ),
             );
@@ -276,6 +287,16 @@ pub fn judge(g: &Group, e: &Evidence, rules: &Rules) -> (Verdict, String) {
                  pattern (accept, a read on a connection, a timer, a fixed pool's receive)",
                 human_secs(min),
                 human_secs(rules.stuck_s)
+            ),
+        );
+    }
+    if e.accepted && reason == "IO wait" {
+        return (
+            Verdict::Ok,
+            format!(
+                "{} connections its accept loop is serving, waiting for their clients: they live \
+                 as long as the clients keep them open",
+                g.count
             ),
         );
     }
@@ -596,6 +617,7 @@ mod tests {
             site: moving(37, 37, 6),
             siblings: Some(siblings),
             sockets: None,
+            accepted: false,
         };
         let (v, why) = super::judge(&g, &e, &r);
         assert_eq!(v, Verdict::Leak, "{why}");
@@ -634,17 +656,35 @@ mod tests {
             ..Evidence::default()
         };
         assert_eq!(super::judge(&g, &e, &r).0, Verdict::Ok);
-        // Growing in step with open sockets, in I/O wait: connections.
+        // Growing in step with open sockets, in I/O wait, children of an
+        // accept loop: a server's connections.
         let g = group(waiting("IO wait"), 200, 200, false);
         let e = Evidence {
             group: moving(0, 200, 6),
             site: moving(0, 200, 6),
             sockets: Some(moving(10, 210, 6)),
             siblings: None,
+            accepted: true,
         };
         let (v, why) = super::judge(&g, &e, &r);
         assert_eq!(v, Verdict::Ok, "{why}");
         assert!(why.contains("+200 sockets"), "{why}");
+        // The same growth on connections the program opened itself: calls
+        // with no deadline on a peer that never answers (seed scenario 15).
+        let client = Evidence {
+            accepted: false,
+            ..e
+        };
+        let (v, why) = super::judge(&g, &client, &r);
+        assert_eq!(v, Verdict::Leak, "{why}");
+        // A flat crowd of a server's idle connections is not suspect.
+        let flat = Evidence {
+            group: moving(200, 200, 6),
+            site: moving(200, 200, 6),
+            sockets: Some(moving(210, 210, 6)),
+            ..e
+        };
+        assert_eq!(super::judge(&g, &flat, &r).0, Verdict::Ok);
         // Sockets flat: a leak, and the reason says so.
         let e = Evidence {
             sockets: Some(moving(10, 10, 6)),

@@ -170,6 +170,7 @@ impl ReportBuilder {
                     .sum(),
                 blocked_s,
             });
+        let accepting = accept_loops(&all);
         let shown = kept.filter(|v| self.shape.system || !v.system);
         let mut window_s: f64 = 0.0;
         let mut judged: Vec<(Group, f64, Verdict, String)> = group(shown, now, self.older_ns())
@@ -196,6 +197,7 @@ impl ReportBuilder {
                     site: self.sites.movement(&site_of(&g.key)),
                     siblings: lifetimes.get(&g.key.created_by).copied(),
                     sockets: self.has_sockets.then(|| self.sockets.movement(&())),
+                    accepted: accepting.contains(&*g.key.created_by.function),
                 };
                 window_s = window_s.max(evidence.site.window_s);
                 let (verdict, why) = judge(&g, &evidence, &self.rules);
@@ -237,6 +239,21 @@ impl ReportBuilder {
             threads: self.threads.clone(),
         }
     }
+}
+
+/// Functions on the stacks of goroutines blocked accepting connections: a
+/// group created by one of them is a server's per-connection goroutines.
+fn accept_loops(groups: &[Group]) -> std::collections::HashSet<String> {
+    groups
+        .iter()
+        .filter(|g| {
+            g.stack.iter().any(|f| {
+                f.function.contains("(*netFD).accept")
+                    || f.function.contains("(*TCPListener).accept")
+            })
+        })
+        .flat_map(|g| g.stack.iter().map(|f| f.function.to_string()))
+        .collect()
 }
 
 /// What a trend follows: where tasks are created and what they run.
