@@ -7,7 +7,7 @@ pub mod multi;
 pub mod ring;
 pub mod tracefs;
 
-use std::{num::NonZeroU32, path::Path};
+use std::{io::IsTerminal as _, num::NonZeroU32, path::Path};
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
@@ -155,6 +155,7 @@ impl Probes {
     /// helps is having few links: a uprobe-multi link (see [`multi`]) costs
     /// one grace period for all its points.
     fn detach_all(&mut self) {
+        let per_probe = self.links.len();
         let mut uprobes: Vec<Box<dyn Send>> = Vec::with_capacity(self.links.len());
         for link in self.multi.take_links() {
             uprobes.push(Box::new(link));
@@ -173,7 +174,16 @@ impl Probes {
                 uprobes.push(Box::new(link));
             }
         }
+        // Each per-probe link waits out an RCU grace period (~0.1 s here)
+        // and the kernel serializes them: say so rather than look hung.
+        let tty = per_probe > 8 && std::io::stderr().is_terminal();
+        if tty {
+            eprint!("detaching {per_probe} probes…\r");
+        }
         multi::drop_in_pool(uprobes, multi::DETACH_THREADS);
+        if tty {
+            eprint!("\x1b[2K");
+        }
     }
 
     /// Load (once) and attach tracepoint program `name` to `category:event`.
