@@ -21,12 +21,12 @@ pub(super) struct Listing {
     pub(super) probes: Vec<Probe>,
 }
 
-/// One probe point. Its `event` (which of spawn, complete, shutdown, poll,
-/// wake a `tokio_task` probe reports) and `cookie` are not read: the Go
-/// programs are one event each, and the tokio section does not use the
-/// listing yet.
+/// One probe point. Its `cookie` is not read.
 #[derive(Debug, Deserialize)]
 pub(super) struct Probe {
+    /// What it reports: `spawn`, `park`, `exit` (Go); `spawn`, `complete`,
+    /// `shutdown`, `poll`, `wake` (tokio).
+    pub(super) event: Option<String>,
     /// The eBPF program attached there: `go_spawn`, `go_park`, `go_exit`,
     /// or `tokio_task`.
     pub(super) program: String,
@@ -54,8 +54,16 @@ impl Probe {
 /// The points the leaktrace binary `leaktrace` would probe in `program`
 /// in its default mode.
 pub(super) fn explain(leaktrace: &Path, program: &Path) -> Result<Listing> {
+    explain_with(leaktrace, program, &[])
+}
+
+/// The same with more of leaktrace's options (e.g. `--detailed`).
+pub(super) fn explain_with(leaktrace: &Path, program: &Path, options: &[&str]) -> Result<Listing> {
     let (status, out, err) = capture(
-        Command::new(leaktrace).arg("--explain-probes").arg(program),
+        Command::new(leaktrace)
+            .args(options)
+            .arg("--explain-probes")
+            .arg(program),
         "leaktrace --explain-probes",
         // It reads the binary (DWARF included) and nothing else.
         Duration::from_secs(120),
