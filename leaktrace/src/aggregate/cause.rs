@@ -136,6 +136,7 @@ mod tests {
             system: false,
             main: false,
             before_attach: 0,
+            youngest_s: 0.0,
             blocked_s: None,
             blocked_at_least: false,
             min_at_least: false,

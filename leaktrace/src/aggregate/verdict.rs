@@ -110,7 +110,11 @@ fn grew(s: &Session, rules: &Rules) -> bool {
 /// Waits a healthy program spends most of its time in: a server's accept
 /// and its reads on live connections, sleeps and timers.
 fn idle_wait(reason: &str, g: &Group) -> bool {
-    matches!(reason, "IO wait" | "sleep" | "idle, no waker" | "idle")
+    // A tokio task is `idle` whatever it awaits; only an await point in
+    // tokio's sync primitives says it waits on the program itself.
+    let tokio_sync = g.stack.iter().any(|f| f.function.contains("tokio::sync::"));
+    matches!(reason, "IO wait" | "sleep" | "idle, no waker")
+        || (reason == "idle" && !tokio_sync)
         || g.stack.iter().any(|f| {
             let f = &*f.function;
             f.starts_with("time.Sleep")
@@ -246,7 +250,12 @@ pub fn judge(g: &Group, e: &Evidence, rules: &Rules) -> (Verdict, String) {
             );
         }
     }
-    let blocked_min = g.blocked_s.map(|(min, _)| min);
+    // Without a block start (tokio without poll probes), the youngest
+    // member's age bounds how long they have all been stuck.
+    let blocked_min = g
+        .blocked_s
+        .map(|(min, _)| min)
+        .or((g.youngest_s.is_finite() && g.youngest_s > 0.0).then_some(g.youngest_s));
     let ge = if g.min_at_least { "≥" } else { "" };
     if waiting
         && !idle_wait(reason, g)
@@ -460,6 +469,7 @@ mod tests {
             system: false,
             main: false,
             before_attach: 0,
+            youngest_s: 0.0,
             blocked_s: None,
             blocked_at_least: false,
             min_at_least: false,

@@ -31,7 +31,7 @@ use super::{
     state::StateWord,
 };
 use crate::{
-    runtime::{Since, TaskView},
+    runtime::{LifetimeStats, Lifetimes, Since, TaskView},
     symbols::Frame,
     target::{elf::ElfFile, memory::Memory, process::Process},
 };
@@ -137,6 +137,9 @@ pub struct TokioTracer {
     awaits: Option<AwaitDecoder>,
     /// Interned await stacks, so equal stacks are shared (grouping relies on it).
     stacks: HashMap<Vec<Frame>, Arc<[Frame]>>,
+    /// How long completed tasks seen from their spawn lived, per vtable
+    /// (future type): what idle siblings are compared with.
+    lifetimes: HashMap<usize, LifetimeStats>,
 }
 
 impl TokioTracer {
@@ -175,6 +178,7 @@ impl TokioTracer {
             notes: Vec::new(),
             awaits,
             stacks: HashMap::new(),
+            lifetimes: HashMap::new(),
         }
     }
 
@@ -314,7 +318,14 @@ impl TokioTracer {
             TokioEventKind::Complete => {
                 self.totals.complete += 1;
                 if self.tasks.get(&ev.header).is_some_and(|t| t.id == ev.id) {
-                    self.tasks.remove(&ev.header);
+                    if let Some(t) = self.tasks.remove(&ev.header)
+                        && let Since::Exact(born) = t.alive_since
+                    {
+                        self.lifetimes
+                            .entry(t.vtable)
+                            .or_default()
+                            .record(ev.ts_ns.saturating_sub(born));
+                    }
                 } else if self.dropped.iter_mut().any(|d| d.remove(&ev.id)) {
                     // A refresh read it finished before this event arrived:
                     // not a correction after all.
@@ -369,6 +380,22 @@ impl TokioTracer {
              instead, so a task's age is known to within one refresh"
                 .into(),
         );
+    }
+
+    /// Lifetimes of completed tasks per future type, named as views name
+    /// their `created_by`.
+    pub fn lifetimes(&self) -> Vec<(Frame, Lifetimes)> {
+        self.lifetimes
+            .iter()
+            .filter_map(|(&vt, stats)| {
+                let name = Frame {
+                    function: self.bin.vtables.get(vt)?.display_name().into(),
+                    file: "".into(),
+                    line: 0,
+                };
+                Some((name, stats.summary()))
+            })
+            .collect()
     }
 
     /// Every live task now, read from the target.
