@@ -237,12 +237,24 @@ pub(super) async fn trace(
         apply(rt.as_mut(), &batch);
     }
     let mut status = None;
+    let mut moment = Moment::Live;
     if end == End::TargetExited {
         status = is_child.then(|| try_reap(pid)).flatten();
-        refresh.builder.notes.push(match status {
-            Some(s) => format!("the command exited with status {s}; state as of the last sample"),
-            None => "the target exited; state as of the last sample".to_string(),
-        });
+        let exited = match status {
+            Some(s) => format!("the command exited with status {s}"),
+            None => "the target exited".to_string(),
+        };
+        match rt.at_exit() {
+            Some((views, how)) => {
+                refresh.views = views;
+                moment = Moment::AtExit;
+                refresh.builder.notes.push(format!("{exited}; {how}"));
+            }
+            None => refresh
+                .builder
+                .notes
+                .push(format!("{exited}; state as of the last sample")),
+        }
     } else if end == End::Exec {
         // Its memory is another program's now: nothing to read.
         refresh.builder.notes.push(
@@ -268,7 +280,7 @@ pub(super) async fn trace(
             .notes
             .push(format!("reading the {} failed: {e}", kind.tasks));
     }
-    let report = refresh.report(true, Moment::Live, rt.as_ref(), &probes);
+    let report = refresh.report(true, moment, rt.as_ref(), &probes);
     ctx.out.borrow_mut().write(&report)?;
     drop(probes);
     Ok(Outcome {
