@@ -63,10 +63,13 @@ pub fn classify(g: &Group) -> Option<Cause> {
         return None;
     };
     let reason = reason.as_str();
-    // Most specific first: where the stack names the culprit.
+    // Most specific first: where the stack names the culprit. The caller
+    // waits for the response in persistConn.roundTrip; its connection's
+    // readLoop and writeLoop wait with it.
     if any_frame(g, |f| {
         f.starts_with("net/http.(*persistConn).readLoop")
             || f.starts_with("net/http.(*persistConn).writeLoop")
+            || f.starts_with("net/http.(*persistConn).roundTrip")
     }) {
         return Some(HTTP_CLIENT_NO_TIMEOUT);
     }
@@ -183,6 +186,22 @@ mod tests {
                 "select",
                 &["net/http.(*persistConn).readLoop"],
                 "net/http.(*Transport).dialConn"
+            ),
+            Some("http-client-no-timeout")
+        );
+        // The request itself, waiting for the response (Go's own frames
+        // above the caller's).
+        assert_eq!(
+            c(
+                "select",
+                &[
+                    "runtime.selectgo",
+                    "net/http.(*persistConn).roundTrip",
+                    "net/http.(*Transport).roundTrip",
+                    "net/http.(*Client).Get",
+                    "main.(*PriceFeed).refresh"
+                ],
+                "main.(*PriceFeed).RefreshAsync"
             ),
             Some("http-client-no-timeout")
         );
