@@ -111,7 +111,7 @@ fn check_group(
     notes: &mut Vec<String>,
 ) -> (bool, u64) {
     let site = g.blocked_at_for(minor);
-    let recs: Vec<&Record> = t.profile.blocked_at(&site).collect();
+    let recs: Vec<&Record> = t.profile.at(&site).collect();
     let n: u64 = recs.iter().map(|r| r.count).sum();
     let mut ok = true;
     if let Some(c) = g.count
