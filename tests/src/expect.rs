@@ -446,6 +446,24 @@ mod tests {
                 }
             }
         }
+        // Every expected cause is a name of the catalogue (README §Causes).
+        let readme = std::fs::read_to_string(crate::build::workspace_dir().join("README.md"))
+            .expect("README.md");
+        let causes = readme
+            .split("\n## Causes\n")
+            .nth(1)
+            .and_then(|s| s.split("\n## ").next())
+            .expect("README has a ## Causes section");
+        for name in crate::build::fixture_names() {
+            let e = Expect::load(&name);
+            let groups = e.leak_groups().chain(e.must_not_flag.iter());
+            for cause in groups.filter_map(|g| g.cause.clone().flatten()) {
+                assert!(
+                    causes.contains(&format!("| `{cause}` |")),
+                    "{name}: cause {cause:?} is not in README §Causes"
+                );
+            }
+        }
         let n = Expect::load("nil_chan");
         let p = n.primary.as_ref().unwrap();
         assert_eq!(

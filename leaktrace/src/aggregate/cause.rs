@@ -226,4 +226,28 @@ mod tests {
         let names: std::collections::HashSet<_> = CATALOGUE.iter().map(|c| c.name).collect();
         assert_eq!(names.len(), CATALOGUE.len(), "names are unique");
     }
+
+    /// README §Causes lists the catalogue, in order, with each fix verbatim.
+    #[test]
+    fn the_readme_table_is_the_catalogue() {
+        let readme = include_str!("../../../README.md");
+        let section = readme
+            .split("\n## Causes\n")
+            .nth(1)
+            .and_then(|s| s.split("\n## ").next())
+            .expect("README has a ## Causes section");
+        let rows: Vec<(String, String)> = section
+            .lines()
+            .filter(|l| l.starts_with("| `"))
+            .map(|l| {
+                let cells: Vec<&str> = l.trim_matches('|').split(" | ").map(str::trim).collect();
+                (cells[0].trim_matches('`').to_string(), cells[2].to_string())
+            })
+            .collect();
+        let catalogue: Vec<(String, String)> = CATALOGUE
+            .iter()
+            .map(|c| (c.name.to_string(), c.fix.to_string()))
+            .collect();
+        assert_eq!(rows, catalogue);
+    }
 }

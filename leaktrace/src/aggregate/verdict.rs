@@ -19,7 +19,8 @@
 //!    single step, so it does not either. Growing in step with the process's
 //!    open sockets follows load instead (`ok` in I/O wait, else `suspect`).
 //! 5. The same growth earlier in the session, now flat, with the members
-//!    still blocked: `leak` ("grew by N in the first …, flat for the last …").
+//!    still blocked: `leak` ("grew by N in the first …, flat for the last …"),
+//!    unless the open sockets grew in step over the session (load, as in 4).
 //! 6. Waiting far longer than every finished sibling from the same creation
 //!    site lived (at least 20 finished, 50× their p99 and 2× the longest):
 //!    `leak` — the orphaned-request pattern, found without waiting for growth.
