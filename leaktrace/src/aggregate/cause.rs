@@ -63,10 +63,13 @@ pub fn classify(g: &Group) -> Option<Cause> {
         return None;
     };
     let reason = reason.as_str();
-    // Most specific first: where the stack names the culprit.
+    // Most specific first: where the stack names the culprit. The caller
+    // waits for the response in persistConn.roundTrip; its connection's
+    // readLoop and writeLoop wait with it.
     if any_frame(g, |f| {
         f.starts_with("net/http.(*persistConn).readLoop")
             || f.starts_with("net/http.(*persistConn).writeLoop")
+            || f.starts_with("net/http.(*persistConn).roundTrip")
     }) {
         return Some(HTTP_CLIENT_NO_TIMEOUT);
     }
@@ -187,6 +190,22 @@ mod tests {
             ),
             Some("http-client-no-timeout")
         );
+        // The request itself, waiting for the response (Go's own frames
+        // above the caller's).
+        assert_eq!(
+            c(
+                "select",
+                &[
+                    "runtime.selectgo",
+                    "net/http.(*persistConn).roundTrip",
+                    "net/http.(*Transport).roundTrip",
+                    "net/http.(*Client).Get",
+                    "main.(*PriceFeed).refresh"
+                ],
+                "main.(*PriceFeed).RefreshAsync"
+            ),
+            Some("http-client-no-timeout")
+        );
         assert_eq!(
             c("chan send", &[], "golang.org/x/sync/errgroup.(*Group).Go"),
             Some("errgroup-without-context")
@@ -207,5 +226,29 @@ mod tests {
         assert_eq!(c("IO wait", &["net.(*netFD).accept"], "main.main"), None);
         let names: std::collections::HashSet<_> = CATALOGUE.iter().map(|c| c.name).collect();
         assert_eq!(names.len(), CATALOGUE.len(), "names are unique");
+    }
+
+    /// README §Causes lists the catalogue, in order, with each fix verbatim.
+    #[test]
+    fn the_readme_table_is_the_catalogue() {
+        let readme = include_str!("../../../README.md");
+        let section = readme
+            .split("\n## Causes\n")
+            .nth(1)
+            .and_then(|s| s.split("\n## ").next())
+            .expect("README has a ## Causes section");
+        let rows: Vec<(String, String)> = section
+            .lines()
+            .filter(|l| l.starts_with("| `"))
+            .map(|l| {
+                let cells: Vec<&str> = l.trim_matches('|').split(" | ").map(str::trim).collect();
+                (cells[0].trim_matches('`').to_string(), cells[2].to_string())
+            })
+            .collect();
+        let catalogue: Vec<(String, String)> = CATALOGUE
+            .iter()
+            .map(|c| (c.name.to_string(), c.fix.to_string()))
+            .collect();
+        assert_eq!(rows, catalogue);
     }
 }

@@ -19,10 +19,15 @@
 //!    single step, so it does not either. Growing in step with the process's
 //!    open sockets follows load instead (`ok` in I/O wait, else `suspect`).
 //! 5. The same growth earlier in the session, now flat, with the members
-//!    still blocked: `leak` ("grew by N in the first …, flat for the last …").
+//!    still blocked: `leak` ("grew by N in the first …, flat for the last …"),
+//!    unless the open sockets grew in step over the session (load, as in 4).
 //! 6. Waiting far longer than every finished sibling from the same creation
 //!    site lived (at least 20 finished, 50× their p99 and 2× the longest):
 //!    `leak` — the orphaned-request pattern, found without waiting for growth.
+//!    Only for waits that end a piece of work (a send, a lock, a WaitGroup),
+//!    not for a receive, a select or a `sync.Cond` wait: that is where loops
+//!    and pools idle, and one spawn helper (`s.startGoRoutine(f)`) gives
+//!    them the same creation site as short-lived work.
 //! 7. Blocked longer than `--stuck` outside an idle pattern (accept, a read
 //!    on a connection, a timer, a fixed pool's receive): `suspect`.
 //! 8. Flat, but at least `suspect_count` members blocked longer than
@@ -107,6 +112,12 @@ fn grew(s: &Session, rules: &Rules) -> bool {
     s.rises >= MIN_RISES && s.grew() >= needed(rules, s.aged_first)
 }
 
+/// Waits for the next piece of work or a signal: where long-lived loops
+/// and pools idle.
+fn waits_for_work(reason: &str) -> bool {
+    matches!(reason, "chan receive" | "select" | "sync.Cond.Wait")
+}
+
 /// Waits a healthy program spends most of its time in: a server's accept
 /// and its reads on live connections, sleeps and timers.
 fn idle_wait(reason: &str, g: &Group) -> bool {
@@ -182,11 +193,35 @@ pub fn judge(g: &Group, e: &Evidence, rules: &Rules) -> (Verdict, String) {
             format!("blocked in `{reason}`{at}: nothing can ever wake it"),
         );
     }
-    // Growth the open sockets account for follows connections (load).
-    let with_sockets = |grew: u32| -> Option<(u32, u32)> {
-        let s = e.sockets?;
-        let more = s.aged_last.saturating_sub(s.aged_first);
-        (grew > 0 && u64::from(more) * 2 >= u64::from(grew)).then_some((more, s.aged_last))
+    // Growth the open sockets account for follows connections (load): over
+    // the window, and over the session for growth that has left it.
+    let in_step = |grew: u32, first: u32, last: u32| -> Option<(u32, u32)> {
+        let more = last.saturating_sub(first);
+        (grew > 0 && u64::from(more) * 2 >= u64::from(grew)).then_some((more, last))
+    };
+    let with_sockets = |grew: u32| {
+        e.sockets
+            .and_then(|s| in_step(grew, s.aged_first, s.aged_last))
+    };
+    let with_sockets_in_session = |grew: u32| {
+        e.sockets
+            .and_then(|s| in_step(grew, s.session.aged_first, s.session.aged_last))
+    };
+    // What growth in step with the sockets means: a server's connections
+    // (its accept loop made them) follow its clients; reads on connections
+    // the program opened itself that pile up and never finish are calls
+    // with no deadline on peers that do not answer (seed scenario 15).
+    let (load_verdict, what) = match (e.accepted, reason == "IO wait") {
+        (true, true) => (
+            Verdict::Ok,
+            "connections its accept loop is serving: it follows the clients (load)",
+        ),
+        (false, true) => (
+            Verdict::Leak,
+            "calls waiting on connections this program opened, and none finish: reads with no \
+             deadline on peers that do not answer",
+        ),
+        _ => (Verdict::Suspect, "it follows connections (load)"),
     };
     let sockets_flat = |reason: String| -> String {
         match e.sockets {
@@ -200,20 +235,8 @@ pub fn judge(g: &Group, e: &Evidence, rules: &Rules) -> (Verdict, String) {
         let m = &e.group;
         let more = m.aged_last.saturating_sub(m.aged_first).min(g.count as u32);
         if let Some((sockets, now)) = with_sockets(more) {
-            let (verdict, what) = match (e.accepted, reason == "IO wait") {
-                (true, true) => (
-                    Verdict::Ok,
-                    "connections its accept loop is serving: it follows the clients (load)",
-                ),
-                (false, true) => (
-                    Verdict::Leak,
-                    "calls waiting on connections this program opened, and none finish: reads \
-                     with no deadline on peers that do not answer",
-                ),
-                _ => (Verdict::Suspect, "it follows connections (load)"),
-            };
             return (
-                verdict,
+                load_verdict,
                 format!(
                     "grows {:+.1}/s in step with the open sockets: +{more} {noun}s with +{sockets} \
                      sockets ({now} now) over {window}: {what}",
@@ -238,17 +261,24 @@ pub fn judge(g: &Group, e: &Evidence, rules: &Rules) -> (Verdict, String) {
     let s = e.group.session;
     if waiting && grew(&s, rules) && site_grows && g.aged > 0 {
         let more = s.grew().min(g.count as u32);
-        if with_sockets(more).is_none() {
+        let grew_by = format!(
+            "grew by {more} in the first {} of the session, flat for the last {}",
+            human_secs(s.growing_s),
+            human_secs(s.flat_s)
+        );
+        if let Some((sockets, now)) = with_sockets_in_session(more) {
             return (
-                Verdict::Leak,
+                load_verdict,
                 format!(
-                    "grew by {more} in the first {} of the session, flat for the last {}; they are \
-                     still blocked in `{reason}`{at}",
-                    human_secs(s.growing_s),
-                    human_secs(s.flat_s)
+                    "{grew_by}, in step with the open sockets (+{sockets} over the session, {now} \
+                     now): {what}"
                 ),
             );
         }
+        return (
+            Verdict::Leak,
+            format!("{grew_by}; they are still blocked in `{reason}`{at}"),
+        );
     }
     // Without a block start (tokio without poll probes), the youngest
     // member's age bounds how long they have all been stuck.
@@ -259,6 +289,7 @@ pub fn judge(g: &Group, e: &Evidence, rules: &Rules) -> (Verdict, String) {
     let ge = if g.min_at_least { "≥" } else { "" };
     if waiting
         && !idle_wait(reason, g)
+        && !waits_for_work(reason)
         && let (Some(l), Some(min)) = (e.siblings, blocked_min)
         && l.finished >= MIN_SIBLINGS
         && min >= (l.p99_s * 50.0).max(l.max_s * 2.0).max(rules.older_s)
@@ -280,9 +311,7 @@ pub fn judge(g: &Group, e: &Evidence, rules: &Rules) -> (Verdict, String) {
             ),
         );
     }
-    let fixed_pool = g.count >= 2
-        && e.site.session.grew() == 0
-        && matches!(reason, "chan receive" | "select" | "sync.Cond.Wait");
+    let fixed_pool = g.count >= 2 && e.site.session.grew() == 0 && waits_for_work(reason);
     if waiting
         && !idle_wait(reason, g)
         && !fixed_pool
@@ -439,7 +468,9 @@ fn blocks_on_program(reason: &str) -> bool {
 }
 
 pub fn human_secs(s: f64) -> String {
-    if s < 1.0 {
+    if s < 0.001 {
+        format!("{:.0}µs", s * 1e6)
+    } else if s < 1.0 {
         format!("{:.0}ms", s * 1000.0)
     } else if s < 120.0 {
         format!("{s:.0}s")
@@ -656,6 +687,39 @@ mod tests {
     }
 
     #[test]
+    fn a_spawn_helpers_idle_loops_are_not_orphans_of_its_short_lived_work() {
+        // One `go` statement (s.startGoRoutine) for everything: 1201
+        // short-lived siblings finished, a leak elsewhere makes the site grow.
+        let r = Rules::default();
+        let e = Evidence {
+            group: moving(8, 8, 6),
+            site: moving(10, 70, 6),
+            siblings: Some(Lifetimes {
+                finished: 1201,
+                p99_s: 0.0005,
+                max_s: 0.001,
+            }),
+            sockets: None,
+            accepted: false,
+        };
+        let mut pool = group(waiting("chan receive"), 8, 8, false);
+        pool.blocked_s = Some((3.0, 3.0));
+        let (v, why) = super::judge(&pool, &e, &r);
+        assert_eq!(v, Verdict::Ok, "a fixed pool, idle: {why}");
+        let mut watcher = group(waiting("select"), 1, 1, false);
+        watcher.blocked_s = Some((6.0, 6.0));
+        let (v, why) = super::judge(&watcher, &e, &r);
+        assert_eq!(v, Verdict::Ok, "a config watcher: {why}");
+        let mut cond = group(waiting("sync.Cond.Wait"), 2, 2, false);
+        cond.blocked_s = Some((6.0, 6.0));
+        assert_eq!(super::judge(&cond, &e, &r).0, Verdict::Ok);
+        // A send that old beside those siblings is an orphan all the same.
+        let mut send = group(waiting("chan send"), 8, 8, false);
+        send.blocked_s = Some((3.0, 3.0));
+        assert_eq!(super::judge(&send, &e, &r).0, Verdict::Leak);
+    }
+
+    #[test]
     fn growth_quoted_is_the_groups_own_and_sockets_explain_load() {
         let r = Rules::default();
         // The site grew by 400; this group has one member.
@@ -703,6 +767,58 @@ mod tests {
         let (v, why) = super::judge(&group(waiting("chan send"), 200, 200, false), &e, &r);
         assert_eq!(v, Verdict::Leak);
         assert!(why.contains("open sockets stayed at 10"), "{why}");
+    }
+
+    #[test]
+    fn connections_that_came_and_stay_are_load_after_the_window_too() {
+        // Per-connection readers grew with the sockets for 3s, then flat: a
+        // 2s window sees neither grow, the session sees both.
+        let r = Rules::default();
+        let grown = Session {
+            span_s: 9.0,
+            aged_first: 0,
+            aged_last: 60,
+            rises: 25,
+            growing_s: 4.0,
+            flat_s: 5.0,
+        };
+        let mut readers = moving(60, 60, 6);
+        readers.session = grown;
+        let mut sockets = moving(121, 121, 6);
+        sockets.session = Session {
+            aged_first: 1,
+            aged_last: 121,
+            ..grown
+        };
+        let e = Evidence {
+            group: readers,
+            site: readers,
+            siblings: None,
+            sockets: Some(sockets),
+            accepted: true,
+        };
+        let (v, why) = super::judge(&group(waiting("IO wait"), 60, 60, false), &e, &r);
+        assert_eq!(v, Verdict::Ok, "{why}");
+        assert!(
+            why.contains("grew by 60") && why.contains("+120 over the session"),
+            "{why}"
+        );
+        let (v, _) = super::judge(&group(waiting("chan send"), 60, 60, false), &e, &r);
+        assert_eq!(v, Verdict::Suspect);
+        // Sockets flat over the session: the growth was not load.
+        let e = Evidence {
+            sockets: Some(moving(121, 121, 6)),
+            ..e
+        };
+        let (v, why) = super::judge(&group(waiting("IO wait"), 60, 60, false), &e, &r);
+        assert_eq!(v, Verdict::Leak, "{why}");
+    }
+
+    #[test]
+    fn short_lifetimes_read_as_microseconds() {
+        assert_eq!(human_secs(0.0004), "400µs");
+        assert_eq!(human_secs(0.04), "40ms");
+        assert_eq!(human_secs(90.0), "90s");
     }
 
     #[test]

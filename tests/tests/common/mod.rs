@@ -124,10 +124,15 @@ impl Run {
 /// final report comes after that, at `duration`. leaktrace passes the
 /// fixture's stdout through, so the truth block is read from leaktrace's.
 pub fn run_command_mode(fixture: &std::path::Path, fixture_args: &[&str], duration: &str) -> Run {
+    run_command_with(fixture, fixture_args, &["--duration", duration])
+}
+
+/// [`run_command_mode`] with any leaktrace options (`extra`, which must
+/// end the run: `--duration`, or `--interval` with `--count`).
+pub fn run_command_with(fixture: &std::path::Path, fixture_args: &[&str], extra: &[&str]) -> Run {
     use std::io::{BufRead, BufReader};
     let out = tempfile_path("reports.jsonl");
-    let (mut child, stdout, err_reader) =
-        start_command_mode(fixture, fixture_args, &["--duration", duration], &out);
+    let (mut child, stdout, err_reader) = start_command_mode(fixture, fixture_args, extra, &out);
     let lines: Vec<String> = BufReader::new(stdout)
         .lines()
         .map_while(Result::ok)
