@@ -8,7 +8,7 @@ use clap::{Parser, ValueEnum};
 #[command(
     name = "leaktrace",
     version,
-    about = "Find goroutine leaks in a running Go process with eBPF: no restart, no rebuild, no pprof endpoint, no stop-the-world.",
+    about = "Find goroutine and tokio task leaks in a running process with eBPF: no restart, no rebuild, no pprof endpoint, no stop-the-world.",
     after_help = "\
 EXAMPLES:
   sudo leaktrace --pid $(pidof api)            report every 5s until Ctrl-C (then a final report)
@@ -16,10 +16,15 @@ EXAMPLES:
   sudo leaktrace -p 1234 --duration 1m --older 30s --stacks
   sudo leaktrace -p 1234 -d 30s --format json  JSON on stdout, one object per report
   sudo leaktrace -c ./server --port 8080       start the program with probes already attached
+  sudo leaktrace -f --fail-on leak -c go test ./...   each test binary, judged when it exits
 
-Verdicts: `leak` = blocked on something that can never happen (nil channel,
-select {}), or a blocked group that keeps growing; `suspect` = many goroutines
-blocked longer than --older but not growing now; `ok` = anything else.
+Verdicts (README §Verdicts): `leak` = blocked on something that can never
+happen, a blocked group that grows (or grew and stays blocked), tasks blocked
+far longer than their finished siblings lived, a deadlock, or, at exit, still
+blocked when the program ended; each with its cause and fix when recognised
+(README §Causes). `suspect` = blocked longer than --stuck, or many blocked
+and flat, or growth that follows open sockets; `ok` = anything else, including
+the main goroutine and a server's idle connections.
 
 Needs Linux ≥ 5.8 with BTF and uprobes, and root (or CAP_BPF, CAP_PERFMON and
 CAP_SYS_PTRACE). The target is never stopped: probes only copy a few words and

@@ -34,18 +34,7 @@ const NOT_YET_RECOGNISED: &[&str] = &[
 /// groups show the verdict leaktrace gives now (marked pending) instead of
 /// failing; counts, causes given on `leak`/`suspect` groups, and the absence
 /// of false alarms are still checked.
-const PENDING_VERDICTS: &[(&str, &str)] = &[
-    (
-        "netio",
-        "growth in step with the open sockets reads as load, and the sockets counted include \
-         the lookups' own outgoing connections (and the in-process upstream's ends)",
-    ),
-    (
-        "http_client",
-        "growth in step with the open sockets reads as load, and the sockets counted include \
-         the requests' own outgoing connections (and the in-process upstream's ends)",
-    ),
-];
+const PENDING_VERDICTS: &[(&str, &str)] = &[];
 
 /// How one fixture is run.
 struct Plan {
