@@ -211,17 +211,31 @@ pub fn judge(g: &Group, e: &Evidence, rules: &Rules) -> (Verdict, String) {
     // (its accept loop made them) follow its clients; reads on connections
     // the program opened itself that pile up and never finish are calls
     // with no deadline on peers that do not answer (seed scenario 15).
-    let (load_verdict, what) = match (e.accepted, reason == "IO wait") {
-        (true, true) => (
-            Verdict::Ok,
+    let (load_verdict, what) = if e.accepted {
+        // A server's per-connection goroutines follow its clients.
+        let verdict = if reason == "IO wait" {
+            Verdict::Ok
+        } else {
+            Verdict::Suspect
+        };
+        (
+            verdict,
             "connections its accept loop is serving: it follows the clients (load)",
-        ),
-        (false, true) => (
+        )
+    } else if g.key.blocked_at.is_some() && waiting {
+        // The program's own code waiting on connections it opened, piling
+        // up with them: calls that never finish (no deadline, no timeout).
+        (
             Verdict::Leak,
-            "calls waiting on connections this program opened, and none finish: reads with no \
-             deadline on peers that do not answer",
-        ),
-        _ => (Verdict::Suspect, "it follows connections (load)"),
+            "calls this program made on connections it opened pile up with them and none \
+             finish: no deadline or timeout on peers that do not answer",
+        )
+    } else {
+        // A library's connection goroutines (an HTTP client's pool).
+        (
+            Verdict::Suspect,
+            "a library's connection goroutines: it follows connections (load)",
+        )
     };
     let sockets_flat = |reason: String| -> String {
         match e.sockets {
@@ -749,8 +763,17 @@ mod tests {
             accepted: false,
             ..e
         };
-        let (v, why) = super::judge(&g, &client, &r);
+        let mut lookups = g.clone();
+        lookups.key.blocked_at = Some(Frame {
+            function: "main.(*StockClient).lookup".into(),
+            file: "main.go".into(),
+            line: 40,
+        });
+        let (v, why) = super::judge(&lookups, &client, &r);
         assert_eq!(v, Verdict::Leak, "{why}");
+        // A library's own connection goroutines (an HTTP client's pool,
+        // blocked in library code only) follow connections: not a leak.
+        assert_eq!(super::judge(&g, &client, &r).0, Verdict::Suspect);
         // A flat crowd of a server's idle connections is not suspect.
         let flat = Evidence {
             group: moving(200, 200, 6),
