@@ -6,6 +6,9 @@
 //! never compiled in; they arrive at load time in [`GoConfig`].
 #![no_std]
 
+/// The exit-time walk of `runtime.allgs` (issue #13).
+pub mod go_final;
+
 /// What happened to a goroutine.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -3,6 +3,8 @@ pub mod allgs_locate;
 pub mod attach;
 pub mod binary;
 pub mod events;
+/// The goroutines at the moment the target exits (issue #13).
+pub mod final_walk;
 pub mod layout;
 pub mod probe_points;
 pub mod reader;
