@@ -100,6 +100,9 @@ pub struct FinalConfig {
     /// two minus one): a wake-up per record would cost an interrupt each.
     pub wakeup_mask: u32,
     pub _pad: u32,
+    /// Longest the walk waits in all for room in the ring when the reader
+    /// falls behind (the exit waits with it); past it, records are dropped.
+    pub wait_budget_ns: u64,
 }
 
 /// One goroutine as it was at exit. Sent as `FINAL_G_HEADER_BYTES +
@@ -165,6 +168,8 @@ pub struct FinalEnd {
     pub skipped: u64,
     /// Entries whose `g` could not be read.
     pub unreadable: u64,
+    /// Time the walk waited for the reader to make room in the ring.
+    pub waited_ns: u64,
     /// `bpf_ktime_get_ns()` when the probe fired and when the walk ended.
     pub start_ns: u64,
     pub end_ns: u64,

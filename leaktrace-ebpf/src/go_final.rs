@@ -40,9 +40,9 @@ static FINAL_CONFIG: Array<FinalConfig> = Array::with_max_entries(1, 0);
 static FINAL_STATE: Array<FinalEnd> = Array::with_max_entries(1, 0);
 
 /// One record per live goroutine, then the end. The loader sizes it
-/// (`set_max_entries`); this is the default.
+/// (`map_max_entries`); this is the default.
 #[map]
-static FINAL_EVENTS: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
+static FINAL_EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 
 /// The `g` copy and the record being built. Not per CPU: a sleepable
 /// program can be preempted, and another thread on the same CPU could then
@@ -107,6 +107,8 @@ struct Counts {
     emitted: u64,
     dropped: u64,
     unreadable: u64,
+    /// Time spent waiting for room in the ring.
+    waited_ns: u64,
 }
 
 /// State of one walk, on the program's stack (bpf_loop's context must be).
@@ -261,6 +263,7 @@ fn try_walk(ctx: &ProbeContext) -> Option<()> {
         dropped: counts.dropped,
         skipped: n - visit,
         unreadable: counts.unreadable,
+        waited_ns: counts.waited_ns,
         start_ns,
         end_ns: unsafe { bpf_ktime_get_ns() },
         bias,
@@ -475,10 +478,68 @@ extern "C" fn walk_one(i: u64, ctx: *mut c_void) -> i64 {
     } else {
         BPF_RB_NO_WAKEUP
     };
-    if FINAL_EVENTS.output::<[u8]>(bytes, wake as u64).is_ok() {
+    let mut sent = FINAL_EVENTS.output::<[u8]>(bytes, wake as u64).is_ok();
+    if !sent && scratch.counts.waited_ns < cfg.wait_budget_ns {
+        // The ring is full: the reader is behind. Wait for it, within what
+        // is left of the walk's budget for waiting (the exit is held up
+        // meanwhile), rather than lose the record.
+        let start = unsafe { bpf_ktime_get_ns() };
+        let mut wait = Resend {
+            deadline: start + (cfg.wait_budget_ns - scratch.counts.waited_ns),
+            len: len as u64,
+            slot: walk.slot,
+            sent: 0,
+        };
+        // SAFETY: the callback only touches `wait` through the pointer.
+        unsafe {
+            bpf_loop(
+                1 << 22,
+                resend_step as *mut c_void,
+                (&raw mut wait).cast::<c_void>(),
+                0,
+            )
+        };
+        scratch.counts.waited_ns += unsafe { bpf_ktime_get_ns() } - start;
+        sent = wait.sent != 0;
+    }
+    if sent {
         scratch.counts.emitted += 1;
     } else {
         scratch.counts.dropped += 1;
+    }
+    0
+}
+
+/// A record waiting for room in the ring.
+#[repr(C)]
+struct Resend {
+    deadline: u64,
+    len: u64,
+    slot: u32,
+    sent: u32,
+}
+
+/// One more try at sending the slot's record; 1 to stop (sent, or the
+/// budget is spent).
+extern "C" fn resend_step(_i: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the pointer walk_one gave it.
+    let w = unsafe { &mut *ctx.cast::<Resend>() };
+    if unsafe { bpf_ktime_get_ns() } > w.deadline {
+        return 1;
+    }
+    let Some(scratch) = FINAL_SCRATCH.get_ptr(w.slot) else {
+        return 1;
+    };
+    let len = (w.len as usize & 0x1ff).min(size_of::<FinalG>());
+    // SAFETY: map value; `len` ≤ size_of::<FinalG>().
+    let bytes =
+        unsafe { core::slice::from_raw_parts((&raw const (*scratch).rec).cast::<u8>(), len) };
+    if FINAL_EVENTS
+        .output::<[u8]>(bytes, BPF_RB_FORCE_WAKEUP as u64)
+        .is_ok()
+    {
+        w.sent = 1;
+        return 1;
     }
     0
 }

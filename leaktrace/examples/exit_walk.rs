@@ -126,7 +126,7 @@ fn main() -> Result<()> {
         }
     }
     println!(
-        "exit {:?}: allglen {} walked {} live {} (program {}) emitted {} dropped {} skipped {} unreadable {} malformed {} walks {}",
+        "exit {:?}: allglen {} walked {} live {} (program {}) emitted {} dropped {} (waited {:?} for the reader) skipped {} unreadable {} malformed {} walks {}",
         snap.exit,
         snap.allglen,
         snap.walked,
@@ -134,6 +134,7 @@ fn main() -> Result<()> {
         snap.program_goroutines().count(),
         snap.emitted,
         snap.dropped,
+        snap.waited,
         snap.skipped,
         snap.unreadable,
         snap.malformed,

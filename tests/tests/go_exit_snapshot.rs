@@ -20,6 +20,7 @@ use std::{
 
 use common::ebpf_available;
 use leaktrace::runtime::{
+    TaskView,
     go::{
         attach::find_allgs,
         binary::GoBinary,
@@ -154,6 +155,8 @@ struct Outcome {
     stderr: Vec<String>,
     truth: Option<GroundTruth>,
     snap: Option<FinalSnapshot>,
+    /// The snapshot as the final report would take it.
+    views: Vec<TaskView>,
     /// CLOCK_MONOTONIC: the fixture's `exit-at` stamp, and when its pidfd
     /// said it was gone.
     exit_at_ns: u64,
@@ -208,11 +211,12 @@ fn run(bin: &Path, args: &[&str], traced: Option<FinalWalkOptions>, with_truth: 
     unsafe { libc::close(pidfd) };
     let status = fx.terminate(Duration::from_secs(5)).expect("exit status");
     let _ = std::fs::remove_file(&gate);
+    let mut views = Vec::new();
     let snap = walk.as_mut().map(|(gobin, w)| {
         let mut s = w
             .wait(Duration::from_secs(5))
             .unwrap_or_else(|| panic!("no exit walk\n{}", fx.diagnostics()));
-        s.symbolize(gobin);
+        views = s.views(gobin, None);
         s
     });
     // Until stdout is closed (no line starts with NUL: this returns when
@@ -232,6 +236,7 @@ fn run(bin: &Path, args: &[&str], traced: Option<FinalWalkOptions>, with_truth: 
         stdout,
         truth,
         snap,
+        views,
         exit_at_ns,
         gone_ns,
     }
@@ -390,6 +395,19 @@ fn check(go: &GoToolchain, build_mode: BuildMode, mode: Mode, out: &Outcome) -> 
             assert!(has("main.main"), "{what}: {main:?}");
         }
     }
+    // The same through the report's types.
+    let program_views: Vec<_> = out.views.iter().filter(|v| !v.system).collect();
+    assert_eq!(program_views.len(), program.len(), "{what}");
+    let late_views = program_views
+        .iter()
+        .filter(|v| {
+            v.blocked_at
+                .as_ref()
+                .is_some_and(|f| &*f.function == "main.lateParker")
+                && v.state.label() == "chan receive"
+        })
+        .count();
+    assert_eq!(late_views, LATE, "{what}");
     if let Some(first) = mode.stderr_first() {
         assert_eq!(
             out.stderr.first().map(String::as_str),
@@ -397,13 +415,7 @@ fn check(go: &GoToolchain, build_mode: BuildMode, mode: Mode, out: &Outcome) -> 
             "{what}"
         );
     }
-    format!(
-        "{what}: {} goroutines ({} program) at exit, walk {:.3} ms, {:?}",
-        snap.goroutines.len(),
-        program.len(),
-        snap.walk_duration().as_secs_f64() * 1e3,
-        snap.exit
-    )
+    format!("{what}: {}", snap.summary())
 }
 
 fn describe(snap: &FinalSnapshot) -> String {
@@ -615,8 +627,10 @@ fn exit_delay_by_goroutine_count() {
     }
 }
 
-/// A smaller always-on version of the timing run: 10,000 goroutines, every
-/// one delivered.
+/// 10,000 goroutines, every one delivered: through the default ring, and
+/// through a 64 KiB one (room for ~350 records), where the walk waits for
+/// the reader; with no time allowed for waiting, the records that did not
+/// fit are counted as dropped, never silently missing.
 #[test]
 fn exit_walk_delivers_ten_thousand_goroutines() {
     if !ebpf_available("exit_walk_delivers_ten_thousand_goroutines") {
@@ -627,22 +641,50 @@ fn exit_walk_delivers_ten_thousand_goroutines() {
         .or_else(leaktrace_e2e::toolchain::newest)
         .unwrap();
     let bin = build(&go, BuildMode::Plain);
-    let out = run(
-        &bin,
-        &["-n", "10000", "-late", "0", "-mode", "exit", "-truth=true"],
-        Some(FinalWalkOptions::default()),
-        true,
-    );
-    let snap = out.snap.as_ref().unwrap();
-    let truth = out.truth.as_ref().unwrap();
-    assert!(snap.is_complete(), "{snap:?}");
-    assert_eq!(snap.program_goroutines().count() as u64, truth.numgoroutine);
-    println!(
-        "{}: 10,000 goroutines: walk {:.3} ms, {} records, none dropped",
-        go.full,
-        snap.walk_duration().as_secs_f64() * 1e3,
-        snap.emitted
-    );
+    let args = ["-n", "10000", "-late", "0", "-mode", "exit", "-truth=true"];
+    let tiny = FinalWalkOptions {
+        ring_bytes: 64 << 10,
+        ..FinalWalkOptions::default()
+    };
+    for (what, opts) in [
+        ("default ring", FinalWalkOptions::default()),
+        ("64 KiB ring", tiny),
+        (
+            "64 KiB ring, no waiting",
+            FinalWalkOptions {
+                wait_budget: Duration::ZERO,
+                ..tiny
+            },
+        ),
+    ] {
+        let out = run(&bin, &args, Some(opts), true);
+        let snap = out.snap.as_ref().unwrap();
+        let truth = out.truth.as_ref().unwrap();
+        assert_eq!(snap.live, snap.emitted + snap.dropped, "{what}");
+        assert_eq!(snap.goroutines.len() as u64, snap.emitted, "{what}");
+        if opts.wait_budget.is_zero() {
+            assert!(
+                snap.dropped > 0 && !snap.is_complete(),
+                "{what}: {}",
+                snap.summary()
+            );
+        } else {
+            assert!(snap.is_complete(), "{what}: {}", snap.summary());
+            assert_eq!(
+                snap.program_goroutines().count() as u64,
+                truth.numgoroutine,
+                "{what}"
+            );
+        }
+        println!(
+            "{}, {what}: walk {:.3} ms, waited {:?} for the reader, {} sent, {} dropped",
+            go.full,
+            snap.walk_duration().as_secs_f64() * 1e3,
+            snap.waited,
+            snap.emitted,
+            snap.dropped
+        );
+    }
 }
 
 fn median(v: &mut [f64]) -> f64 {
