@@ -2,8 +2,9 @@
 //! had when it exited (issue #13). For trying the probe and timing it:
 //!
 //! ```text
-//! cargo run --example exit_walk -- [--ring-mib N] [--gate FILE] -- PROGRAM ARGS...
-//! cargo run --example exit_walk -- --pid PID
+//! cargo run --release --example exit_walk -- [OPTIONS] -- PROGRAM ARGS...
+//! cargo run --release --example exit_walk -- [OPTIONS] --pid PID
+//! OPTIONS: --ring-mib N  --frames N  --gate FILE  --quiet
 //! ```
 //!
 //! With `--gate FILE` the program is started first and FILE is created once
@@ -67,16 +68,15 @@ fn main() -> Result<()> {
     let exe = PathBuf::from(format!("/proc/{pid}/exe"));
     // Let it exec before reading the binary.
     std::thread::sleep(Duration::from_millis(50));
-    let t0 = std::time::Instant::now();
     let bin = GoBinary::open(&exe).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let t1 = t0.elapsed();
     let allgs = find_allgs(&bin)?;
-    let t2 = t0.elapsed();
+    let t0 = std::time::Instant::now();
     let mut walk = FinalWalk::attach(&bin, &exe, pid, &allgs, opts)?;
-    eprintln!("open {t1:?} allgs {t2:?} attach {:?}", t0.elapsed());
     eprintln!(
-        "exit probe at {:?} of pid {pid} ({})",
-        walk.points, bin.version.raw
+        "exit probe at {:?} of pid {pid} ({}), loaded and attached in {:?}",
+        walk.points,
+        bin.version.raw,
+        t0.elapsed()
     );
     if let Some(g) = &gate {
         std::fs::write(g, b"")?;
@@ -94,7 +94,10 @@ fn main() -> Result<()> {
     unsafe { libc::poll(&mut p, 1, -1) };
     let gone_ns = monotonic_ns();
     let status = child.as_mut().map(|c| c.wait()).transpose()?;
-    let Some(mut snap) = walk.wait(Duration::from_secs(5)) else {
+    // Gone, so the walk (which runs before the exit) is over: take() has
+    // everything without waiting. None: it died without running Go's exit
+    // path (SIGKILL).
+    let Some(mut snap) = walk.take() else {
         bail!("the process exited without the exit probe firing");
     };
     snap.symbolize(&bin);
