@@ -16,6 +16,8 @@
 
 pub mod follow;
 pub mod go;
+/// The exit-time walk of `runtime.allgs`: its config and records.
+pub mod go_final;
 pub mod ring;
 pub mod threads;
 pub mod tokio;
@@ -23,8 +25,6 @@ pub mod tokio;
 #[cfg(feature = "user")]
 mod user {
     use super::{follow, go, threads, tokio};
-    // SAFETY (each): `#[repr(C)]` plain old data, no pointers; every bit
-    // pattern is a valid value (kinds are read back through `from_raw`).
     // SAFETY: `#[repr(C)]` plain old data (asserted sizes, no pointers).
     unsafe impl aya::Pod for go::GoEvent {}
     // SAFETY: `#[repr(C)]` plain old data (asserted sizes, no pointers).

@@ -102,6 +102,7 @@ fn check_leftovers() -> Result<()> {
                     "go_spawn",
                     "go_park",
                     "go_exit",
+                    "go_final",
                     "tokio_task",
                     "thread_newtask",
                     "thread_rename",

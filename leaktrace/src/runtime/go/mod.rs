@@ -5,6 +5,8 @@ pub mod allgs_locate;
 pub mod attach;
 pub mod binary;
 pub mod events;
+/// The goroutines at the moment the target exits (issue #13).
+pub mod final_walk;
 pub mod layout;
 pub mod live;
 pub mod own_code;
