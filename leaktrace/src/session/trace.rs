@@ -122,6 +122,8 @@ pub(super) async fn trace(
     let mut ring = RingReader::spawn(probes.take_ring()?, logger, rt.record_size(), tx);
     let mut warnings = attached.warnings;
     let mut threads = Threads::start(&mut probes, pid, &mut warnings);
+    // Read while it is held: a short program may be gone by the first report.
+    let cmdline = ctx.show_cmdline.then(|| cmdline(pid)).flatten();
     // Probes go in by file offset, so a held process runs only now.
     target.release()?;
     let desc = rt.describe();
@@ -156,7 +158,7 @@ pub(super) async fn trace(
     let target_info = TargetInfo {
         pid,
         exe: exe_display,
-        cmdline: ctx.show_cmdline.then(|| cmdline(pid)).flatten(),
+        cmdline,
         runtime: kind,
         runtime_version: desc.version,
         symbols: desc.symbols,
@@ -230,6 +232,14 @@ pub(super) async fn trace(
         }
     };
 
+    // Told to stop just as the process ended (with -f, the command often
+    // exits right after its last test binary): that is its exit.
+    let end = if end != End::TargetExited && end != End::Exec && !process_alive(pid) {
+        End::TargetExited
+    } else {
+        end
+    };
+
     // Final report: take every record still in the ring, then read the
     // target one last time if it is still there.
     ring.finish();
@@ -248,7 +258,8 @@ pub(super) async fn trace(
             Some((views, how)) => {
                 refresh.views = views;
                 moment = Moment::AtExit;
-                refresh.builder.notes.push(format!("{exited}; {how}"));
+                // The walk's summary says how the program ended.
+                refresh.builder.notes.push(how);
             }
             None => refresh
                 .builder
@@ -379,10 +390,15 @@ fn cmdline(pid: u32) -> Option<String> {
     Some(s)
 }
 
+/// Whether `pid` still runs (a zombie does not).
+fn process_alive(pid: u32) -> bool {
+    Process::open(pid).is_ok_and(|p| p.is_alive())
+}
+
 /// An attach that failed because the target exited meanwhile says that,
 /// not whatever the kernel answered for a vanished process.
 fn attach_failure(pid: u32, e: anyhow::Error) -> anyhow::Error {
-    if Process::open(pid).map(|p| !p.is_alive()).unwrap_or(true) {
+    if !process_alive(pid) {
         TargetError::ExitedDuringAttach(pid).into()
     } else {
         e
