@@ -21,13 +21,12 @@ use common::*;
 use leaktrace_e2e::{BuildMode, Expect, Group};
 
 /// Catalogue causes `classify()` does not recognise yet: they need to know
-/// what the channel is (a timer's, a ticker's, a pool's jobs), which the
+/// what the channel is (a timer's, a ticker's), which the
 /// channel reading in progress will tell. A fixture expecting one is shown
 /// as pending (with what leaktrace says now) rather than failing.
 const NOT_YET_RECOGNISED: &[&str] = &[
     "timer-in-select",
     "ticker-never-stopped",
-    "pool-never-closed",
 ];
 
 /// Leak fixtures leaktrace does not call leaks yet, and why. Their leaking

@@ -57,6 +57,47 @@ fn any_frame(g: &Group, pred: impl Fn(&str) -> bool) -> bool {
         || g.key.blocked_at.as_ref().is_some_and(|f| pred(&f.function))
 }
 
+/// The receiver type of a method (`pkg.(*Pool).worker` → `pkg.(*Pool)`).
+fn receiver(function: &str) -> Option<&str> {
+    let end = function.find(").")?;
+    function[..end].contains(".(").then(|| &function[..=end])
+}
+
+/// Worker pools whose jobs channel is never closed: workers receiving (at
+/// least two, in one place) and a drainer waiting on a WaitGroup for them,
+/// tied by a method of one type (`(*Pool).worker` and `(*Pool).Drain`) or by
+/// the drainer's function having started the workers. Returns the indices
+/// of every group in such a finding: they are reported as one cause.
+pub fn pools(groups: &[Group]) -> Vec<usize> {
+    let waits = |g: &Group| {
+        matches!(&g.key.state, TaskState::Waiting(r) if r == "sync.WaitGroup.Wait"
+            || (r == "semacquire" && g.stack.iter().any(|f| f.function.starts_with("sync.(*WaitGroup).Wait"))))
+    };
+    let receives = |g: &Group| {
+        g.count >= 2 && matches!(&g.key.state, TaskState::Waiting(r) if r == "chan receive")
+    };
+    let mut found = Vec::new();
+    for (w, worker) in groups.iter().enumerate().filter(|(_, g)| receives(g)) {
+        let Some(at) = worker.key.blocked_at.as_ref() else {
+            continue;
+        };
+        for (d, drainer) in groups.iter().enumerate().filter(|(_, g)| waits(g)) {
+            let Some(drain_at) = drainer.key.blocked_at.as_ref() else {
+                continue;
+            };
+            let same_type = receiver(&at.function).is_some()
+                && receiver(&at.function) == receiver(&drain_at.function);
+            let started_them = worker.key.created_by.function == drain_at.function;
+            if same_type || started_them {
+                found.extend([w, d]);
+            }
+        }
+    }
+    found.sort_unstable();
+    found.dedup();
+    found
+}
+
 /// The cause of a blocked group, when the catalogue recognises it.
 pub fn classify(g: &Group) -> Option<Cause> {
     let TaskState::Waiting(reason) = &g.key.state else {
@@ -224,6 +265,28 @@ mod tests {
             None
         );
         assert_eq!(c("IO wait", &["net.(*netFD).accept"], "main.main"), None);
+        // Workers of a pool and the drainer waiting for them: one finding.
+        let mut workers = group("chan receive", &[], "main.NewPool");
+        workers.key.blocked_at = Some(Frame {
+            function: "main.(*Pool).worker".into(),
+            file: "x.go".into(),
+            line: 1,
+        });
+        let mut drainer = group("sync.WaitGroup.Wait", &[], "main.(*Exporter).Start");
+        drainer.key.blocked_at = Some(Frame {
+            function: "main.(*Pool).Drain".into(),
+            file: "x.go".into(),
+            line: 2,
+        });
+        let lone = group("chan receive", &[], "main.other");
+        assert_eq!(
+            pools(&[workers.clone(), lone.clone(), drainer.clone()]),
+            vec![0, 2]
+        );
+        assert!(
+            pools(&[workers, lone]).is_empty(),
+            "no drainer, no pool finding"
+        );
         let names: std::collections::HashSet<_> = CATALOGUE.iter().map(|c| c.name).collect();
         assert_eq!(names.len(), CATALOGUE.len(), "names are unique");
     }

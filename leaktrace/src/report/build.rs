@@ -7,7 +7,7 @@ use super::model::{
 };
 use crate::{
     aggregate::{
-        cause::classify,
+        cause::{POOL_NEVER_CLOSED, classify, pools},
         groups::{Group, GroupKey, group},
         trend::Trends,
         verdict::{Evidence, Rules, Verdict, global_deadlock, human_secs, judge, judge_at_exit},
@@ -211,6 +211,14 @@ impl ReportBuilder {
             Verdict::Suspect => 1,
             Verdict::Ok => 2,
         });
+        // A pool's workers and the drainer waiting for them are one finding.
+        let in_pool: Vec<GroupKey> = {
+            let groups: Vec<Group> = judged.iter().map(|(g, ..)| g.clone()).collect();
+            pools(&groups)
+                .into_iter()
+                .map(|i| groups[i].key.clone())
+                .collect()
+        };
         let mut reports: Vec<GroupReport> = Vec::new();
         let mut omitted = 0;
         for (g, growth_per_s, verdict, why) in judged {
@@ -221,7 +229,13 @@ impl ReportBuilder {
                 omitted += 1;
                 continue;
             }
-            reports.push(group_report(g, growth_per_s, verdict, why));
+            let pooled = in_pool.contains(&g.key);
+            let mut report = group_report(g, growth_per_s, verdict, why);
+            if pooled && verdict != Verdict::Ok {
+                report.cause = Some(POOL_NEVER_CLOSED.name);
+                report.fix = Some(POOL_NEVER_CLOSED.fix);
+            }
+            reports.push(report);
         }
         Report {
             is_final,
