@@ -1,6 +1,8 @@
 //! The goroutines at the moment a Go program exits (issue #13).
 //!
-//! One sleepable uprobe, attached (pid-scoped) at the entry of
+//! One sleepable uprobe (`go_final`; `go_final_nofault`, the same walk with
+//! `bpf_probe_read_user` in a plain uprobe, is the fallback for kernels
+//! that refuse sleepable uprobes), attached (pid-scoped) at the entry of
 //! `runtime.exit` (the `exit_group` wrapper every Go exit ends in: return
 //! from `main.main`, `os.Exit`, fatal panics and throws) and of
 //! `runtime.dieFromSignal` (fatal signals, `GOTRACEBACK=crash`). It runs in
@@ -52,8 +54,9 @@ const SLOTS: u32 = 4;
 const G_WORDS: usize = FINAL_G_BYTES / 8;
 /// The top of a goroutine's stack copied in one go (from its saved SP
 /// up): the frame walk reads frames from there, and only frames above it
-/// one by one. Half the walk's time went to one 16-byte copy per frame; a
-/// parked goroutine's frames mostly lie within a few hundred bytes.
+/// one by one. A parked goroutine's frames mostly lie within a few hundred
+/// bytes; a helper call per frame cost ~90 ns (measured: this copy and the
+/// batched `allgs` reads took 100,000 goroutines from 85 to 55 ms).
 const STACK_WORDS: usize = 256;
 
 /// `Scratch::cursor` words.
