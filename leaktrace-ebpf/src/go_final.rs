@@ -1,6 +1,8 @@
 //! The goroutines at the moment a Go program exits (issue #13).
 //!
-//! One sleepable uprobe, attached (pid-scoped) at the entry of
+//! One sleepable uprobe (`go_final`; `go_final_nofault`, the same walk with
+//! `bpf_probe_read_user` in a plain uprobe, is the fallback for kernels
+//! that refuse sleepable uprobes), attached (pid-scoped) at the entry of
 //! `runtime.exit` (the `exit_group` wrapper every Go exit ends in: return
 //! from `main.main`, `os.Exit`, fatal panics and throws) and of
 //! `runtime.dieFromSignal` (fatal signals, `GOTRACEBACK=crash`). It runs in
@@ -19,7 +21,7 @@ use aya_ebpf::{
     bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::generated::{
         bpf_copy_from_user, bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
-        bpf_loop,
+        bpf_loop, bpf_probe_read_user,
     },
     macros::{map, uprobe},
     maps::{Array, RingBuf},
@@ -42,7 +44,7 @@ static FINAL_STATE: Array<FinalEnd> = Array::with_max_entries(1, 0);
 /// One record per live goroutine, then the end. The loader sizes it
 /// (`map_max_entries`); this is the default.
 #[map]
-static FINAL_EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+static FINAL_EVENTS: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
 
 /// The `g` copy and the record being built. Not per CPU: a sleepable
 /// program can be preempted, and another thread on the same CPU could then
@@ -52,8 +54,9 @@ const SLOTS: u32 = 4;
 const G_WORDS: usize = FINAL_G_BYTES / 8;
 /// The top of a goroutine's stack copied in one go (from its saved SP
 /// up): the frame walk reads frames from there, and only frames above it
-/// one by one. Half the walk's time went to one 16-byte copy per frame; a
-/// parked goroutine's frames mostly lie within a few hundred bytes.
+/// one by one. A parked goroutine's frames mostly lie within a few hundred
+/// bytes; a helper call per frame cost ~90 ns (measured: this copy and the
+/// batched `allgs` reads took 100,000 goroutines from 85 to 55 ms).
 const STACK_WORDS: usize = 256;
 
 /// `Scratch::cursor` words.
@@ -128,11 +131,37 @@ struct Walk {
     _pad: u32,
 }
 
+/// How the target's memory is read: the sleepable program may fault pages
+/// in; the fallback (kernels without sleepable uprobes) cannot, and
+/// reports what is not resident as unreadable.
+trait ReadUser {
+    /// 0 on success, like the helpers.
+    unsafe fn read(dst: *mut c_void, len: u32, src: *const c_void) -> i64;
+}
+
+/// `bpf_copy_from_user`: only in sleepable programs.
+struct Faulting;
+impl ReadUser for Faulting {
+    #[inline(always)]
+    unsafe fn read(dst: *mut c_void, len: u32, src: *const c_void) -> i64 {
+        unsafe { bpf_copy_from_user(dst, len, src) }
+    }
+}
+
+/// `bpf_probe_read_user`: anywhere; fails on a page that is not resident.
+struct NoFault;
+impl ReadUser for NoFault {
+    #[inline(always)]
+    unsafe fn read(dst: *mut c_void, len: u32, src: *const c_void) -> i64 {
+        unsafe { bpf_probe_read_user(dst, len, src) }
+    }
+}
+
 #[inline(always)]
-fn copy_u64(addr: u64) -> Option<u64> {
+fn copy_u64<R: ReadUser>(addr: u64) -> Option<u64> {
     let mut v: u64 = 0;
     // SAFETY: 8 bytes into a local; the helper checks the user address.
-    let r = unsafe { bpf_copy_from_user((&raw mut v).cast::<c_void>(), 8, addr as *const c_void) };
+    let r = unsafe { R::read((&raw mut v).cast::<c_void>(), 8, addr as *const c_void) };
     (r == 0).then_some(v)
 }
 
@@ -156,12 +185,20 @@ fn g_u8(g: &[u64; G_WORDS], off: u32) -> u8 {
 
 #[uprobe(sleepable)]
 pub fn go_final(ctx: ProbeContext) -> u32 {
-    let _ = try_walk(&ctx);
+    let _ = try_walk::<Faulting>(&ctx);
+    0
+}
+
+/// The same walk for kernels that reject sleepable uprobes (loaded only
+/// when `go_final` is refused): not-resident memory reads as unreadable.
+#[uprobe]
+pub fn go_final_nofault(ctx: ProbeContext) -> u32 {
+    let _ = try_walk::<NoFault>(&ctx);
     0
 }
 
 #[inline(always)]
-fn try_walk(ctx: &ProbeContext) -> Option<()> {
+fn try_walk<R: ReadUser>(ctx: &ProbeContext) -> Option<()> {
     let start_ns = unsafe { bpf_ktime_get_ns() };
     let cfg = FINAL_CONFIG.get(0)?;
     let state = FINAL_STATE.get_ptr_mut(0)?;
@@ -183,7 +220,7 @@ fn try_walk(ctx: &ProbeContext) -> Option<()> {
     let bias = regs.rip.wrapping_sub(point_va);
     let arg = if point == final_point::EXIT {
         // ABI0 assembly: `code+0(FP)` is just above the return address.
-        copy_u64(regs.rsp + 8).unwrap_or(0) as u32
+        copy_u64::<R>(regs.rsp + 8).unwrap_or(0) as u32
     } else {
         // ABIInternal: the first integer argument is in RAX.
         regs.rax as u32
@@ -194,14 +231,19 @@ fn try_walk(ctx: &ProbeContext) -> Option<()> {
     // there in ABIInternal code, and ABI0 callees do not clobber it); on
     // the system stack that is g0, and the goroutine is g0.m.curg.
     let r14 = regs.r14;
-    let m = copy_u64(r14 + u64::from(cfg.g_m)).unwrap_or(0);
+    let m = copy_u64::<R>(r14 + u64::from(cfg.g_m)).unwrap_or(0);
     let curg = if m != 0 {
-        copy_u64(m + u64::from(cfg.m_curg)).unwrap_or(0)
+        copy_u64::<R>(m + u64::from(cfg.m_curg)).unwrap_or(0)
     } else {
         0
     };
     let (current_g, cur_mode, cur_pc, cur_bp) = if curg != 0 && curg == r14 {
-        (r14, CUR_REGS, copy_u64(regs.rsp).unwrap_or(0), regs.rbp)
+        (
+            r14,
+            CUR_REGS,
+            copy_u64::<R>(regs.rsp).unwrap_or(0),
+            regs.rbp,
+        )
     } else if curg != 0 && point == final_point::EXIT {
         (curg, CUR_SCHED, 0, 0)
     } else {
@@ -210,10 +252,10 @@ fn try_walk(ctx: &ProbeContext) -> Option<()> {
     let cur_sp = regs.rsp;
 
     let allgs = cfg.allgs_va.wrapping_add(bias);
-    let base = copy_u64(allgs)?;
-    let len = copy_u64(allgs + 8)?;
+    let base = copy_u64::<R>(allgs)?;
+    let len = copy_u64::<R>(allgs + 8)?;
     let allglen = if cfg.allglen_va != 0 {
-        copy_u64(cfg.allglen_va.wrapping_add(bias)).unwrap_or(len)
+        copy_u64::<R>(cfg.allglen_va.wrapping_add(bias)).unwrap_or(len)
     } else {
         len
     };
@@ -242,7 +284,7 @@ fn try_walk(ctx: &ProbeContext) -> Option<()> {
         unsafe {
             bpf_loop(
                 visit as u32,
-                walk_one as *mut c_void,
+                walk_one::<R> as *mut c_void,
                 (&raw mut walk).cast::<c_void>(),
                 0,
             )
@@ -279,7 +321,7 @@ fn try_walk(ctx: &ProbeContext) -> Option<()> {
 }
 
 /// One `allgs[i]`. Returns 0 to go on, 1 to stop the loop.
-extern "C" fn walk_one(i: u64, ctx: *mut c_void) -> i64 {
+extern "C" fn walk_one<R: ReadUser>(i: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: bpf_loop passes back the pointer try_walk gave it.
     let walk = unsafe { &mut *ctx.cast::<Walk>() };
     let Some(cfg) = FINAL_CONFIG.get(0) else {
@@ -302,7 +344,7 @@ extern "C" fn walk_one(i: u64, ctx: *mut c_void) -> i64 {
         };
         // SAFETY: k ≤ the buffer's length.
         let r = unsafe {
-            bpf_copy_from_user(
+            R::read(
                 scratch.gptrs.as_mut_ptr().cast::<c_void>(),
                 (k * 8) as u32,
                 (walk.base + i * 8) as *const c_void,
@@ -328,7 +370,7 @@ extern "C" fn walk_one(i: u64, ctx: *mut c_void) -> i64 {
     };
     // SAFETY: `size` ≤ the buffer's length.
     let r = unsafe {
-        bpf_copy_from_user(
+        R::read(
             scratch.g.as_mut_ptr().cast::<c_void>(),
             size,
             gp as *const c_void,
@@ -414,7 +456,7 @@ extern "C" fn walk_one(i: u64, ctx: *mut c_void) -> i64 {
             };
             // SAFETY: `len` ≤ the buffer's length.
             let r = unsafe {
-                bpf_copy_from_user(
+                R::read(
                     scratch.stack.as_mut_ptr().cast::<c_void>(),
                     len as u32,
                     sp as *const c_void,
@@ -444,7 +486,7 @@ extern "C" fn walk_one(i: u64, ctx: *mut c_void) -> i64 {
             unsafe {
                 bpf_loop(
                     max - 1,
-                    frame_step as *mut c_void,
+                    frame_step::<R> as *mut c_void,
                     (&raw mut frames).cast::<c_void>(),
                     0,
                 )
@@ -558,7 +600,7 @@ struct Frames {
 
 /// Reads `[fp, fp+16)`: the caller's frame pointer and the return address.
 /// Returns 1 to stop.
-extern "C" fn frame_step(_i: u64, ctx: *mut c_void) -> i64 {
+extern "C" fn frame_step<R: ReadUser>(_i: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: bpf_loop passes back the pointer walk_one gave it.
     let f = unsafe { &mut *ctx.cast::<Frames>() };
     let Some(scratch) = FINAL_SCRATCH.get_ptr_mut(f.slot) else {
@@ -596,9 +638,7 @@ extern "C" fn frame_step(_i: u64, ctx: *mut c_void) -> i64 {
         pair[1] = scratch.stack[(i + 1) & (STACK_WORDS - 1)];
     } else {
         // SAFETY: 16 bytes into a local.
-        let r = unsafe {
-            bpf_copy_from_user(pair.as_mut_ptr().cast::<c_void>(), 16, fp as *const c_void)
-        };
+        let r = unsafe { R::read(pair.as_mut_ptr().cast::<c_void>(), 16, fp as *const c_void) };
         if r != 0 {
             return stop(final_flags::BROKEN, f);
         }

@@ -4,7 +4,7 @@
 //! ```text
 //! cargo run --release --example exit_walk -- [OPTIONS] -- PROGRAM ARGS...
 //! cargo run --release --example exit_walk -- [OPTIONS] --pid PID
-//! OPTIONS: --ring-mib N  --frames N  --gate FILE  --quiet
+//! OPTIONS: --ring-mib N  --frames N  --gate FILE  --quiet  --nofault
 //! ```
 //!
 //! With `--gate FILE` the program is started first and FILE is created once
@@ -44,6 +44,7 @@ fn main() -> Result<()> {
             "--gate" => gate = Some(args.next().context("--gate FILE")?.into()),
             "--pid" => pid = Some(args.next().context("--pid PID")?.parse()?),
             "--quiet" => quiet = true,
+            "--nofault" => opts.sleepable = false,
             "--" => {
                 cmd = args.by_ref().collect();
             }
@@ -73,7 +74,12 @@ fn main() -> Result<()> {
     let t0 = std::time::Instant::now();
     let mut walk = FinalWalk::attach(&bin, &exe, pid, &allgs, opts)?;
     eprintln!(
-        "exit probe at {:?} of pid {pid} ({}), loaded and attached in {:?}",
+        "exit probe ({}) at {:?} of pid {pid} ({}), loaded and attached in {:?}",
+        if walk.sleepable {
+            "sleepable"
+        } else {
+            "no-fault fallback"
+        },
         walk.points,
         bin.version.raw,
         t0.elapsed()

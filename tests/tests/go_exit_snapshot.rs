@@ -159,6 +159,8 @@ struct Outcome {
     snap: Option<FinalSnapshot>,
     /// The snapshot as the final report would take it.
     views: Vec<TaskView>,
+    /// Which program walked: the sleepable one, or the no-fault fallback.
+    sleepable: Option<bool>,
     /// CLOCK_MONOTONIC: the fixture's `exit-at` stamp, and when its pidfd
     /// said it was gone.
     exit_at_ns: u64,
@@ -214,6 +216,7 @@ fn run(bin: &Path, args: &[&str], traced: Option<FinalWalkOptions>, with_truth: 
     let status = fx.terminate(Duration::from_secs(5)).expect("exit status");
     let _ = std::fs::remove_file(&gate);
     let mut views = Vec::new();
+    let sleepable = walk.as_ref().map(|(_, w)| w.sleepable);
     let snap = walk.as_mut().map(|(gobin, w)| {
         let mut s = w
             .wait(Duration::from_secs(5))
@@ -239,6 +242,7 @@ fn run(bin: &Path, args: &[&str], traced: Option<FinalWalkOptions>, with_truth: 
         truth,
         snap,
         views,
+        sleepable,
         exit_at_ns,
         gone_ns,
     }
@@ -482,7 +486,12 @@ fn same_output(what: &str, traced: &Outcome, plain: &Outcome) {
     assert_eq!(headers(traced), headers(plain), "{what}: standard error");
 }
 
-fn matrix(versions: &[&str], build_modes: &[BuildMode], compare_untraced: bool) {
+fn matrix(
+    versions: &[&str],
+    build_modes: &[BuildMode],
+    opts: FinalWalkOptions,
+    compare_untraced: bool,
+) {
     let gos = pick(versions);
     assert!(
         !gos.is_empty(),
@@ -495,7 +504,9 @@ fn matrix(versions: &[&str], build_modes: &[BuildMode], compare_untraced: bool) 
                 let n = N.to_string();
                 let late = LATE.to_string();
                 let args = ["-n", &n, "-late", &late, "-mode", mode.arg()];
-                let traced = run(&bin, &args, Some(FinalWalkOptions::default()), true);
+                let traced = run(&bin, &args, Some(opts), true);
+                // This kernel takes the sleepable program: no silent fallback.
+                assert_eq!(traced.sleepable, Some(opts.sleepable), "{}", go.full);
                 println!("{}", check(go, bm, mode, &traced));
                 if compare_untraced {
                     let plain = run(&bin, &args, None, true);
@@ -516,6 +527,7 @@ fn exit_snapshot_matches_the_runtime_on_every_exit_way() {
     matrix(
         &["1.19", "1.22", "1.24", "1.26", "1.27"],
         &[BuildMode::Plain],
+        FinalWalkOptions::default(),
         true,
     );
 }
@@ -530,6 +542,26 @@ fn exit_snapshot_stripped_and_pie_builds() {
     matrix(
         &["1.19", "1.27"],
         &[BuildMode::Stripped, BuildMode::Pie],
+        FinalWalkOptions::default(),
+        false,
+    );
+}
+
+/// The fallback for kernels without sleepable uprobes (a plain uprobe with
+/// `bpf_probe_read_user`) gives the same snapshot here, where every page is
+/// resident.
+#[test]
+fn exit_snapshot_with_the_no_fault_fallback() {
+    if !ebpf_available("exit_snapshot_with_the_no_fault_fallback") {
+        return;
+    }
+    matrix(
+        &["1.19", "1.27"],
+        &[BuildMode::Plain],
+        FinalWalkOptions {
+            sleepable: false,
+            ..FinalWalkOptions::default()
+        },
         false,
     );
 }
@@ -590,43 +622,56 @@ fn exit_delay_by_goroutine_count() {
         .unwrap();
     let bin = build(&go, BuildMode::Plain);
     let reps = 5;
-    println!("{}: median of {reps} runs, -mode return", go.full);
-    println!(
-        "goroutines | walk ms | walk end→gone ms | probe→gone ms | exit→gone traced ms | exit→gone untraced ms | dropped"
-    );
-    for n in [10usize, 10_000, 100_000] {
-        let ns = n.to_string();
-        let args = ["-n", &ns, "-late", "0", "-mode", "return", "-truth=false"];
-        let mut walk = Vec::new();
-        let mut probe_gone = Vec::new();
-        let mut end_gone = Vec::new();
-        let mut traced = Vec::new();
-        let mut plain = Vec::new();
-        let mut dropped = 0;
-        for _ in 0..reps {
-            let o = run(&bin, &args, Some(FinalWalkOptions::default()), false);
-            let s = o.snap.as_ref().unwrap();
-            assert!(s.program_goroutines().count() > n, "{s:?}");
-            dropped += s.dropped;
-            walk.push(s.walk_duration().as_secs_f64() * 1e3);
-            probe_gone.push((o.gone_ns - s.probe_ns) as f64 / 1e6);
-            end_gone.push((o.gone_ns - s.walk_end_ns) as f64 / 1e6);
-            traced.push((o.gone_ns - o.exit_at_ns) as f64 / 1e6);
-            let o = run(&bin, &args, None, false);
-            plain.push((o.gone_ns - o.exit_at_ns) as f64 / 1e6);
+    for sleepable in [true, false] {
+        let opts = FinalWalkOptions {
+            sleepable,
+            ..FinalWalkOptions::default()
+        };
+        println!(
+            "{}: {} program, median of {reps} runs, -mode return",
+            go.full,
+            if sleepable { "sleepable" } else { "no-fault" }
+        );
+        println!(
+            "goroutines | walk ms | walk end→gone ms | probe→gone ms | exit→gone traced ms | exit→gone untraced ms | waited ms | dropped"
+        );
+        for n in [10usize, 10_000, 100_000] {
+            let ns = n.to_string();
+            let args = ["-n", &ns, "-late", "0", "-mode", "return", "-truth=false"];
+            let mut walk = Vec::new();
+            let mut probe_gone = Vec::new();
+            let mut end_gone = Vec::new();
+            let mut traced = Vec::new();
+            let mut plain = Vec::new();
+            let mut waited = Vec::new();
+            let mut dropped = 0;
+            for _ in 0..reps {
+                let o = run(&bin, &args, Some(opts), false);
+                let s = o.snap.as_ref().unwrap();
+                assert!(s.program_goroutines().count() > n, "{s:?}");
+                dropped += s.dropped;
+                walk.push(s.walk_duration().as_secs_f64() * 1e3);
+                probe_gone.push((o.gone_ns - s.probe_ns) as f64 / 1e6);
+                end_gone.push((o.gone_ns - s.walk_end_ns) as f64 / 1e6);
+                traced.push((o.gone_ns - o.exit_at_ns) as f64 / 1e6);
+                waited.push(s.waited.as_secs_f64() * 1e3);
+                let o = run(&bin, &args, None, false);
+                plain.push((o.gone_ns - o.exit_at_ns) as f64 / 1e6);
+            }
+            println!(
+                "{n:>10} | {:>7.3} | {:>16.3} | {:>13.3} | {:>19.3} | {:>21.3} | {:>9.3} | {dropped}",
+                median(&mut walk),
+                median(&mut end_gone),
+                median(&mut probe_gone),
+                median(&mut traced),
+                median(&mut plain),
+                median(&mut waited),
+            );
+            println!(
+                "           samples: walk end→gone {end_gone:.1?}, untraced exit→gone {plain:.1?}"
+            );
+            assert_eq!(dropped, 0, "records dropped at {n} goroutines");
         }
-        println!(
-            "{n:>10} | {:>7.3} | {:>16.3} | {:>13.3} | {:>19.3} | {:>21.3} | {dropped}",
-            median(&mut walk),
-            median(&mut end_gone),
-            median(&mut probe_gone),
-            median(&mut traced),
-            median(&mut plain)
-        );
-        println!(
-            "           samples: walk end→gone {end_gone:.1?}, untraced exit→gone {plain:.1?}"
-        );
-        assert_eq!(dropped, 0, "records dropped at {n} goroutines");
     }
 }
 

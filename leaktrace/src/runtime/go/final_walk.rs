@@ -115,17 +115,24 @@ use crate::{
 static FINAL_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leaktrace-final"));
 
+/// The walk as a sleepable uprobe (`bpf_copy_from_user`), and as a plain
+/// one (`bpf_probe_read_user`) for kernels that refuse the first.
+const PROG_SLEEPABLE: &str = "go_final";
+const PROG_NOFAULT: &str = "go_final_nofault";
+
 /// Longest the reader sleeps when the probe did not wake it.
 const POLL_MS: i32 = 20;
 
 #[derive(Clone, Copy, Debug)]
 pub struct FinalWalkOptions {
     /// Ring size in bytes (a power of two, at least a page). A record is
-    /// 144 bytes plus 8 per frame (~190 bytes for a typical parked stack).
-    /// The reader drains the ring while the walk runs, and the walk waits
-    /// for it when the ring is full (see `wait_budget`), so this bounds
-    /// what piles up, not the goroutine count: 100,000 goroutines went
-    /// through a 1 MiB ring with 1.3 ms of waiting (measured).
+    /// 144 bytes plus 8 per frame (~190 bytes for a typical parked stack),
+    /// so the default holds ~85,000 goroutines without any help. The reader
+    /// drains the ring while the walk runs, and the walk waits for it when
+    /// the ring is full (see `wait_budget`), so this bounds what piles up,
+    /// not the goroutine count; a smaller ring costs exit delay instead
+    /// (measured with 100,000 goroutines on a loaded 2-core machine: 1 MiB
+    /// and 4 MiB rings, 1–86 ms of waiting; 16 MiB, none).
     pub ring_bytes: u32,
     /// Most `allgs` entries visited (the rest are counted as skipped).
     pub max_gs: u32,
@@ -136,16 +143,20 @@ pub struct FinalWalkOptions {
     /// Longest the walk waits, in all, for the reader when the ring is
     /// full (holding up the exit); records are dropped after that.
     pub wait_budget: Duration,
+    /// Use the sleepable program when the kernel takes it (default); false
+    /// loads the no-fault fallback directly.
+    pub sleepable: bool,
 }
 
 impl Default for FinalWalkOptions {
     fn default() -> Self {
         Self {
-            ring_bytes: 4 << 20,
+            ring_bytes: 16 << 20,
             max_gs: FINAL_DEFAULT_MAX_GS,
             max_frames: FINAL_MAX_FRAMES as u32,
             wakeup_every: 256,
             wait_budget: Duration::from_millis(500),
+            sleepable: true,
         }
     }
 }
@@ -401,6 +412,12 @@ pub struct FinalWalk {
     wait_reasons: WaitReasons,
     /// The probe points attached, for messages.
     pub points: Vec<String>,
+    /// The sleepable program runs (reads may fault pages in); false: the
+    /// no-fault fallback, which reports pages that are not resident (swapped
+    /// out) as unreadable.
+    pub sleepable: bool,
+    /// Why the sleepable program was not used, if it was refused.
+    pub fallback: Option<String>,
     done: bool,
 }
 
@@ -465,12 +482,38 @@ impl FinalWalk {
                 .ok_or_else(|| anyhow!("FINAL_EVENTS missing from the exit probe object"))?,
         )?;
 
+        // The sleepable program (it may fault pages in), else the one that
+        // reads only what is resident (kernels without sleepable uprobes).
+        let mut candidates = vec![(PROG_NOFAULT, false)];
+        if opts.sleepable {
+            candidates.insert(0, (PROG_SLEEPABLE, true));
+        }
+        let mut chosen = None;
+        let mut refused = Vec::new();
+        for (name, sleepable) in candidates {
+            let prog: &mut UProbe = ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("program {name} missing from the exit probe object"))?
+                .try_into()?;
+            match prog.load() {
+                Ok(()) => {
+                    chosen = Some((name, sleepable));
+                    break;
+                }
+                Err(e) => refused.push(format!("{name}: {e}")),
+            }
+        }
+        let Some((prog_name, sleepable)) = chosen else {
+            bail!(
+                "the kernel rejected the exit probe ({})",
+                refused.join("; ")
+            );
+        };
+        let fallback = (!refused.is_empty()).then(|| refused.join("; "));
         let prog: &mut UProbe = ebpf
-            .program_mut("go_final")
-            .ok_or_else(|| anyhow!("program go_final missing from the exit probe object"))?
+            .program_mut(prog_name)
+            .ok_or_else(|| anyhow!("program {prog_name} missing"))?
             .try_into()?;
-        prog.load()
-            .map_err(|e| anyhow!("the kernel rejected the exit probe: {e}"))?;
         let mut attached = Vec::new();
         for (name, point, offset) in points {
             let at = UProbeAttachPoint {
@@ -494,6 +537,8 @@ impl FinalWalk {
             reader: Some(reader),
             wait_reasons: bin.wait_reasons.clone(),
             points: attached,
+            sleepable,
+            fallback,
             done: false,
         })
     }
