@@ -68,6 +68,12 @@ pub fn probe_config(l: &GLayout) -> GoConfig {
         gstatus_dead: gstatus::DEAD,
         g_stack_lo: l.g_stack_lo,
         g_stack_hi: l.g_stack_hi,
-        g_sched_bp: l.g_sched_bp,
+        // The probe reads the g's first 128 bytes in one go (see
+        // leaktrace-ebpf's `creator_callers`); true of every Go release.
+        g_sched_bp: if l.g_sched_bp.max(l.g_stack_hi) + 8 <= 128 {
+            l.g_sched_bp
+        } else {
+            0
+        },
     }
 }
