@@ -46,10 +46,11 @@ pub struct LiveTable {
     /// How long the goroutines that finished lived, per `go` statement
     /// (gopc), for those seen from spawn to exit.
     lifetimes: HashMap<u64, LifetimeStats>,
-    /// The distinct creator callers seen per `go` statement (gopc), from
-    /// every spawn since attach, exited goroutines included: what tells a
-    /// spawn helper (one `go` statement, many callers) from a plain `go`.
-    callers: HashMap<u64, HashSet<[u64; 2]>>,
+    /// Per `go` statement (gopc), from every spawn since attach, exited
+    /// goroutines included: how many, and the distinct creator callers
+    /// seen. What tells a spawn helper (one `go` statement, many callers)
+    /// from a plain `go`.
+    sites: HashMap<u64, SiteSpawns>,
     /// (gopc, callers) pairs not seen before, for the reader to symbolize.
     new_callers: Vec<(u64, [u64; 2])>,
 }
@@ -57,6 +58,12 @@ pub struct LiveTable {
 /// Creation sites whose lifetimes are kept; a program with more distinct
 /// `go` statements than this is not judged on lifetimes for the rest.
 const MAX_LIFETIME_SITES: usize = 8192;
+#[derive(Debug, Default)]
+struct SiteSpawns {
+    spawns: u64,
+    callers: HashSet<[u64; 2]>,
+}
+
 /// Distinct caller pairs kept per `go` statement: two distinct callers
 /// already make a helper; the rest only guard against one caller reached
 /// through many paths.
@@ -74,8 +81,8 @@ impl LiveTable {
                 via_pcs,
             } => {
                 self.counts.spawn += 1;
-                if via_pcs[0] != 0 && created_pc != 0 {
-                    self.note_callers(created_pc, via_pcs);
+                if created_pc != 0 {
+                    self.note_spawn(created_pc, via_pcs);
                 }
                 self.tasks.insert(
                     ev.key,
@@ -124,16 +131,25 @@ impl LiveTable {
         }
     }
 
-    fn note_callers(&mut self, gopc: u64, via_pcs: [u64; 2]) {
-        let full = self.callers.len() >= MAX_LIFETIME_SITES;
-        let seen = match self.callers.get_mut(&gopc) {
+    fn note_spawn(&mut self, gopc: u64, via_pcs: [u64; 2]) {
+        let full = self.sites.len() >= MAX_LIFETIME_SITES;
+        let site = match self.sites.get_mut(&gopc) {
             Some(s) => s,
-            None if !full => self.callers.entry(gopc).or_default(),
+            None if !full => self.sites.entry(gopc).or_default(),
             None => return,
         };
-        if seen.len() < MAX_CALLERS_PER_SITE && seen.insert(via_pcs) {
+        site.spawns += 1;
+        if via_pcs[0] != 0
+            && site.callers.len() < MAX_CALLERS_PER_SITE
+            && site.callers.insert(via_pcs)
+        {
             self.new_callers.push((gopc, via_pcs));
         }
+    }
+
+    /// Goroutines started per `go` statement since attach.
+    pub fn spawns_by_site(&self) -> impl Iterator<Item = (u64, u64)> {
+        self.sites.iter().map(|(&gopc, s)| (gopc, s.spawns))
     }
 
     /// Caller pairs seen for the first time since the last call.
@@ -238,6 +254,7 @@ mod tests {
         assert_eq!(t.get(0xc).unwrap().via_pcs, [0x50, 0]);
         t.apply(&ev(5, 0xe, 0, spawn([0x50, 0])));
         assert!(t.take_new_callers().is_empty());
+        assert_eq!(t.spawns_by_site().collect::<Vec<_>>(), vec![(0x10, 5)]);
     }
 
     #[test]

@@ -51,6 +51,20 @@ pub struct GoReader {
     vias: HashMap<(u64, [u64; 2]), Option<Frame>>,
     /// Per creation site (`go` statement line): the callers seen so far.
     site_callers: HashMap<Frame, SiteCallers>,
+    /// `go` statements the spawn probe was told to walk only now and then
+    /// (one caller after many spawns), with their site.
+    plain: HashMap<u64, Frame>,
+}
+
+/// Spawns a `go` statement must have made, all from one caller, before the
+/// spawn probe stops reading its callers on every spawn.
+const PLAIN_AFTER: u64 = 64;
+
+/// Changes to the spawn probe's set of plain `go` statements.
+#[derive(Debug, Default)]
+pub struct PlainSites {
+    pub add: Vec<u64>,
+    pub remove: Vec<u64>,
 }
 
 /// Whether one `go` statement is a spawn helper: it is once goroutines came
@@ -163,6 +177,7 @@ impl GoReader {
             origins: HashMap::new(),
             vias: HashMap::new(),
             site_callers: HashMap::new(),
+            plain: HashMap::new(),
         }
     }
 
@@ -177,6 +192,7 @@ impl GoReader {
             self.origins.clear();
             self.vias.clear();
             self.site_callers.clear();
+            self.plain.clear();
         }
     }
 
@@ -432,6 +448,37 @@ impl GoReader {
                 );
             }
         }
+    }
+
+    /// Which `go` statements the spawn probe may stop walking (many spawns,
+    /// one caller) and which it must walk again (their site turned out to
+    /// be a helper). Call after [`Self::views`], which takes in the callers.
+    pub fn plain_sites(&mut self, table: &LiveTable) -> PlainSites {
+        let mut changes = PlainSites::default();
+        let is_helper = |r: &Self, site: &Frame| r.site_callers.get(site).is_some_and(|s| s.helper);
+        let candidates: Vec<u64> = table
+            .spawns_by_site()
+            .filter(|&(gopc, n)| n >= PLAIN_AFTER && !self.plain.contains_key(&gopc))
+            .map(|(gopc, _)| gopc)
+            .collect();
+        for gopc in candidates {
+            let site = self.created_by(gopc);
+            if !is_helper(self, &site) {
+                changes.add.push(gopc);
+                self.plain.insert(gopc, site);
+            }
+        }
+        let helpers: Vec<u64> = self
+            .plain
+            .iter()
+            .filter(|(_, site)| is_helper(self, site))
+            .map(|(&gopc, _)| gopc)
+            .collect();
+        for gopc in helpers {
+            self.plain.remove(&gopc);
+            changes.remove.push(gopc);
+        }
+        changes
     }
 
     /// The task's caller through a spawn helper; None unless its site is one.
