@@ -26,7 +26,8 @@ impl GoEventKind {
 /// One goroutine record in the ring buffer.
 ///
 /// A single fixed-size record for all kinds keeps the probe code branch-free
-/// and the decoder trivial; at 56 bytes it is under one cache line.
+/// and the decoder trivial; at 72 bytes (80 with the ring's header) it is
+/// just over one cache line.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GoEvent {
@@ -48,9 +49,14 @@ pub struct GoEvent {
     /// Park: `g.waitreason` (version-specific numbering, decoded in userspace).
     pub wait_reason: u8,
     pub _pad: [u8; 6],
+    /// Spawn: return addresses of the frames above the one holding the `go`
+    /// statement in the creator's stack (its caller, then the caller's
+    /// caller), innermost first; 0 where the creator's frame-pointer chain
+    /// could not be followed. What a spawn helper's callers are told by.
+    pub via_pcs: [u64; 2],
 }
 
-const _: () = assert!(size_of::<GoEvent>() == 56);
+const _: () = assert!(size_of::<GoEvent>() == 72);
 
 /// Where the probes find things in a `runtime.g` (and `runtime.m`) of this
 /// particular Go binary. Filled from DWARF or the per-version table.
@@ -69,9 +75,17 @@ pub struct GoConfig {
     /// `_Gdead`, the old status of the `casgstatus` call that makes a new g
     /// runnable; the spawn probe on that call filters on it.
     pub gstatus_dead: u32,
+    /// `g.stack.lo` / `g.stack.hi`: the creator's stack bounds, which every
+    /// frame pointer the spawn probe follows must lie within.
+    pub g_stack_lo: u32,
+    pub g_stack_hi: u32,
+    /// `g.sched.bp`, where `systemstack` saved the creator's frame pointer
+    /// before newproc1 ran on g0. 0: do not walk the creator's frames
+    /// (`GoEvent::via_pcs` stay 0).
+    pub g_sched_bp: u32,
 }
 
-const _: () = assert!(size_of::<GoConfig>() == 32);
+const _: () = assert!(size_of::<GoConfig>() == 44);
 
 /// The attach cookie of a spawn probe: which kind of point fired.
 #[repr(u64)]

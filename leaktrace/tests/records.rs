@@ -38,6 +38,7 @@ fn go_records_round_trip_into_task_events() {
             kind: kind as u8,
             wait_reason: 15,
             _pad: [0; 6],
+            via_pcs: [0x4a_9abc, 0x4a_def0],
         };
         let back: GoEvent = decode_record(&bytes_of(&ev)).expect("a whole record");
         assert_eq!(back, ev);
@@ -50,8 +51,12 @@ fn go_records_round_trip_into_task_events() {
                     created_pc,
                     start_pc,
                     parent_id,
+                    via_pcs,
                 },
-            ) => assert_eq!((created_pc, start_pc, parent_id), (0x4a_1234, 0x4a_5678, 7)),
+            ) => assert_eq!(
+                (created_pc, start_pc, parent_id, via_pcs),
+                (0x4a_1234, 0x4a_5678, 7, [0x4a_9abc, 0x4a_def0])
+            ),
             (GoEventKind::Park, TaskEventKind::Park { reason }) => assert_eq!(reason, 15),
             (GoEventKind::Exit, TaskEventKind::Exit) => {}
             other => panic!("kind changed on the way: {other:?}"),
@@ -64,7 +69,7 @@ fn go_records_round_trip_into_task_events() {
     };
     assert!(decode(&unknown).is_none(), "an unknown kind is dropped");
     // A short record is refused, not read past its end.
-    assert!(decode_record::<GoEvent>(&[0u8; 55]).is_none());
+    assert!(decode_record::<GoEvent>(&[0u8; 71]).is_none());
 }
 
 #[test]

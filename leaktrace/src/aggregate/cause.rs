@@ -171,6 +171,7 @@ mod tests {
         Group {
             key: GroupKey {
                 created_by: frame(created_by),
+                via: None,
                 start: frame("main.worker"),
                 state: TaskState::Waiting(reason.into()),
                 blocked_at: Some(frame("main.worker")),

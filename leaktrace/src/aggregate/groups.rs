@@ -10,6 +10,8 @@ use crate::{
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct GroupKey {
     pub created_by: Frame,
+    /// The spawn helper's caller (see `TaskView::via`).
+    pub via: Option<Frame>,
     pub start: Frame,
     pub state: TaskState,
     pub blocked_at: Option<Frame>,
@@ -62,6 +64,7 @@ pub fn group<'v>(
     for v in views {
         let key = GroupKey {
             created_by: v.created_by.clone(),
+            via: v.via.clone(),
             start: v.start.clone(),
             state: v.state.clone(),
             blocked_at: v.blocked_at.clone(),
@@ -168,6 +171,10 @@ pub fn sort(groups: &mut [Group]) {
         b.count
             .cmp(&a.count)
             .then_with(|| a.key.created_by.function.cmp(&b.key.created_by.function))
+            .then_with(|| {
+                let f = |g: &Group| g.key.via.as_ref().map(|f| (f.function.clone(), f.line));
+                f(a).cmp(&f(b))
+            })
             .then_with(|| a.key.state.cmp(&b.key.state))
             .then_with(|| {
                 let f = |g: &Group| {
@@ -202,6 +209,7 @@ mod tests {
             system: false,
             main: false,
             created_by: frame("main.serve", 10),
+            via: None,
             start: frame("main.serve.func1", 11),
             stack: vec![frame("runtime.gopark", 1), frame("main.serve.func1", 12)].into(),
             blocked_at: state.is_waiting().then(|| frame("main.serve.func1", 12)),

@@ -505,6 +505,7 @@ mod tests {
         Group {
             key: GroupKey {
                 created_by: Frame::default(),
+                via: None,
                 start: Frame::default(),
                 state,
                 blocked_at: None,

@@ -277,11 +277,17 @@ fn site_of(k: &GroupKey) -> SiteKey {
     (k.created_by.clone(), k.start.clone())
 }
 
-/// A group without its wait state: members of one site blocked at one frame.
-type GroupTrendKey = (Frame, Frame, Option<Frame>);
+/// A group without its wait state: members of one site (and, for a spawn
+/// helper, one caller of it) blocked at one frame.
+type GroupTrendKey = (Frame, Option<Frame>, Frame, Option<Frame>);
 
 fn group_trend_of(k: &GroupKey) -> GroupTrendKey {
-    (k.created_by.clone(), k.start.clone(), k.blocked_at.clone())
+    (
+        k.created_by.clone(),
+        k.via.clone(),
+        k.start.clone(),
+        k.blocked_at.clone(),
+    )
 }
 
 fn group_report(g: Group, growth_per_s: f64, verdict: Verdict, why: String) -> GroupReport {
@@ -292,6 +298,7 @@ fn group_report(g: Group, growth_per_s: f64, verdict: Verdict, why: String) -> G
         count: g.count,
         state: g.key.state.label().to_string(),
         created_by: g.key.created_by,
+        created_via: g.key.via,
         start: g.key.start,
         blocked_at: g.key.blocked_at,
         blocked_s: g.blocked_s.map(|(min, max)| BlockedSpan {

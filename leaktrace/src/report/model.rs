@@ -108,6 +108,8 @@ pub struct GroupReport {
     pub count: u64,
     pub state: String,
     pub created_by: Frame,
+    /// When `created_by` is a spawn helper: the caller these came through.
+    pub created_via: Option<Frame>,
     pub start: Frame,
     pub blocked_at: Option<Frame>,
     pub blocked_s: Option<BlockedSpan>,

@@ -159,6 +159,9 @@ fn write_group(
         verdict,
         site(&g.created_by)
     );
+    if let Some(via) = &g.created_via {
+        line.push_str(&format!(" via {}", site(via)));
+    }
     if let Some(at) = &g.blocked_at {
         line.push_str(&format!(", blocked in {}", site(at)));
     } else if g.start.function != g.created_by.function {

@@ -45,6 +45,11 @@ pub struct TaskView {
     pub main: bool,
     /// Where the task was created (the `go` statement).
     pub created_by: Frame,
+    /// When `created_by` is a spawn helper (one `go` statement that starts
+    /// goroutines for many callers): the caller the task came through, the
+    /// first of the program's own frames above the helper. None for plain
+    /// creation sites, for tasks created before attach, and for tokio.
+    pub via: Option<Frame>,
     /// The task's own function, compiler wrappers unwrapped.
     pub start: Frame,
     /// Innermost first. Empty when not blocked or not readable. Shared by

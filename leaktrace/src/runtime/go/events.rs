@@ -24,6 +24,9 @@ pub enum TaskEventKind {
         /// Entry of the goroutine's function (startpc).
         start_pc: u64,
         parent_id: u64,
+        /// Return addresses above the `go` statement's frame in the
+        /// creator's stack (its caller, the caller's caller); 0 = unknown.
+        via_pcs: [u64; 2],
     },
     Park {
         /// Version-specific wait reason code.
@@ -38,6 +41,7 @@ pub fn decode(ev: &GoEvent) -> Option<TaskEvent> {
             created_pc: ev.gopc,
             start_pc: ev.startpc,
             parent_id: ev.parent_goid,
+            via_pcs: ev.via_pcs,
         },
         GoEventKind::Park => TaskEventKind::Park {
             reason: ev.wait_reason,
@@ -62,5 +66,14 @@ pub fn probe_config(l: &GLayout) -> GoConfig {
         g_m: l.g_m,
         m_curg: l.m_curg,
         gstatus_dead: gstatus::DEAD,
+        g_stack_lo: l.g_stack_lo,
+        g_stack_hi: l.g_stack_hi,
+        // The probe reads the g's first 128 bytes in one go (see
+        // leaktrace-ebpf's `creator_callers`); true of every Go release.
+        g_sched_bp: if l.g_sched_bp.max(l.g_stack_hi) + 8 <= 128 {
+            l.g_sched_bp
+        } else {
+            0
+        },
     }
 }

@@ -1,6 +1,6 @@
 //! Go's table of live goroutines, fed by probe events and the attach-time
 //! snapshot, refreshed from memory by the reader.
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use super::events::{TaskEvent, TaskEventKind};
 use crate::runtime::LifetimeStats;
@@ -15,6 +15,10 @@ pub struct LiveTask {
     pub created_pc: u64,
     pub start_pc: u64,
     pub parent_id: u64,
+    /// Return addresses of the creator's callers at the `go` statement
+    /// (see `GoEvent::via_pcs`); zeros when not seen (snapshot, or the
+    /// chain could not be followed).
+    pub via_pcs: [u64; 2],
     /// None: the task existed before leaktrace attached.
     pub spawned_ns: Option<u64>,
     /// Last park seen by a probe.
@@ -42,11 +46,28 @@ pub struct LiveTable {
     /// How long the goroutines that finished lived, per `go` statement
     /// (gopc), for those seen from spawn to exit.
     lifetimes: HashMap<u64, LifetimeStats>,
+    /// Per `go` statement (gopc), from every spawn since attach, exited
+    /// goroutines included: how many, and the distinct creator callers
+    /// seen. What tells a spawn helper (one `go` statement, many callers)
+    /// from a plain `go`.
+    sites: HashMap<u64, SiteSpawns>,
+    /// (gopc, callers) pairs not seen before, for the reader to symbolize.
+    new_callers: Vec<(u64, [u64; 2])>,
 }
 
 /// Creation sites whose lifetimes are kept; a program with more distinct
 /// `go` statements than this is not judged on lifetimes for the rest.
 const MAX_LIFETIME_SITES: usize = 8192;
+#[derive(Debug, Default)]
+struct SiteSpawns {
+    spawns: u64,
+    callers: HashSet<[u64; 2]>,
+}
+
+/// Distinct caller pairs kept per `go` statement: two distinct callers
+/// already make a helper; the rest only guard against one caller reached
+/// through many paths.
+const MAX_CALLERS_PER_SITE: usize = 64;
 
 impl LiveTable {
     /// Events must be applied in ring order: for one key, spawn < park… <
@@ -57,8 +78,12 @@ impl LiveTable {
                 created_pc,
                 start_pc,
                 parent_id,
+                via_pcs,
             } => {
                 self.counts.spawn += 1;
+                if created_pc != 0 {
+                    self.note_spawn(created_pc, via_pcs);
+                }
                 self.tasks.insert(
                     ev.key,
                     LiveTask {
@@ -67,6 +92,7 @@ impl LiveTable {
                         created_pc,
                         start_pc,
                         parent_id,
+                        via_pcs,
                         spawned_ns: Some(ev.ts_ns),
                         parked_ns: None,
                         seen_dead: false,
@@ -103,6 +129,32 @@ impl LiveTable {
                 }
             }
         }
+    }
+
+    fn note_spawn(&mut self, gopc: u64, via_pcs: [u64; 2]) {
+        let full = self.sites.len() >= MAX_LIFETIME_SITES;
+        let site = match self.sites.get_mut(&gopc) {
+            Some(s) => s,
+            None if !full => self.sites.entry(gopc).or_default(),
+            None => return,
+        };
+        site.spawns += 1;
+        if via_pcs[0] != 0
+            && site.callers.len() < MAX_CALLERS_PER_SITE
+            && site.callers.insert(via_pcs)
+        {
+            self.new_callers.push((gopc, via_pcs));
+        }
+    }
+
+    /// Goroutines started per `go` statement since attach.
+    pub fn spawns_by_site(&self) -> impl Iterator<Item = (u64, u64)> {
+        self.sites.iter().map(|(&gopc, s)| (gopc, s.spawns))
+    }
+
+    /// Caller pairs seen for the first time since the last call.
+    pub fn take_new_callers(&mut self) -> Vec<(u64, [u64; 2])> {
+        std::mem::take(&mut self.new_callers)
     }
 
     /// A task found in the target's memory at attach. Probe events that
@@ -156,6 +208,7 @@ mod tests {
         created_pc: 0x10,
         start_pc: 0x20,
         parent_id: 1,
+        via_pcs: [0x30, 0x40],
     };
 
     #[test]
@@ -179,6 +232,29 @@ mod tests {
                 exit: 1
             }
         );
+    }
+
+    #[test]
+    fn distinct_callers_are_reported_once_each() {
+        let mut t = LiveTable::default();
+        let spawn = |via_pcs| TaskEventKind::Spawn {
+            created_pc: 0x10,
+            start_pc: 0x20,
+            parent_id: 1,
+            via_pcs,
+        };
+        t.apply(&ev(1, 0xa, 0, spawn([0x30, 0x40])));
+        t.apply(&ev(2, 0xb, 0, spawn([0x30, 0x40])));
+        t.apply(&ev(3, 0xc, 0, spawn([0x50, 0])));
+        t.apply(&ev(4, 0xd, 0, spawn([0, 0])));
+        assert_eq!(
+            t.take_new_callers(),
+            vec![(0x10, [0x30, 0x40]), (0x10, [0x50, 0])]
+        );
+        assert_eq!(t.get(0xc).unwrap().via_pcs, [0x50, 0]);
+        t.apply(&ev(5, 0xe, 0, spawn([0x50, 0])));
+        assert!(t.take_new_callers().is_empty());
+        assert_eq!(t.spawns_by_site().collect::<Vec<_>>(), vec![(0x10, 5)]);
     }
 
     #[test]

@@ -47,6 +47,33 @@ pub struct GoReader {
     stacks: HashMap<Vec<u64>, Arc<Stack>>,
     /// Per (gopc, startpc): who created it and what it runs.
     origins: HashMap<(u64, u64), Arc<Origin>>,
+    /// Per (gopc, the creator's caller pcs): the caller shown as `via`.
+    vias: HashMap<(u64, [u64; 2]), Option<Frame>>,
+    /// Per creation site (`go` statement line): the callers seen so far.
+    site_callers: HashMap<Frame, SiteCallers>,
+    /// `go` statements the spawn probe was told to walk only now and then
+    /// (one caller after many spawns), with their site.
+    plain: HashMap<u64, Frame>,
+}
+
+/// Spawns a `go` statement must have made, all from one caller, before the
+/// spawn probe stops reading its callers on every spawn.
+const PLAIN_AFTER: u64 = 64;
+
+/// Changes to the spawn probe's set of plain `go` statements.
+#[derive(Debug, Default)]
+pub struct PlainSites {
+    pub add: Vec<u64>,
+    pub remove: Vec<u64>,
+}
+
+/// Whether one `go` statement is a spawn helper: it is once goroutines came
+/// to it through two distinct callers (since attach, counting those that
+/// have exited). Until then its goroutines keep today's groups.
+#[derive(Debug)]
+struct SiteCallers {
+    first: Frame,
+    helper: bool,
 }
 
 /// One symbolized blocked stack and what we derive from it.
@@ -148,6 +175,9 @@ impl GoReader {
             walks_next: HashMap::new(),
             stacks: HashMap::new(),
             origins: HashMap::new(),
+            vias: HashMap::new(),
+            site_callers: HashMap::new(),
+            plain: HashMap::new(),
         }
     }
 
@@ -160,6 +190,9 @@ impl GoReader {
             self.walks_next.clear();
             self.stacks.clear();
             self.origins.clear();
+            self.vias.clear();
+            self.site_callers.clear();
+            self.plain.clear();
         }
     }
 
@@ -205,6 +238,7 @@ impl GoReader {
                 created_pc: h.gopc,
                 start_pc: h.startpc,
                 parent_id: h.parent_goid,
+                via_pcs: [0; 2],
                 spawned_ns: None,
                 parked_ns: None,
                 seen_dead: false,
@@ -219,6 +253,9 @@ impl GoReader {
     /// runtime marks the new g runnable, so one "dead" read can be a g that
     /// is being born.
     pub fn views(&mut self, table: &mut LiveTable, snapshot_ns: u64) -> Vec<TaskView> {
+        for (gopc, pcs) in table.take_new_callers() {
+            self.note_caller(gopc, pcs);
+        }
         let keys: Vec<u64> = table.tasks_mut().map(|t| t.key).collect();
         let headers = self.mem.read_many(&keys, self.g_len());
         let layout = self.bin.layout.clone();
@@ -243,6 +280,7 @@ impl GoReader {
                 // knew about its timing belongs to another goroutine.
                 task.spawned_ns = None;
                 task.parked_ns = None;
+                task.via_pcs = [0; 2];
             }
             task.id = h.goid;
             task.seen_dead = false;
@@ -308,6 +346,7 @@ impl GoReader {
         };
         let never_ends = state.is_waiting() && self.bin.wait_reasons.never_ends(h.waitreason);
         let origin = self.origin(h.gopc, h.startpc);
+        let via = self.via_of(task, h.gopc, &origin.created_by);
         let stack = stack.filter(|_| state.is_waiting());
         let blocked_since = state.is_waiting().then(|| match task.parked_ns {
             Some(t) => Since::Exact(t),
@@ -335,6 +374,7 @@ impl GoReader {
             // Goroutine 1 runs runtime.main, the only one without a `go` statement.
             main: h.goid == 1,
             created_by: origin.created_by.clone(),
+            via,
             start: stack
                 .as_ref()
                 .and_then(|s| s.start.clone())
@@ -388,6 +428,100 @@ impl GoReader {
             .and_then(|f| f.first().cloned())
             .or_else(|| self.physical_frame(gopc.wrapping_sub(1)))
             .unwrap_or_else(|| Frame::unknown(gopc))
+    }
+
+    /// A caller pair seen for the first time: one more caller of its site?
+    fn note_caller(&mut self, gopc: u64, pcs: [u64; 2]) {
+        let site = self.created_by(gopc);
+        let Some(via) = self.via_frame(gopc, pcs, &site) else {
+            return;
+        };
+        match self.site_callers.get_mut(&site) {
+            Some(s) => s.helper |= s.first != via,
+            None => {
+                self.site_callers.insert(
+                    site,
+                    SiteCallers {
+                        first: via,
+                        helper: false,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Which `go` statements the spawn probe may stop walking (many spawns,
+    /// one caller) and which it must walk again (their site turned out to
+    /// be a helper). Call after [`Self::views`], which takes in the callers.
+    pub fn plain_sites(&mut self, table: &LiveTable) -> PlainSites {
+        let mut changes = PlainSites::default();
+        let is_helper = |r: &Self, site: &Frame| r.site_callers.get(site).is_some_and(|s| s.helper);
+        let candidates: Vec<u64> = table
+            .spawns_by_site()
+            .filter(|&(gopc, n)| n >= PLAIN_AFTER && !self.plain.contains_key(&gopc))
+            .map(|(gopc, _)| gopc)
+            .collect();
+        for gopc in candidates {
+            let site = self.created_by(gopc);
+            if !is_helper(self, &site) {
+                changes.add.push(gopc);
+                self.plain.insert(gopc, site);
+            }
+        }
+        let helpers: Vec<u64> = self
+            .plain
+            .iter()
+            .filter(|(_, site)| is_helper(self, site))
+            .map(|(&gopc, _)| gopc)
+            .collect();
+        for gopc in helpers {
+            self.plain.remove(&gopc);
+            changes.remove.push(gopc);
+        }
+        changes
+    }
+
+    /// The task's caller through a spawn helper; None unless its site is one.
+    fn via_of(&mut self, task: &LiveTask, gopc: u64, site: &Frame) -> Option<Frame> {
+        if task.via_pcs[0] == 0 || task.created_pc != gopc {
+            return None;
+        }
+        if !self.site_callers.get(site).is_some_and(|s| s.helper) {
+            return None;
+        }
+        self.via_frame(gopc, task.via_pcs, site)
+    }
+
+    /// Who called the spawn helper `site`: the first of the program's own
+    /// frames above the `go` statement that is neither the helper itself nor
+    /// a compiler wrapper. The frames above are those inlined at the `go`
+    /// statement (a small helper is often inlined into its caller), then
+    /// those at each caller pc the spawn probe read.
+    fn via_frame(&mut self, gopc: u64, pcs: [u64; 2], site: &Frame) -> Option<Frame> {
+        if let Some(v) = self.vias.get(&(gopc, pcs)) {
+            return v.clone();
+        }
+        let mut above: Vec<Frame> = self
+            .frames_at(gopc.wrapping_sub(1))
+            .map(|f| f.iter().skip(1).cloned().collect())
+            .unwrap_or_default();
+        for pc in pcs.into_iter().take_while(|&pc| pc != 0) {
+            match self.frames_at(pc.wrapping_sub(1)) {
+                Some(f) => above.extend(f.iter().cloned()),
+                None => break,
+            }
+        }
+        let via = above.into_iter().find(|f| {
+            f.function != site.function
+                && !is_wrapper(&f.function)
+                && &*f.file != "<autogenerated>"
+                && self.bin.own_code.is_own(&f.function)
+        });
+        if self.vias.len() > 100_000 {
+            self.vias.clear();
+        }
+        self.vias.insert((gopc, pcs), via.clone());
+        via
     }
 
     fn origin(&mut self, gopc: u64, startpc: u64) -> Arc<Origin> {

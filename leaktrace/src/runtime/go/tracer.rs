@@ -12,7 +12,7 @@ use super::{
     events::{decode, probe_config},
     final_walk::{FinalWalk, FinalWalkOptions},
     live::LiveTable,
-    reader::GoReader,
+    reader::{GoReader, PlainSites},
 };
 use crate::{
     probes::{Global, Probes, ring::decode_record},
@@ -161,14 +161,16 @@ impl Runtime for GoRuntime {
         )))
     }
 
-    fn refresh(&mut self, _probes: &mut Probes, pid: u32) -> Result<Option<Vec<TaskView>>> {
+    fn refresh(&mut self, probes: &mut Probes, pid: u32) -> Result<Option<Vec<TaskView>>> {
         if self.locate(pid).is_none() {
             return Ok(None);
         }
         let Some(reader) = self.reader.as_mut() else {
             return Ok(None);
         };
-        Ok(Some(reader.views(&mut self.table, self.snapshot_ns)))
+        let views = reader.views(&mut self.table, self.snapshot_ns);
+        update_plain_sites(probes, reader.plain_sites(&self.table));
+        Ok(Some(views))
     }
 
     fn counts(&self) -> TaskCounts {
@@ -209,6 +211,26 @@ impl Runtime for GoRuntime {
                 .merge(stats);
         }
         by_site.into_iter().map(|(f, s)| (f, s.summary())).collect()
+    }
+}
+
+/// Tell the spawn probe which `go` statements it may stop walking. A full
+/// map or a failed update only costs walks, never data.
+fn update_plain_sites(probes: &mut Probes, changes: PlainSites) {
+    if changes.add.is_empty() && changes.remove.is_empty() {
+        return;
+    }
+    let Some(map) = probes.ebpf_mut().map_mut("GO_PLAIN_SITES") else {
+        return;
+    };
+    let Ok(mut map) = aya::maps::HashMap::<_, u64, u64>::try_from(map) else {
+        return;
+    };
+    for gopc in changes.remove {
+        let _ = map.remove(&gopc);
+    }
+    for gopc in changes.add {
+        let _ = map.insert(gopc, 1, 0);
     }
 }
 

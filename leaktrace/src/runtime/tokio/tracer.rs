@@ -584,6 +584,7 @@ impl TokioTracer {
                 system: t.owner_id == 0 || vt.is_blocking(),
                 main: false,
                 created_by: name.clone(),
+                via: None,
                 start: name,
                 stack,
                 blocked_at,
