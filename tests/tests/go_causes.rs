@@ -24,10 +24,7 @@ use leaktrace_e2e::{BuildMode, Expect, Group};
 /// what the channel is (a timer's, a ticker's), which the
 /// channel reading in progress will tell. A fixture expecting one is shown
 /// as pending (with what leaktrace says now) rather than failing.
-const NOT_YET_RECOGNISED: &[&str] = &[
-    "timer-in-select",
-    "ticker-never-stopped",
-];
+const NOT_YET_RECOGNISED: &[&str] = &["timer-in-select", "ticker-never-stopped"];
 
 /// Leak fixtures leaktrace does not call leaks yet, and why. Their leaking
 /// groups show the verdict leaktrace gives now (marked pending) instead of

@@ -300,8 +300,18 @@ fn detailed_mode_gives_await_lines_and_idle_durations() {
     // ever wake. A oneshot whose sender is kept has no catalogue entry yet.
     for (mode, f, await_text, cause) in [
         ("oneshot", "oneshot_waiter", "rx.await", None),
-        ("mpsc", "mpsc_consumer", "rx.recv().await", Some("channel-never-closed")),
-        ("pending", "pending_forever", "pending::<()>().await", Some("no-waker")),
+        (
+            "mpsc",
+            "mpsc_consumer",
+            "rx.recv().await",
+            Some("channel-never-closed"),
+        ),
+        (
+            "pending",
+            "pending_forever",
+            "pending::<()>().await",
+            Some("no-waker"),
+        ),
     ] {
         let run = run_command_until(
             &bin,

@@ -383,6 +383,8 @@ impl FinalSnapshot {
                     system: g.system,
                     // Goroutine 1 runs runtime.main, the only one without a `go` statement.
                     main: g.goid == 1,
+                    // Filled from the live table by the caller (GoRuntime).
+                    via: None,
                     created_by: frame_at(g.gopc),
                     start,
                     blocked_at: stack

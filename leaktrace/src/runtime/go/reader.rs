@@ -482,7 +482,7 @@ impl GoReader {
     }
 
     /// The task's caller through a spawn helper; None unless its site is one.
-    fn via_of(&mut self, task: &LiveTask, gopc: u64, site: &Frame) -> Option<Frame> {
+    pub fn via_of(&mut self, task: &LiveTask, gopc: u64, site: &Frame) -> Option<Frame> {
         if task.via_pcs[0] == 0 || task.created_pc != gopc {
             return None;
         }

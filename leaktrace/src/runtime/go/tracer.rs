@@ -194,7 +194,15 @@ impl Runtime for GoRuntime {
     fn at_exit(&mut self) -> Option<(Vec<TaskView>, String)> {
         let mut snap = self.final_walk.as_mut()?.take()?;
         snap.symbolize(&self.bin);
-        let views = snap.views(&self.bin, Some(&self.table));
+        let mut views = snap.views(&self.bin, Some(&self.table));
+        // Who called a spawn helper is known from the spawn events only.
+        if let Some(reader) = self.reader.as_mut() {
+            for v in &mut views {
+                if let Some(task) = self.table.get(v.key).filter(|t| t.id == 0 || t.id == v.id) {
+                    v.via = reader.via_of(task, task.created_pc, &v.created_by);
+                }
+            }
+        }
         Some((views, snap.summary()))
     }
 
