@@ -391,7 +391,10 @@ pub fn judge(g: &Group, e: &Evidence, rules: &Rules) -> (Verdict, String) {
 
 /// At the moment the program exited, with goleak's meaning: a goroutine of
 /// the program still blocked then is a leak, whatever the count or trend.
-pub fn judge_at_exit(g: &Group, rules: &Rules) -> (Verdict, String) {
+/// After a crash (a fatal panic or error, a fatal signal) it is `suspect`:
+/// the crash ended it, tests crash subprocesses on purpose, and goleak
+/// never judges a crashed process.
+pub fn judge_at_exit(g: &Group, rules: &Rules, crashed: bool) -> (Verdict, String) {
     let noun = rules.noun;
     if g.system {
         return (Verdict::Ok, format!("the runtime's own {noun}"));
@@ -424,6 +427,15 @@ pub fn judge_at_exit(g: &Group, rules: &Rules) -> (Verdict, String) {
             format!(" (blocked for {ge}{})", human_secs(min))
         })
         .unwrap_or_default();
+    if crashed {
+        return (
+            Verdict::Suspect,
+            format!(
+                "still blocked in `{reason}`{at} when the program crashed{blocked}: the crash ended \
+                 it; a leak if the program would otherwise have returned"
+            ),
+        );
+    }
     (
         Verdict::Leak,
         format!("still blocked in `{reason}`{at} when the program exited{blocked}"),
@@ -869,14 +881,19 @@ mod tests {
     fn at_exit_still_blocked_is_a_leak_and_deadlocks_need_everyone_blocked() {
         let r = Rules::default();
         assert_eq!(
-            judge_at_exit(&group(waiting("chan send"), 25, 0, false), &r).0,
+            judge_at_exit(&group(waiting("chan send"), 25, 0, false), &r, false).0,
             Verdict::Leak
+        );
+        assert_eq!(
+            judge_at_exit(&group(waiting("chan send"), 25, 0, false), &r, true).0,
+            Verdict::Suspect,
+            "a crash ended it"
         );
         let mut main = group(TaskState::Running, 1, 0, false);
         main.main = true;
-        assert_eq!(judge_at_exit(&main, &r).0, Verdict::Ok);
+        assert_eq!(judge_at_exit(&main, &r, false).0, Verdict::Ok);
         assert_eq!(
-            judge_at_exit(&group(TaskState::Runnable, 2, 0, false), &r).0,
+            judge_at_exit(&group(TaskState::Runnable, 2, 0, false), &r, false).0,
             Verdict::Ok
         );
 

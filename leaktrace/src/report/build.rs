@@ -62,8 +62,8 @@ impl Ignore {
 pub enum Moment {
     /// While it runs: verdicts from trends and evidence.
     Live,
-    /// The moment it exited: still blocked = leak.
-    AtExit,
+    /// The moment it exited: still blocked = leak; after a crash, suspect.
+    AtExit { crashed: bool },
 }
 
 /// Trends, verdicts and report contents for one traced process.
@@ -176,8 +176,8 @@ impl ReportBuilder {
         let mut judged: Vec<(Group, f64, Verdict, String)> = group(shown, now, self.older_ns())
             .into_iter()
             .map(|g| {
-                if moment == Moment::AtExit {
-                    let (verdict, why) = judge_at_exit(&g, &self.rules);
+                if let Moment::AtExit { crashed } = moment {
+                    let (verdict, why) = judge_at_exit(&g, &self.rules, crashed);
                     return (g, 0.0, verdict, why);
                 }
                 if let Some(d) = deadlock
@@ -247,7 +247,7 @@ impl ReportBuilder {
             window_s,
             groups: reports,
             groups_omitted: omitted,
-            at_exit: moment == Moment::AtExit,
+            at_exit: matches!(moment, Moment::AtExit { .. }),
             deadlock,
             notes: self.notes.clone(),
             threads: self.threads.clone(),

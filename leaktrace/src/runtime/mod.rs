@@ -77,6 +77,18 @@ pub struct Attached {
     pub detail: Option<String>,
 }
 
+/// The tasks at the moment the program exited.
+#[derive(Clone, Debug)]
+pub struct AtExit {
+    pub views: Vec<TaskView>,
+    /// How they were read, for the report's notes.
+    pub note: String,
+    /// The program crashed (a fatal panic or runtime error, a fatal
+    /// signal) rather than returning or calling exit: whatever was blocked
+    /// was ended by the crash, which a test may cause on purpose.
+    pub crashed: bool,
+}
+
 /// A runtime-specific event counter (parks, polls, wakes, cancellations).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Counter {
@@ -149,9 +161,8 @@ pub trait Runtime {
     fn take_notes(&mut self) -> Vec<String>;
     /// After the process exited: its tasks as they were at the moment of
     /// exit, when the runtime could capture them (Go: the exit probe's walk
-    /// of `allgs`), with a note saying how. `None`: only the last refresh is
-    /// known.
-    fn at_exit(&mut self) -> Option<(Vec<TaskView>, String)> {
+    /// of `allgs`). `None`: only the last refresh is known.
+    fn at_exit(&mut self) -> Option<AtExit> {
         None
     }
 }

@@ -255,11 +255,13 @@ pub(super) async fn trace(
             None => "the target exited".to_string(),
         };
         match rt.at_exit() {
-            Some((views, how)) => {
-                refresh.views = views;
-                moment = Moment::AtExit;
+            Some(at) => {
+                refresh.views = at.views;
+                moment = Moment::AtExit {
+                    crashed: at.crashed,
+                };
                 // The walk's summary says how the program ended.
-                refresh.builder.notes.push(how);
+                refresh.builder.notes.push(at.note);
             }
             None => refresh
                 .builder

@@ -10,14 +10,14 @@ use super::{
     attach::{find_allgs, place_probes},
     binary::{GoBinary, InspectError},
     events::{decode, probe_config},
-    final_walk::{FinalWalk, FinalWalkOptions},
+    final_walk::{ExitWay, FinalWalk, FinalWalkOptions},
     live::LiveTable,
     reader::{GoReader, PlainSites},
 };
 use crate::{
     probes::{Global, Probes, ring::decode_record},
     runtime::{
-        Attached, Counter, Description, LifetimeStats, Lifetimes, PlannedProbe, Runtime,
+        AtExit, Attached, Counter, Description, LifetimeStats, Lifetimes, PlannedProbe, Runtime,
         RuntimeKind, Shown, TaskCounts, TaskView,
     },
     symbols::Frame,
@@ -191,9 +191,25 @@ impl Runtime for GoRuntime {
         Vec::new()
     }
 
-    fn at_exit(&mut self) -> Option<(Vec<TaskView>, String)> {
+    fn at_exit(&mut self) -> Option<AtExit> {
         let mut snap = self.final_walk.as_mut()?.take()?;
         snap.symbolize(&self.bin);
+        // A fatal signal, or runtime.exit reached from a fatal panic or
+        // runtime error: the exiting goroutine's stack says so, or, when the
+        // scheduler itself gave up (all goroutines asleep, no goroutine
+        // current), the status 2 Go exits with after a fatal error.
+        let crashed = matches!(snap.exit, ExitWay::Signal { .. } | ExitWay::Exit { code: 2 })
+            || snap.goroutines.iter().filter(|g| g.is_current()).any(|g| {
+                g.frames.iter().any(|f| {
+                    matches!(
+                        &*f.function,
+                        "runtime.fatalpanic"
+                            | "runtime.fatalthrow"
+                            | "runtime.throw"
+                            | "runtime.fatal"
+                    )
+                })
+            });
         let mut views = snap.views(&self.bin, Some(&self.table));
         // Who called a spawn helper is known from the spawn events only.
         if let Some(reader) = self.reader.as_mut() {
@@ -203,7 +219,11 @@ impl Runtime for GoRuntime {
                 }
             }
         }
-        Some((views, snap.summary()))
+        Some(AtExit {
+            views,
+            note: snap.summary(),
+            crashed,
+        })
     }
 
     fn lifetimes(&self) -> Vec<(Frame, Lifetimes)> {
