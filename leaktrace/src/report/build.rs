@@ -3,7 +3,8 @@
 use std::{collections::HashMap, time::Instant};
 
 use super::model::{
-    BlockedSpan, Deadlock, EventTotals, GroupReport, Report, TargetInfo, ThreadsReport,
+    BlockedSpan, Deadlock, EventTotals, GroupReport, Report, SessionGrowth, TargetInfo,
+    ThreadsReport,
 };
 use crate::{
     aggregate::{
@@ -173,37 +174,46 @@ impl ReportBuilder {
         let accepting = accept_loops(&all);
         let shown = kept.filter(|v| self.shape.system || !v.system);
         let mut window_s: f64 = 0.0;
-        let mut judged: Vec<(Group, f64, Verdict, String)> = group(shown, now, self.older_ns())
-            .into_iter()
-            .map(|g| {
-                if let Moment::AtExit { crashed } = moment {
-                    let (verdict, why) = judge_at_exit(&g, &self.rules, crashed);
-                    return (g, 0.0, verdict, why);
-                }
-                if let Some(d) = deadlock
-                    && !g.system
-                    && g.key.state.is_waiting()
-                {
-                    let why = format!(
-                        "deadlock: every {} of the program has been blocked for ≥ {} (none \
+        let mut judged: Vec<(Group, (f64, SessionGrowth), Verdict, String)> =
+            group(shown, now, self.older_ns())
+                .into_iter()
+                .map(|g| {
+                    if let Moment::AtExit { crashed } = moment {
+                        let (verdict, why) = judge_at_exit(&g, &self.rules, crashed);
+                        return (g, (0.0, SessionGrowth::default()), verdict, why);
+                    }
+                    if let Some(d) = deadlock
+                        && !g.system
+                        && g.key.state.is_waiting()
+                    {
+                        let why = format!(
+                            "deadlock: every {} of the program has been blocked for ≥ {} (none \
                              running, none waiting on I/O or a timer): nothing can wake them",
-                        self.rules.noun,
-                        human_secs(d.blocked_s)
-                    );
-                    return (g, 0.0, Verdict::Leak, why);
-                }
-                let evidence = Evidence {
-                    group: self.groups.movement(&group_trend_of(&g.key)),
-                    site: self.sites.movement(&site_of(&g.key)),
-                    siblings: lifetimes.get(&g.key.created_by).copied(),
-                    sockets: self.has_sockets.then(|| self.sockets.movement(&())),
-                    accepted: accepting.contains(&*g.key.created_by.function),
-                };
-                window_s = window_s.max(evidence.site.window_s);
-                let (verdict, why) = judge(&g, &evidence, &self.rules);
-                (g, evidence.group.growth_per_s, verdict, why)
-            })
-            .collect();
+                            self.rules.noun,
+                            human_secs(d.blocked_s)
+                        );
+                        return (g, (0.0, SessionGrowth::default()), Verdict::Leak, why);
+                    }
+                    let evidence = Evidence {
+                        group: self.groups.movement(&group_trend_of(&g.key)),
+                        site: self.sites.movement(&site_of(&g.key)),
+                        siblings: lifetimes.get(&g.key.created_by).copied(),
+                        sockets: self.has_sockets.then(|| self.sockets.movement(&())),
+                        accepted: accepting.contains(&*g.key.created_by.function),
+                    };
+                    window_s = window_s.max(evidence.site.window_s);
+                    let (verdict, why) = judge(&g, &evidence, &self.rules);
+                    let s = evidence.group.session;
+                    let session = SessionGrowth {
+                        span_s: s.span_s,
+                        first: s.aged_first,
+                        last: s.aged_last,
+                        growing_s: s.growing_s,
+                        flat_s: s.flat_s,
+                    };
+                    (g, (evidence.group.growth_per_s, session), verdict, why)
+                })
+                .collect();
         // Verdicts first (leak, suspect, ok), by count within each: `--top`
         // must never hide a leak behind large healthy groups.
         judged.sort_by_key(|(_, _, verdict, _)| match verdict {
@@ -290,7 +300,12 @@ fn group_trend_of(k: &GroupKey) -> GroupTrendKey {
     )
 }
 
-fn group_report(g: Group, growth_per_s: f64, verdict: Verdict, why: String) -> GroupReport {
+fn group_report(
+    g: Group,
+    (growth_per_s, session): (f64, SessionGrowth),
+    verdict: Verdict,
+    why: String,
+) -> GroupReport {
     let cause = (verdict != Verdict::Ok).then(|| classify(&g)).flatten();
     GroupReport {
         cause: cause.map(|c| c.name),
@@ -309,6 +324,7 @@ fn group_report(g: Group, growth_per_s: f64, verdict: Verdict, why: String) -> G
             max_at_least: g.max_at_least,
         }),
         growth_per_s,
+        session,
         verdict,
         why,
         stack: g.stack,

@@ -113,7 +113,11 @@ pub struct GroupReport {
     pub start: Frame,
     pub blocked_at: Option<Frame>,
     pub blocked_s: Option<BlockedSpan>,
+    /// Over the recent window (`--window`), members per second.
     pub growth_per_s: f64,
+    /// Over the whole session: the group's old members when first seen and
+    /// now, and when they last grew.
+    pub session: SessionGrowth,
     pub verdict: Verdict,
     pub why: String,
     /// For `leak` and `suspect`: the catalogue's name for why (README
@@ -122,6 +126,16 @@ pub struct GroupReport {
     pub fix: Option<&'static str>,
     pub stack: Vec<Frame>,
     pub sample_ids: Vec<u64>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct SessionGrowth {
+    pub span_s: f64,
+    pub first: u32,
+    pub last: u32,
+    /// From the first sample to the last rise, and since the last rise.
+    pub growing_s: f64,
+    pub flat_s: f64,
 }
 
 #[derive(Clone, Copy, Debug, Serialize)]

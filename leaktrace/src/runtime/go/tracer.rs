@@ -198,18 +198,17 @@ impl Runtime for GoRuntime {
         // runtime error: the exiting goroutine's stack says so, or, when the
         // scheduler itself gave up (all goroutines asleep, no goroutine
         // current), the status 2 Go exits with after a fatal error.
-        let crashed = matches!(snap.exit, ExitWay::Signal { .. } | ExitWay::Exit { code: 2 })
-            || snap.goroutines.iter().filter(|g| g.is_current()).any(|g| {
-                g.frames.iter().any(|f| {
-                    matches!(
-                        &*f.function,
-                        "runtime.fatalpanic"
-                            | "runtime.fatalthrow"
-                            | "runtime.throw"
-                            | "runtime.fatal"
-                    )
-                })
-            });
+        let crashed = matches!(
+            snap.exit,
+            ExitWay::Signal { .. } | ExitWay::Exit { code: 2 }
+        ) || snap.goroutines.iter().filter(|g| g.is_current()).any(|g| {
+            g.frames.iter().any(|f| {
+                matches!(
+                    &*f.function,
+                    "runtime.fatalpanic" | "runtime.fatalthrow" | "runtime.throw" | "runtime.fatal"
+                )
+            })
+        });
         let mut views = snap.views(&self.bin, Some(&self.table));
         // Who called a spawn helper is known from the spawn events only.
         if let Some(reader) = self.reader.as_mut() {
