@@ -202,6 +202,7 @@ mod tests {
             blocked_since: since,
             alive_since: since.unwrap_or(Since::Exact(0)),
             stack_unstable: false,
+            waits_on: Arc::from([]),
         }
     }
 

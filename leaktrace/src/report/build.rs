@@ -6,6 +6,7 @@ use super::model::{BlockedSpan, EventTotals, GroupReport, Report, TargetInfo, Th
 use crate::{
     aggregate::{
         cause::classify,
+        channels::{ChannelSummary, summarize},
         groups::{Group, GroupKey, group},
         trend::Trends,
         verdict::{Evidence, Rules, Verdict, judge},
@@ -114,6 +115,7 @@ impl ReportBuilder {
         let live = views.iter().filter(|v| !v.system).count() as u64;
         let system = views.len() as u64 - live;
         let shown = views.iter().filter(|v| self.shape.system || !v.system);
+        let mut channels = summarize(shown.clone());
         let mut window_s: f64 = 0.0;
         let mut judged: Vec<(Group, f64, Verdict, String)> =
             group(shown, monotonic_ns(), self.older_ns())
@@ -147,7 +149,8 @@ impl ReportBuilder {
                 omitted += 1;
                 continue;
             }
-            reports.push(group_report(g, growth_per_s, verdict, why));
+            let channels = channels.remove(&g.key);
+            reports.push(group_report(g, growth_per_s, verdict, why, channels));
         }
         Report {
             is_final,
@@ -179,11 +182,20 @@ fn group_trend_of(k: &GroupKey) -> GroupTrendKey {
     (k.created_by.clone(), k.start.clone(), k.blocked_at.clone())
 }
 
-fn group_report(g: Group, growth_per_s: f64, verdict: Verdict, why: String) -> GroupReport {
-    let cause = (verdict != Verdict::Ok).then(|| classify(&g)).flatten();
+fn group_report(
+    g: Group,
+    growth_per_s: f64,
+    verdict: Verdict,
+    why: String,
+    channels: Option<ChannelSummary>,
+) -> GroupReport {
+    let cause = (verdict != Verdict::Ok)
+        .then(|| classify(&g, channels.as_ref()))
+        .flatten();
     GroupReport {
         cause: cause.map(|c| c.name),
         fix: cause.map(|c| c.fix),
+        channels,
         count: g.count,
         state: g.key.state.label().to_string(),
         created_by: g.key.created_by,

@@ -172,7 +172,11 @@ impl Runtime for GoRuntime {
     }
 
     fn take_notes(&mut self) -> Vec<String> {
-        Vec::new()
+        self.reader
+            .as_mut()
+            .and_then(GoReader::take_chan_note)
+            .into_iter()
+            .collect()
     }
 
     fn lifetimes(&self) -> Vec<(Frame, Lifetimes)> {
