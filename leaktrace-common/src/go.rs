@@ -50,7 +50,7 @@ pub struct GoEvent {
     pub _pad: [u8; 6],
 }
 
-const _: () = assert!(core::mem::size_of::<GoEvent>() == 56);
+const _: () = assert!(size_of::<GoEvent>() == 56);
 
 /// Where the probes find things in a `runtime.g` (and `runtime.m`) of this
 /// particular Go binary. Filled from DWARF or the per-version table.
@@ -71,7 +71,7 @@ pub struct GoConfig {
     pub gstatus_dead: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<GoConfig>() == 32);
+const _: () = assert!(size_of::<GoConfig>() == 32);
 
 /// The attach cookie of a spawn probe: which kind of point fired.
 #[repr(u64)]

@@ -1,7 +1,7 @@
 //! Types shared by the eBPF probes and the userspace tool, one module per
 //! concern: [`go`] (goroutine lifecycle), [`tokio`] (task lifecycle),
-//! [`threads`] (OS threads of the traced process), and [`ring`] (the buffer
-//! they all write to).
+//! [`threads`] (OS threads of the traced process), [`follow`] (a command's
+//! descendants) and [`ring`] (the buffer task probes write to).
 //!
 //! Everything here is `#[repr(C)]` and plain old data: the probes write these
 //! bytes into a ring buffer and userspace reads them back, so both sides must
@@ -14,20 +14,31 @@
 //! record's `kind` field as its integer, read back with `from_raw`.
 #![no_std]
 
+pub mod follow;
 pub mod go;
+/// The exit-time walk of `runtime.allgs`: its config and records.
+pub mod go_final;
 pub mod ring;
 pub mod threads;
 pub mod tokio;
 
 #[cfg(feature = "user")]
 mod user {
-    use super::{go, threads, tokio};
-    // SAFETY: plain old data, `#[repr(C)]`, no pointers; every bit pattern is
-    // a valid value (kinds are read back through `from_raw`).
+    use super::{follow, go, threads, tokio};
+    // SAFETY: `#[repr(C)]` plain old data (asserted sizes, no pointers).
     unsafe impl aya::Pod for go::GoEvent {}
+    // SAFETY: `#[repr(C)]` plain old data (asserted sizes, no pointers).
     unsafe impl aya::Pod for go::GoConfig {}
+    // SAFETY: `#[repr(C)]` plain old data (asserted sizes, no pointers).
     unsafe impl aya::Pod for tokio::TokioEvent {}
+    // SAFETY: `#[repr(C)]` plain old data (asserted sizes, no pointers).
     unsafe impl aya::Pod for threads::ThreadEvent {}
+    // SAFETY: `#[repr(C)]` plain old data (asserted sizes, no pointers).
     unsafe impl aya::Pod for threads::ThreadConfig {}
+    // SAFETY: `#[repr(C)]` plain old data (asserted sizes, no pointers).
     unsafe impl aya::Pod for threads::ThreadNewStack {}
+    // SAFETY: `#[repr(C)]` plain old data (asserted sizes, no pointers).
+    unsafe impl aya::Pod for follow::FollowConfig {}
+    // SAFETY: `#[repr(C)]` plain old data (asserted sizes, no pointers).
+    unsafe impl aya::Pod for follow::ExecEvent {}
 }

@@ -59,7 +59,7 @@ pub struct ThreadEvent {
     pub comm: [u8; 16],
 }
 
-const _: () = assert!(core::mem::size_of::<ThreadEvent>() == 40);
+const _: () = assert!(size_of::<ThreadEvent>() == 40);
 
 /// A New record with what userspace needs to unwind the creating thread's
 /// stack: its user registers at the clone syscall and the stack above `sp`.
@@ -77,7 +77,7 @@ pub struct ThreadNewStack {
     pub stack: [u8; THREAD_STACK_BYTES],
 }
 
-const _: () = assert!(core::mem::size_of::<ThreadNewStack>() == 40 + 32 + THREAD_STACK_BYTES);
+const _: () = assert!(size_of::<ThreadNewStack>() == 40 + 32 + THREAD_STACK_BYTES);
 
 /// What the thread probes read from the `THREAD_TARGET` map: which process
 /// to follow, and where this kernel puts the tracepoint fields (offsets from
@@ -95,4 +95,4 @@ pub struct ThreadConfig {
     pub rename_newcomm: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<ThreadConfig>() == 20);
+const _: () = assert!(size_of::<ThreadConfig>() == 20);

@@ -82,4 +82,4 @@ pub struct TokioEvent {
     pub _pad: [u8; 2],
 }
 
-const _: () = assert!(core::mem::size_of::<TokioEvent>() == 40);
+const _: () = assert!(size_of::<TokioEvent>() == 40);

@@ -6,6 +6,7 @@
 #![no_std]
 #![no_main]
 
+mod follow;
 mod go;
 mod maps;
 mod threads;

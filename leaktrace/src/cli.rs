@@ -4,11 +4,11 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Parser, ValueEnum};
 
-#[derive(Debug, Parser)]
+#[derive(Clone, Debug, Parser)]
 #[command(
     name = "leaktrace",
     version,
-    about = "Find goroutine leaks in a running Go process with eBPF: no restart, no rebuild, no pprof endpoint, no stop-the-world.",
+    about = "Find goroutine and tokio task leaks in a running process with eBPF: no restart, no rebuild, no pprof endpoint, no stop-the-world.",
     after_help = "\
 EXAMPLES:
   sudo leaktrace --pid $(pidof api)            report every 5s until Ctrl-C (then a final report)
@@ -16,10 +16,15 @@ EXAMPLES:
   sudo leaktrace -p 1234 --duration 1m --older 30s --stacks
   sudo leaktrace -p 1234 -d 30s --format json  JSON on stdout, one object per report
   sudo leaktrace -c ./server --port 8080       start the program with probes already attached
+  sudo leaktrace -f --fail-on leak -c go test ./...   each test binary, judged when it exits
 
-Verdicts: `leak` = blocked on something that can never happen (nil channel,
-select {}), or a blocked group that keeps growing; `suspect` = many goroutines
-blocked longer than --older but not growing now; `ok` = anything else.
+Verdicts (README §Verdicts): `leak` = blocked on something that can never
+happen, a blocked group that grows (or grew and stays blocked), tasks blocked
+far longer than their finished siblings lived, a deadlock, or, at exit, still
+blocked when the program ended; each with its cause and fix when recognised
+(README §Causes). `suspect` = blocked longer than --stuck, or many blocked
+and flat, or growth that follows open sockets; `ok` = anything else, including
+the main goroutine and a server's idle connections.
 
 Needs Linux ≥ 5.8 with BTF and uprobes, and root (or CAP_BPF, CAP_PERFMON and
 CAP_SYS_PTRACE). The target is never stopped: probes only copy a few words and
@@ -77,6 +82,22 @@ pub struct Args {
     #[arg(long, value_parser = parse_duration, default_value = "10m")]
     pub stuck: Duration,
 
+    /// Every goroutine of the program blocked on the program itself
+    /// (channels, locks) this long, none running or waiting on I/O or a
+    /// timer: the report says `deadlock` with the participants.
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    pub hang: Duration,
+
+    /// Leave out goroutines whose top frame (the first outside package
+    /// runtime) is this function, as goleak's IgnoreTopFunction (repeatable).
+    #[arg(long, value_name = "FUNC")]
+    pub ignore_top: Vec<String>,
+
+    /// Leave out goroutines that already existed when leaktrace attached,
+    /// as goleak's IgnoreCurrent.
+    #[arg(long)]
+    pub ignore_current: bool,
+
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
 
@@ -112,11 +133,34 @@ pub struct Args {
     #[arg(long, value_name = "PROGRAM", conflicts_with_all = ["pid", "command"])]
     pub explain_probes: Option<PathBuf>,
 
+    /// With -c: also trace every Go or tokio program the command starts
+    /// (fork, exec, wrapper scripts, `go test` running each package's test
+    /// binary), each reported on its own. Each new program is held (SIGSTOP)
+    /// for the milliseconds leaktrace takes to look at it and attach, so
+    /// nothing is missed; other programs are passed over.
+    #[arg(short = 'f', long, requires = "command")]
+    pub follow: bool,
+
+    /// Exit with status 3 when a traced process ends with a group of this
+    /// verdict (or worse) in its final report: for CI jobs that must fail
+    /// when a test leaks.
+    #[arg(long, value_enum, value_name = "VERDICT")]
+    pub fail_on: Option<FailOn>,
+
     /// Start this command with the probes attached before it runs, so nothing
     /// is missed; its output passes through. Everything after -c is the command.
     #[arg(short = 'c', long = "command", num_args = 1.., allow_hyphen_values = true, value_name = "CMD")]
     pub command: Vec<String>,
 }
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FailOn {
+    Leak,
+    Suspect,
+}
+
+/// `--fail-on` matched.
+pub const EXIT_FAIL_ON: i32 = 3;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Format {

@@ -7,7 +7,7 @@ use clap::Parser;
 use leaktrace::{
     cli::Args,
     runtime::{self, Options},
-    session::{self, Target},
+    session::{self, Launch, Target},
     target::{
         elf::ElfFile,
         launch::{HeldChild, resolve},
@@ -37,28 +37,49 @@ fn run(args: &Args) -> Result<i32> {
     }
     // Everything that can be checked before touching the kernel is checked
     // first, so bad input fails fast and clearly.
-    let (rt, target) = match (args.pid, args.command.first()) {
+    let launch = match (args.pid, args.command.first()) {
+        (None, Some(cmd)) if args.follow => {
+            let program = resolve(cmd)?;
+            check_privileges()?;
+            check_kernel()?;
+            // Fork before any thread exists (the tokio runtime starts below).
+            Launch::Follow {
+                child: HeldChild::spawn(&program, &args.command)?,
+            }
+        }
         (Some(pid), _) => {
             let proc = Process::open(pid)?;
             check_privileges()?;
             check_kernel()?;
-            (runtime::open(&proc.exe_link, options)?, Target::Pid(proc))
+            Launch::One {
+                rt: runtime::open(&proc.exe_link, options)?,
+                target: Target::Pid(proc),
+            }
         }
         (None, Some(cmd)) => {
             let program = resolve(cmd)?;
             check_privileges()?;
             check_kernel()?;
-            let rt = runtime::open(&program, options)?;
+            let rt = runtime::open(&program, options).map_err(|e| {
+                e.context(format!(
+                    "{} is not a Go or tokio program; to trace the Go or tokio programs it \
+                     starts (a script, a wrapper, `go test`), add -f",
+                    program.display()
+                ))
+            })?;
             // Fork before any thread exists (the tokio runtime starts below).
             let child = HeldChild::spawn(&program, &args.command)?;
-            (rt, Target::Command(child))
+            Launch::One {
+                rt,
+                target: Target::Command(child),
+            }
         }
         (None, None) => bail!("nothing to trace: give --pid PID or -c COMMAND (see --help)"),
     };
     let tokio_rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    tokio_rt.block_on(session::run(args, rt, target))
+    tokio_rt.block_on(session::run(args, launch))
 }
 
 /// `--explain-probes`: the probe plan of a program, as JSON on stdout.

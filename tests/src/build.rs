@@ -1,4 +1,7 @@
-//! Building fixture programs, cached and safe to call from parallel tests.
+//! Building the programs the tests run, cached and safe to call from
+//! parallel tests: the Go programs under `tests/fixtures` with any Go
+//! toolchain ([`build_fixture`], [`build_go`]) and the tokio fixture with
+//! cargo ([`tokio_fixture`]).
 //!
 //! `build_fixture("chan_send", &go, BuildMode::Plain)` produces
 //! `<target>/fixtures/go1.22.10/plain/chan_send`, where `<target>` is the
@@ -11,19 +14,21 @@
 //! nobody ever runs a half-written file.
 //!
 //! The build runs offline with `CGO_ENABLED=0 GOTOOLCHAIN=local
-//! GOFLAGS=-mod=mod GOPROXY=off`, with GOCACHE and GOPATH under
-//! [`crate::cache_root`] (shared by all toolchains: Go keys its cache by
-//! toolchain).
+//! GOFLAGS=-mod=mod GOPROXY=off` (cgo only for [`BuildMode::ExtLink`]), with
+//! GOCACHE and GOPATH under [`crate::cache_root`] (shared by all
+//! toolchains: Go keys its cache by toolchain).
 
 use crate::toolchain::{GoToolchain, cache_root};
 use anyhow::{Context, Result, bail};
+use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Mutex, OnceLock};
 
-/// How a fixture binary is linked.
+/// How a Go binary is built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum BuildMode {
     /// `go build`: symbols and DWARF.
@@ -32,9 +37,20 @@ pub enum BuildMode {
     Stripped,
     /// `go build -buildmode=pie`: position independent, loaded at a random base.
     Pie,
+    /// PIE and `-s -w`.
+    PieStripped,
+    /// `-pgo=` with a CPU profile the program writes itself: its plain build
+    /// is run once with `-cpuprofile=FILE` (Go ≥ 1.21).
+    Pgo,
+    /// cgo and the external linker (`-ldflags=-linkmode=external`): `.text`
+    /// starts with C code. Needs a C compiler.
+    ExtLink,
+    /// Cross-built for linux/arm64: built, never run.
+    Arm64,
 }
 
 impl BuildMode {
+    /// The modes the leak corpus is checked in.
     pub const ALL: [BuildMode; 3] = [BuildMode::Plain, BuildMode::Stripped, BuildMode::Pie];
 
     /// Directory name under `target/fixtures/<go>/`.
@@ -43,15 +59,74 @@ impl BuildMode {
             BuildMode::Plain => "plain",
             BuildMode::Stripped => "stripped",
             BuildMode::Pie => "pie",
+            BuildMode::PieStripped => "pie-stripped",
+            BuildMode::Pgo => "pgo",
+            BuildMode::ExtLink => "extlink",
+            BuildMode::Arm64 => "arm64",
         }
     }
 
-    /// Extra `go build` arguments.
+    /// Extra `go build` arguments (for [`BuildMode::Pgo`], `-pgo=` is added
+    /// by the build).
     pub fn go_args(self) -> &'static [&'static str] {
         match self {
-            BuildMode::Plain => &[],
+            BuildMode::Plain | BuildMode::Pgo | BuildMode::Arm64 => &[],
             BuildMode::Stripped => &["-ldflags=-s -w"],
             BuildMode::Pie => &["-buildmode=pie"],
+            BuildMode::PieStripped => &["-buildmode=pie", "-ldflags=-s -w"],
+            BuildMode::ExtLink => &["-ldflags=-linkmode=external"],
+        }
+    }
+
+    /// Environment that differs from the default amd64, cgo-off build.
+    fn go_env(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            BuildMode::ExtLink => &[("CGO_ENABLED", "1")],
+            BuildMode::Arm64 => &[("GOOS", "linux"), ("GOARCH", "arm64")],
+            _ => &[],
+        }
+    }
+}
+
+/// A Go program under `tests/fixtures`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GoProgram<'a> {
+    /// `tests/fixtures/go/<name>`: a fixture of the corpus (module
+    /// `tests/fixtures/go`, sharing its `internal/` package).
+    Fixture(&'a str),
+    /// `tests/fixtures/<dir>`: a module of its own, built as `.`.
+    Module(&'a str),
+}
+
+impl GoProgram<'_> {
+    /// The binary's file name.
+    pub fn name(&self) -> &str {
+        match self {
+            GoProgram::Fixture(n) | GoProgram::Module(n) => n,
+        }
+    }
+
+    /// The module root `go build` runs in.
+    fn module_dir(&self) -> PathBuf {
+        match self {
+            GoProgram::Fixture(_) => fixtures_go_dir(),
+            GoProgram::Module(dir) => crate_dir().join("fixtures").join(dir),
+        }
+    }
+
+    /// The package directory (holding `main.go`).
+    fn package_dir(&self) -> PathBuf {
+        match self {
+            GoProgram::Fixture(n) => fixtures_go_dir().join(n),
+            GoProgram::Module(_) => self.module_dir(),
+        }
+    }
+
+    /// The package argument of `go build`.
+    fn package_arg(&self) -> String {
+        match self {
+            GoProgram::Fixture(n) => format!("./{n}"),
+            GoProgram::Module(_) => ".".into(),
         }
     }
 }
@@ -103,34 +178,56 @@ pub fn fixture_names() -> Vec<String> {
 
 /// Where `build_fixture` puts a binary.
 pub fn fixture_binary_path(name: &str, go: &GoToolchain, mode: BuildMode) -> PathBuf {
+    go_binary_path(GoProgram::Fixture(name), go, mode)
+}
+
+/// Where [`build_go`] puts a binary: `<target>/fixtures/<go>/<mode>/<name>`.
+pub fn go_binary_path(program: GoProgram, go: &GoToolchain, mode: BuildMode) -> PathBuf {
     target_dir()
         .join("fixtures")
         .join(&go.full)
         .join(mode.dir_name())
-        .join(name)
+        .join(program.name())
 }
 
 /// Builds (or reuses) a fixture binary. Panics with the compiler's output
 /// if the build fails.
 pub fn build_fixture(name: &str, go: &GoToolchain, mode: BuildMode) -> PathBuf {
-    try_build_fixture(name, go, mode)
-        .unwrap_or_else(|e| panic!("building fixture {name} with {} ({mode:?}): {e:#}", go.full))
+    build_go(GoProgram::Fixture(name), go, mode)
 }
 
 /// [`build_fixture`], returning errors.
 pub fn try_build_fixture(name: &str, go: &GoToolchain, mode: BuildMode) -> Result<PathBuf> {
-    let src = fixtures_go_dir().join(name);
+    try_build_go(GoProgram::Fixture(name), go, mode)
+}
+
+/// Builds (or reuses) any Go program under `tests/fixtures`. Panics with
+/// the compiler's output if the build fails.
+pub fn build_go(program: GoProgram, go: &GoToolchain, mode: BuildMode) -> PathBuf {
+    try_build_go(program, go, mode).unwrap_or_else(|e| {
+        panic!(
+            "building {} with {} ({mode:?}): {e:#}",
+            program.name(),
+            go.full
+        )
+    })
+}
+
+/// [`build_go`], returning errors.
+pub fn try_build_go(program: GoProgram, go: &GoToolchain, mode: BuildMode) -> Result<PathBuf> {
+    let name = program.name();
+    let src = program.package_dir();
     if !src.join("main.go").is_file() {
         bail!(
-            "no fixture {name:?} (expected {})",
+            "no Go program {name:?} (expected {})",
             src.join("main.go").display()
         );
     }
-    let out = fixture_binary_path(name, go, mode);
+    let out = go_binary_path(program, go, mode);
     let dir = out.parent().expect("binary path has a parent");
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
 
-    let stamp = stamp_for(name, go, mode)?;
+    let stamp = stamp_for(program, go, mode)?;
     let stamp_path = dir.join(format!("{name}.stamp"));
     let fresh =
         || out.is_file() && fs::read_to_string(&stamp_path).is_ok_and(|s| s.trim() == stamp);
@@ -145,10 +242,16 @@ pub fn try_build_fixture(name: &str, go: &GoToolchain, mode: BuildMode) -> Resul
 
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let _ = fs::remove_file(&tmp);
-    let mut cmd = go_command(go, &fixtures_go_dir());
+    let mut cmd = go_command(go, &program.module_dir());
     cmd.arg("build").arg("-o").arg(&tmp);
     cmd.args(mode.go_args());
-    cmd.arg(format!("./{name}"));
+    for (k, v) in mode.go_env() {
+        cmd.env(k, v);
+    }
+    if mode == BuildMode::Pgo {
+        cmd.arg(format!("-pgo={}", pgo_profile(program, go, dir)?.display()));
+    }
+    cmd.arg(program.package_arg());
     let output = cmd
         .output()
         .with_context(|| format!("running {}", go.go.display()))?;
@@ -166,6 +269,32 @@ pub fn try_build_fixture(name: &str, go: &GoToolchain, mode: BuildMode) -> Resul
     fs::write(&stamp_tmp, format!("{stamp}\n"))?;
     fs::rename(&stamp_tmp, &stamp_path)?;
     Ok(out)
+}
+
+/// `<dir>/<name>.pprof`: a CPU profile written by the program's plain build
+/// run with `-cpuprofile=FILE`, made afresh for each PGO build.
+fn pgo_profile(program: GoProgram, go: &GoToolchain, dir: &Path) -> Result<PathBuf> {
+    let plain = try_build_go(program, go, BuildMode::Plain)?;
+    let profile = dir.join(format!("{}.pprof", program.name()));
+    let tmp = dir.join(format!(
+        ".{}.pprof.tmp-{}",
+        program.name(),
+        std::process::id()
+    ));
+    let mut cmd = Command::new(&plain);
+    cmd.arg(format!("-cpuprofile={}", tmp.display()));
+    let output = cmd
+        .output()
+        .with_context(|| format!("running {}", plain.display()))?;
+    if !output.status.success() {
+        bail!(
+            "{cmd:?} failed ({}):\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    fs::rename(&tmp, &profile)?;
+    Ok(profile)
 }
 
 /// A `go` command with the offline, reproducible environment the fixtures
@@ -195,13 +324,65 @@ pub fn go_command(go: &GoToolchain, dir: &Path) -> Command {
     cmd
 }
 
+/// `tests/fixtures/rust`: the tokio fixture's cargo project.
+pub fn tokio_fixture_dir() -> PathBuf {
+    crate_dir().join("fixtures/rust")
+}
+
+/// Builds (or reuses) the tokio fixture in cargo profile `profile`
+/// (`release`, `fulldebug`, `lines`, `fatlto`, `stripped`; see its
+/// Cargo.toml) into `<target>/tokio-fixtures/<profile>/tokio-fixture`; with
+/// `v0`, with `-C symbol-mangling-version=v0` into `<target>/tokio-fixtures-v0/`
+/// (RUSTFLAGS change every crate's fingerprint: the two never rebuild each
+/// other). Builds are niced and single-job: they share the machine with
+/// whatever else runs. Cargo's own lock on the target directory serialises
+/// concurrent test processes; each process runs cargo once per build.
+pub fn tokio_fixture(profile: &str, v0: bool) -> PathBuf {
+    static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
+    let built = BUILT.get_or_init(Default::default);
+    let mut built = built.lock().unwrap_or_else(|p| p.into_inner());
+    let key = format!("{profile}{}", if v0 { "+v0" } else { "" });
+    if let Some(p) = built.get(&key) {
+        return p.clone();
+    }
+    let target = target_dir().join(if v0 {
+        "tokio-fixtures-v0"
+    } else {
+        "tokio-fixtures"
+    });
+    let mut cmd = Command::new("nice");
+    cmd.args(["-n", "19", "cargo", "build", "--locked", "--quiet"])
+        .args(["--profile", profile, "--target-dir"])
+        .arg(&target)
+        .current_dir(tokio_fixture_dir())
+        .env("CARGO_BUILD_JOBS", "1")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS");
+    if v0 {
+        // The default from Rust 1.97 on (stable flag since 1.59).
+        cmd.env("RUSTFLAGS", "-C symbol-mangling-version=v0");
+    } else {
+        cmd.env_remove("RUSTFLAGS");
+    }
+    let status = cmd.status().expect("run cargo for the tokio fixture");
+    assert!(
+        status.success(),
+        "building the tokio fixture ({key}) failed"
+    );
+    let dir = if profile == "dev" { "debug" } else { profile };
+    let bin = target.join(dir).join("tokio-fixture");
+    assert!(bin.exists(), "{} missing after build", bin.display());
+    built.insert(key, bin.clone());
+    bin
+}
+
 /// FNV-1a over everything the binary depends on.
-fn stamp_for(name: &str, go: &GoToolchain, mode: BuildMode) -> Result<String> {
-    let root = fixtures_go_dir();
+fn stamp_for(program: GoProgram, go: &GoToolchain, mode: BuildMode) -> Result<String> {
+    let root = program.module_dir();
     let mut files = vec![root.join("go.mod")];
     collect_files(&root.join("internal"), &mut files)?;
-    collect_files(&root.join(name), &mut files)?;
+    collect_files(&program.package_dir(), &mut files)?;
     files.sort();
+    files.dedup();
     let mut h = Fnv::new();
     h.write(go.full.as_bytes());
     h.write(go.go.as_os_str().as_encoded_bytes());

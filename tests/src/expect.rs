@@ -14,6 +14,8 @@
 //!   "start_fn": {"default": "main.(*Server).HandleRequest.gowrap1",
 //!                "<1.22": "main.(*Server).HandleRequest.func1"},
 //!   "inlined_into": "main.(*Exporter).export", // optional, see Group
+//!   "cause": "send-without-receiver",     // optional, see Group::cause
+//!   "count": 4,                           // optional: exact size, not growing
 //!   "other_groups": [ { "role": "...", "created_by": ..., ... } ],
 //!   "must_not_flag": [ { "role": "...", "created_by": ..., "count": 8 } ]
 //! }
@@ -32,6 +34,14 @@
 //!   `"default"`, an exact `"1.22"`, or `"<1.20"`, `"<=1.23"`, `">=1.24"`,
 //!   `">1.23"`. The non-default keys of one map must not overlap (checked at
 //!   load); when none matches, `"default"` applies.
+//! * `cause` (any group, optional) is the name leaktrace's catalogue
+//!   (README §Causes) must give the group; `null` says it must give none
+//!   (not recognised). Absent: not checked.
+//! * `verdict` (any group, optional) is the exact verdict expected
+//!   (`"leak"`, `"suspect"`, `"ok"`). Absent: a leaking group must be a
+//!   `leak` and a `must_not_flag` group anything but.
+//! * A top-level `count` makes the primary group's size exact: a leak that
+//!   does not grow with `-leak-for` (it happened once, then stayed flat).
 
 use crate::build::fixtures_go_dir;
 use anyhow::{Context, Result, bail};
@@ -149,6 +159,22 @@ pub struct Group {
     /// report). `""` (or absent) when it is not inlined.
     #[serde(default)]
     pub inlined_into: Option<Versioned>,
+    /// The catalogue's cause leaktrace must report: `Some(None)` for none
+    /// (JSON `null`), `None` when not checked.
+    #[serde(default, deserialize_with = "explicit_null")]
+    pub cause: Option<Option<String>>,
+    /// The exact verdict expected, when it is not the default one (`leak`
+    /// for leaking groups, not `leak` for `must_not_flag`).
+    #[serde(default)]
+    pub verdict: Option<String>,
+}
+
+/// `"x"` → `Some(Some("x"))`, `null` → `Some(None)`; absent (via
+/// `#[serde(default)]`) → `None`.
+fn explicit_null<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
 }
 
 impl Group {
@@ -207,6 +233,11 @@ impl Group {
         if let Some(w) = &self.wait_reason {
             w.validate(&format!("{what}.wait_reason"))?;
         }
+        if let Some(v) = &self.verdict
+            && !matches!(v.as_str(), "leak" | "suspect" | "ok")
+        {
+            bail!("{what}.verdict: {v:?} is not leak, suspect or ok");
+        }
         Ok(())
     }
 }
@@ -228,6 +259,12 @@ struct Raw {
     start_fn: Option<Versioned>,
     #[serde(default)]
     inlined_into: Option<Versioned>,
+    #[serde(default, deserialize_with = "explicit_null")]
+    cause: Option<Option<String>>,
+    #[serde(default)]
+    verdict: Option<String>,
+    #[serde(default)]
+    count: Option<u64>,
     #[serde(default)]
     other_groups: Vec<Group>,
     #[serde(default)]
@@ -270,10 +307,12 @@ impl Expect {
                 blocked_at,
                 wait_reason: raw.wait_reason,
                 per_op: Some(raw.per_op.unwrap_or(1)),
-                count: None,
+                count: raw.count,
                 state: None,
                 start_fn: raw.start_fn,
                 inlined_into: raw.inlined_into,
+                cause: raw.cause,
+                verdict: raw.verdict,
             }),
             (Kind::Leak, _, _) => bail!("a leak fixture needs created_by and blocked_at"),
             (Kind::Control, None, None) => None,
@@ -366,6 +405,31 @@ mod tests {
     }
 
     #[test]
+    fn cause_absent_null_or_named() {
+        let e = Expect::parse(
+            "x",
+            r#"{"kind":"leak","created_by":"main.a","blocked_at":"main.b","count":4,
+                "cause":"send-without-receiver",
+                "other_groups":[{"created_by":"main.a","blocked_at":"main.c","cause":null},
+                                {"created_by":"main.a","blocked_at":"main.d","verdict":"suspect"}]}"#,
+        )
+        .unwrap();
+        let p = e.primary.as_ref().unwrap();
+        assert_eq!(p.cause, Some(Some("send-without-receiver".into())));
+        assert_eq!(p.count, Some(4));
+        assert_eq!(e.other_groups[0].cause, Some(None));
+        assert_eq!(e.other_groups[1].cause, None);
+        assert_eq!(e.other_groups[1].verdict.as_deref(), Some("suspect"));
+        assert!(
+            Expect::parse(
+                "x",
+                r#"{"kind":"leak","created_by":"a","blocked_at":"b","verdict":"bad"}"#
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
     fn every_fixture_has_a_valid_expect_json() {
         let names = crate::build::fixture_names();
         assert!(names.len() >= 14, "{names:?}");
@@ -380,6 +444,24 @@ mod tests {
                         assert!(!g.wait_reason_for(minor).is_empty(), "{name} 1.{minor}");
                     }
                 }
+            }
+        }
+        // Every expected cause is a name of the catalogue (README §Causes).
+        let readme = std::fs::read_to_string(crate::build::workspace_dir().join("README.md"))
+            .expect("README.md");
+        let causes = readme
+            .split("\n## Causes\n")
+            .nth(1)
+            .and_then(|s| s.split("\n## ").next())
+            .expect("README has a ## Causes section");
+        for name in crate::build::fixture_names() {
+            let e = Expect::load(&name);
+            let groups = e.leak_groups().chain(e.must_not_flag.iter());
+            for cause in groups.filter_map(|g| g.cause.clone().flatten()) {
+                assert!(
+                    causes.contains(&format!("| `{cause}` |")),
+                    "{name}: cause {cause:?} is not in README §Causes"
+                );
             }
         }
         let n = Expect::load("nil_chan");

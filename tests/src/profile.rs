@@ -186,6 +186,25 @@ impl Profile {
         self.blocked_at(function).map(|r| r.count).sum()
     }
 
+    /// Records at `function` as leaktrace names a group's site: by their
+    /// first non-stdlib frame, or, for stacks entirely in the standard
+    /// library (`net/http.(*persistConn).readLoop`), by the function they
+    /// started in.
+    pub fn at<'a>(&'a self, function: &'a str) -> impl Iterator<Item = &'a Record> + 'a {
+        let stdlib = is_stdlib_function(function);
+        self.records
+            .iter()
+            .filter(move |r| match r.first_non_stdlib_frame() {
+                Some(f) => f.function == function,
+                None => stdlib && r.entry().is_some_and(|f| f.function == function),
+            })
+    }
+
+    /// Number of goroutines at `function` (see [`Profile::at`]).
+    pub fn count_at(&self, function: &str) -> u64 {
+        self.at(function).map(|r| r.count).sum()
+    }
+
     /// Number of goroutines with `function` anywhere on their stack.
     pub fn count_with_frame(&self, function: &str) -> u64 {
         self.records
@@ -591,6 +610,31 @@ mod tests {
                 .iter()
                 .any(|r| r.wait_reason.as_deref() == Some("running"))
         );
+    }
+
+    #[test]
+    fn at_a_site_or_at_a_standard_library_start() {
+        let text = "goroutine 7 [IO wait]:\n\
+internal/poll.runtime_pollWait(0x1, 0x72)\n\
+\t/go/src/runtime/netpoll.go:351 +0x85\n\
+net/http.(*persistConn).readLoop(0xc000)\n\
+\t/go/src/net/http/transport.go:2493 +0x17d\n\
+created by net/http.(*Transport).dialConn in goroutine 6\n\
+\t/go/src/net/http/transport.go:2123 +0xc25\n\
+\n\
+goroutine 8 [select]:\n\
+net/http.(*persistConn).roundTrip(0xc000)\n\
+\t/go/src/net/http/transport.go:3092 +0x84a\n\
+main.(*PriceFeed).refresh(0xc000)\n\
+\t/src/main.go:69 +0x68\n\
+created by main.(*PriceFeed).RefreshAsync in goroutine 1\n\
+\t/src/main.go:82 +0x4f\n";
+        let p = Profile::parse(text).unwrap();
+        assert_eq!(p.count_at("net/http.(*persistConn).readLoop"), 1);
+        assert_eq!(p.count_at("main.(*PriceFeed).refresh"), 1);
+        // A standard-library frame under the program's own is not a site.
+        assert_eq!(p.count_at("net/http.(*persistConn).roundTrip"), 0);
+        assert_eq!(p.count_blocked_at("net/http.(*persistConn).readLoop"), 0);
     }
 
     #[test]

@@ -183,6 +183,16 @@ pub fn pick(versions: &[&str]) -> Vec<GoToolchain> {
     out
 }
 
+/// The installed toolchain of release `version` (`"1.22"`, any patch
+/// level), whatever `LEAKTRACE_GO_ALL` says: for tests that are written per
+/// release and skip the ones not installed.
+pub fn find(version: &str) -> Option<GoToolchain> {
+    let want = parse_version(version)?;
+    go_toolchains()
+        .into_iter()
+        .find(|t| parse_version(&t.full) == Some(want))
+}
+
 /// The newest installed toolchain, if any.
 pub fn newest() -> Option<GoToolchain> {
     go_toolchains().pop()

@@ -295,10 +295,13 @@ fn detailed_mode_gives_await_lines_and_idle_durations() {
         return;
     }
     let bin = tokio_fixture("fulldebug");
-    for (mode, f, await_text) in [
-        ("oneshot", "oneshot_waiter", "rx.await"),
-        ("mpsc", "mpsc_consumer", "rx.recv().await"),
-        ("pending", "pending_forever", "pending::<()>().await"),
+    // The cause each leak is recognised as (README §Causes): a receive on
+    // an mpsc channel whose senders stay alive, and a future nothing can
+    // ever wake. A oneshot whose sender is kept has no catalogue entry yet.
+    for (mode, f, await_text, cause) in [
+        ("oneshot", "oneshot_waiter", "rx.await", None),
+        ("mpsc", "mpsc_consumer", "rx.recv().await", Some("channel-never-closed")),
+        ("pending", "pending_forever", "pending::<()>().await", Some("no-waker")),
     ] {
         let run = run_command_until(
             &bin,
@@ -336,12 +339,16 @@ fn detailed_mode_gives_await_lines_and_idle_durations() {
         );
         assert!(!g["blocked_s"].is_null(), "idle durations: {}", ctx());
         assert!(r.0["events"]["poll"].as_u64().unwrap_or(0) > 0, "{}", ctx());
+        if let Some(cause) = cause {
+            assert_eq!(g["cause"].as_str(), Some(cause), "{}", ctx());
+        }
         println!(
-            "tokio --detailed fulldebug {mode:<8} live {} == {alive}; {} × {} blocked at main.rs:{} (the `{await_text}`), idle {}–{}s; {} polls",
+            "tokio --detailed fulldebug {mode:<8} live {} == {alive}; {} × {} blocked at main.rs:{} (the `{await_text}`), cause {}, idle {}–{}s; {} polls",
             r.live(),
             g["count"],
             function(g),
             line,
+            g["cause"],
             g["blocked_s"]["min"],
             g["blocked_s"]["max"],
             r.0["events"]["poll"]

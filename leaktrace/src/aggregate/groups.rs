@@ -25,6 +25,9 @@ pub struct Group {
     pub main: bool,
     /// Members that already existed when leaktrace attached.
     pub before_attach: u32,
+    /// Age of the youngest member, in seconds (a lower bound for members
+    /// that existed at attach).
+    pub youngest_s: f64,
     /// Shortest and longest current block, in seconds (waiting groups only).
     pub blocked_s: Option<(f64, f64)>,
     /// Some durations are only lower bounds (tasks blocked since before attach).
@@ -71,6 +74,7 @@ pub fn group<'v>(
                 system: v.system,
                 main: false,
                 before_attach: 0,
+                youngest_s: f64::INFINITY,
                 blocked_s: None,
                 blocked_at_least: false,
                 min_at_least: false,
@@ -88,6 +92,9 @@ pub fn group<'v>(
         g.never_ends |= v.never_ends;
         g.main |= v.main;
         g.before_attach += v.alive_since.is_lower_bound() as u32;
+        g.youngest_s = g
+            .youngest_s
+            .min(now_ns.saturating_sub(v.alive_since.ns()) as f64 / 1e9);
         g.unstable += v.stack_unstable as u32;
         if g.sample_ids.len() < 5 && v.id != 0 {
             g.sample_ids.push(v.id);

@@ -19,10 +19,15 @@
 //!    single step, so it does not either. Growing in step with the process's
 //!    open sockets follows load instead (`ok` in I/O wait, else `suspect`).
 //! 5. The same growth earlier in the session, now flat, with the members
-//!    still blocked: `leak` ("grew by N in the first …, flat for the last …").
+//!    still blocked: `leak` ("grew by N in the first …, flat for the last …"),
+//!    unless the open sockets grew in step over the session (load, as in 4).
 //! 6. Waiting far longer than every finished sibling from the same creation
 //!    site lived (at least 20 finished, 50× their p99 and 2× the longest):
 //!    `leak` — the orphaned-request pattern, found without waiting for growth.
+//!    Only for waits that end a piece of work (a send, a lock, a WaitGroup),
+//!    not for a receive, a select or a `sync.Cond` wait: that is where loops
+//!    and pools idle, and one spawn helper (`s.startGoRoutine(f)`) gives
+//!    them the same creation site as short-lived work.
 //! 7. Blocked longer than `--stuck` outside an idle pattern (accept, a read
 //!    on a connection, a timer, a fixed pool's receive): `suspect`.
 //! 8. Flat, but at least `suspect_count` members blocked longer than
@@ -84,6 +89,10 @@ pub struct Evidence {
     pub siblings: Option<Lifetimes>,
     /// The process's open sockets over the same time.
     pub sockets: Option<Movement>,
+    /// The group's creation site is a function that is blocked accepting
+    /// connections right now: its members are per-connection goroutines of
+    /// a server, which live as long as their clients keep them open.
+    pub accepted: bool,
 }
 
 fn needed(rules: &Rules, first: u32) -> u32 {
@@ -103,10 +112,20 @@ fn grew(s: &Session, rules: &Rules) -> bool {
     s.rises >= MIN_RISES && s.grew() >= needed(rules, s.aged_first)
 }
 
+/// Waits for the next piece of work or a signal: where long-lived loops
+/// and pools idle.
+fn waits_for_work(reason: &str) -> bool {
+    matches!(reason, "chan receive" | "select" | "sync.Cond.Wait")
+}
+
 /// Waits a healthy program spends most of its time in: a server's accept
 /// and its reads on live connections, sleeps and timers.
 fn idle_wait(reason: &str, g: &Group) -> bool {
-    matches!(reason, "IO wait" | "sleep" | "idle, no waker" | "idle")
+    // A tokio task is `idle` whatever it awaits; only an await point in
+    // tokio's sync primitives says it waits on the program itself.
+    let tokio_sync = g.stack.iter().any(|f| f.function.contains("tokio::sync::"));
+    matches!(reason, "IO wait" | "sleep" | "idle, no waker")
+        || (reason == "idle" && !tokio_sync)
         || g.stack.iter().any(|f| {
             let f = &*f.function;
             f.starts_with("time.Sleep")
@@ -174,11 +193,49 @@ pub fn judge(g: &Group, e: &Evidence, rules: &Rules) -> (Verdict, String) {
             format!("blocked in `{reason}`{at}: nothing can ever wake it"),
         );
     }
-    // Growth the open sockets account for follows connections (load).
-    let with_sockets = |grew: u32| -> Option<(u32, u32)> {
-        let s = e.sockets?;
-        let more = s.aged_last.saturating_sub(s.aged_first);
-        (grew > 0 && u64::from(more) * 2 >= u64::from(grew)).then_some((more, s.aged_last))
+    // Growth the open sockets account for follows connections (load): over
+    // the window, and over the session for growth that has left it.
+    let in_step = |grew: u32, first: u32, last: u32| -> Option<(u32, u32)> {
+        let more = last.saturating_sub(first);
+        (grew > 0 && u64::from(more) * 2 >= u64::from(grew)).then_some((more, last))
+    };
+    let with_sockets = |grew: u32| {
+        e.sockets
+            .and_then(|s| in_step(grew, s.aged_first, s.aged_last))
+    };
+    let with_sockets_in_session = |grew: u32| {
+        e.sockets
+            .and_then(|s| in_step(grew, s.session.aged_first, s.session.aged_last))
+    };
+    // What growth in step with the sockets means: a server's connections
+    // (its accept loop made them) follow its clients; reads on connections
+    // the program opened itself that pile up and never finish are calls
+    // with no deadline on peers that do not answer (seed scenario 15).
+    let (load_verdict, what) = if e.accepted {
+        // A server's per-connection goroutines follow its clients.
+        let verdict = if reason == "IO wait" {
+            Verdict::Ok
+        } else {
+            Verdict::Suspect
+        };
+        (
+            verdict,
+            "connections its accept loop is serving: it follows the clients (load)",
+        )
+    } else if g.key.blocked_at.is_some() && waiting {
+        // The program's own code waiting on connections it opened, piling
+        // up with them: calls that never finish (no deadline, no timeout).
+        (
+            Verdict::Leak,
+            "calls this program made on connections it opened pile up with them and none \
+             finish: no deadline or timeout on peers that do not answer",
+        )
+    } else {
+        // A library's connection goroutines (an HTTP client's pool).
+        (
+            Verdict::Suspect,
+            "a library's connection goroutines: it follows connections (load)",
+        )
     };
     let sockets_flat = |reason: String| -> String {
         match e.sockets {
@@ -192,16 +249,11 @@ pub fn judge(g: &Group, e: &Evidence, rules: &Rules) -> (Verdict, String) {
         let m = &e.group;
         let more = m.aged_last.saturating_sub(m.aged_first).min(g.count as u32);
         if let Some((sockets, now)) = with_sockets(more) {
-            let verdict = if reason == "IO wait" {
-                Verdict::Ok
-            } else {
-                Verdict::Suspect
-            };
             return (
-                verdict,
+                load_verdict,
                 format!(
                     "grows {:+.1}/s in step with the open sockets: +{more} {noun}s with +{sockets} \
-                     sockets ({now} now) over {window}: it follows connections (load)",
+                     sockets ({now} now) over {window}: {what}",
                     m.aged_slope
                 ),
             );
@@ -223,22 +275,35 @@ pub fn judge(g: &Group, e: &Evidence, rules: &Rules) -> (Verdict, String) {
     let s = e.group.session;
     if waiting && grew(&s, rules) && site_grows && g.aged > 0 {
         let more = s.grew().min(g.count as u32);
-        if with_sockets(more).is_none() {
+        let grew_by = format!(
+            "grew by {more} in the first {} of the session, flat for the last {}",
+            human_secs(s.growing_s),
+            human_secs(s.flat_s)
+        );
+        if let Some((sockets, now)) = with_sockets_in_session(more) {
             return (
-                Verdict::Leak,
+                load_verdict,
                 format!(
-                    "grew by {more} in the first {} of the session, flat for the last {}; they are \
-                     still blocked in `{reason}`{at}",
-                    human_secs(s.growing_s),
-                    human_secs(s.flat_s)
+                    "{grew_by}, in step with the open sockets (+{sockets} over the session, {now} \
+                     now): {what}"
                 ),
             );
         }
+        return (
+            Verdict::Leak,
+            format!("{grew_by}; they are still blocked in `{reason}`{at}"),
+        );
     }
-    let blocked_min = g.blocked_s.map(|(min, _)| min);
+    // Without a block start (tokio without poll probes), the youngest
+    // member's age bounds how long they have all been stuck.
+    let blocked_min = g
+        .blocked_s
+        .map(|(min, _)| min)
+        .or((g.youngest_s.is_finite() && g.youngest_s > 0.0).then_some(g.youngest_s));
     let ge = if g.min_at_least { "≥" } else { "" };
     if waiting
         && !idle_wait(reason, g)
+        && !waits_for_work(reason)
         && let (Some(l), Some(min)) = (e.siblings, blocked_min)
         && l.finished >= MIN_SIBLINGS
         && min >= (l.p99_s * 50.0).max(l.max_s * 2.0).max(rules.older_s)
@@ -260,9 +325,7 @@ pub fn judge(g: &Group, e: &Evidence, rules: &Rules) -> (Verdict, String) {
             ),
         );
     }
-    let fixed_pool = g.count >= 2
-        && e.site.session.grew() == 0
-        && matches!(reason, "chan receive" | "select" | "sync.Cond.Wait");
+    let fixed_pool = g.count >= 2 && e.site.session.grew() == 0 && waits_for_work(reason);
     if waiting
         && !idle_wait(reason, g)
         && !fixed_pool
@@ -276,6 +339,16 @@ pub fn judge(g: &Group, e: &Evidence, rules: &Rules) -> (Verdict, String) {
                  pattern (accept, a read on a connection, a timer, a fixed pool's receive)",
                 human_secs(min),
                 human_secs(rules.stuck_s)
+            ),
+        );
+    }
+    if e.accepted && reason == "IO wait" {
+        return (
+            Verdict::Ok,
+            format!(
+                "{} connections its accept loop is serving, waiting for their clients: they live \
+                 as long as the clients keep them open",
+                g.count
             ),
         );
     }
@@ -316,8 +389,102 @@ pub fn judge(g: &Group, e: &Evidence, rules: &Rules) -> (Verdict, String) {
     (Verdict::Ok, format!("flat at {} over {window}", g.count))
 }
 
+/// At the moment the program exited, with goleak's meaning: a goroutine of
+/// the program still blocked then is a leak, whatever the count or trend.
+pub fn judge_at_exit(g: &Group, rules: &Rules) -> (Verdict, String) {
+    let noun = rules.noun;
+    if g.system {
+        return (Verdict::Ok, format!("the runtime's own {noun}"));
+    }
+    if g.main {
+        return (
+            Verdict::Ok,
+            format!("the program's main {noun}: the one that ended the program"),
+        );
+    }
+    let TaskState::Waiting(reason) = &g.key.state else {
+        return (
+            Verdict::Ok,
+            format!(
+                "{} when the program exited, not blocked",
+                g.key.state.label()
+            ),
+        );
+    };
+    let at = g
+        .key
+        .blocked_at
+        .as_ref()
+        .map(|f| format!(" at {}", f.function))
+        .unwrap_or_default();
+    let blocked = g
+        .blocked_s
+        .map(|(min, _)| {
+            let ge = if g.min_at_least { "≥" } else { "" };
+            format!(" (blocked for {ge}{})", human_secs(min))
+        })
+        .unwrap_or_default();
+    (
+        Verdict::Leak,
+        format!("still blocked in `{reason}`{at} when the program exited{blocked}"),
+    )
+}
+
+/// Every goroutine of the program blocked on the program itself (channels,
+/// locks, `select {}`) for at least `hang_s`, none running, none waiting on
+/// the outside world (I/O, a system call, a sleep or a timer, which can
+/// wake them): nothing can ever run again. The blocked time of the most
+/// recently blocked member, or `None`.
+pub fn global_deadlock(groups: &[Group], hang_s: f64) -> Option<f64> {
+    let program: Vec<&Group> = groups.iter().filter(|g| !g.system).collect();
+    let mut since = f64::INFINITY;
+    let mut off_main = false;
+    for g in &program {
+        let TaskState::Waiting(reason) = &g.key.state else {
+            // Running, runnable, or in a system call (the signal loop of
+            // `signal.Notify` is one, and waits for the outside world).
+            if is_signal_loop(g) {
+                continue;
+            }
+            return None;
+        };
+        if !blocks_on_program(reason) {
+            return None;
+        }
+        since = since.min(g.blocked_s?.0);
+        off_main |= !g.main;
+    }
+    (off_main && since.is_finite() && since >= hang_s).then_some(since)
+}
+
+fn is_signal_loop(g: &Group) -> bool {
+    g.key.start.function.starts_with("os/signal.loop")
+        || g.key.created_by.function.starts_with("os/signal.Notify")
+}
+
+/// Waits only another goroutine of the program can end (no timer: a plain
+/// `select` may have a `time.After` case, so it does not count).
+fn blocks_on_program(reason: &str) -> bool {
+    matches!(
+        reason,
+        "chan send"
+            | "chan receive"
+            | "chan send (nil chan)"
+            | "chan receive (nil chan)"
+            | "select (no cases)"
+            | "semacquire"
+            | "sync.Mutex.Lock"
+            | "sync.RWMutex.Lock"
+            | "sync.RWMutex.RLock"
+            | "sync.WaitGroup.Wait"
+            | "sync.Cond.Wait"
+    )
+}
+
 pub fn human_secs(s: f64) -> String {
-    if s < 1.0 {
+    if s < 0.001 {
+        format!("{:.0}µs", s * 1e6)
+    } else if s < 1.0 {
         format!("{:.0}ms", s * 1000.0)
     } else if s < 120.0 {
         format!("{s:.0}s")
@@ -347,6 +514,7 @@ mod tests {
             system: false,
             main: false,
             before_attach: 0,
+            youngest_s: 0.0,
             blocked_s: None,
             blocked_at_least: false,
             min_at_least: false,
@@ -504,6 +672,7 @@ mod tests {
             site: moving(37, 37, 6),
             siblings: Some(siblings),
             sockets: None,
+            accepted: false,
         };
         let (v, why) = super::judge(&g, &e, &r);
         assert_eq!(v, Verdict::Leak, "{why}");
@@ -532,6 +701,39 @@ mod tests {
     }
 
     #[test]
+    fn a_spawn_helpers_idle_loops_are_not_orphans_of_its_short_lived_work() {
+        // One `go` statement (s.startGoRoutine) for everything: 1201
+        // short-lived siblings finished, a leak elsewhere makes the site grow.
+        let r = Rules::default();
+        let e = Evidence {
+            group: moving(8, 8, 6),
+            site: moving(10, 70, 6),
+            siblings: Some(Lifetimes {
+                finished: 1201,
+                p99_s: 0.0005,
+                max_s: 0.001,
+            }),
+            sockets: None,
+            accepted: false,
+        };
+        let mut pool = group(waiting("chan receive"), 8, 8, false);
+        pool.blocked_s = Some((3.0, 3.0));
+        let (v, why) = super::judge(&pool, &e, &r);
+        assert_eq!(v, Verdict::Ok, "a fixed pool, idle: {why}");
+        let mut watcher = group(waiting("select"), 1, 1, false);
+        watcher.blocked_s = Some((6.0, 6.0));
+        let (v, why) = super::judge(&watcher, &e, &r);
+        assert_eq!(v, Verdict::Ok, "a config watcher: {why}");
+        let mut cond = group(waiting("sync.Cond.Wait"), 2, 2, false);
+        cond.blocked_s = Some((6.0, 6.0));
+        assert_eq!(super::judge(&cond, &e, &r).0, Verdict::Ok);
+        // A send that old beside those siblings is an orphan all the same.
+        let mut send = group(waiting("chan send"), 8, 8, false);
+        send.blocked_s = Some((3.0, 3.0));
+        assert_eq!(super::judge(&send, &e, &r).0, Verdict::Leak);
+    }
+
+    #[test]
     fn growth_quoted_is_the_groups_own_and_sockets_explain_load() {
         let r = Rules::default();
         // The site grew by 400; this group has one member.
@@ -542,17 +744,44 @@ mod tests {
             ..Evidence::default()
         };
         assert_eq!(super::judge(&g, &e, &r).0, Verdict::Ok);
-        // Growing in step with open sockets, in I/O wait: connections.
+        // Growing in step with open sockets, in I/O wait, children of an
+        // accept loop: a server's connections.
         let g = group(waiting("IO wait"), 200, 200, false);
         let e = Evidence {
             group: moving(0, 200, 6),
             site: moving(0, 200, 6),
             sockets: Some(moving(10, 210, 6)),
             siblings: None,
+            accepted: true,
         };
         let (v, why) = super::judge(&g, &e, &r);
         assert_eq!(v, Verdict::Ok, "{why}");
         assert!(why.contains("+200 sockets"), "{why}");
+        // The same growth on connections the program opened itself: calls
+        // with no deadline on a peer that never answers (seed scenario 15).
+        let client = Evidence {
+            accepted: false,
+            ..e
+        };
+        let mut lookups = g.clone();
+        lookups.key.blocked_at = Some(Frame {
+            function: "main.(*StockClient).lookup".into(),
+            file: "main.go".into(),
+            line: 40,
+        });
+        let (v, why) = super::judge(&lookups, &client, &r);
+        assert_eq!(v, Verdict::Leak, "{why}");
+        // A library's own connection goroutines (an HTTP client's pool,
+        // blocked in library code only) follow connections: not a leak.
+        assert_eq!(super::judge(&g, &client, &r).0, Verdict::Suspect);
+        // A flat crowd of a server's idle connections is not suspect.
+        let flat = Evidence {
+            group: moving(200, 200, 6),
+            site: moving(200, 200, 6),
+            sockets: Some(moving(210, 210, 6)),
+            ..e
+        };
+        assert_eq!(super::judge(&g, &flat, &r).0, Verdict::Ok);
         // Sockets flat: a leak, and the reason says so.
         let e = Evidence {
             sockets: Some(moving(10, 10, 6)),
@@ -561,6 +790,58 @@ mod tests {
         let (v, why) = super::judge(&group(waiting("chan send"), 200, 200, false), &e, &r);
         assert_eq!(v, Verdict::Leak);
         assert!(why.contains("open sockets stayed at 10"), "{why}");
+    }
+
+    #[test]
+    fn connections_that_came_and_stay_are_load_after_the_window_too() {
+        // Per-connection readers grew with the sockets for 3s, then flat: a
+        // 2s window sees neither grow, the session sees both.
+        let r = Rules::default();
+        let grown = Session {
+            span_s: 9.0,
+            aged_first: 0,
+            aged_last: 60,
+            rises: 25,
+            growing_s: 4.0,
+            flat_s: 5.0,
+        };
+        let mut readers = moving(60, 60, 6);
+        readers.session = grown;
+        let mut sockets = moving(121, 121, 6);
+        sockets.session = Session {
+            aged_first: 1,
+            aged_last: 121,
+            ..grown
+        };
+        let e = Evidence {
+            group: readers,
+            site: readers,
+            siblings: None,
+            sockets: Some(sockets),
+            accepted: true,
+        };
+        let (v, why) = super::judge(&group(waiting("IO wait"), 60, 60, false), &e, &r);
+        assert_eq!(v, Verdict::Ok, "{why}");
+        assert!(
+            why.contains("grew by 60") && why.contains("+120 over the session"),
+            "{why}"
+        );
+        let (v, _) = super::judge(&group(waiting("chan send"), 60, 60, false), &e, &r);
+        assert_eq!(v, Verdict::Suspect);
+        // Sockets flat over the session: the growth was not load.
+        let e = Evidence {
+            sockets: Some(moving(121, 121, 6)),
+            ..e
+        };
+        let (v, why) = super::judge(&group(waiting("IO wait"), 60, 60, false), &e, &r);
+        assert_eq!(v, Verdict::Leak, "{why}");
+    }
+
+    #[test]
+    fn short_lifetimes_read_as_microseconds() {
+        assert_eq!(human_secs(0.0004), "400µs");
+        assert_eq!(human_secs(0.04), "40ms");
+        assert_eq!(human_secs(90.0), "90s");
     }
 
     #[test]
@@ -581,5 +862,52 @@ mod tests {
             why.contains("grew by 800 in the first 20s") && why.contains("flat for the last 15s"),
             "{why}"
         );
+    }
+
+    #[test]
+    fn at_exit_still_blocked_is_a_leak_and_deadlocks_need_everyone_blocked() {
+        let r = Rules::default();
+        assert_eq!(
+            judge_at_exit(&group(waiting("chan send"), 25, 0, false), &r).0,
+            Verdict::Leak
+        );
+        let mut main = group(TaskState::Running, 1, 0, false);
+        main.main = true;
+        assert_eq!(judge_at_exit(&main, &r).0, Verdict::Ok);
+        assert_eq!(
+            judge_at_exit(&group(TaskState::Runnable, 2, 0, false), &r).0,
+            Verdict::Ok
+        );
+
+        let blocked = |reason: &str, secs: f64, is_main: bool| {
+            let mut g = group(waiting(reason), 1, 1, false);
+            g.blocked_s = Some((secs, secs));
+            g.main = is_main;
+            g
+        };
+        // A hung test: the test goroutine and main both wait on channels.
+        let hung = [
+            blocked("chan receive", 9.0, true),
+            blocked("chan send", 6.0, false),
+        ];
+        assert_eq!(global_deadlock(&hung, 5.0), Some(6.0));
+        assert_eq!(global_deadlock(&hung, 7.0), None, "not blocked long enough");
+        // An idle server: its accept loop waits on I/O.
+        let idle = [
+            blocked("chan receive", 60.0, false),
+            blocked("IO wait", 60.0, false),
+        ];
+        assert_eq!(global_deadlock(&idle, 5.0), None);
+        // main waiting for a signal, alone: an idiom, not a deadlock.
+        assert_eq!(
+            global_deadlock(&[blocked("chan receive", 60.0, true)], 5.0),
+            None
+        );
+        // A select may have a timer case: not counted.
+        let timed = [
+            blocked("select", 60.0, false),
+            blocked("chan receive", 60.0, true),
+        ];
+        assert_eq!(global_deadlock(&timed, 5.0), None);
     }
 }

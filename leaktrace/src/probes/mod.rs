@@ -3,9 +3,11 @@
 //! thread tracker each tell it which program goes where. Dropping [`Probes`]
 //! detaches every probe: that is how every exit path (return, `?`, panic
 //! unwinding) cleans up.
+pub mod multi;
 pub mod ring;
+pub mod tracefs;
 
-use std::{num::NonZeroU32, path::Path};
+use std::{io::IsTerminal as _, num::NonZeroU32, path::Path};
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
@@ -62,6 +64,8 @@ pub struct Probes {
     tracepoint_links: Vec<(String, TracePointLinkId)>,
     /// The probes' own diagnostics (aya-log), printed through `log`.
     logger: Option<Logger>,
+    /// Uprobe-multi links (issue #14): one per program instead of one per point.
+    multi: multi::MultiLinks,
 }
 
 pub type Logger = aya_log::EbpfLogger<&'static dyn log::Log>;
@@ -91,6 +95,7 @@ impl Probes {
             links: Vec::new(),
             tracepoint_links: Vec::new(),
             logger,
+            multi: multi::MultiLinks::default(),
         })
     }
 
@@ -115,6 +120,14 @@ impl Probes {
             prog.load()
                 .map_err(|e| anyhow!("the kernel rejected probe {name}: {e}"))?;
         }
+        // One uprobe-multi link for all points when the kernel has them (6.6+).
+        if self
+            .multi
+            .try_attach(PROBES_OBJECT, name, prog, points, exe, pid.get())
+        {
+            self.attached += points.len();
+            return Ok(());
+        }
         for point in points {
             let at = UProbeAttachPoint {
                 location: UProbeAttachLocation::AbsoluteOffset(point.file_offset),
@@ -136,35 +149,41 @@ impl Probes {
         Ok(())
     }
 
-    /// Detach every uprobe, many at a time: each detach waits for the
-    /// kernel's RCU grace periods (measured ~0.1 s each here), which
-    /// concurrent detaches share; one after the other, a tokio binary's 20+
-    /// probes made leaktrace take seconds to exit.
+    /// Detach every probe. A per-point uprobe link waits out a grace period
+    /// (~0.1 s here) and the kernel destroys them one at a time, so threads
+    /// barely help: a few (a bounded pool) do as well as one per link. What
+    /// helps is having few links: a uprobe-multi link (see [`multi`]) costs
+    /// one grace period for all its points.
     fn detach_all(&mut self) {
-        let mut uprobes = Vec::with_capacity(self.links.len());
+        let per_probe = self.links.len();
+        let mut uprobes: Vec<Box<dyn Send>> = Vec::with_capacity(self.links.len());
+        for link in self.multi.take_links() {
+            uprobes.push(Box::new(link));
+        }
         for (name, id) in self.links.drain(..) {
             let prog: Option<&mut UProbe> =
                 self.ebpf.program_mut(&name).and_then(|p| p.try_into().ok());
             if let Some(link) = prog.and_then(|p| p.take_link(id).ok()) {
-                uprobes.push(link);
+                uprobes.push(Box::new(link));
             }
         }
-        let mut tracepoints = Vec::with_capacity(self.tracepoint_links.len());
         for (name, id) in self.tracepoint_links.drain(..) {
             let prog: Option<&mut TracePoint> =
                 self.ebpf.program_mut(&name).and_then(|p| p.try_into().ok());
             if let Some(link) = prog.and_then(|p| p.take_link(id).ok()) {
-                tracepoints.push(link);
+                uprobes.push(Box::new(link));
             }
         }
-        std::thread::scope(|s| {
-            for link in uprobes {
-                s.spawn(move || drop(link));
-            }
-            for link in tracepoints {
-                s.spawn(move || drop(link));
-            }
-        });
+        // Each per-probe link waits out an RCU grace period (~0.1 s here)
+        // and the kernel serializes them: say so rather than look hung.
+        let tty = per_probe > 8 && std::io::stderr().is_terminal();
+        if tty {
+            eprint!("detaching {per_probe} probes…\r");
+        }
+        multi::drop_in_pool(uprobes, multi::DETACH_THREADS);
+        if tty {
+            eprint!("\x1b[2K");
+        }
     }
 
     /// Load (once) and attach tracepoint program `name` to `category:event`.

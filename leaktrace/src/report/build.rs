@@ -2,14 +2,16 @@
 //! groups are judged and shaped for output at every report.
 use std::{collections::HashMap, time::Instant};
 
-use super::model::{BlockedSpan, EventTotals, GroupReport, Report, TargetInfo, ThreadsReport};
+use super::model::{
+    BlockedSpan, Deadlock, EventTotals, GroupReport, Report, TargetInfo, ThreadsReport,
+};
 use crate::{
     aggregate::{
-        cause::classify,
+        cause::{POOL_NEVER_CLOSED, classify, pools},
         channels::{ChannelSummary, summarize},
         groups::{Group, GroupKey, group},
         trend::Trends,
-        verdict::{Evidence, Rules, Verdict, judge},
+        verdict::{Evidence, Rules, Verdict, global_deadlock, human_secs, judge, judge_at_exit},
     },
     runtime::{Lifetimes, TaskView},
     symbols::Frame,
@@ -25,6 +27,44 @@ pub struct Shape {
     pub system: bool,
     /// The recent window growth is measured over (`--window`).
     pub window_ns: u64,
+    /// All blocked this long is a deadlock (`--hang`).
+    pub hang_s: f64,
+}
+
+/// Which tasks reports leave out, as goleak's options do.
+#[derive(Clone, Debug, Default)]
+pub struct Ignore {
+    /// `--ignore-top`: tasks whose top frame (the first outside package
+    /// runtime) is one of these functions.
+    pub top: Vec<String>,
+    /// `--ignore-current`: tasks that existed when leaktrace attached.
+    pub current: bool,
+}
+
+impl Ignore {
+    fn keeps(&self, v: &TaskView) -> bool {
+        if self.current && v.alive_since.is_lower_bound() {
+            return false;
+        }
+        if self.top.is_empty() {
+            return true;
+        }
+        let top = v
+            .stack
+            .iter()
+            .find(|f| !f.function.starts_with("runtime."))
+            .map_or(&*v.start.function, |f| &*f.function);
+        !self.top.iter().any(|t| t == top)
+    }
+}
+
+/// When a report describes the program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Moment {
+    /// While it runs: verdicts from trends and evidence.
+    Live,
+    /// The moment it exited: still blocked = leak.
+    AtExit,
 }
 
 /// Trends, verdicts and report contents for one traced process.
@@ -44,6 +84,7 @@ pub struct ReportBuilder {
     pub notes: Vec<String>,
     /// The latest thread sample, when threads are tracked.
     pub threads: Option<ThreadsReport>,
+    pub ignore: Ignore,
 }
 
 /// Samples kept per trend at most (one per refresh, at most every 100 ms).
@@ -62,6 +103,7 @@ impl ReportBuilder {
             started: Instant::now(),
             notes,
             threads: None,
+            ignore: Ignore::default(),
         }
     }
 
@@ -108,30 +150,62 @@ impl ReportBuilder {
     pub fn build(
         &self,
         is_final: bool,
+        moment: Moment,
         events: EventTotals,
         views: &[TaskView],
         lifetimes: &HashMap<Frame, Lifetimes>,
     ) -> Report {
         let live = views.iter().filter(|v| !v.system).count() as u64;
         let system = views.len() as u64 - live;
-        let shown = views.iter().filter(|v| self.shape.system || !v.system);
+        let now = monotonic_ns();
+        let kept = views.iter().filter(|v| self.ignore.keeps(v));
+        let all = group(kept.clone(), now, self.older_ns());
+        let deadlock = (moment == Moment::Live)
+            .then(|| global_deadlock(&all, self.shape.hang_s))
+            .flatten()
+            .map(|blocked_s| Deadlock {
+                participants: all
+                    .iter()
+                    .filter(|g| !g.system && g.key.state.is_waiting())
+                    .map(|g| g.count)
+                    .sum(),
+                blocked_s,
+            });
+        let accepting = accept_loops(&all);
+        let shown = kept.filter(|v| self.shape.system || !v.system);
         let mut channels = summarize(shown.clone());
         let mut window_s: f64 = 0.0;
-        let mut judged: Vec<(Group, f64, Verdict, String)> =
-            group(shown, monotonic_ns(), self.older_ns())
-                .into_iter()
-                .map(|g| {
-                    let evidence = Evidence {
-                        group: self.groups.movement(&group_trend_of(&g.key)),
-                        site: self.sites.movement(&site_of(&g.key)),
-                        siblings: lifetimes.get(&g.key.created_by).copied(),
-                        sockets: self.has_sockets.then(|| self.sockets.movement(&())),
-                    };
-                    window_s = window_s.max(evidence.site.window_s);
-                    let (verdict, why) = judge(&g, &evidence, &self.rules);
-                    (g, evidence.group.growth_per_s, verdict, why)
-                })
-                .collect();
+        let mut judged: Vec<(Group, f64, Verdict, String)> = group(shown, now, self.older_ns())
+            .into_iter()
+            .map(|g| {
+                if moment == Moment::AtExit {
+                    let (verdict, why) = judge_at_exit(&g, &self.rules);
+                    return (g, 0.0, verdict, why);
+                }
+                if let Some(d) = deadlock
+                    && !g.system
+                    && g.key.state.is_waiting()
+                {
+                    let why = format!(
+                        "deadlock: every {} of the program has been blocked for ≥ {} (none \
+                             running, none waiting on I/O or a timer): nothing can wake them",
+                        self.rules.noun,
+                        human_secs(d.blocked_s)
+                    );
+                    return (g, 0.0, Verdict::Leak, why);
+                }
+                let evidence = Evidence {
+                    group: self.groups.movement(&group_trend_of(&g.key)),
+                    site: self.sites.movement(&site_of(&g.key)),
+                    siblings: lifetimes.get(&g.key.created_by).copied(),
+                    sockets: self.has_sockets.then(|| self.sockets.movement(&())),
+                    accepted: accepting.contains(&*g.key.created_by.function),
+                };
+                window_s = window_s.max(evidence.site.window_s);
+                let (verdict, why) = judge(&g, &evidence, &self.rules);
+                (g, evidence.group.growth_per_s, verdict, why)
+            })
+            .collect();
         // Verdicts first (leak, suspect, ok), by count within each: `--top`
         // must never hide a leak behind large healthy groups.
         judged.sort_by_key(|(_, _, verdict, _)| match verdict {
@@ -139,6 +213,14 @@ impl ReportBuilder {
             Verdict::Suspect => 1,
             Verdict::Ok => 2,
         });
+        // A pool's workers and the drainer waiting for them are one finding.
+        let in_pool: Vec<GroupKey> = {
+            let groups: Vec<Group> = judged.iter().map(|(g, ..)| g.clone()).collect();
+            pools(&groups)
+                .into_iter()
+                .map(|i| groups[i].key.clone())
+                .collect()
+        };
         let mut reports: Vec<GroupReport> = Vec::new();
         let mut omitted = 0;
         for (g, growth_per_s, verdict, why) in judged {
@@ -149,8 +231,14 @@ impl ReportBuilder {
                 omitted += 1;
                 continue;
             }
+            let pooled = in_pool.contains(&g.key);
             let channels = channels.remove(&g.key);
-            reports.push(group_report(g, growth_per_s, verdict, why, channels));
+            let mut report = group_report(g, growth_per_s, verdict, why, channels);
+            if pooled && verdict != Verdict::Ok {
+                report.cause = Some(POOL_NEVER_CLOSED.name);
+                report.fix = Some(POOL_NEVER_CLOSED.fix);
+            }
+            reports.push(report);
         }
         Report {
             is_final,
@@ -162,10 +250,27 @@ impl ReportBuilder {
             window_s,
             groups: reports,
             groups_omitted: omitted,
+            at_exit: moment == Moment::AtExit,
+            deadlock,
             notes: self.notes.clone(),
             threads: self.threads.clone(),
         }
     }
+}
+
+/// Functions on the stacks of goroutines blocked accepting connections: a
+/// group created by one of them is a server's per-connection goroutines.
+fn accept_loops(groups: &[Group]) -> std::collections::HashSet<String> {
+    groups
+        .iter()
+        .filter(|g| {
+            g.stack.iter().any(|f| {
+                f.function.contains("(*netFD).accept")
+                    || f.function.contains("(*TCPListener).accept")
+            })
+        })
+        .flat_map(|g| g.stack.iter().map(|f| f.function.to_string()))
+        .collect()
 }
 
 /// What a trend follows: where tasks are created and what they run.

@@ -24,6 +24,13 @@ pub struct Report {
     pub groups: Vec<GroupReport>,
     /// Groups left out by `--top` / `--older`.
     pub groups_omitted: usize,
+    /// True when this report is the state at the moment the program exited
+    /// (verdicts then have goleak's meaning: still blocked = leak).
+    pub at_exit: bool,
+    /// Set when every goroutine of the program has been blocked on the
+    /// program itself for at least `--hang`: nothing can run again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deadlock: Option<Deadlock>,
     /// Anything the reader should know about how this report was made.
     pub notes: Vec<String>,
     /// The process's OS threads; absent when thread tracking is off.
@@ -31,10 +38,22 @@ pub struct Report {
     pub threads: Option<ThreadsReport>,
 }
 
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Deadlock {
+    /// The program's goroutines, all blocked.
+    pub participants: u64,
+    /// How long the most recently blocked one has been (so all of them at
+    /// least that long).
+    pub blocked_s: f64,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct TargetInfo {
     pub pid: u32,
     pub exe: String,
+    /// With `-f`: the process's command line (several are traced).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cmdline: Option<String>,
     /// Serialized as its name (`go`, `rust-tokio`).
     pub runtime: RuntimeKind,
     pub runtime_version: String,

@@ -76,6 +76,23 @@ pub fn write(out: &mut dyn Write, report: &Report, style: &TextStyle) -> Result<
     for note in &report.notes {
         writeln!(out, "note: {note}")?;
     }
+    if report.at_exit {
+        writeln!(
+            out,
+            "{} as they were when the program exited: any still blocked is a leak",
+            paint("1", &format!("{} {tasks}", report.live))
+        )?;
+    }
+    if let Some(d) = report.deadlock {
+        writeln!(
+            out,
+            "{} all {} {tasks} of the program have been blocked for ≥ {} on each other (none \
+             running, none waiting on I/O or a timer): nothing can run again",
+            paint("1;31", "DEADLOCK:"),
+            d.participants,
+            human_secs(d.blocked_s)
+        )?;
+    }
     if report.groups.is_empty() {
         writeln!(out, "  (no groups to show)")?;
     }

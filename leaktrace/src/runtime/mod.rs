@@ -149,6 +149,13 @@ pub trait Runtime {
     }
     /// Notes that arose since the last call (said once).
     fn take_notes(&mut self) -> Vec<String>;
+    /// After the process exited: its tasks as they were at the moment of
+    /// exit, when the runtime could capture them (Go: the exit probe's walk
+    /// of `allgs`), with a note saying how. `None`: only the last refresh is
+    /// known.
+    fn at_exit(&mut self) -> Option<(Vec<TaskView>, String)> {
+        None
+    }
 }
 
 /// The runtime of the program at `path`: Go or tokio, or an error that says

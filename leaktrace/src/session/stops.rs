@@ -1,5 +1,6 @@
-//! What ends a session or asks for a report, in one place: the report
-//! interval, COUNT, `--duration`, Ctrl-C, SIGTERM and the target's exit.
+//! What ends tracing or asks for a report: for everyone, Ctrl-C, SIGTERM
+//! and `--duration` ([`Signals`]); per process, its report interval and
+//! COUNT ([`Schedule`]) and its exit ([`pidfd`]).
 use std::{
     os::fd::{FromRawFd, OwnedFd},
     time::Duration,
@@ -12,93 +13,110 @@ use tokio::{
     time::{Instant, Interval, MissedTickBehavior, interval, sleep_until},
 };
 
-use crate::{cli::Args, target::process::TargetError};
+use crate::cli::Args;
 
-/// Why the session ended.
+/// Why tracing ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum End {
+pub(super) enum End {
     Duration,
     Count,
     Interrupted,
     Terminated,
     TargetExited,
+    /// `-f`: the command leaktrace started has exited; what it left running
+    /// is reported as it is now.
+    CommandExited,
+    /// `-f`: the process executed another program (a new trace follows it).
+    Exec,
 }
 
-pub enum Stop {
+/// Ctrl-C, SIGTERM and the `--duration` deadline.
+pub(super) struct Signals {
+    sigint: Signal,
+    sigterm: Signal,
+    pub deadline: Option<Instant>,
+}
+
+impl Signals {
+    /// Installed before anything slow: Ctrl-C during a long attach or
+    /// snapshot must still end in a final report, not in the default
+    /// handler. The `--duration` clock starts here.
+    pub(super) fn new(args: &Args) -> Result<Self> {
+        Ok(Self {
+            sigint: signal(SignalKind::interrupt())?,
+            sigterm: signal(SignalKind::terminate())?,
+            deadline: args.duration.map(|d| Instant::now() + d),
+        })
+    }
+
+    pub(super) async fn next(&mut self) -> End {
+        let deadline = self.deadline;
+        tokio::select! {
+            _ = async { sleep_until(deadline.unwrap_or_else(Instant::now)).await }, if deadline.is_some() => End::Duration,
+            _ = self.sigint.recv() => End::Interrupted,
+            _ = self.sigterm.recv() => End::Terminated,
+        }
+    }
+}
+
+pub(super) enum Tick {
     Report,
     End(End),
 }
 
-pub struct Stops {
-    sigint: Signal,
-    sigterm: Signal,
-    exit_fd: AsyncFd<OwnedFd>,
-    deadline: Option<Instant>,
+/// One process's periodic reports.
+pub(super) struct Schedule {
     reporter: Interval,
     /// Off for `--duration` alone: its one report is the final one.
     periodic: bool,
     period: Duration,
     reports: u64,
     count: Option<u64>,
+    deadline: Option<Instant>,
 }
 
-impl Stops {
-    /// Signals first: Ctrl-C during a slow attach or snapshot must still end
-    /// in a final report, not in the default handler.
-    pub fn new(args: &Args, pid: u32) -> Result<Self> {
-        let sigint = signal(SignalKind::interrupt())?;
-        let sigterm = signal(SignalKind::terminate())?;
-        // Watch for the target's exit (works for any pid, child or not).
-        let exit_fd =
-            pidfd(pid).map_err(|_| anyhow::Error::from(TargetError::ExitedDuringAttach(pid)))?;
+impl Schedule {
+    /// Starts now (once the process is attached).
+    pub(super) fn new(args: &Args, deadline: Option<Instant>) -> Self {
         let period = args.report_interval().max(Duration::from_millis(100));
         let mut reporter = interval(period);
         reporter.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        Ok(Self {
-            sigint,
-            sigterm,
-            exit_fd,
-            deadline: None,
+        reporter.reset();
+        Self {
             reporter,
             periodic: args.periodic_reports(),
             period,
             reports: 0,
             count: args.report_count(),
-        })
+            deadline,
+        }
     }
 
-    /// Call once attached: the clock for --duration and reports starts here.
-    pub fn start(&mut self, args: &Args) {
-        self.deadline = args.duration.map(|d| Instant::now() + d);
-        self.reporter.reset();
-    }
-
-    pub async fn next(&mut self) -> Stop {
-        let deadline = self.deadline;
-        tokio::select! {
-            _ = self.reporter.tick(), if self.periodic => {
-                self.reports += 1;
-                // A report due with the end (30s at 5s intervals) is the
-                // final one, not a copy printed just before it.
-                let ends_now = deadline.is_some_and(|d| d <= Instant::now() + self.period / 4);
-                if ends_now {
-                    Stop::End(End::Duration)
-                } else if self.count.is_some_and(|c| self.reports >= c) {
-                    Stop::End(End::Count)
-                } else {
-                    Stop::Report
-                }
-            }
-            _ = async { sleep_until(deadline.unwrap_or_else(Instant::now)).await }, if deadline.is_some() => Stop::End(End::Duration),
-            _ = self.sigint.recv() => Stop::End(End::Interrupted),
-            _ = self.sigterm.recv() => Stop::End(End::Terminated),
-            _ = self.exit_fd.readable() => Stop::End(End::TargetExited),
+    /// The next report, or the end after COUNT of them. Pending forever
+    /// when reports are not periodic.
+    pub(super) async fn next(&mut self) -> Tick {
+        if !self.periodic {
+            return std::future::pending().await;
+        }
+        self.reporter.tick().await;
+        self.reports += 1;
+        // A report due with the end (30s at 5s intervals) is the final
+        // one, not a copy printed just before it.
+        if self
+            .deadline
+            .is_some_and(|d| d <= Instant::now() + self.period / 4)
+        {
+            Tick::End(End::Duration)
+        } else if self.count.is_some_and(|c| self.reports >= c) {
+            Tick::End(End::Count)
+        } else {
+            Tick::Report
         }
     }
 }
 
-/// A pidfd becomes readable when the process exits.
-fn pidfd(pid: u32) -> Result<AsyncFd<OwnedFd>> {
+/// A pidfd becomes readable when the process exits (any pid, child or not).
+pub(super) fn pidfd(pid: u32) -> Result<AsyncFd<OwnedFd>> {
     // SAFETY: plain syscall; the fd is owned by the returned OwnedFd.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
     if fd < 0 {

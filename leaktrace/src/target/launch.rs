@@ -64,6 +64,8 @@ impl HeldChild {
             return Err(std::io::Error::last_os_error()).context("fork");
         }
         if pid == 0 {
+            // SAFETY: in the forked child only async-signal-safe calls
+            // (close, read, execv, _exit) on fds and strings made before fork.
             unsafe {
                 libc::close(write_fd);
                 let mut b = 0u8;
@@ -94,6 +96,7 @@ impl HeldChild {
         let b = 1u8;
         // SAFETY: writing one byte from a valid buffer to our pipe end.
         let n = unsafe { libc::write(self.release_fd, (&raw const b).cast(), 1) };
+        // SAFETY: closing our own pipe end, once (set to -1 below).
         unsafe { libc::close(self.release_fd) };
         self.release_fd = -1;
         if n != 1 {
@@ -108,6 +111,7 @@ impl Drop for HeldChild {
         if self.release_fd >= 0 {
             // Never released (attach failed): closing the pipe makes the
             // child exit without running the program.
+            // SAFETY: closing our own pipe end, which nothing else uses.
             unsafe { libc::close(self.release_fd) };
         }
     }

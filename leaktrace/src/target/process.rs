@@ -136,10 +136,10 @@ fn parse_maps(maps: &str, exe: &Path) -> Vec<Mapping> {
 /// `None` when they cannot be listed. Stops counting at `MAX_FDS_SCANNED`
 /// descriptors, so a process with millions of them costs a bounded scan.
 pub fn open_sockets(pid: u32) -> Option<u32> {
-    let dir = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    let dir = fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
     let mut n = 0u32;
     for entry in dir.take(MAX_FDS_SCANNED).flatten() {
-        if std::fs::read_link(entry.path())
+        if fs::read_link(entry.path())
             .is_ok_and(|l| l.as_os_str().as_encoded_bytes().starts_with(b"socket:"))
         {
             n += 1;

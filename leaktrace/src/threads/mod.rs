@@ -4,7 +4,6 @@
 //! grows is a leak tasks cannot show.
 mod probes;
 mod table;
-pub mod tracefs;
 pub mod view;
 
 use anyhow::Context as _;

@@ -22,12 +22,9 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
 use leaktrace_common::threads::{ThreadConfig, ThreadEvent, ThreadEventKind, ThreadNewStack};
 
-use super::{
-    table::{Creator, ThreadChange, ThreadTable},
-    tracefs,
-};
+use super::table::{Creator, ThreadChange, ThreadTable};
 use crate::{
-    probes::{Probes, ring::decode_record},
+    probes::{Probes, ring::decode_record, tracefs},
     symbols::native::{NativeSymbols, unwind::StackCopy},
 };
 
@@ -210,6 +207,3 @@ pub fn comm(raw: &[u8]) -> std::sync::Arc<str> {
     let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
     String::from_utf8_lossy(&raw[..end]).into()
 }
-
-#[cfg(test)]
-mod tests;

@@ -62,7 +62,7 @@ pub enum ThreadChange {
 
 /// How a group's threads came to be.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum CreatedBy {
+pub(super) enum CreatedBy {
     /// The program's own function that spawned them.
     Site(Frame),
     /// Only the name of the thread that spawned them is known.
@@ -94,7 +94,7 @@ impl CreatedBy {
 
 /// Threads are grouped by name pattern and creator.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct ThreadGroupKey {
+pub(super) struct ThreadGroupKey {
     /// The kernel name with digit runs folded to `#`, so `conn-17` and
     /// `conn-18` are one group.
     pub name: Arc<str>,

@@ -124,10 +124,15 @@ impl Run {
 /// final report comes after that, at `duration`. leaktrace passes the
 /// fixture's stdout through, so the truth block is read from leaktrace's.
 pub fn run_command_mode(fixture: &std::path::Path, fixture_args: &[&str], duration: &str) -> Run {
+    run_command_with(fixture, fixture_args, &["--duration", duration])
+}
+
+/// [`run_command_mode`] with any leaktrace options (`extra`, which must
+/// end the run: `--duration`, or `--interval` with `--count`).
+pub fn run_command_with(fixture: &std::path::Path, fixture_args: &[&str], extra: &[&str]) -> Run {
     use std::io::{BufRead, BufReader};
     let out = tempfile_path("reports.jsonl");
-    let (mut child, stdout, err_reader) =
-        start_command_mode(fixture, fixture_args, &["--duration", duration], &out);
+    let (mut child, stdout, err_reader) = start_command_mode(fixture, fixture_args, extra, &out);
     let lines: Vec<String> = BufReader::new(stdout)
         .lines()
         .map_while(Result::ok)
@@ -517,24 +522,8 @@ pub fn run_command_until(
     }
 }
 
-/// Build the tokio fixture project (tests/fixtures/rust) with `profile`;
-/// shares its target dir with the unit tests in leaktrace/src/runtime/tokio,
-/// so each profile is built once for both.
+/// The tokio fixture project (tests/fixtures/rust) built with `profile`
+/// (see [`leaktrace_e2e::build::tokio_fixture`]).
 pub fn tokio_fixture(profile: &str) -> PathBuf {
-    let root = leaktrace_e2e::build::workspace_dir();
-    let target = leaktrace_e2e::target_dir().join("tokio-fixtures");
-    let status = Command::new("nice")
-        .args(["-n", "19", "cargo", "build", "--locked", "--quiet"])
-        .args(["--profile", profile, "--target-dir"])
-        .arg(&target)
-        .current_dir(root.join("tests/fixtures/rust"))
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("RUSTFLAGS")
-        .status()
-        .expect("cargo build of the tokio fixture");
-    assert!(
-        status.success(),
-        "building the tokio fixture ({profile}) failed"
-    );
-    target.join(profile).join("tokio-fixture")
+    leaktrace_e2e::tokio_fixture(profile, false)
 }

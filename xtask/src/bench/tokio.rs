@@ -21,7 +21,10 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use super::{
-    Events, Markdown, Plan, Proc, Tools, capture, fmt_med, last_report, median, num_after, ratio,
+    Markdown, Plan, Tools,
+    proc::{Proc, capture},
+    report::{Events, last_report, num_after},
+    stats::{fmt_med, median, ratio},
 };
 use crate::util;
 
@@ -103,74 +106,48 @@ struct Points {
     wake: Vec<String>,
 }
 
-/// leaktrace's probe points (leaktrace/src/runtime/tokio/probe_points.rs)
-/// found again with `nm`, by the same demangled-name tests, so that bpftrace
-/// counts at exactly those functions. xtask cannot link leaktrace itself.
-fn points(bin: &Path) -> Result<Points> {
-    let nm = |demangle: bool| -> Result<Vec<(String, String)>> {
-        let mut c = Command::new("nm");
-        // Symbol-table order, so both listings line up row by row.
-        c.args(["--no-sort", "--defined-only"]);
-        if demangle {
-            c.arg("--demangle");
-        }
-        let o = c.arg(bin).output().context("nm (binutils)")?;
-        if !o.status.success() {
-            bail!("nm failed: {}", String::from_utf8_lossy(&o.stderr));
-        }
-        Ok(String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .filter_map(|l| {
-                let mut f = l.splitn(3, ' ');
-                let (addr, kind, name) = (f.next()?, f.next()?, f.next()?);
-                matches!(kind, "t" | "T").then(|| (addr.to_string(), name.to_string()))
-            })
-            .collect())
-    };
-    let (raw, demangled) = (nm(false)?, nm(true)?);
-    if raw.len() != demangled.len() {
+/// leaktrace's own probe points, as `leaktrace --explain-probes --detailed`
+/// lists them (every point of the detailed plan; the default plan is its
+/// spawn, completion and cancellation points), by the mangled name of the
+/// function each point enters, so bpftrace counts at exactly those.
+fn points(leaktrace: &Path, bin: &Path) -> Result<Points> {
+    let listing = super::probes::explain_with(leaktrace, bin, &["--detailed"])?;
+    if listing.runtime != "rust-tokio" {
         bail!(
-            "nm listed {} symbols, demangled {}",
-            raw.len(),
-            demangled.len()
+            "leaktrace sees {} as a {} program, not tokio",
+            bin.display(),
+            listing.runtime
         );
     }
     let mut p = Points::default();
     // Aliases at one address would make bpftrace count one call twice.
     let mut seen = std::collections::BTreeSet::new();
-    for ((addr, name), (addr_d, d)) in raw.into_iter().zip(demangled) {
-        if addr != addr_d {
-            bail!("nm's two listings differ at {addr} / {addr_d}");
-        }
-        let list = if d.contains("tokio::runtime::task::list::OwnedTasks<")
-            && d.ends_with(">::bind_inner")
-        {
-            &mut p.spawn
-        } else if d.ends_with(">::release")
-            && (d.contains(" as tokio::runtime::task::Schedule>")
-                || d.contains("<impl tokio::runtime::task::Schedule for "))
-            && !d.contains("BlockingSchedule")
-        {
-            &mut p.complete
-        } else if d == "tokio::runtime::task::raw::shutdown" {
-            &mut p.shutdown
-        } else if d == "tokio::runtime::task::raw::poll" {
-            &mut p.poll
-        } else if matches!(
-            d.as_str(),
-            "tokio::runtime::task::waker::wake_by_val" | "tokio::runtime::task::waker::wake_by_ref"
-        ) {
-            &mut p.wake
-        } else {
-            continue;
+    for probe in listing.probes {
+        let list = match probe.event.as_deref() {
+            Some("spawn") => &mut p.spawn,
+            Some("complete") => &mut p.complete,
+            Some("shutdown") => &mut p.shutdown,
+            Some("poll") => &mut p.poll,
+            Some("wake") => &mut p.wake,
+            other => bail!("leaktrace listed a tokio probe for {other:?}"),
         };
-        if seen.insert(addr) {
+        if probe.symbol_offset.unwrap_or(0) != 0 {
+            bail!(
+                "{} is not at a function entry; bpftrace's count would be somewhere else",
+                probe.describe()
+            );
+        }
+        let name = probe
+            .symbol
+            .clone()
+            .with_context(|| format!("no symbol for {} (a stripped fixture?)", probe.describe()))?;
+        if seen.insert(probe.va) {
             list.push(name);
         }
     }
     if p.spawn.is_empty() || p.complete.is_empty() || p.poll.is_empty() {
         bail!(
-            "leaktrace's probe points not all found in {} (bind_inner {}, release {}, poll {})",
+            "leaktrace's listing for {} lacks a kind of point (bind_inner {}, release {}, poll {})",
             bin.display(),
             p.spawn.len(),
             p.complete.len(),
@@ -416,7 +393,7 @@ fn configurations(t: &Tools) -> Vec<(String, Cfg)> {
 
 pub(super) fn section(md: &mut Markdown, plan: &Plan, t: &Tools) -> Result<()> {
     let fixture = fixture(t)?;
-    let points = points(&fixture)?;
+    let points = points(&t.leaktrace, &fixture)?;
     let c = Ctx { t, fixture, points };
     let cfgs = configurations(t);
     let mut runs = Runs::new();

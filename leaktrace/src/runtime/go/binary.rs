@@ -405,6 +405,3 @@ mod tests {
         assert!(e.to_string().contains("go1.19 to go1.27"), "{e}");
     }
 }
-
-#[cfg(test)]
-mod ground_truth;

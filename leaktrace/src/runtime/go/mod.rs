@@ -7,6 +7,8 @@ pub mod binary;
 pub mod chan_layout;
 pub mod channels;
 pub mod events;
+/// The goroutines at the moment the target exits (issue #13).
+pub mod final_walk;
 pub mod layout;
 pub mod live;
 pub mod own_code;

@@ -10,6 +10,7 @@ use super::{
     attach::{find_allgs, place_probes},
     binary::{GoBinary, InspectError},
     events::{decode, probe_config},
+    final_walk::{FinalWalk, FinalWalkOptions},
     live::LiveTable,
     reader::GoReader,
 };
@@ -44,6 +45,8 @@ pub struct GoRuntime {
     bias: Option<u64>,
     /// When the probes went live: what existed before is dated "at most" this.
     snapshot_ns: u64,
+    /// The exit probe: the goroutines at the moment the program exits.
+    final_walk: Option<FinalWalk>,
 }
 
 impl GoRuntime {
@@ -54,6 +57,7 @@ impl GoRuntime {
             reader: None,
             bias: None,
             snapshot_ns: 0,
+            final_walk: None,
         })
     }
 
@@ -105,6 +109,16 @@ impl Runtime for GoRuntime {
         self.snapshot_ns = monotonic_ns();
         let mut warnings = self.bin.warnings();
         warnings.extend(placement.warnings);
+        // Before a `-c` child runs, like the other probes.
+        match find_allgs(&self.bin)
+            .and_then(|at| FinalWalk::attach(&self.bin, exe, pid, &at, FinalWalkOptions::default()))
+        {
+            Ok(walk) => self.final_walk = Some(walk),
+            Err(e) => warnings.push(format!(
+                "no goroutine snapshot at exit ({e:#}): a final report after the program exits \
+                 shows the last refresh"
+            )),
+        }
         Ok(Attached {
             warnings,
             detail: None,
@@ -177,6 +191,13 @@ impl Runtime for GoRuntime {
             .and_then(GoReader::take_chan_note)
             .into_iter()
             .collect()
+    }
+
+    fn at_exit(&mut self) -> Option<(Vec<TaskView>, String)> {
+        let mut snap = self.final_walk.as_mut()?.take()?;
+        snap.symbolize(&self.bin);
+        let views = snap.views(&self.bin, Some(&self.table));
+        Some((views, snap.summary()))
     }
 
     fn lifetimes(&self) -> Vec<(Frame, Lifetimes)> {

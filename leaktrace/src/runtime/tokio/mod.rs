@@ -18,6 +18,3 @@ pub mod tracer;
 pub mod vtables;
 
 pub use seam::{TOKIO, TokioRuntime};
-
-#[cfg(test)]
-mod fixtures;

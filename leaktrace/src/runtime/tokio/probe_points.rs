@@ -202,43 +202,4 @@ mod tests {
             "tokio::runtime::task::harness::Harness<T,S>::complete"
         ));
     }
-
-    /// What each build profile of the fixture offers: symbols give spawn
-    /// and completion points (fat LTO included); a stripped binary only
-    /// the vtable functions.
-    #[test]
-    fn plan_per_build_profile() {
-        use super::super::{binary::detect, fixtures::fixture_binary};
-        for (profile, v0, symbols) in [
-            ("release", false, true),
-            ("fatlto", false, true),
-            ("lines", false, true),
-            ("release", true, true),
-            ("stripped", false, false),
-        ] {
-            let elf = ElfFile::open(&fixture_binary(profile, v0)).expect("fixture");
-            let bin = detect(&elf).expect("tokio");
-            let p = plan(&elf, &bin.vtables, true);
-            let kinds = |k: TokioEventKind| {
-                p.points
-                    .iter()
-                    .filter(|a| a.cookie as u8 == k as u8)
-                    .count()
-            };
-            println!(
-                "{profile}{}: spawn {} complete {} shutdown {} poll {} wake {}; notes {:?}",
-                if v0 { "+v0" } else { "" },
-                kinds(TokioEventKind::Spawn),
-                kinds(TokioEventKind::Complete),
-                kinds(TokioEventKind::Shutdown),
-                kinds(TokioEventKind::Poll),
-                kinds(TokioEventKind::Wake),
-                p.notes
-            );
-            assert_eq!(p.sees_spawns, symbols, "{profile}");
-            assert_eq!(p.sees_completions, symbols, "{profile}");
-            assert!(kinds(TokioEventKind::Shutdown) > 0 && p.polls, "{profile}");
-            assert_eq!(kinds(TokioEventKind::Wake) == 2, symbols, "{profile}");
-        }
-    }
 }

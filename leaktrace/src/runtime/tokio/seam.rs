@@ -11,9 +11,10 @@ use super::{binary::TokioError, tracer::TokioTracer};
 use crate::{
     probes::{Global, Probes, ring::decode_record},
     runtime::{
-        Attached, Counter, Description, Options, PlannedProbe, Runtime, RuntimeKind, Shown,
-        TaskCounts, TaskView,
+        Attached, Counter, Description, Lifetimes, Options, PlannedProbe, Runtime, RuntimeKind,
+        Shown, TaskCounts, TaskView,
     },
+    symbols::Frame,
     target::clock::monotonic_ns,
 };
 
@@ -166,5 +167,9 @@ impl Runtime for TokioRuntime {
 
     fn take_notes(&mut self) -> Vec<String> {
         std::mem::take(&mut self.tracer.notes)
+    }
+
+    fn lifetimes(&self) -> Vec<(Frame, Lifetimes)> {
+        self.tracer.lifetimes()
     }
 }

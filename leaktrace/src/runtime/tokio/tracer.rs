@@ -31,7 +31,7 @@ use super::{
     state::StateWord,
 };
 use crate::{
-    runtime::{Since, TaskView},
+    runtime::{LifetimeStats, Lifetimes, Since, TaskView},
     symbols::Frame,
     target::{elf::ElfFile, memory::Memory, process::Process},
 };
@@ -137,6 +137,9 @@ pub struct TokioTracer {
     awaits: Option<AwaitDecoder>,
     /// Interned await stacks, so equal stacks are shared (grouping relies on it).
     stacks: HashMap<Vec<Frame>, Arc<[Frame]>>,
+    /// How long completed tasks seen from their spawn lived, per vtable
+    /// (future type): what idle siblings are compared with.
+    lifetimes: HashMap<usize, LifetimeStats>,
 }
 
 impl TokioTracer {
@@ -145,7 +148,16 @@ impl TokioTracer {
             .map_err(|e| TokioError::NotTokio(format!("cannot read {}: {e}", path.display())))?;
         let bin = detect(&elf)?;
         let awaits = AwaitDecoder::load(&elf, &bin.vtables);
-        Ok(Self {
+        Ok(Self::with_binary(path, elf, bin, awaits))
+    }
+
+    fn with_binary(
+        path: &Path,
+        elf: ElfFile,
+        bin: RustBinary,
+        awaits: Option<AwaitDecoder>,
+    ) -> Self {
+        Self {
             bin,
             elf,
             path: path.to_path_buf(),
@@ -166,7 +178,8 @@ impl TokioTracer {
             notes: Vec::new(),
             awaits,
             stacks: HashMap::new(),
-        })
+            lifetimes: HashMap::new(),
+        }
     }
 
     pub fn version(&self) -> String {
@@ -305,7 +318,14 @@ impl TokioTracer {
             TokioEventKind::Complete => {
                 self.totals.complete += 1;
                 if self.tasks.get(&ev.header).is_some_and(|t| t.id == ev.id) {
-                    self.tasks.remove(&ev.header);
+                    if let Some(t) = self.tasks.remove(&ev.header)
+                        && let Since::Exact(born) = t.alive_since
+                    {
+                        self.lifetimes
+                            .entry(t.vtable)
+                            .or_default()
+                            .record(ev.ts_ns.saturating_sub(born));
+                    }
                 } else if self.dropped.iter_mut().any(|d| d.remove(&ev.id)) {
                     // A refresh read it finished before this event arrived:
                     // not a correction after all.
@@ -360,6 +380,22 @@ impl TokioTracer {
              instead, so a task's age is known to within one refresh"
                 .into(),
         );
+    }
+
+    /// Lifetimes of completed tasks per future type, named as views name
+    /// their `created_by`.
+    pub fn lifetimes(&self) -> Vec<(Frame, Lifetimes)> {
+        self.lifetimes
+            .iter()
+            .filter_map(|(&vt, stats)| {
+                let name = Frame {
+                    function: self.bin.vtables.get(vt)?.display_name().into(),
+                    file: "".into(),
+                    line: 0,
+                };
+                Some((name, stats.summary()))
+            })
+            .collect()
     }
 
     /// Every live task now, read from the target.
@@ -572,7 +608,7 @@ fn is_library_frame(function: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::super::fixtures::fixture_binary;
+    use super::super::vtables::{NameSource, TaskName, TaskVtable};
     use super::*;
 
     fn event(kind: TokioEventKind, header: u64, id: u64, vtable: u64, ts_ns: u64) -> TokioEvent {
@@ -586,13 +622,48 @@ mod tests {
         }
     }
 
+    /// A tracer for a binary with one vtable of a task bound to the
+    /// multi-thread scheduler (the kind the table follows; the release
+    /// build of tests/fixtures/rust has such vtables, which
+    /// tests/tests/tokio_binary.rs checks), and no await decoder.
+    fn tracer_with_one_task_vtable() -> TokioTracer {
+        let exe = std::env::current_exe().expect("the test binary");
+        let elf = ElfFile::open(&exe).expect("an ELF file");
+        let vtable = TaskVtable {
+            va: 0x5000,
+            fns: [0; 7],
+            trailer_offset: 80,
+            scheduler_offset: 32,
+            id_offset: 40,
+            name: TaskName {
+                future: Some("app::job::{{closure}}".into()),
+                scheduler: Some(
+                    "alloc::sync::Arc<tokio::runtime::scheduler::multi_thread::handle::Handle>"
+                        .into(),
+                ),
+                source: NameSource::DropGlue,
+                reason: None,
+                also: Vec::new(),
+            },
+        };
+        let bin = RustBinary {
+            rustc: None,
+            tokio_version: None,
+            has_symtab: true,
+            has_dwarf: false,
+            mangling: Default::default(),
+            vtables: vec![vtable],
+        };
+        TokioTracer::with_binary(&exe, elf, bin, None)
+    }
+
     /// The table follows spawn and completion events; a completion that
     /// arrives after a refresh already dropped the task is not a
     /// correction; a completion of a task no spawn event announced, after
     /// the first scan, switches the session to heap scans and says why.
     #[test]
     fn events_drive_the_table_and_missed_spawns_are_noticed() {
-        let mut t = TokioTracer::open(&fixture_binary("release", false)).expect("tokio fixture");
+        let mut t = tracer_with_one_task_vtable();
         t.set_bias(0x1000);
         t.coverage = Coverage {
             spawns: true,

@@ -1,6 +1,9 @@
-//! The thread probes against real processes, compared with /proc and with
-//! what the programs themselves report. Needs root (eBPF); skipped with a
-//! message otherwise, except under CI where that is a failure.
+//! The thread probes (`leaktrace::threads`) attached to real processes (a
+//! Python script, a Rust program built with rustc), compared with /proc and
+//! with what the programs themselves report: counts, names, exits, and the
+//! creating function and line. Needs root (eBPF), python3 and rustc;
+//! skipped with a message without root, except under CI where that is a
+//! failure.
 use std::{
     io::{BufRead, BufReader, Write},
     path::Path,
@@ -8,8 +11,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::*;
-use crate::report::model::{ThreadGroupReport, ThreadVerdict, ThreadsReport};
+use leaktrace::probes::Probes;
+use leaktrace::threads::{
+    ThreadGroupReport, ThreadProbes, ThreadTable, ThreadVerdict, ThreadsReport,
+};
 
 fn root(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions.

@@ -1,156 +1,41 @@
-//! Checks the Go inspection against the Go runtime itself.
+//! The Go symbolizer and binary inspection (`leaktrace::runtime::go`)
+//! against the Go runtime itself, per Go release (each skipped with a
+//! message when not installed).
 //!
-//! `tests-data/go-groundtruth` is built with every installed toolchain in
-//! several modes and run; it prints what `runtime.CallersFrames`,
-//! `runtime.FuncForPC` and `reflect` say about its own code. Each answer is
-//! compared with ours for the same binary. Builds and their output are
-//! cached in the system temp dir, keyed by the Go sources, so reruns are
-//! fast. A toolchain that is not installed is skipped with a message.
-
+//! `tests/fixtures/go-groundtruth` is built with the release in plain,
+//! `-s -w`, PIE and cgo/external-linker builds and run; it prints what
+//! `runtime.CallersFrames`, `runtime.FuncForPC` and `reflect` say about its
+//! own code. Each answer (frames with inlining, function entries, symbols,
+//! version, `runtime.g` layout, waitReason strings, warnings) is compared
+//! with ours for the same binary, and damaged copies must never panic. An
+//! arm64 cross-build must be refused by name while its symbols still read.
+//! Needs Go toolchains, not root.
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 
-use super::*;
-use crate::runtime::go::pclntab::GoSymbols;
-use crate::symbols::Frame;
+use leaktrace::runtime::go::binary::{GoBinary, InspectError};
+use leaktrace::runtime::go::layout::{GLayout, LayoutSource};
+use leaktrace::runtime::go::pclntab::GoSymbols;
+use leaktrace::runtime::go::version::GoVersion;
+use leaktrace::runtime::go::wait_reason::{WaitReasonSource, WaitReasons};
+use leaktrace::symbols::Frame;
+use leaktrace::target::elf::ElfFile;
+use leaktrace_e2e::toolchain::find;
+use leaktrace_e2e::{BuildMode, GoProgram, GoToolchain, try_build_go};
 
-const MAIN_GO: &str = include_str!("../../../../tests-data/go-groundtruth/main.go");
-const GM_GO: &str = include_str!("../../../../tests-data/go-groundtruth/gm.go");
-const GO_MOD: &str = include_str!("../../../../tests-data/go-groundtruth/go.mod");
+const GROUNDTRUTH: GoProgram<'static> = GoProgram::Module("go-groundtruth");
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Mode {
-    Plain,
-    Stripped,
-    Pie,
-    /// cgo + external linker: `.text` starts with C code, so the text base
-    /// must come from moduledata, not the section.
-    ExtLink,
-    /// Cross-built for linux/arm64: built, never run.
-    Arm64,
-}
-
-impl Mode {
-    fn name(self) -> &'static str {
-        match self {
-            Mode::Plain => "plain",
-            Mode::Stripped => "stripped",
-            Mode::Pie => "pie",
-            Mode::ExtLink => "extlink",
-            Mode::Arm64 => "arm64",
-        }
-    }
-}
-
-fn toolchain(version: &str) -> Option<PathBuf> {
-    let candidates: Vec<PathBuf> = if version == "1.19" {
-        vec!["/usr/lib/go-1.19/bin/go".into(), "/usr/bin/go".into()]
-    } else {
-        let home = std::env::var_os("HOME")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| "/root".into());
-        vec![home.join(format!(".cache/leaktrace/go/go{version}/bin/go"))]
-    };
-    candidates.into_iter().find(|p| p.exists())
-}
-
-fn fnv(data: &[&str]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for s in data {
-        for b in s.bytes().chain([0xff]) {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x100_0000_01b3);
-        }
-    }
-    h
-}
-
-fn cache_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "leaktrace-go-groundtruth-{:016x}",
-        fnv(&[MAIN_GO, GM_GO, GO_MOD])
-    ));
-    let src = dir.join("src");
-    std::fs::create_dir_all(&src).unwrap();
-    for (name, text) in [("main.go", MAIN_GO), ("gm.go", GM_GO), ("go.mod", GO_MOD)] {
-        let p = src.join(name);
-        if std::fs::read_to_string(&p).ok().as_deref() != Some(text) {
-            std::fs::write(&p, text).unwrap();
-        }
-    }
-    dir
-}
-
-/// Builds (once) and runs (once) the program; returns the binary and its
-/// output, or why this mode cannot be built here.
-fn build_and_run(version: &str, go: &Path, mode: Mode) -> Result<(PathBuf, String), String> {
-    let dir = cache_dir();
-    let bin = dir.join(format!("gt-{version}-{}", mode.name()));
-    let out_file = dir.join(format!("gt-{version}-{}.out", mode.name()));
-    if bin.exists()
-        && let Ok(out) = std::fs::read_to_string(&out_file)
-    {
-        return Ok((bin, out));
-    }
-    let tmp = dir.join(format!(
-        "gt-{version}-{}.tmp{}",
-        mode.name(),
-        std::process::id()
-    ));
-    let mut cmd = Command::new(go);
-    cmd.current_dir(dir.join("src"))
-        .env("GOTOOLCHAIN", "local")
-        .env("GOFLAGS", "-mod=mod")
-        .env("GOPROXY", "off")
-        .env("GOPATH", dir.join("gopath"))
-        .env("GOCACHE", dir.join("gocache"))
-        .env(
-            "GOARCH",
-            if mode == Mode::Arm64 {
-                "arm64"
-            } else {
-                "amd64"
-            },
-        )
-        .env("GOOS", "linux")
-        .arg("build")
-        .arg("-o")
-        .arg(&tmp);
-    match mode {
-        Mode::Plain => {
-            cmd.env("CGO_ENABLED", "0");
-        }
-        Mode::Stripped => {
-            cmd.env("CGO_ENABLED", "0").arg("-ldflags=-s -w");
-        }
-        Mode::Pie => {
-            cmd.env("CGO_ENABLED", "0").arg("-buildmode=pie");
-        }
-        Mode::ExtLink => {
-            cmd.env("CGO_ENABLED", "1")
-                .arg("-ldflags=-linkmode=external");
-        }
-        Mode::Arm64 => {
-            cmd.env("CGO_ENABLED", "0");
-        }
-    }
-    let res = cmd
-        .output()
-        .map_err(|e| format!("running {}: {e}", go.display()))?;
-    if !res.status.success() {
-        return Err(format!(
-            "go build ({}) failed: {}",
-            mode.name(),
-            String::from_utf8_lossy(&res.stderr)
-        ));
-    }
-    if mode == Mode::Arm64 {
-        std::fs::write(&out_file, "").unwrap();
-        std::fs::rename(&tmp, &bin).unwrap();
+/// Builds the program (cached) and runs it; returns the binary and its
+/// output (none for the arm64 build, which is never run), or why this mode
+/// cannot be built here.
+fn build_and_run(go: &GoToolchain, mode: BuildMode) -> Result<(PathBuf, String), String> {
+    let bin = try_build_go(GROUNDTRUTH, go, mode).map_err(|e| format!("{e:#}"))?;
+    if mode == BuildMode::Arm64 {
         return Ok((bin, String::new()));
     }
-    let run = Command::new(&tmp)
+    let run = Command::new(&bin)
         .output()
         .map_err(|e| format!("running the test program: {e}"))?;
     if !run.status.success() {
@@ -160,8 +45,6 @@ fn build_and_run(version: &str, go: &Path, mode: Mode) -> Result<(PathBuf, Strin
         ));
     }
     let out = String::from_utf8(run.stdout).map_err(|e| e.to_string())?;
-    std::fs::write(&out_file, &out).unwrap();
-    std::fs::rename(&tmp, &bin).unwrap();
     Ok((bin, out))
 }
 
@@ -257,24 +140,30 @@ fn groups(frames: &[RtFrame]) -> Vec<&[RtFrame]> {
     out
 }
 
-fn check_version(version: &str) {
-    let Some(go) = toolchain(version) else {
-        eprintln!("SKIP go{version}: toolchain not installed");
+fn check_version(release: &str) {
+    let Some(go) = find(release) else {
+        eprintln!("SKIP go{release}: toolchain not installed");
         return;
     };
+    let version = &go.full;
     let mut failures: Vec<String> = Vec::new();
     let mut built = 0;
-    for mode in [Mode::Plain, Mode::Stripped, Mode::Pie, Mode::ExtLink] {
-        let (path, text) = match build_and_run(version, &go, mode) {
+    for mode in [
+        BuildMode::Plain,
+        BuildMode::Stripped,
+        BuildMode::Pie,
+        BuildMode::ExtLink,
+    ] {
+        let (path, text) = match build_and_run(&go, mode) {
             Ok(x) => x,
-            Err(e) if mode == Mode::ExtLink => {
-                eprintln!("SKIP go{version} {}: {e}", mode.name());
+            Err(e) if mode == BuildMode::ExtLink => {
+                eprintln!("SKIP {version} {}: {e}", mode.dir_name());
                 continue;
             }
-            Err(e) => panic!("go{version} {}: {e}", mode.name()),
+            Err(e) => panic!("{version} {}: {e}", mode.dir_name()),
         };
         built += 1;
-        let mut fail = |msg: String| failures.push(format!("go{version} {}: {msg}", mode.name()));
+        let mut fail = |msg: String| failures.push(format!("{version} {}: {msg}", mode.dir_name()));
         let o = parse_output(&text);
         let bin = match GoBinary::open(&path) {
             Ok(b) => b,
@@ -285,8 +174,8 @@ fn check_version(version: &str) {
         };
         let stats = check_binary(&bin, mode, &o, &mut fail);
         eprintln!(
-            "go{version} {:8}: {} ({} stacks, {} frames, {} FuncForPC pcs, {} symbols, layout from {}, text from {:?})",
-            mode.name(),
+            "{version} {:8}: {} ({} stacks, {} frames, {} FuncForPC pcs, {} symbols, layout from {}, text from {:?})",
+            mode.dir_name(),
             bin.version.raw,
             stats.0,
             stats.1,
@@ -295,14 +184,11 @@ fn check_version(version: &str) {
             bin.layout_source,
             bin.symbols.text().1
         );
-        if mode != Mode::ExtLink {
+        if mode != BuildMode::ExtLink {
             check_corruption(&path, &mut fail);
         }
     }
-    assert!(
-        built >= 3,
-        "go{version}: fewer than three build modes worked"
-    );
+    assert!(built >= 3, "{version}: fewer than three build modes worked");
     if !failures.is_empty() {
         let n = failures.len();
         failures.truncate(40);
@@ -315,7 +201,7 @@ fn check_version(version: &str) {
 
 fn check_binary(
     bin: &GoBinary,
-    mode: Mode,
+    mode: BuildMode,
     o: &Output,
     fail: &mut dyn FnMut(String),
 ) -> (usize, usize, usize, usize) {
@@ -329,9 +215,10 @@ fn check_binary(
         fail(format!("main module {:?}", bin.main_module));
     }
     let (dwarf, symtab, pie) = match mode {
-        Mode::Plain | Mode::ExtLink | Mode::Arm64 => (true, true, false),
-        Mode::Stripped => (false, false, false),
-        Mode::Pie => (true, true, true),
+        BuildMode::Plain | BuildMode::ExtLink | BuildMode::Arm64 => (true, true, false),
+        BuildMode::Stripped => (false, false, false),
+        BuildMode::Pie => (true, true, true),
+        other => panic!("{other:?} builds are not checked here"),
     };
     if (bin.has_dwarf, bin.has_symtab, bin.is_pie) != (dwarf, symtab, pie) {
         fail(format!(
@@ -365,7 +252,7 @@ fn check_binary(
             fail(format!("missing -s -w warning in {:?}", bin.warnings()));
         }
     }
-    if mode != Mode::Stripped {
+    if mode != BuildMode::Stripped {
         let unexpected: Vec<String> = bin.warnings();
         if !unexpected.is_empty() {
             fail(format!("unexpected warnings {unexpected:?}"));
@@ -380,8 +267,7 @@ fn check_binary(
                 for (v, ours, theirs) in table_reasons.differences(&own) {
                     fail(format!("waitReason {v}: table {ours:?}, binary {theirs:?}"));
                 }
-                if bin.wait_reasons.source() != super::super::wait_reason::WaitReasonSource::Binary
-                {
+                if bin.wait_reasons.source() != WaitReasonSource::Binary {
                     fail("wait reasons not read from the binary".into());
                 }
             }
@@ -590,18 +476,18 @@ fn check_corruption(path: &Path, fail: &mut dyn FnMut(String)) {
 /// `open` must refuse it by name, while the symbolizer already reads it.
 #[test]
 fn arm64_is_refused_with_a_reason() {
-    let Some(go) = toolchain("1.27.3") else {
-        eprintln!("SKIP arm64: go1.27.3 not installed");
+    let Some(go) = find("1.27") else {
+        eprintln!("SKIP arm64: go1.27 not installed");
         return;
     };
-    let (path, _) = build_and_run("1.27.3", &go, Mode::Arm64).unwrap();
+    let (path, _) = build_and_run(&go, BuildMode::Arm64).unwrap();
     let err = GoBinary::open(&path).unwrap_err();
     assert!(matches!(err, InspectError::UnsupportedArch(_)), "{err}");
     assert!(err.to_string().contains("AArch64 (arm64)"), "{err}");
     assert!(err.to_string().contains("linux/amd64"), "{err}");
 
     let elf = ElfFile::open(&path).unwrap();
-    let version = GoVersion::parse("go1.27.3").unwrap();
+    let version = GoVersion::parse(&go.full).unwrap();
     let syms = GoSymbols::new(&elf, &version).unwrap();
     assert!(syms.has_inline_info(), "{:?}", syms.notes());
     for name in ["runtime.newproc1", "runtime.park_m", "main.chain"] {
@@ -631,35 +517,35 @@ fn go1_19() {
 
 #[test]
 fn go1_21() {
-    check_version("1.21.13");
+    check_version("1.21");
 }
 
 #[test]
 fn go1_22() {
-    check_version("1.22.10");
+    check_version("1.22");
 }
 
 #[test]
 fn go1_23() {
-    check_version("1.23.9");
+    check_version("1.23");
 }
 
 #[test]
 fn go1_24() {
-    check_version("1.24.11");
+    check_version("1.24");
 }
 
 #[test]
 fn go1_25() {
-    check_version("1.25.5");
+    check_version("1.25");
 }
 
 #[test]
 fn go1_26() {
-    check_version("1.26.6");
+    check_version("1.26");
 }
 
 #[test]
 fn go1_27() {
-    check_version("1.27.3");
+    check_version("1.27");
 }

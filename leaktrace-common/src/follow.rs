@@ -1,0 +1,35 @@
+//! Following a command's descendants (`-f`): which processes are followed,
+//! and the record sent when one of them execs a new program.
+
+/// What the follow probes read from the `FOLLOW_CONFIG` map: where this
+/// kernel puts `task_newtask`'s fields (from tracefs, as for threads), and
+/// whether to hold each exec'd process until leaktrace has looked at it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FollowConfig {
+    /// 0 keeps every follow program idle.
+    pub enabled: u32,
+    /// `task_newtask`: offsets of `pid` (the new task) and `clone_flags`.
+    pub newtask_pid: u32,
+    pub newtask_clone_flags: u32,
+    /// Non-zero: stop (SIGSTOP) a followed process right after its exec, so
+    /// its probes are attached before its first instruction; leaktrace
+    /// continues it (SIGCONT) within milliseconds.
+    pub hold: u32,
+}
+
+const _: () = assert!(size_of::<FollowConfig>() == 16);
+
+/// A followed process executed a new program (`sched_process_exec`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExecEvent {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+    /// The process (its tgid, which exec keeps).
+    pub pid: u32,
+    /// Non-zero when the probe stopped it (see [`FollowConfig::hold`]).
+    pub held: u32,
+}
+
+const _: () = assert!(size_of::<ExecEvent>() == 16);

@@ -1,0 +1,214 @@
+//! Section 2: a Go net/http server on loopback under wrk, untraced and
+//! with leaktrace attached by pid: requests/s and p99 latency.
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use super::{
+    Markdown, Plan, Tools,
+    proc::{Proc, capture, free_port},
+    report::{last_report, num_after},
+    stats::{fmt_med, median, ratio},
+};
+
+struct HttpRun {
+    rps: f64,
+    p99_ms: f64,
+    parks_per_req: f64,
+    lost: f64,
+}
+
+fn parse_wrk(out: &str) -> Result<(f64, f64, f64)> {
+    let rps = num_after(out, "Requests/sec:").with_context(|| format!("wrk output: {out}"))?;
+    let line = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("99%"))
+        .context("no 99% line (wrk --latency)")?;
+    let v = line.split_whitespace().nth(1).context("99% value")?;
+    let (num, unit) = v.split_at(v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len()));
+    let num: f64 = num.parse()?;
+    let ms = match unit {
+        "us" => num / 1000.0,
+        "ms" => num,
+        "s" => num * 1000.0,
+        "m" => num * 60_000.0,
+        _ => bail!("unknown wrk latency unit in {v}"),
+    };
+    let total = out
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(f64::NAN);
+    Ok((rps, ms, total))
+}
+
+fn http_once(t: &Tools, tracer: Option<&Path>, secs: u32) -> Result<HttpRun> {
+    let port = free_port()?;
+    let addr = format!("127.0.0.1:{port}");
+    let url = format!("http://{addr}/item?id=42");
+    let mut server = Proc::spawn(Command::new(&t.http).args(["-addr", &addr]), "bench/http")?;
+    server
+        .out
+        .wait_for("listening", Duration::from_secs(20), |l| {
+            l.starts_with("listening")
+        })?;
+    let report = t.scratch.join("http-report.jsonl");
+    let _ = std::fs::remove_file(&report);
+    let mut lt = match tracer {
+        Some(bin) => {
+            let mut p = Proc::spawn(
+                Command::new(bin)
+                    .args(["--format", "json", "--output"])
+                    .arg(&report)
+                    .args(["--pid", &server.pid().to_string()]),
+                "leaktrace --pid bench/http",
+            )?;
+            p.err.wait_for("attach", Duration::from_secs(60), |l| {
+                l.starts_with("Attaching")
+            })?;
+            Some(p)
+        }
+        None => None,
+    };
+    let wrk = |d: &str| -> Result<String> {
+        let (status, out, err) = capture(
+            Command::new("wrk").args([
+                "-t2",
+                "-c32",
+                "-d",
+                d,
+                "--latency",
+                "--timeout",
+                "2s",
+                &url,
+            ]),
+            "wrk",
+            Duration::from_secs(secs as u64 + 60),
+        )?;
+        if !status.success() {
+            bail!("wrk: {status}: {err}");
+        }
+        Ok(out)
+    };
+    // Warm-up: connections, the server's goroutines and the tracer's caches.
+    let (_, _, warm_total) = parse_wrk(&wrk("1s")?)?;
+    let out = wrk(&format!("{secs}s"))?;
+    let (rps, p99_ms, total) = parse_wrk(&out)?;
+    let (mut parks_per_req, mut lost) = (f64::NAN, f64::NAN);
+    if let Some(p) = lt.as_mut() {
+        p.stop(Duration::from_secs(60));
+        let ev = last_report(&report)?;
+        // The runtime's own parks (timers, GC) count too: a slight overestimate.
+        parks_per_req = ev.park / (warm_total + total);
+        lost = ev.lost;
+    }
+    server.stop(Duration::from_secs(10));
+    Ok(HttpRun {
+        rps,
+        p99_ms,
+        parks_per_req,
+        lost,
+    })
+}
+
+pub(super) fn section(md: &mut Markdown, plan: &Plan, t: &Tools) -> Result<()> {
+    let mut cfgs: Vec<(String, Option<PathBuf>)> = vec![
+        ("untraced".into(), None),
+        ("leaktrace --pid".into(), Some(t.leaktrace.clone())),
+    ];
+    for (name, bin) in &t.candidates {
+        cfgs.push((format!("{name} --pid"), Some(bin.clone())));
+    }
+    let mut runs: BTreeMap<usize, Vec<HttpRun>> = BTreeMap::new();
+    for round in 0..plan.runs {
+        for (i, (name, tracer)) in cfgs.iter().enumerate() {
+            eprintln!("bench: http round {}/{}: {name}", round + 1, plan.runs);
+            match http_once(t, tracer.as_deref(), plan.http_secs) {
+                Ok(r) => runs.entry(i).or_default().push(r),
+                Err(e) => eprintln!("bench: http {name}: {e:#}"),
+            }
+        }
+    }
+    let col = |i: usize, f: fn(&HttpRun) -> f64| -> Vec<f64> {
+        runs.get(&i)
+            .map(|v| v.iter().map(f).collect())
+            .unwrap_or_default()
+    };
+    let base_rps = median(&col(0, |r| r.rps));
+    let base_p99 = median(&col(0, |r| r.p99_ms));
+    let rows: Vec<Vec<String>> = cfgs
+        .iter()
+        .enumerate()
+        .map(|(i, (name, _))| {
+            let rps = median(&col(i, |r| r.rps));
+            let p99 = median(&col(i, |r| r.p99_ms));
+            vec![
+                name.clone(),
+                format!("{}", runs.get(&i).map_or(0, Vec::len)),
+                fmt_med(&col(i, |r| r.rps), 0),
+                ratio(rps, base_rps),
+                fmt_med(&col(i, |r| r.p99_ms), 2),
+                ratio(p99, base_p99),
+                {
+                    let p = median(&col(i, |r| r.parks_per_req));
+                    if p.is_nan() {
+                        "–".into()
+                    } else {
+                        format!("{p:.2}")
+                    }
+                },
+                {
+                    let l = median(&col(i, |r| r.lost));
+                    if l.is_nan() {
+                        "–".into()
+                    } else {
+                        format!("{l:.0}")
+                    }
+                },
+            ]
+        })
+        .collect();
+    md.h2("2. Service: a Go HTTP server under load");
+    md.line(&format!(
+        "bench/http (net/http, a small JSON handler) on 127.0.0.1, driven by `wrk -t2 -c32 \
+         -d{}s --latency` after a 1 s warm-up; leaktrace attaches by pid before the warm-up and \
+         stays attached. wrk shares the 2 CPUs with the server (and the tracer), as a loopback \
+         test must.",
+        plan.http_secs
+    ));
+    md.table(
+        &[
+            "configuration",
+            "runs",
+            "requests/s",
+            "× untraced",
+            "p99 latency (ms)",
+            "× untraced",
+            "parks per request",
+            "events lost",
+        ],
+        &rows,
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_wrk() {
+        let wrk = "Running 1s test\n  Latency Distribution\n     50%  1.00ms\n     99%  850.00us\n  \
+                   1234 requests in 1.00s, 1 MB read\nRequests/sec:   1234.50\n";
+        let (rps, p99, total) = parse_wrk(wrk).unwrap();
+        assert_eq!(rps, 1234.5);
+        assert!((p99 - 0.85).abs() < 1e-9);
+        assert_eq!(total, 1234.0);
+    }
+}
