@@ -1,7 +1,8 @@
 //! Why a group is stuck, named from a catalogue (README §Causes), with the
-//! fix in one sentence. Recognised from the wait reason and the blocked
-//! stack only; anything not recognised has no cause rather than a guess.
-use super::groups::Group;
+//! fix in one sentence. Recognised from the wait reason, the blocked stack
+//! and, for channel waits, the channels read (timers and tickers); anything
+//! not recognised has no cause rather than a guess.
+use super::{channels::ChannelSummary, groups::Group};
 use crate::runtime::TaskState;
 
 /// One entry of the catalogue.
@@ -57,6 +58,42 @@ fn any_frame(g: &Group, pred: impl Fn(&str) -> bool) -> bool {
         || g.key.blocked_at.as_ref().is_some_and(|f| pred(&f.function))
 }
 
+/// From the channels a group's members wait on: a running ticker received
+/// from (alone or in a select), or a select over a pending one-shot timer
+/// and a channel with no goroutine blocked on its other side. `Some(None)`:
+/// the channels say the reason's usual cause would be a guess (a receive
+/// on what may be a timer's channel).
+fn from_channels(reason: &str, ch: &ChannelSummary) -> Option<Option<Cause>> {
+    let receives = |s: &&super::channels::ChannelShape| s.op == "receive";
+    if ch
+        .shapes
+        .iter()
+        .filter(receives)
+        .any(|s| s.timer == Some("ticker"))
+    {
+        return Some(Some(TICKER_NEVER_STOPPED));
+    }
+    if reason.starts_with("chan receive") && ch.shapes.iter().any(|s| s.timer == Some("unknown")) {
+        return Some(None);
+    }
+    let timer = ch
+        .shapes
+        .iter()
+        .filter(receives)
+        .any(|s| s.select && s.timer == Some("timer"));
+    let stuck_other = ch.shapes.iter().any(|s| {
+        s.select
+            && s.timer.is_none()
+            && !s.closed
+            && match s.op {
+                "receive" => s.senders == 0 && s.len == 0,
+                "send" => s.receivers == 0 && s.len >= s.cap,
+                _ => false,
+            }
+    });
+    (reason.starts_with("select") && timer && stuck_other).then_some(Some(TIMER_IN_SELECT))
+}
+
 /// The receiver type of a method (`pkg.(*Pool).worker` → `pkg.(*Pool)`).
 fn receiver(function: &str) -> Option<&str> {
     let end = function.find(").")?;
@@ -99,7 +136,8 @@ pub fn pools(groups: &[Group]) -> Vec<usize> {
 }
 
 /// The cause of a blocked group, when the catalogue recognises it.
-pub fn classify(g: &Group) -> Option<Cause> {
+/// `channels`: what its members wait on, when they wait on channels.
+pub fn classify(g: &Group, channels: Option<&ChannelSummary>) -> Option<Cause> {
     let TaskState::Waiting(reason) = &g.key.state else {
         return None;
     };
@@ -119,6 +157,9 @@ pub fn classify(g: &Group) -> Option<Cause> {
         && matches!(reason, "chan send" | "chan receive" | "select")
     {
         return Some(ERRGROUP_WITHOUT_CONTEXT);
+    }
+    if let Some(cause) = channels.and_then(|ch| from_channels(reason, ch)) {
+        return cause;
     }
     Some(match reason {
         "chan send (nil chan)" | "chan receive (nil chan)" => NIL_CHANNEL,
@@ -197,7 +238,7 @@ mod tests {
     #[test]
     fn wait_reasons_and_stacks_name_causes() {
         let c = |reason: &str, stack: &[&str], by: &str| {
-            classify(&group(reason, stack, by)).map(|c| c.name)
+            classify(&group(reason, stack, by), None).map(|c| c.name)
         };
         assert_eq!(
             c("chan send (nil chan)", &[], "main.f"),
@@ -290,6 +331,59 @@ mod tests {
         );
         let names: std::collections::HashSet<_> = CATALOGUE.iter().map(|c| c.name).collect();
         assert_eq!(names.len(), CATALOGUE.len(), "names are unique");
+    }
+
+    #[test]
+    fn timers_and_tickers_from_channels() {
+        use crate::aggregate::channels::{ChannelShape, words};
+        let shape = |op, select, cap, timer, senders, receivers| ChannelShape {
+            channels: 20,
+            op,
+            select,
+            cap,
+            len: 0,
+            closed: false,
+            timer,
+            senders,
+            receivers,
+            complete: true,
+        };
+        let summary = |shapes: Vec<ChannelShape>| {
+            let mut s = ChannelSummary {
+                members: 20,
+                unread: 0,
+                nil: 0,
+                distinct: 40,
+                cases: Some(shapes.len() as u64),
+                shapes,
+                other_channels: 0,
+                summary: String::new(),
+            };
+            s.summary = words(&s);
+            s
+        };
+        let c = |reason: &str, ch: &ChannelSummary| {
+            classify(&group(reason, &[], "main.(*Auth).Login"), Some(ch)).map(|c| c.name)
+        };
+        let ticker = summary(vec![shape("receive", false, 1, Some("ticker"), 0, 1)]);
+        assert_eq!(c("chan receive", &ticker), Some("ticker-never-stopped"));
+        let watch = summary(vec![
+            shape("receive", true, 0, None, 0, 1),
+            shape("receive", true, 1, Some("timer"), 0, 1),
+        ]);
+        assert_eq!(c("select", &watch), Some("timer-in-select"));
+        // A sender is blocked on the other channel: it will be served.
+        let served = summary(vec![
+            shape("receive", true, 0, None, 1, 1),
+            shape("receive", true, 1, Some("timer"), 0, 1),
+        ]);
+        assert_eq!(c("select", &served), None);
+        // A plain receive on an ordinary channel keeps its cause.
+        let plain = summary(vec![shape("receive", false, 0, None, 0, 1)]);
+        assert_eq!(c("chan receive", &plain), Some("receive-without-sender"));
+        // Maybe a timer's channel (stripped, before Go 1.23): no guess.
+        let maybe = summary(vec![shape("receive", false, 1, Some("unknown"), 0, 1)]);
+        assert_eq!(c("chan receive", &maybe), None);
     }
 
     /// README §Causes lists the catalogue, in order, with each fix verbatim.

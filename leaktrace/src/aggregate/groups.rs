@@ -17,6 +17,19 @@ pub struct GroupKey {
     pub blocked_at: Option<Frame>,
 }
 
+impl GroupKey {
+    /// The group a view belongs to.
+    pub fn of(v: &TaskView) -> GroupKey {
+        GroupKey {
+            created_by: v.created_by.clone(),
+            via: v.via.clone(),
+            start: v.start.clone(),
+            state: v.state.clone(),
+            blocked_at: v.blocked_at.clone(),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Group {
     pub key: GroupKey,
@@ -62,13 +75,7 @@ pub fn group<'v>(
     }
     let mut acc: HashMap<GroupKey, Acc> = HashMap::new();
     for v in views {
-        let key = GroupKey {
-            created_by: v.created_by.clone(),
-            via: v.via.clone(),
-            start: v.start.clone(),
-            state: v.state.clone(),
-            blocked_at: v.blocked_at.clone(),
-        };
+        let key = GroupKey::of(v);
         let a = acc.entry(key.clone()).or_insert_with(|| Acc {
             group: Group {
                 key,
@@ -217,6 +224,7 @@ mod tests {
             blocked_since: since,
             alive_since: since.unwrap_or(Since::Exact(0)),
             stack_unstable: false,
+            waits_on: Arc::from([]),
         }
     }
 

@@ -9,6 +9,7 @@ use super::model::{
 use crate::{
     aggregate::{
         cause::{POOL_NEVER_CLOSED, classify, pools},
+        channels::{ChannelSummary, summarize},
         groups::{Group, GroupKey, group},
         trend::Trends,
         verdict::{Evidence, Rules, Verdict, global_deadlock, human_secs, judge, judge_at_exit},
@@ -173,6 +174,7 @@ impl ReportBuilder {
             });
         let accepting = accept_loops(&all);
         let shown = kept.filter(|v| self.shape.system || !v.system);
+        let mut channels = summarize(shown.clone());
         let mut window_s: f64 = 0.0;
         let mut judged: Vec<(Group, (f64, SessionGrowth), Verdict, String)> =
             group(shown, now, self.older_ns())
@@ -240,7 +242,8 @@ impl ReportBuilder {
                 continue;
             }
             let pooled = in_pool.contains(&g.key);
-            let mut report = group_report(g, growth_per_s, verdict, why);
+            let channels = channels.remove(&g.key);
+            let mut report = group_report(g, growth_per_s, verdict, why, channels);
             if pooled && verdict != Verdict::Ok {
                 report.cause = Some(POOL_NEVER_CLOSED.name);
                 report.fix = Some(POOL_NEVER_CLOSED.fix);
@@ -305,11 +308,15 @@ fn group_report(
     (growth_per_s, session): (f64, SessionGrowth),
     verdict: Verdict,
     why: String,
+    channels: Option<ChannelSummary>,
 ) -> GroupReport {
-    let cause = (verdict != Verdict::Ok).then(|| classify(&g)).flatten();
+    let cause = (verdict != Verdict::Ok)
+        .then(|| classify(&g, channels.as_ref()))
+        .flatten();
     GroupReport {
         cause: cause.map(|c| c.name),
         fix: cause.map(|c| c.fix),
+        channels,
         count: g.count,
         state: g.key.state.label().to_string(),
         created_by: g.key.created_by,

@@ -3,7 +3,7 @@ use serde::Serialize;
 
 pub use crate::threads::view::{ThreadGroupReport, ThreadVerdict, ThreadsReport};
 use crate::{
-    aggregate::verdict::Verdict,
+    aggregate::{channels::ChannelSummary, verdict::Verdict},
     runtime::{Counter, RuntimeKind, TaskCounts},
     symbols::Frame,
 };
@@ -124,6 +124,9 @@ pub struct GroupReport {
     /// §Causes), and the fix in one sentence; null when not recognised.
     pub cause: Option<&'static str>,
     pub fix: Option<&'static str>,
+    /// For members blocked in channel operations: the channels they wait
+    /// on and who else is blocked on them; null when none are.
+    pub channels: Option<ChannelSummary>,
     pub stack: Vec<Frame>,
     pub sample_ids: Vec<u64>,
 }

@@ -169,6 +169,9 @@ fn write_group(
     }
     writeln!(out, "{line}")?;
     writeln!(out, "          {}", g.why)?;
+    if let Some(ch) = g.channels.as_ref().filter(|c| !c.summary.is_empty()) {
+        writeln!(out, "          channels: {}", ch.summary)?;
+    }
     if let (Some(cause), Some(fix)) = (g.cause, g.fix) {
         writeln!(out, "          cause: {cause} — fix: {fix}")?;
     }

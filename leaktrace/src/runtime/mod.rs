@@ -15,7 +15,9 @@ use std::path::Path;
 
 use anyhow::{Result, bail};
 
-pub use task::{LifetimeStats, Lifetimes, Since, TaskState, TaskView};
+pub use task::{
+    ChanDir, ChanState, ChanTimer, ChanWait, LifetimeStats, Lifetimes, Since, TaskState, TaskView,
+};
 
 use crate::{
     probes::{AttachPoint, Global, Probes},

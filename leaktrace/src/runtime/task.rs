@@ -66,6 +66,90 @@ pub struct TaskView {
     /// Set when the stack could not be read consistently (the runtime moved
     /// it while we read, repeatedly).
     pub stack_unstable: bool,
+    /// The channels a task blocked on a channel operation (Go: chan send,
+    /// chan receive, select) waits on, one per operation (a select has
+    /// several). Empty when it waits on none, or they could not be read.
+    pub waits_on: Arc<[ChanWait]>,
+}
+
+/// One channel operation a blocked task waits in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ChanWait {
+    /// The channel's address in the target; 0 for a nil channel.
+    pub chan: u64,
+    pub dir: ChanDir,
+    /// One case of a select (the task waits on all of them at once).
+    pub select: bool,
+    /// The channel as read at this refresh; `None` for a nil channel or
+    /// when it could not be read consistently.
+    pub state: Option<ChanState>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ChanDir {
+    Send,
+    Recv,
+    /// A select case whose direction could not be established.
+    Unknown,
+}
+
+impl ChanDir {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Send => "send",
+            Self::Recv => "receive",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+/// A channel's state, as far as leaktrace can read it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ChanState {
+    /// Buffer capacity (0: unbuffered) and values buffered now.
+    pub cap: u64,
+    pub len: u64,
+    pub closed: bool,
+    /// Size of one element, in bytes.
+    pub elem_size: u16,
+    pub timer: ChanTimer,
+    /// Live tasks blocked receiving / sending on it now, select cases
+    /// included.
+    pub receivers: u32,
+    pub senders: u32,
+    /// The direction of every task waiting on it is known; otherwise some
+    /// (select cases whose direction could not be read) are in neither
+    /// count.
+    pub counts_complete: bool,
+}
+
+/// Whether a channel is fed by a runtime timer (Go's `time` package).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ChanTimer {
+    /// Not the channel of a pending timer, as far as can be seen.
+    No,
+    /// A one-shot timer's (`time.After`, `time.NewTimer`), still pending.
+    Timer,
+    /// A ticker's (`time.Tick`, `time.NewTicker`), still running.
+    Ticker,
+    /// A timer's or ticker's that was stopped (or already fired): nothing
+    /// will send on it any more.
+    Stopped,
+    /// Could be a timer's; leaktrace cannot tell (e.g. before Go 1.23 in a
+    /// binary without `.symtab`, the timers cannot be found).
+    Unknown,
+}
+
+impl ChanTimer {
+    pub fn label(self) -> Option<&'static str> {
+        match self {
+            Self::No => None,
+            Self::Timer => Some("timer"),
+            Self::Ticker => Some("ticker"),
+            Self::Stopped => Some("stopped timer"),
+            Self::Unknown => Some("unknown"),
+        }
+    }
 }
 
 /// A point in time (CLOCK_MONOTONIC ns) that is either exact or only an

@@ -399,6 +399,8 @@ impl FinalSnapshot {
                     },
                     stack_unstable: g.flags & final_flags::BROKEN != 0,
                     state,
+                    // The walk at exit reads no channels.
+                    waits_on: Arc::from([]),
                 }
             })
             .collect()

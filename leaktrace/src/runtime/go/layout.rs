@@ -11,6 +11,7 @@ use std::fmt;
 
 use serde::Serialize;
 
+pub use super::chan_layout::ChanLayout;
 use super::version::GoVersion;
 use crate::{symbols::dwarf, target::elf::ElfFile};
 
@@ -359,6 +360,112 @@ impl GLayout {
             ("m.procid", Some(self.m_procid)),
             ("sizeof(g)", Some(self.sizeof_g)),
         ]
+    }
+}
+
+impl ChanLayout {
+    /// Reads the channel layout from the binary's DWARF, as
+    /// [`GLayout::from_dwarf`] does for `runtime.g`.
+    pub fn from_dwarf(elf: &ElfFile) -> Result<Option<ChanLayout>, String> {
+        if !elf.has_dwarf() {
+            return Ok(None);
+        }
+        let structs = read_dwarf_structs(
+            elf,
+            &[
+                "runtime.g",
+                "runtime.sudog",
+                "runtime.hchan",
+                "runtime.waitq",
+                "runtime.timer",
+                "runtime.p",
+                // Go ≥ 1.23
+                "runtime.timers",
+                // Go ≥ 1.26
+                "runtime.maybeTraceablePtr",
+                "runtime.maybeTraceableChan",
+            ],
+        )?;
+        Self::from_structs(&structs).map(Some)
+    }
+
+    /// The layout from DWARF structs (name → members), as read by
+    /// [`read_dwarf_structs`].
+    pub fn from_structs(structs: &HashMap<String, DwarfStruct>) -> Result<ChanLayout, String> {
+        let get = |s: &str| {
+            structs
+                .get(s)
+                .ok_or_else(|| format!("DWARF has no type {s}"))
+        };
+        let req = |st: &DwarfStruct, field: &str| {
+            st.fields
+                .get(field)
+                .copied()
+                .ok_or_else(|| format!("DWARF type {} has no field {field}", st.name))
+        };
+        let size = |st: &DwarfStruct| {
+            st.byte_size
+                .ok_or_else(|| format!("DWARF type {} has no size", st.name))
+        };
+        let add = |a: u32, b: u32| {
+            a.checked_add(b)
+                .ok_or_else(|| "DWARF field offset overflows".to_owned())
+        };
+        let (g, sudog, hchan, waitq, timer, p) = (
+            get("runtime.g")?,
+            get("runtime.sudog")?,
+            get("runtime.hchan")?,
+            get("runtime.waitq")?,
+            get("runtime.timer")?,
+            get("runtime.p")?,
+        );
+        // Go ≥ 1.26: sudog.c is a maybeTraceableChan{maybeTraceablePtr{vp, vu}}.
+        let c_inner = match (
+            structs.get("runtime.maybeTraceableChan"),
+            structs.get("runtime.maybeTraceablePtr"),
+        ) {
+            (Some(chan), Some(ptr)) => add(req(chan, "maybeTraceablePtr")?, req(ptr, "vu")?)?,
+            _ => 0,
+        };
+        // Go ≥ 1.23: p.timers is a `timers` struct holding `heap []timerWhen`.
+        let (p_timer_heap, stride) = match structs.get("runtime.timers") {
+            Some(ts) => (add(req(p, "timers")?, req(ts, "heap")?)?, 16),
+            None => (req(p, "timers")?, 8),
+        };
+        let (recvq, sendq) = (req(hchan, "recvq")?, req(hchan, "sendq")?);
+        let (first, last) = (req(waitq, "first")?, req(waitq, "last")?);
+        Ok(ChanLayout {
+            g_waiting: req(g, "waiting")?,
+            sudog_g: req(sudog, "g")?,
+            sudog_next: req(sudog, "next")?,
+            sudog_prev: req(sudog, "prev")?,
+            sudog_is_select: req(sudog, "isSelect")?,
+            sudog_waitlink: req(sudog, "waitlink")?,
+            sudog_c: add(req(sudog, "c")?, c_inner)?,
+            sizeof_sudog: size(sudog)?,
+            hchan_qcount: req(hchan, "qcount")?,
+            hchan_dataqsiz: req(hchan, "dataqsiz")?,
+            hchan_elemsize: req(hchan, "elemsize")?,
+            hchan_closed: req(hchan, "closed")?,
+            hchan_timer: hchan.fields.get("timer").copied(),
+            hchan_elemtype: req(hchan, "elemtype")?,
+            hchan_recvq_first: add(recvq, first)?,
+            hchan_recvq_last: add(recvq, last)?,
+            hchan_sendq_first: add(sendq, first)?,
+            hchan_sendq_last: add(sendq, last)?,
+            sizeof_hchan: size(hchan)?,
+            timer_when: req(timer, "when")?,
+            timer_period: req(timer, "period")?,
+            timer_status: match timer.fields.get("state") {
+                Some(&o) => o,
+                None => req(timer, "status")?,
+            },
+            timer_arg: req(timer, "arg")?,
+            timer_is_chan: timer.fields.get("isChan").copied(),
+            sizeof_timer: size(timer)?,
+            p_timer_heap: Some(p_timer_heap),
+            timer_heap_stride: stride,
+        })
     }
 }
 

@@ -4,6 +4,8 @@
 pub mod allgs_locate;
 pub mod attach;
 pub mod binary;
+pub mod chan_layout;
+pub mod channels;
 pub mod events;
 /// The goroutines at the moment the target exits (issue #13).
 pub mod final_walk;

@@ -6,14 +6,15 @@
 //! The program keeps running while we read, so every read is validated: a g
 //! whose status or stack moved under us is read again, and reported as
 //! unstable rather than as truth if it keeps moving.
-use std::{collections::HashMap, sync::Arc};
+use std::{collections::HashMap, sync::Arc, time::Instant};
 
 use anyhow::{Context as _, Result, bail};
 
 use super::{
     allgs_locate::AllgsLocation,
     binary::GoBinary,
-    layout::GLayout,
+    channels::{ChanReader, ParkKey, ReadMem, Target, WaitOp, Waiter},
+    layout::{ChanLayout, GLayout},
     live::{LiveTable, LiveTask},
     wait_reason::gstatus,
 };
@@ -54,6 +55,14 @@ pub struct GoReader {
     /// `go` statements the spawn probe was told to walk only now and then
     /// (one caller after many spawns), with their site.
     plain: HashMap<u64, Frame>,
+    /// What goroutines blocked on channels wait on; `None` when the
+    /// channel structures' layout is unknown (see `chan_note`).
+    chans: Option<ChanReader>,
+    /// Where the channel layout came from, or why there is none; said once.
+    chan_note: Option<String>,
+    /// The target's memory for the channel reads (batched, no allocation
+    /// per structure).
+    target: Target,
 }
 
 /// Spawns a `go` statement must have made, all from one caller, before the
@@ -119,9 +128,23 @@ pub struct GHeader {
     pub parent_goid: u64,
     pub gopc: u64,
     pub startpc: u64,
+    /// `g.waiting` (the sudog list of a channel wait); 0 when its offset is
+    /// unknown. Set by [`GHeader::with_waiting`].
+    pub waiting: u64,
 }
 
 impl GHeader {
+    /// The header with `g.waiting` read from the same bytes.
+    pub fn with_waiting(mut self, bytes: &[u8], offset: Option<u32>) -> Self {
+        self.waiting = offset
+            .and_then(|off| {
+                let o = off as usize;
+                Some(u64::from_le_bytes(bytes.get(o..o + 8)?.try_into().ok()?))
+            })
+            .unwrap_or(0);
+        self
+    }
+
     pub fn parse(bytes: &[u8], l: &GLayout) -> Option<Self> {
         let u64_at = |off: u32| -> Option<u64> {
             let o = off as usize;
@@ -148,6 +171,7 @@ impl GHeader {
             },
             gopc: u64_at(l.g_gopc)?,
             startpc: u64_at(l.g_startpc)?,
+            waiting: 0,
         })
     }
 
@@ -166,7 +190,12 @@ impl GHeader {
 
 impl GoReader {
     pub fn new(bin: Arc<GoBinary>, pid: u32, bias: u64) -> Self {
+        let (chan_layout, chan_note) = chan_layout(&bin);
+        let allp = bin.elf.symbol("runtime.allp").map(|a| a + bias);
         Self {
+            chans: chan_layout.map(|l| ChanReader::new(l, allp)),
+            chan_note,
+            target: Target::new(pid),
             bin,
             mem: Memory::new(pid),
             bias,
@@ -181,10 +210,28 @@ impl GoReader {
         }
     }
 
+    /// Where the channel layout came from, or why channels are not read;
+    /// once.
+    pub fn take_chan_note(&mut self) -> Option<String> {
+        self.chan_note.take()
+    }
+
+    fn g_waiting(&self) -> Option<u32> {
+        self.chans.as_ref().map(|c| c.layout().g_waiting)
+    }
+
+    fn parse_header(&self, bytes: &[u8]) -> Option<GHeader> {
+        GHeader::parse(bytes, &self.bin.layout).map(|h| h.with_waiting(bytes, self.g_waiting()))
+    }
+
     /// For `-c`: a PIE's load address is known only once it is mapped.
     pub fn set_bias(&mut self, bias: u64) {
         if bias != self.bias {
             self.bias = bias;
+            if let Some(c) = self.chans.as_mut() {
+                let allp = self.bin.elf.symbol("runtime.allp").map(|a| a + bias);
+                *c = ChanReader::new(*c.layout(), allp);
+            }
             self.frames.clear();
             self.walks.clear();
             self.walks_next.clear();
@@ -253,18 +300,21 @@ impl GoReader {
     /// runtime marks the new g runnable, so one "dead" read can be a g that
     /// is being born.
     pub fn views(&mut self, table: &mut LiveTable, snapshot_ns: u64) -> Vec<TaskView> {
+        let t_start = Instant::now();
         for (gopc, pcs) in table.take_new_callers() {
             self.note_caller(gopc, pcs);
         }
         let keys: Vec<u64> = table.tasks_mut().map(|t| t.key).collect();
         let headers = self.mem.read_many(&keys, self.g_len());
-        let layout = self.bin.layout.clone();
         let mut views = Vec::with_capacity(keys.len());
         let mut by_key: HashMap<u64, Option<GHeader>> = keys
             .iter()
             .zip(headers)
-            .map(|(k, b)| (*k, b.and_then(|b| GHeader::parse(&b, &layout))))
+            .map(|(k, b)| (*k, b.and_then(|b| self.parse_header(&b))))
             .collect();
+        // Channel waiters: (index in views, the header their view used,
+        // when the probe saw them park).
+        let mut waiters: Vec<(usize, GHeader, u64)> = Vec::new();
         let mut dead_twice = Vec::new();
         for task in table.tasks_mut() {
             let header = by_key.remove(&task.key).flatten().filter(|h| !h.is_gone());
@@ -284,16 +334,85 @@ impl GoReader {
             }
             task.id = h.goid;
             task.seen_dead = false;
-            views.push(self.view(task, h, snapshot_ns));
+            let (view, h) = self.view(task, h, snapshot_ns);
+            if let TaskState::Waiting(reason) = &view.state
+                && WaitOp::from_reason(reason).is_some()
+            {
+                waiters.push((views.len(), h, task.parked_ns.unwrap_or(0)));
+            }
+            views.push(view);
         }
         for key in dead_twice {
             table.remove_dead(key);
         }
         self.walks = std::mem::take(&mut self.walks_next);
+        let t0 = Instant::now();
+        self.read_channels(&mut views, &waiters);
+        log::debug!(
+            "refresh: {} goroutines read in {:?}, of which channels {:?} ({:?})",
+            views.len(),
+            t_start.elapsed(),
+            t0.elapsed(),
+            self.chans.as_ref().map(|c| c.stats)
+        );
         views
     }
 
-    fn view(&mut self, task: &LiveTask, first: GHeader, snapshot_ns: u64) -> TaskView {
+    /// Fill in what channel waiters wait on. A goroutine whose sudogs were
+    /// read now (not in the same park as at an earlier refresh) is read
+    /// again afterwards: one that moved meanwhile (woke, parked elsewhere)
+    /// gets nothing rather than a mix of two waits.
+    fn read_channels(&mut self, views: &mut [TaskView], waiters: &[(usize, GHeader, u64)]) {
+        let Some(chans) = self.chans.as_mut() else {
+            return;
+        };
+        if waiters.is_empty() {
+            return;
+        }
+        let mut list: Vec<Waiter> = Vec::with_capacity(waiters.len());
+        let mut at: Vec<(usize, GHeader)> = Vec::with_capacity(waiters.len());
+        for (i, h, parked_ns) in waiters {
+            let TaskState::Waiting(reason) = &views[*i].state else {
+                continue;
+            };
+            let Some(op) = WaitOp::from_reason(reason) else {
+                continue;
+            };
+            list.push(Waiter {
+                g: views[*i].key,
+                waiting: h.waiting,
+                op,
+                park: ParkKey {
+                    goid: h.goid,
+                    sp: h.sched_sp,
+                    pc: h.sched_pc,
+                    bp: h.sched_bp,
+                    parked_ns: *parked_ns,
+                },
+            });
+            at.push((*i, *h));
+        }
+        let reads = chans.read(&self.target, &list);
+        let fresh: Vec<usize> = (0..reads.len()).filter(|&k| reads[k].fresh).collect();
+        let keys: Vec<u64> = fresh.iter().map(|&k| list[k].g).collect();
+        let mut moved = vec![false; reads.len()];
+        self.target.read_each(&keys, self.g_len(), &mut |j, b| {
+            let k = fresh[j];
+            let again = b.and_then(|b| self.parse_header(b));
+            moved[k] = again.as_ref() != Some(&at[k].1);
+        });
+        let chans = self.chans.as_mut().expect("checked above");
+        for (k, read) in reads.into_iter().enumerate() {
+            if moved[k] {
+                chans.reject(k);
+            } else if let Some(waits) = read.waits {
+                views[at[k].0].waits_on = waits;
+            }
+        }
+    }
+
+    /// The view of one task, and the header it was made from.
+    fn view(&mut self, task: &LiveTask, first: GHeader, snapshot_ns: u64) -> (TaskView, GHeader) {
         let mut h = first;
         let mut stack: Option<Arc<Stack>> = None;
         let mut unstable = false;
@@ -365,7 +484,7 @@ impl GoReader {
             Some(t) => Since::Exact(t),
             None => Since::AtMost(snapshot_ns),
         };
-        TaskView {
+        let view = TaskView {
             key: task.key,
             id: h.goid,
             alive_since,
@@ -386,7 +505,9 @@ impl GoReader {
             state,
             blocked_since,
             stack_unstable: unstable && is_waiting(&h),
-        }
+            waits_on: Arc::from([]),
+        };
+        (view, h)
     }
 
     /// Symbolize a walk, sharing the result among identical stacks.
@@ -551,7 +672,7 @@ impl GoReader {
     fn read_header(&self, g: u64) -> Option<GHeader> {
         let mut buf = vec![0u8; self.g_len()];
         self.mem.read(g, &mut buf).ok()?;
-        GHeader::parse(&buf, &self.bin.layout)
+        self.parse_header(&buf)
     }
 
     /// Return addresses of a parked goroutine, innermost first, walking the
@@ -639,6 +760,36 @@ impl GoReader {
         let frames: Option<Arc<[Frame]>> = self.bin.symbols.try_frames(va).map(Into::into);
         self.frames.insert(va, frames.clone());
         frames
+    }
+}
+
+/// The channel layout: from DWARF, else the version table (checked
+/// against each other when both exist), with a note on where it came from
+/// when that is not DWARF.
+fn chan_layout(bin: &GoBinary) -> (Option<ChanLayout>, Option<String>) {
+    let shown = &bin.version.raw;
+    let table = ChanLayout::for_minor(bin.version.minor).filter(|_| bin.version.major == 1);
+    match (ChanLayout::from_dwarf(&bin.elf), table) {
+        (Ok(Some(dwarf)), table) => {
+            let note = table.map(|t| dwarf.differences(&t)).filter(|d| !d.is_empty()).map(|d| {
+                let d: Vec<String> = d.iter().map(|(f, a, b)| format!("{f} {a} (table {b})")).collect();
+                format!("{shown}: channel structures differ from the version table: {}; using DWARF", d.join(", "))
+            });
+            (Some(dwarf), note)
+        }
+        (Ok(None), Some(t)) => (Some(t), None),
+        (Err(e), Some(t)) => (
+            Some(t),
+            Some(format!(
+                "{shown}: could not read the channel structures from DWARF ({e}); using the version table"
+            )),
+        ),
+        (Ok(None), None) | (Err(_), None) => (
+            None,
+            Some(format!(
+                "{shown}: channel structure layout unknown without DWARF; what goroutines wait on is not read"
+            )),
+        ),
     }
 }
 

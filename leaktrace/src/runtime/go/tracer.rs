@@ -188,7 +188,11 @@ impl Runtime for GoRuntime {
     }
 
     fn take_notes(&mut self) -> Vec<String> {
-        Vec::new()
+        self.reader
+            .as_mut()
+            .and_then(GoReader::take_chan_note)
+            .into_iter()
+            .collect()
     }
 
     fn at_exit(&mut self) -> Option<AtExit> {

@@ -592,6 +592,7 @@ impl TokioTracer {
                 alive_since: t.alive_since,
                 state: task_state,
                 stack_unstable: false,
+                waits_on: Arc::from([]),
             });
         }
         views

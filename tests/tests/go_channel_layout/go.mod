@@ -1,0 +1,3 @@
+module leaktrace.test/chanlayout
+
+go 1.19
