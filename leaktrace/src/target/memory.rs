@@ -58,44 +58,70 @@ impl Memory {
     /// come back as `None` (the batch is retried one by one on failure, since
     /// the kernel stops at the first bad iovec).
     pub fn read_many(&self, addrs: &[u64], len: usize) -> Vec<Option<Vec<u8>>> {
-        let mut out: Vec<Option<Vec<u8>>> = Vec::with_capacity(addrs.len());
-        for chunk in addrs.chunks(MAX_IOV) {
-            let mut bufs = vec![0u8; chunk.len() * len];
-            let local: Vec<libc::iovec> = bufs
-                .chunks_mut(len)
-                .map(|b| libc::iovec {
-                    iov_base: b.as_mut_ptr().cast(),
-                    iov_len: len,
-                })
-                .collect();
-            let remote: Vec<libc::iovec> = chunk
-                .iter()
-                .map(|&a| libc::iovec {
-                    iov_base: a as *mut libc::c_void,
-                    iov_len: len,
-                })
-                .collect();
-            // SAFETY: as in `read`; iovec counts are ≤ UIO_MAXIOV.
-            let n = unsafe {
-                libc::process_vm_readv(
-                    self.pid,
-                    local.as_ptr(),
-                    local.len() as libc::c_ulong,
-                    remote.as_ptr(),
-                    remote.len() as libc::c_ulong,
-                    0,
-                )
-            };
-            if n >= 0 && n as usize == bufs.len() {
-                out.extend(bufs.chunks(len).map(|b| Some(b.to_vec())));
+        let mut out: Vec<Option<Vec<u8>>> = vec![None; addrs.len()];
+        self.read_each(addrs, len, &mut |i, b| out[i] = b.map(<[u8]>::to_vec));
+        out
+    }
+
+    /// Each `len`-byte piece at `addrs`, `MAX_IOV` addresses per
+    /// `process_vm_readv`, into one reused buffer: `f(i, bytes)`, with
+    /// `None` for an unreadable one. A refresh reads hundreds of thousands
+    /// of small structures; one allocation each would cost more than the
+    /// reads.
+    pub fn read_each(&self, addrs: &[u64], len: usize, f: &mut dyn FnMut(usize, Option<&[u8]>)) {
+        if len == 0 {
+            return;
+        }
+        let mut buf = vec![0u8; addrs.len().min(MAX_IOV) * len];
+        for (c, chunk) in addrs.chunks(MAX_IOV).enumerate() {
+            let bytes = &mut buf[..chunk.len() * len];
+            if self.read_batch(chunk, len, bytes) {
+                for (j, b) in bytes.chunks(len).enumerate() {
+                    f(c * MAX_IOV + j, Some(b));
+                }
             } else {
-                for &a in chunk {
-                    let mut b = vec![0u8; len];
-                    out.push(self.read(a, &mut b).ok().map(|_| b));
+                // The kernel stops at the first unreadable address: one by one.
+                for (j, (&a, b)) in chunk.iter().zip(bytes.chunks_mut(len)).enumerate() {
+                    let ok = self.read_batch(&[a], len, b);
+                    f(c * MAX_IOV + j, ok.then_some(&*b));
                 }
             }
         }
-        out
+    }
+
+    /// One `process_vm_readv`: `buf` split in `len`-byte pieces, each read
+    /// from its address in `addrs` (at most `MAX_IOV`). False unless every
+    /// byte was read.
+    fn read_batch(&self, addrs: &[u64], len: usize, buf: &mut [u8]) -> bool {
+        debug_assert!(addrs.len() <= MAX_IOV && buf.len() == addrs.len() * len);
+        let local: Vec<libc::iovec> = buf
+            .chunks_mut(len)
+            .map(|b| libc::iovec {
+                iov_base: b.as_mut_ptr().cast(),
+                iov_len: b.len(),
+            })
+            .collect();
+        let remote: Vec<libc::iovec> = addrs
+            .iter()
+            .map(|&a| libc::iovec {
+                iov_base: a as *mut libc::c_void,
+                iov_len: len,
+            })
+            .collect();
+        // SAFETY: every local iovec is a distinct `len`-byte piece of `buf`,
+        // which outlives the call; the remote ones are only read, by the
+        // kernel, from the target; counts are at most UIO_MAXIOV.
+        let n = unsafe {
+            libc::process_vm_readv(
+                self.pid,
+                local.as_ptr(),
+                local.len() as libc::c_ulong,
+                remote.as_ptr(),
+                remote.len() as libc::c_ulong,
+                0,
+            )
+        };
+        n >= 0 && n as usize == buf.len()
     }
 }
 

@@ -28,6 +28,7 @@ use std::{
 
 use super::chan_layout::ChanLayout;
 use crate::runtime::{ChanDir, ChanState, ChanTimer, ChanWait};
+use crate::target::memory::Memory;
 
 /// Select cases followed per goroutine at most.
 pub const MAX_SELECT_CASES: usize = 128;
@@ -102,78 +103,23 @@ pub trait ReadMem {
     }
 }
 
-/// The target's memory, read like [`crate::target::memory::Memory`] does
-/// (`process_vm_readv`, up to 1,024 addresses per call), into one reused
-/// buffer: a refresh reads hundreds of thousands of small structures, and
-/// one allocation each would cost more than the reads.
+/// The target's memory: batched reads into one reused buffer
+/// ([`Memory::read_each`]).
 pub struct Target {
-    pid: libc::pid_t,
+    mem: Memory,
 }
-
-/// The kernel's UIO_MAXIOV.
-const MAX_IOV: usize = 1024;
 
 impl Target {
     pub fn new(pid: u32) -> Self {
         Self {
-            pid: pid as libc::pid_t,
+            mem: Memory::new(pid),
         }
-    }
-
-    /// `buf.len()` bytes at `addr`, from as many iovecs as `buf` is split
-    /// in `len`-byte pieces (`addrs` gives each piece's address).
-    fn readv(&self, addrs: &[u64], buf: &mut [u8], len: usize) -> bool {
-        let local: Vec<libc::iovec> = buf
-            .chunks_mut(len)
-            .map(|b| libc::iovec {
-                iov_base: b.as_mut_ptr().cast(),
-                iov_len: b.len(),
-            })
-            .collect();
-        let remote: Vec<libc::iovec> = addrs
-            .iter()
-            .map(|&a| libc::iovec {
-                iov_base: a as *mut libc::c_void,
-                iov_len: len,
-            })
-            .collect();
-        // SAFETY: every local iovec is a distinct `len`-byte piece of `buf`,
-        // which outlives the call; the remote ones are only read, by the
-        // kernel, from the target; counts are at most UIO_MAXIOV.
-        let n = unsafe {
-            libc::process_vm_readv(
-                self.pid,
-                local.as_ptr(),
-                local.len() as libc::c_ulong,
-                remote.as_ptr(),
-                remote.len() as libc::c_ulong,
-                0,
-            )
-        };
-        n >= 0 && n as usize == buf.len()
     }
 }
 
 impl ReadMem for Target {
     fn read_each(&self, addrs: &[u64], len: usize, f: &mut dyn FnMut(usize, Option<&[u8]>)) {
-        if len == 0 {
-            return;
-        }
-        let mut buf = vec![0u8; addrs.len().min(MAX_IOV) * len];
-        for (c, chunk) in addrs.chunks(MAX_IOV).enumerate() {
-            let bytes = &mut buf[..chunk.len() * len];
-            if self.readv(chunk, bytes, len) {
-                for (j, b) in bytes.chunks(len).enumerate() {
-                    f(c * MAX_IOV + j, Some(b));
-                }
-            } else {
-                // The kernel stops at the first unreadable address: one by one.
-                for (j, (&a, b)) in chunk.iter().zip(bytes.chunks_mut(len)).enumerate() {
-                    let ok = self.readv(&[a], b, len);
-                    f(c * MAX_IOV + j, ok.then_some(&*b));
-                }
-            }
-        }
+        self.mem.read_each(addrs, len, f);
     }
 }
 
