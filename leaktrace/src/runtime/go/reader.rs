@@ -800,7 +800,7 @@ fn is_waiting(h: &GHeader) -> bool {
 /// The Go runtime's own goroutines, as `isSystemGoroutine` decides: started
 /// in package runtime, except the main goroutine (and the finalizer
 /// goroutine, which Go counts as system unless it is running a finalizer).
-fn is_system_start(function: &str) -> bool {
+pub(crate) fn is_system_start(function: &str) -> bool {
     function.starts_with("runtime.")
         && function != "runtime.main"
         && function != "runtime.handleAsyncEvent"
@@ -808,7 +808,7 @@ fn is_system_start(function: &str) -> bool {
 
 /// The goroutine's real function: the outermost frame under `goexit` that is
 /// not a compiler-generated wrapper (`gowrapN`, `dwrap.N`).
-fn start_from_stack(stack: &[Frame]) -> Option<Frame> {
+pub(crate) fn start_from_stack(stack: &[Frame]) -> Option<Frame> {
     stack
         .iter()
         .rev()
