@@ -78,7 +78,13 @@ pub(super) async fn run(ctx: Rc<Ctx>, mut child: HeldChild, mut signals: Signals
                 }
                 match result {
                     Ok(o) => outcomes.push(o),
-                    Err(e) => eprintln!("leaktrace: pid {pid}: {e:#}"),
+                    Err(e) => {
+                        eprintln!("leaktrace: pid {pid}: {e:#}");
+                        // A trace that failed before releasing its process
+                        // must not leave it stopped (harmless if it runs).
+                        // SAFETY: continuing a process our probe stopped.
+                        unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) };
+                    }
                 }
             }
             _ = root_exit.readable(), if root_status.is_none() => {
@@ -97,7 +103,9 @@ pub(super) async fn run(ctx: Rc<Ctx>, mut child: HeldChild, mut signals: Signals
             }
         }
     }
-    drop(follow);
+    // No process may stay held: detach, then continue whatever the probe
+    // stopped since the last read.
+    follow.finish();
     let status = root_status.or_else(|| try_reap(root)).unwrap_or(0);
     if outcomes.is_empty() {
         eprintln!("leaktrace: the command started no Go or tokio program");
@@ -199,6 +207,19 @@ impl FollowProbes {
                 .context("watching the follow ring")?,
             _probes: probes,
         })
+    }
+
+    /// Detach the follow programs, then continue every process they held
+    /// that no one looked at yet.
+    fn finish(self) {
+        let FollowProbes { mut ring, _probes } = self;
+        drop(_probes);
+        let ring = ring.get_mut();
+        while let Some(item) = ring.next() {
+            if let Some(ev) = decode_record::<ExecEvent>(&item) {
+                resume(&ev);
+            }
+        }
     }
 
     /// The execs reported since the last call (waits for at least one).
