@@ -209,29 +209,19 @@ mod tests {
             file: "x.go".into(),
             line: 1,
         };
+        let key = GroupKey {
+            created_by: frame(created_by),
+            via: None,
+            start: frame("main.worker"),
+            state: TaskState::Waiting(reason.into()),
+            blocked_at: Some(frame("main.worker")),
+        };
         Group {
-            key: GroupKey {
-                created_by: frame(created_by),
-                via: None,
-                start: frame("main.worker"),
-                state: TaskState::Waiting(reason.into()),
-                blocked_at: Some(frame("main.worker")),
-            },
             count: 3,
-            never_ends: false,
-            system: false,
-            main: false,
-            before_attach: 0,
-            youngest_s: 0.0,
-            blocked_s: None,
-            blocked_at_least: false,
-            min_at_least: false,
-            max_at_least: false,
             aged: 3,
             old: 3,
             stack: stack.iter().map(|f| frame(f)).collect(),
-            unstable: 0,
-            sample_ids: vec![],
+            ..Group::new(key, false)
         }
     }
 

@@ -64,6 +64,31 @@ pub struct Group {
     pub sample_ids: Vec<u64>,
 }
 
+impl Group {
+    /// A group with no members yet: what [`group`] starts from, and tests
+    /// build on.
+    pub fn new(key: GroupKey, system: bool) -> Self {
+        Self {
+            key,
+            count: 0,
+            never_ends: false,
+            system,
+            main: false,
+            before_attach: 0,
+            youngest_s: f64::INFINITY,
+            blocked_s: None,
+            blocked_at_least: false,
+            min_at_least: false,
+            max_at_least: false,
+            aged: 0,
+            old: 0,
+            stack: Vec::new(),
+            unstable: 0,
+            sample_ids: Vec::new(),
+        }
+    }
+}
+
 pub fn group<'v>(
     views: impl IntoIterator<Item = &'v TaskView>,
     now_ns: u64,
@@ -77,24 +102,7 @@ pub fn group<'v>(
     for v in views {
         let key = GroupKey::of(v);
         let a = acc.entry(key.clone()).or_insert_with(|| Acc {
-            group: Group {
-                key,
-                count: 0,
-                never_ends: false,
-                system: v.system,
-                main: false,
-                before_attach: 0,
-                youngest_s: f64::INFINITY,
-                blocked_s: None,
-                blocked_at_least: false,
-                min_at_least: false,
-                max_at_least: false,
-                aged: 0,
-                old: 0,
-                stack: Vec::new(),
-                unstable: 0,
-                sample_ids: Vec::new(),
-            },
+            group: Group::new(key, v.system),
             stacks: HashMap::new(),
         });
         let g = &mut a.group;

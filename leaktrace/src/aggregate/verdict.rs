@@ -514,29 +514,19 @@ mod tests {
     use crate::{aggregate::groups::GroupKey, symbols::Frame};
 
     fn group(state: TaskState, count: u64, aged: u32, never_ends: bool) -> Group {
+        let key = GroupKey {
+            created_by: Frame::default(),
+            via: None,
+            start: Frame::default(),
+            state,
+            blocked_at: None,
+        };
         Group {
-            key: GroupKey {
-                created_by: Frame::default(),
-                via: None,
-                start: Frame::default(),
-                state,
-                blocked_at: None,
-            },
             count,
             never_ends,
-            system: false,
-            main: false,
-            before_attach: 0,
-            youngest_s: 0.0,
-            blocked_s: None,
-            blocked_at_least: false,
-            min_at_least: false,
-            max_at_least: false,
             aged,
             old: aged,
-            stack: vec![],
-            unstable: 0,
-            sample_ids: vec![],
+            ..Group::new(key, false)
         }
     }
 
