@@ -252,6 +252,12 @@ fn errgroup() {
     causes("errgroup", &PLAIN);
 }
 
+/// The real golang.org/x/sync/errgroup, not a look-alike.
+#[test]
+fn errgroup_x() {
+    causes("errgroup_x", &PLAIN);
+}
+
 #[test]
 fn spawn_helper() {
     causes(
