@@ -10,6 +10,7 @@ use crate::{
     aggregate::{
         cause::{POOL_NEVER_CLOSED, classify, pools},
         channels::{ChannelSummary, summarize},
+        deadlocks,
         groups::{Group, GroupKey, group},
         trend::Trends,
         verdict::{Evidence, Rules, Verdict, global_deadlock, human_secs, judge, judge_at_exit},
@@ -172,6 +173,11 @@ impl ReportBuilder {
                     .sum(),
                 blocked_s,
             });
+        let partial_deadlocks = if moment == Moment::Live {
+            deadlocks::partial(views.iter().filter(|v| self.ignore.keeps(v)), now)
+        } else {
+            Vec::new()
+        };
         let accepting = accept_loops(&all);
         let shown = kept.filter(|v| self.shape.system || !v.system);
         let mut channels = summarize(shown.clone());
@@ -262,6 +268,7 @@ impl ReportBuilder {
             groups_omitted: omitted,
             at_exit: matches!(moment, Moment::AtExit { .. }),
             deadlock,
+            partial_deadlocks,
             notes: self.notes.clone(),
             threads: self.threads.clone(),
         }
@@ -334,6 +341,8 @@ fn group_report(
         session,
         verdict,
         why,
+        stranded: g.stranded,
+        deadlocked: g.deadlocked,
         stack: g.stack,
         sample_ids: g.sample_ids,
     }

@@ -93,6 +93,31 @@ pub fn write(out: &mut dyn Write, report: &Report, style: &TextStyle) -> Result<
             human_secs(d.blocked_s)
         )?;
     }
+    for d in &report.partial_deadlocks {
+        writeln!(
+            out,
+            "{} {} {tasks} wait for each other on channels nothing else in the program can reach, \
+             blocked for ≥ {}:",
+            paint("1;31", "DEADLOCK (partial):"),
+            d.members,
+            human_secs(d.blocked_s)
+        )?;
+        for p in &d.participants {
+            writeln!(
+                out,
+                "  {} {} at {}, created by {}: {}",
+                kind.task,
+                p.id,
+                p.blocked_at.as_deref().unwrap_or("?"),
+                p.created_by,
+                p.waits.join(", ")
+            )?;
+        }
+        let more = d.members.saturating_sub(d.participants.len() as u64);
+        if more > 0 {
+            writeln!(out, "  … and {more} more")?;
+        }
+    }
     if report.groups.is_empty() {
         writeln!(out, "  (no groups to show)")?;
     }
