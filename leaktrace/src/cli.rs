@@ -105,6 +105,21 @@ pub struct Args {
     #[arg(long)]
     pub output: Option<PathBuf>,
 
+    /// Also write each report as a gzipped pprof goroutine profile to FILE
+    /// (`go tool pprof -top FILE`), rewritten at every report.
+    #[arg(long, value_name = "FILE")]
+    pub pprof: Option<PathBuf>,
+
+    /// Also write each report as folded stacks (flamegraph.pl, inferno) to
+    /// FILE, rewritten at every report.
+    #[arg(long, value_name = "FILE")]
+    pub folded: Option<PathBuf>,
+
+    /// Serve /metrics (Prometheus) and /debug/pprof/goroutine on ADDR
+    /// (e.g. 127.0.0.1:9091), from the latest report.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
+
     /// Print each group's stack.
     #[arg(short, long)]
     pub stacks: bool,

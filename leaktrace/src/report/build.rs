@@ -238,15 +238,12 @@ impl ReportBuilder {
                 .collect()
         };
         let mut reports: Vec<GroupReport> = Vec::new();
-        let mut omitted = 0;
+        let mut omitted = Vec::new();
         for (g, growth_per_s, verdict, why) in judged {
             // --older: a blocked group none of whose members has been old
             // that long is noise unless it is a verdict.
             let young = g.key.state.is_waiting() && g.aged == 0 && verdict == Verdict::Ok;
-            if young || reports.len() >= self.shape.top {
-                omitted += 1;
-                continue;
-            }
+            let shown = !young && reports.len() < self.shape.top;
             let pooled = in_pool.contains(&g.key);
             let channels = channels.remove(&g.key);
             let mut report = group_report(g, growth_per_s, verdict, why, channels);
@@ -254,7 +251,11 @@ impl ReportBuilder {
                 report.cause = Some(POOL_NEVER_CLOSED.name);
                 report.fix = Some(POOL_NEVER_CLOSED.fix);
             }
-            reports.push(report);
+            if shown {
+                reports.push(report);
+            } else {
+                omitted.push(report);
+            }
         }
         Report {
             is_final,
@@ -265,7 +266,8 @@ impl ReportBuilder {
             system,
             window_s,
             groups: reports,
-            groups_omitted: omitted,
+            groups_omitted: omitted.len(),
+            omitted,
             at_exit: matches!(moment, Moment::AtExit { .. }),
             deadlock,
             partial_deadlocks,

@@ -25,6 +25,10 @@ pub struct Report {
     pub groups: Vec<GroupReport>,
     /// Groups left out by `--top` / `--older`.
     pub groups_omitted: usize,
+    /// Those groups themselves, not in JSON: the exports (pprof, folded,
+    /// metrics) describe every task, so their counts add up to `live`.
+    #[serde(skip)]
+    pub omitted: Vec<GroupReport>,
     /// True when this report is the state at the moment the program exited
     /// (verdicts then have goleak's meaning: still blocked = leak).
     pub at_exit: bool,

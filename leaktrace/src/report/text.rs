@@ -216,7 +216,8 @@ fn write_group(
     Ok(())
 }
 
-fn site(f: &Frame) -> String {
+/// `function (file.go:12)`, or the function alone when it has no file.
+pub fn site(f: &Frame) -> String {
     let file = f.file.rsplit('/').next().unwrap_or(&f.file);
     if file.is_empty() {
         f.function.to_string()

@@ -4,7 +4,9 @@
 //! (Ctrl-C, SIGTERM, `--duration`), and turns their outcomes into leaktrace's
 //! exit status. Every way out ends each trace with a final report and drops
 //! its probes, which detaches them; an error drops them on its way out too.
+mod exports;
 mod follow;
+mod serve;
 mod stops;
 mod trace;
 
@@ -38,10 +40,15 @@ pub enum Launch {
 }
 
 pub async fn run(args: &Args, launch: Launch) -> Result<i32> {
+    let exports = exports::Exports::new(args)?;
+    if let Some(addr) = args.listen {
+        serve::spawn(serve::bind(addr)?, exports.latest.clone());
+    }
     let mut signals = Signals::new(args)?;
     let ctx = Rc::new(Ctx {
         args: args.clone(),
         out: RefCell::new(output(args)?),
+        exports,
         deadline: signals.deadline,
         show_cmdline: matches!(launch, Launch::Follow { .. }),
     });
