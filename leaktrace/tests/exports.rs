@@ -46,6 +46,7 @@ fn group(count: u64, start: &str, state: &str, verdict: Verdict) -> GroupReport 
             frame("main.main", 10),
         ],
         sample_ids: Vec::new(),
+        trend: Vec::new(),
     }
 }
 

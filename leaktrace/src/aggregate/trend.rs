@@ -149,6 +149,20 @@ impl<K: Eq + Hash + Clone> Trends<K> {
         });
     }
 
+    /// The series' total at each tick of the window, oldest first (zero
+    /// where it was absent): what a trend mark draws.
+    pub fn totals(&self, key: &K) -> Vec<u32> {
+        let series = self.series.get(key);
+        self.ticks
+            .iter()
+            .map(|&(tick, _)| {
+                series
+                    .and_then(|s| s.iter().find(|s| s.tick == tick))
+                    .map_or(0, |s| s.total)
+            })
+            .collect()
+    }
+
     pub fn movement(&self, key: &K) -> Movement {
         let (Some(&(_, t0)), Some(&(_, tn))) = (self.ticks.front(), self.ticks.back()) else {
             return Movement::default();

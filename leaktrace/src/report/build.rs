@@ -246,7 +246,9 @@ impl ReportBuilder {
             let shown = !young && reports.len() < self.shape.top;
             let pooled = in_pool.contains(&g.key);
             let channels = channels.remove(&g.key);
+            let trend = self.groups.totals(&group_trend_of(&g.key));
             let mut report = group_report(g, growth_per_s, verdict, why, channels);
+            report.trend = trend;
             if pooled && verdict != Verdict::Ok {
                 report.cause = Some(POOL_NEVER_CLOSED.name);
                 report.fix = Some(POOL_NEVER_CLOSED.fix);
@@ -347,5 +349,6 @@ fn group_report(
         deadlocked: g.deadlocked,
         stack: g.stack,
         sample_ids: g.sample_ids,
+        trend: Vec::new(),
     }
 }

@@ -144,6 +144,10 @@ pub struct GroupReport {
     pub deadlocked: u32,
     pub stack: Vec<Frame>,
     pub sample_ids: Vec<u64>,
+    /// The group's size (any state) at each sample over the recent window,
+    /// oldest first: the text report's trend mark on a terminal.
+    #[serde(skip)]
+    pub trend: Vec<u32>,
 }
 
 #[derive(Clone, Copy, Debug, Default, Serialize)]

@@ -108,6 +108,7 @@ fn output(args: &Args) -> Result<Output> {
                 Color::Auto => args.output.is_none() && std::io::stdout().is_terminal(),
             },
             stacks: args.stacks,
+            trend: args.output.is_none() && std::io::stdout().is_terminal(),
         }),
     };
     Ok(Output::new(out, form))
