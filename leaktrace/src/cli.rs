@@ -16,6 +16,7 @@ EXAMPLES:
   sudo leaktrace -p 1234 --duration 1m --older 30s --stacks
   sudo leaktrace -p 1234 -d 30s --format json  JSON on stdout, one object per report
   sudo leaktrace -c ./server --port 8080       start the program with probes already attached
+  sudo leaktrace -p 1234 --listen 127.0.0.1:9091   Prometheus /metrics and /debug/pprof/goroutine
   sudo leaktrace -f --fail-on leak -c go test ./...   each test binary, judged when it exits
 
 Verdicts (README §Verdicts): `leak` = blocked on something that can never

@@ -88,8 +88,8 @@ pub fn metrics(processes: &[Traced<'_>]) -> String {
         );
         gauge(
             &mut m,
-            "leaktrace_report_age_seconds",
-            "Seconds since leaktrace attached, when the latest report was made.",
+            "leaktrace_attached_seconds",
+            "How long leaktrace had been attached to the process at its latest report.",
             r.elapsed_s,
         );
         for (labels, s) in group_series(r) {

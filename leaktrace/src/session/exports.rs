@@ -48,8 +48,16 @@ impl Exports {
     }
 
     /// A process's new report: kept for the endpoint, and the files
-    /// rewritten with every process's latest report.
-    pub(super) fn publish(&self, report: &Report, probes_armed: usize) -> Result<()> {
+    /// rewritten with every process's latest report. A file that cannot be
+    /// written (a full disk) is said on stderr and keeps its previous
+    /// report; tracing goes on, and the endpoint still serves this one.
+    pub(super) fn publish(&self, report: &Report, probes_armed: usize) {
+        if let Err(e) = self.try_publish(report, probes_armed) {
+            eprintln!("leaktrace: warning: {e:#}; the file keeps the previous report");
+        }
+    }
+
+    fn try_publish(&self, report: &Report, probes_armed: usize) -> Result<()> {
         let mut latest = self.latest.lock();
         latest.insert(
             report.target.pid,
@@ -132,7 +140,10 @@ fn parent(path: &Path) -> &Path {
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let name = path.file_name().unwrap_or_default().to_string_lossy();
     let tmp = parent(path).join(format!(".{name}.{}.tmp", std::process::id()));
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+    let written = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        // Nothing half-written is left behind.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.with_context(|| format!("writing {}", path.display()))
 }

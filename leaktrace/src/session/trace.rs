@@ -222,7 +222,7 @@ pub(super) async fn trace(
                     next_sample = Instant::now() + sample_every;
                     let report = refresh.report(false, Moment::Live, rt.as_ref(), &probes);
                     ctx.out.borrow_mut().write(&report)?;
-                    ctx.exports.publish(&report, probes.attached)?;
+                    ctx.exports.publish(&report, probes.attached);
                 }
                 Tick::End(end) => break end,
             },
@@ -298,7 +298,7 @@ pub(super) async fn trace(
     }
     let report = refresh.report(true, moment, rt.as_ref(), &probes);
     ctx.out.borrow_mut().write(&report)?;
-    ctx.exports.publish(&report, probes.attached)?;
+    ctx.exports.publish(&report, probes.attached);
     drop(probes);
     Ok(Outcome {
         status,
