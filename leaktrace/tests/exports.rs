@@ -12,7 +12,7 @@ use leaktrace::{
         metrics::{GROUP_SERIES, Traced, metrics},
         model::{EventTotals, GroupReport, Report, SessionGrowth, TargetInfo},
     },
-    runtime::RuntimeKind,
+    runtime::go::GO,
     symbols::Frame,
 };
 
@@ -59,14 +59,7 @@ fn report(groups: Vec<GroupReport>, omitted: Vec<GroupReport>) -> Report {
             pid: 4242,
             exe: "/srv/app".into(),
             cmdline: None,
-            runtime: RuntimeKind {
-                name: "go",
-                task: "goroutine",
-                tasks: "goroutines",
-                ended: "exited",
-                origin: "created by",
-                ids: "goroutines",
-            },
+            runtime: GO,
             runtime_version: "go1.27.3".into(),
             symbols: "symtab",
             warnings: Vec::new(),

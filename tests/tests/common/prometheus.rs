@@ -3,7 +3,6 @@
 use std::{
     io::{Read, Write},
     net::{TcpListener, TcpStream},
-    os::unix::process::CommandExt,
     path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -52,20 +51,8 @@ impl Server {
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log);
-        let parent = unsafe { libc::getpid() };
-        // SAFETY: only async-signal-safe calls between fork and exec. The
-        // server dies with the test's thread if the test dies unwound.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if libc::getppid() != parent {
-                    libc::_exit(1);
-                }
-                Ok(())
-            });
-        }
+        // The server dies with the test's thread if the test dies unwound.
+        leaktrace_e2e::process::die_with_parent_thread(&mut cmd);
         let child = cmd.spawn().expect("starting prometheus");
         let server = Server { child, dir, port };
         let deadline = Instant::now() + Duration::from_secs(90);
