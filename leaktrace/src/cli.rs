@@ -121,6 +121,11 @@ pub struct Args {
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<std::net::SocketAddr>,
 
+    /// A full-screen table for people who watch, redrawn at each report:
+    /// ↑↓ select, Enter a group's stack and reason, s sort, q the final report.
+    #[arg(long, conflicts_with_all = ["follow", "output", "format"])]
+    pub tui: bool,
+
     /// Print each group's stack.
     #[arg(short, long)]
     pub stacks: bool,

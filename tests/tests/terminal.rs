@@ -1,7 +1,12 @@
-//! The text report as a person at a terminal sees it: leaktrace runs in a
-//! real terminal (tmux, a private server), the screen is read back with
-//! `capture-pane`. Each group carries a trend mark there (`▁▂▄▇`): the leak
-//! climbs to its top; written to a pipe, the same report has no mark.
+//! leaktrace as a person at a terminal sees it: it runs in a real terminal
+//! (tmux, a private server), keys are typed with `send-keys` and the screen
+//! is read back with `capture-pane`.
+//!
+//! * The text report: each group carries a trend mark (`▁▂▄▇`), the leak's
+//!   climbs to its top; written to a pipe, the same report has no mark.
+//! * `--tui`: the table shows the leaking group with the runtime's own
+//!   count, Enter opens its stack and reason, `q` gives the terminal back
+//!   and prints the final report.
 mod common;
 
 use std::{
@@ -10,7 +15,7 @@ use std::{
 };
 
 use common::*;
-use leaktrace_e2e::BuildMode;
+use leaktrace_e2e::{BuildMode, Expect, Fixture};
 
 const TREND_BARS: &str = "▁▂▃▄▅▆▇█";
 
@@ -45,6 +50,41 @@ impl Tmux {
     /// The pane's whole history and screen, as text.
     fn screen(&self) -> String {
         self.run(&["capture-pane", "-p", "-J", "-S", "-", "-t", "lt"])
+    }
+
+    /// A session `lt` running `command` in a wide terminal (report lines
+    /// are not wrapped); the pane stays after the command ends, with its
+    /// exit status, so its screen can be read.
+    fn start(socket: String, command: &str) -> Tmux {
+        let tmux = Tmux { socket };
+        tmux.run(&[
+            "new-session",
+            "-d",
+            "-s",
+            "lt",
+            "-x",
+            "300",
+            "-y",
+            "60",
+            &format!("{command}; echo leaktrace-exited-$?; sleep 60"),
+        ]);
+        tmux
+    }
+
+    /// The screen once `done` holds for it, or as it is after `timeout`.
+    fn wait_for(&self, timeout: Duration, done: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.screen();
+            if done(&s) || Instant::now() > deadline {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    fn keys(&self, keys: &str) {
+        self.run(&["send-keys", "-t", "lt", keys]);
     }
 }
 
@@ -91,30 +131,8 @@ fn a_terminal_shows_the_leak_climbing_a_pipe_gets_no_mark() {
         bin.display()
     );
 
-    let tmux = Tmux {
-        socket: format!("leaktrace-e2e-{}", std::process::id()),
-    };
-    // A wide terminal, so report lines are not wrapped; the pane stays
-    // after the command ends so its screen can be read.
-    tmux.run(&[
-        "new-session",
-        "-d",
-        "-s",
-        "lt",
-        "-x",
-        "300",
-        "-y",
-        "60",
-        &format!("{args}; echo leaktrace-exited-$?; sleep 60"),
-    ]);
-    let deadline = Instant::now() + Duration::from_secs(40);
-    let screen = loop {
-        let s = tmux.screen();
-        if s.contains("leaktrace-exited-") || Instant::now() > deadline {
-            break s;
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    };
+    let tmux = Tmux::start(format!("leaktrace-e2e-{}", std::process::id()), &args);
+    let screen = tmux.wait_for(Duration::from_secs(40), |s| s.contains("leaktrace-exited-"));
     drop(tmux);
     assert!(
         screen.contains("leaktrace-exited-0"),
@@ -150,4 +168,82 @@ fn a_terminal_shows_the_leak_climbing_a_pipe_gets_no_mark() {
     println!();
     println!("terminal: {}", leaks[0].trim());
     println!("pipe:     {}", piped_leaks[0].trim());
+}
+
+#[test]
+fn the_tui_shows_the_leak_opens_its_stack_and_q_prints_the_final_report() {
+    let name = "the_tui_shows_the_leak_opens_its_stack_and_q_prints_the_final_report";
+    if !ebpf_available(name) {
+        return;
+    }
+    let go = leaktrace_e2e::toolchain::newest()
+        .expect("no Go toolchain installed: run `cargo xtask setup`");
+    let bin = build("chan_send", &go, BuildMode::Plain);
+    // Attached while the fixture leaks, so the growth is seen (a group
+    // that leaked before attach and stays flat is not called a leak).
+    let fx = Fixture::start(&bin, ["-leak-for", "4s", "-hold", "60s"]);
+    let tmux = Tmux::start(
+        format!("leaktrace-e2e-tui-{}", std::process::id()),
+        &format!(
+            "{} --tui --interval 1s -p {}",
+            leaktrace_bin().display(),
+            fx.pid()
+        ),
+    );
+    let truth = fx.truth(Duration::from_secs(30));
+    let at = Expect::load("chan_send").blocked_at_for(go.minor());
+    let leaked = truth.profile.count_at(&at);
+    assert!(leaked > 0, "{}", truth.raw);
+    // The table: the leaking group's row, first (leaks first), with the
+    // runtime's own count.
+    let leak_row = |s: &str| {
+        s.lines()
+            .find(|l| l.contains(" leak ") && l.contains(&format!("in {at} (")))
+            .map(str::to_string)
+    };
+    let table = tmux.wait_for(Duration::from_secs(30), |s| {
+        leak_row(s).is_some_and(|r| r.split_whitespace().next() == Some(&leaked.to_string()))
+    });
+    let row = leak_row(&table).unwrap_or_else(|| panic!("no leaking row:\n{table}"));
+    assert_eq!(
+        row.split_whitespace().next(),
+        Some(leaked.to_string().as_str()),
+        "the row's count vs the runtime's {leaked} at {at}:\n{table}"
+    );
+    assert!(row.contains("send-without-receiver"), "{row}");
+    assert!(table.contains("s sort"), "the keys are shown:\n{table}");
+
+    // Enter: the selected (first) group's stack and reason.
+    tmux.keys("Enter");
+    let stack = tmux.wait_for(Duration::from_secs(10), |s| {
+        s.contains("stack (innermost first):")
+    });
+    assert!(stack.contains("stack (innermost first):"), "{stack}");
+    assert!(stack.contains(&format!("  {at}")), "{stack}");
+    assert!(stack.contains("  runtime.gopark"), "{stack}");
+    assert!(
+        stack.contains("cause: send-without-receiver — fix:"),
+        "{stack}"
+    );
+
+    // q: the terminal back, the final report as text, a clean exit.
+    tmux.keys("q");
+    let end = tmux.wait_for(Duration::from_secs(30), |s| s.contains("leaktrace-exited-"));
+    drop(tmux);
+    assert!(end.contains("leaktrace-exited-0"), "{end}");
+    let final_at = end
+        .rfind("Final report:")
+        .unwrap_or_else(|| panic!("{end}"));
+    let leaks = leak_lines(&end[final_at..]);
+    assert_eq!(leaks.len(), 1, "{end}");
+    assert!(
+        leaks[0]
+            .trim_start()
+            .starts_with(&format!("{leaked} goroutines")),
+        "{}",
+        leaks[0]
+    );
+    println!();
+    println!("tui row:  {}", row.trim());
+    println!("final:    {}", leaks[0].trim());
 }

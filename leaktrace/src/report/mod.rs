@@ -9,3 +9,4 @@ pub mod model;
 pub mod output;
 pub mod pprof;
 pub mod text;
+pub mod tui;

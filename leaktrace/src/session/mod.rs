@@ -23,7 +23,10 @@ use self::{
 use crate::{
     aggregate::verdict::Verdict,
     cli::{Args, Color, EXIT_FAIL_ON, FailOn, Format},
-    report::output::{Form, Output, TextStyle},
+    report::{
+        output::{Form, Output, TextStyle},
+        tui::Tui,
+    },
     runtime::Runtime,
     target::launch::HeldChild,
 };
@@ -100,6 +103,7 @@ fn output(args: &Args) -> Result<Output> {
         None => Box::new(std::io::stdout()),
     };
     let form = match args.format {
+        _ if args.tui => Form::Tui(Tui::start(args.stacks)?),
         Format::Json => Form::Json,
         Format::Text => Form::Text(TextStyle {
             color: match args.color {
