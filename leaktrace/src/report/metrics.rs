@@ -15,7 +15,9 @@
 //!
 //! Written here rather than with a client library: the exposition is a few
 //! lines per series, and label values (Go and Rust function names, paths)
-//! must be escaped exactly, which is tested below.
+//! must be escaped exactly, which prometheus-client 0.24's text encoder
+//! leaves to its caller (it writes label values as given);
+//! leaktrace/tests/exports.rs checks the escaping.
 use std::{collections::BTreeMap, fmt::Write};
 
 use super::{
