@@ -10,6 +10,7 @@
 mod common;
 
 use std::{
+    path::PathBuf,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -19,16 +20,16 @@ use leaktrace_e2e::{BuildMode, Expect, Fixture};
 
 const TREND_BARS: &str = "▁▂▃▄▅▆▇█";
 
-/// A private tmux server (its own socket), killed with its panes when
-/// dropped.
+/// A private tmux server (its own socket in a temporary path), killed with
+/// its panes and its socket removed when dropped.
 struct Tmux {
-    socket: String,
+    socket: PathBuf,
 }
 
 impl Tmux {
     fn cmd(&self) -> Command {
         let mut c = Command::new("tmux");
-        c.args(["-L", &self.socket]);
+        c.arg("-S").arg(&self.socket);
         c
     }
 
@@ -55,8 +56,10 @@ impl Tmux {
     /// A session `lt` running `command` in a wide terminal (report lines
     /// are not wrapped); the pane stays after the command ends, with its
     /// exit status, so its screen can be read.
-    fn start(socket: String, command: &str) -> Tmux {
-        let tmux = Tmux { socket };
+    fn start(command: &str) -> Tmux {
+        let tmux = Tmux {
+            socket: tempfile_path("tmux.sock"),
+        };
         tmux.run(&[
             "new-session",
             "-d",
@@ -91,6 +94,7 @@ impl Tmux {
 impl Drop for Tmux {
     fn drop(&mut self) {
         let _ = self.cmd().arg("kill-server").stderr(Stdio::null()).status();
+        let _ = std::fs::remove_file(&self.socket);
     }
 }
 
@@ -131,7 +135,7 @@ fn a_terminal_shows_the_leak_climbing_a_pipe_gets_no_mark() {
         bin.display()
     );
 
-    let tmux = Tmux::start(format!("leaktrace-e2e-{}", std::process::id()), &args);
+    let tmux = Tmux::start(&args);
     let screen = tmux.wait_for(Duration::from_secs(40), |s| s.contains("leaktrace-exited-"));
     drop(tmux);
     assert!(
@@ -182,14 +186,11 @@ fn the_tui_shows_the_leak_opens_its_stack_and_q_prints_the_final_report() {
     // Attached while the fixture leaks, so the growth is seen (a group
     // that leaked before attach and stays flat is not called a leak).
     let fx = Fixture::start(&bin, ["-leak-for", "4s", "-hold", "60s"]);
-    let tmux = Tmux::start(
-        format!("leaktrace-e2e-tui-{}", std::process::id()),
-        &format!(
-            "{} --tui --interval 1s -p {}",
-            leaktrace_bin().display(),
-            fx.pid()
-        ),
-    );
+    let tmux = Tmux::start(&format!(
+        "{} --tui --interval 1s -p {}",
+        leaktrace_bin().display(),
+        fx.pid()
+    ));
     let truth = fx.truth(Duration::from_secs(30));
     let at = Expect::load("chan_send").blocked_at_for(go.minor());
     let leaked = truth.profile.count_at(&at);
