@@ -46,6 +46,8 @@ fn group(count: u64, start: &str, state: &str, verdict: Verdict) -> GroupReport 
             frame("main.main", 10),
         ],
         sample_ids: Vec::new(),
+        stranded: 0,
+        deadlocked: 0,
         trend: Vec::new(),
     }
 }
@@ -73,6 +75,7 @@ fn report(groups: Vec<GroupReport>, omitted: Vec<GroupReport>) -> Report {
         omitted,
         at_exit: false,
         deadlock: None,
+        partial_deadlocks: Vec::new(),
         notes: Vec::new(),
         threads: None,
     }
