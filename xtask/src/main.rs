@@ -1,9 +1,10 @@
-//! Developer tasks: `cargo xtask setup | run | demo | test | bench`.
+//! Developer tasks: `cargo xtask setup | run | demo | test | bench | fuzz`.
 //!
 //! Every task runs the setup steps it needs, so on a fresh machine
 //! `cargo xtask demo` and `cargo xtask test` do everything.
 mod bench;
 mod demo;
+mod fuzz;
 mod run;
 mod setup;
 mod test;
@@ -31,6 +32,8 @@ enum Task {
     Test(test::Options),
     /// Measure what leaktrace costs the traced process (writes bench/RESULTS.md).
     Bench(bench::Options),
+    /// Fuzz every parser of untrusted bytes (cargo-fuzz, nightly): 600 s per target, `--smoke` 30 s.
+    Fuzz(fuzz::Options),
 }
 
 fn main() -> Result<()> {
@@ -40,5 +43,6 @@ fn main() -> Result<()> {
         Task::Demo(o) => demo::run(&o),
         Task::Test(o) => test::run(&o),
         Task::Bench(o) => bench::run(&o),
+        Task::Fuzz(o) => fuzz::run(&o),
     }
 }

@@ -154,16 +154,37 @@ pub(crate) fn read_string_array(elf: &ElfFile, va: u64, size: u64) -> Result<Vec
 }
 
 /// Maps a string read from a binary to the `'static` copy in our tables.
-/// A string no table knows (a newer patch release added a reason) is leaked:
-/// that happens at most a few times per process, once per binary opened.
+/// A string no table knows (a newer patch release added a reason) is kept
+/// for the rest of the process, once: a binary that lies can add at most
+/// [`MAX_UNKNOWN`] strings of [`MAX_REASON_LEN`] bytes, whatever it holds
+/// and however many binaries `-f` opens.
 fn intern(s: &str) -> &'static str {
     for table in ALL_TABLES {
         if let Some(found) = table.iter().find(|t| **t == s) {
             return found;
         }
     }
-    Box::leak(s.to_owned().into_boxed_str())
+    let s = match s.char_indices().nth(MAX_REASON_LEN) {
+        Some((end, _)) => &s[..end],
+        None => s,
+    };
+    let mut unknown = UNKNOWN.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(found) = unknown.iter().find(|t| **t == s) {
+        return found;
+    }
+    if unknown.len() >= MAX_UNKNOWN {
+        return "(a wait reason leaktrace does not know)";
+    }
+    let kept: &'static str = Box::leak(s.to_owned().into_boxed_str());
+    unknown.push(kept);
+    kept
 }
+
+/// Wait reasons no table knows, kept for the process's lifetime.
+static UNKNOWN: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+const MAX_UNKNOWN: usize = 256;
+/// Go's longest wait reason is 40 characters.
+const MAX_REASON_LEN: usize = 96;
 
 const ALL_TABLES: &[&[&str]] = &[GO1_19, GO1_20, GO1_22, GO1_23, GO1_24, GO1_25, GO1_26];
 

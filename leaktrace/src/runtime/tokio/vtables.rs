@@ -236,7 +236,9 @@ pub fn find_vtables(elf: &ElfFile) -> Vec<TaskVtable> {
         .sections()
         .iter()
         .filter(|s| s.is_executable() && s.is_alloc())
-        .map(|s| (s.addr, s.addr + s.size))
+        // Sizes come from the file: a section that claims to run past the
+        // end of the address space ends there (found by fuzzing).
+        .map(|s| (s.addr, s.addr.saturating_add(s.size)))
         .collect();
     let in_text = |v: u64| exec.iter().any(|&(a, b)| v >= a && v < b);
 
@@ -245,9 +247,11 @@ pub fn find_vtables(elf: &ElfFile) -> Vec<TaskVtable> {
         if !section.is_alloc() || section.is_executable() || !section.has_file_data() {
             continue;
         }
-        let end = section.addr + section.size;
-        let mut va = section.addr.next_multiple_of(8);
-        while va + 80 <= end {
+        let end = section.addr.saturating_add(section.size);
+        let Some(mut va) = section.addr.checked_next_multiple_of(8) else {
+            continue;
+        };
+        while va.checked_add(80).is_some_and(|e| e <= end) {
             if let Some(vt) = vtable_at(elf, &relocs, va, &in_text) {
                 found.push(vt);
                 va += 80;

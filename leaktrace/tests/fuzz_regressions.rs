@@ -1,0 +1,56 @@
+//! Inputs the fuzz targets (`fuzz/`, `cargo xtask fuzz`) once crashed on,
+//! replayed through the same parsers on the normal toolchain: each must
+//! now give an error or a result, never a panic.
+use std::{path::Path, sync::Arc};
+
+use leaktrace::{
+    runtime::{
+        go::binary::GoBinary,
+        tokio::{
+            await_points::AwaitDecoder, binary::detect, probe_points::plan,
+            vtables::find_vtables,
+        },
+    },
+    target::elf::ElfFile,
+};
+
+fn inputs(target: &str) -> Vec<(String, Vec<u8>)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/regressions")
+        .join(target);
+    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| {
+            let p = e.path();
+            (p.display().to_string(), std::fs::read(&p).expect("read"))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn rust_binary_regressions() {
+    let all = inputs("rust_binary");
+    assert!(!all.is_empty(), "no regression inputs found");
+    for (name, data) in all {
+        eprintln!("{name}");
+        let Ok(elf) = ElfFile::parse(Arc::from(data)) else {
+            continue;
+        };
+        let _ = detect(&elf);
+        let vtables = find_vtables(&elf);
+        let _ = plan(&elf, &vtables, true);
+        let _ = AwaitDecoder::load(&elf, &vtables);
+    }
+}
+
+#[test]
+fn go_binary_regressions() {
+    for (name, data) in inputs("go_binary") {
+        eprintln!("{name}");
+        let _ = GoBinary::from_bytes(Path::new("fuzzed"), Arc::from(data));
+    }
+}

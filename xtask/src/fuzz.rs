@@ -1,0 +1,228 @@
+//! `cargo xtask fuzz`: run every fuzz target under `fuzz/` (cargo-fuzz:
+//! libFuzzer with AddressSanitizer, on rustup's nightly) for a while each,
+//! from a corpus seeded with real inputs: the fixtures' Go binaries (plain,
+//! stripped, PIE) and the tokio fixture for the binary parsers, a
+//! goroutine's memory read from a live fixture for the memory parsers.
+//! Inputs that crashed once live in `fuzz/regressions/<target>/` and are run
+//! first, every time. Prints one line per target: seconds, executions,
+//! coverage, crashes.
+//!
+//! `cargo xtask fuzz --smoke` (30 s each) is what `cargo xtask test` runs;
+//! the default (600 s each) is for a person with time.
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::util;
+
+pub const TARGETS: &[&str] = &["go_binary", "rust_binary", "go_memory", "records"];
+/// The largest seed is a Go binary of a few MiB.
+const MAX_LEN: &str = "-max_len=8388608";
+
+#[derive(clap::Args)]
+pub struct Options {
+    /// Seconds per target.
+    #[arg(long, default_value_t = 600)]
+    pub seconds: u64,
+    /// 30 seconds per target (what CI runs).
+    #[arg(long, conflicts_with = "seconds")]
+    pub smoke: bool,
+    /// Only these targets (default: all).
+    pub targets: Vec<String>,
+}
+
+pub fn run(o: &Options) -> Result<()> {
+    let seconds = if o.smoke { 30 } else { o.seconds };
+    let root = util::workspace_root();
+    let fuzz_dir = root.join("fuzz");
+    ensure_tools()?;
+    let targets: Vec<&str> = if o.targets.is_empty() {
+        TARGETS.to_vec()
+    } else {
+        o.targets.iter().map(String::as_str).collect()
+    };
+    for t in &targets {
+        if !TARGETS.contains(t) {
+            bail!("no fuzz target {t}; the targets are {}", TARGETS.join(", "));
+        }
+    }
+    let corpus_root = util::target_dir().join("fuzz-corpus");
+    seed(&corpus_root)?;
+    let mut lines = Vec::new();
+    let mut crashed = Vec::new();
+    for t in targets {
+        let corpus = corpus_root.join(t);
+        fs::create_dir_all(&corpus)?;
+        let artifacts = fuzz_dir.join("artifacts").join(t);
+        fs::create_dir_all(&artifacts)?;
+        // Past crashes first: each must now pass.
+        let regressions = fuzz_dir.join("regressions").join(t);
+        if regressions.is_dir() {
+            for e in fs::read_dir(&regressions)? {
+                let input = e?.path();
+                let st = fuzz_cmd(&fuzz_dir, t)
+                    .arg(&input)
+                    .status()
+                    .context("cargo fuzz run")?;
+                if !st.success() {
+                    crashed.push(format!("{t}: regression {} fails again", input.display()));
+                }
+            }
+        }
+        let out = fuzz_cmd(&fuzz_dir, t)
+            .arg(&corpus)
+            .arg("--")
+            .arg(format!("-max_total_time={seconds}"))
+            .arg(MAX_LEN)
+            .arg("-rss_limit_mb=4096")
+            .arg(format!("-artifact_prefix={}/", artifacts.display()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .context("cargo fuzz run")?;
+        let log = String::from_utf8_lossy(&out.stderr);
+        let summary = summary(&log);
+        let found: Vec<PathBuf> = fs::read_dir(&artifacts)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        lines.push(format!(
+            "{t:<12} {seconds:>5}s  {summary}  crashes {}",
+            found.len()
+        ));
+        if !out.status.success() || !found.is_empty() {
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!(
+                "{t} failed; last lines:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+            crashed.push(format!(
+                "{t}: {} (inputs in {}; copy each into fuzz/regressions/{t}/ once fixed)",
+                found
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                artifacts.display()
+            ));
+        }
+    }
+    println!("fuzz: target, time, executions, coverage, crashes");
+    for l in &lines {
+        println!("  {l}");
+    }
+    if !crashed.is_empty() {
+        bail!("fuzzing found crashes:\n  {}", crashed.join("\n  "));
+    }
+    Ok(())
+}
+
+fn fuzz_cmd(fuzz_dir: &Path, target: &str) -> Command {
+    let mut c = Command::new("cargo");
+    c.current_dir(fuzz_dir)
+        .args(["+nightly", "fuzz", "run", "--fuzz-dir", "."])
+        .arg(target)
+        // The eBPF object is not fuzzed; building it again under the
+        // sanitizer's flags would fail.
+        .env("LEAKTRACE_EBPF_TOOLCHAIN", "debian-web");
+    c
+}
+
+/// `#N DONE cov: C ft: F corp: … exec/s: E` → "N execs (E/s), cov C".
+fn summary(log: &str) -> String {
+    let done = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("DONE") || l.starts_with('#'))
+        .unwrap_or("");
+    let field = |name: &str| {
+        done.split_whitespace()
+            .skip_while(|w| *w != name)
+            .nth(1)
+            .unwrap_or("?")
+            .to_string()
+    };
+    let execs = done
+        .split_whitespace()
+        .next()
+        .unwrap_or("#?")
+        .trim_start_matches('#');
+    format!(
+        "{execs:>10} execs ({:>6}/s)  cov {:>6}",
+        field("exec/s:"),
+        field("cov:")
+    )
+}
+
+fn ensure_tools() -> Result<()> {
+    let nightly = Command::new("rustup")
+        .args(["run", "nightly", "rustc", "--version"])
+        .output();
+    if !nightly.is_ok_and(|o| o.status.success()) {
+        bail!(
+            "fuzzing needs rustup's nightly toolchain (for -Zsanitizer=address): \
+             `rustup toolchain install nightly`"
+        );
+    }
+    let has_fuzz = Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_fuzz {
+        util::run(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))
+            .context("installing cargo-fuzz from crates.io")?;
+    }
+    Ok(())
+}
+
+/// Real inputs to start from, copied into the corpus once: the Go fixture
+/// binaries the tests built (every toolchain and mode found) and the tokio
+/// fixture's, and small records of every size.
+fn seed(corpus: &Path) -> Result<()> {
+    let target = util::target_dir();
+    let mut binaries: Vec<(&str, PathBuf)> = Vec::new();
+    let fixtures = target.join("fixtures");
+    if let Ok(gos) = fs::read_dir(&fixtures) {
+        for go in gos.flatten() {
+            for mode in ["plain", "stripped", "pie"] {
+                let bin = go.path().join(mode).join("chan_send");
+                if bin.is_file() {
+                    binaries.push(("go_binary", bin));
+                }
+            }
+        }
+    }
+    if let Ok(profiles) = fs::read_dir(target.join("tokio-fixtures")) {
+        for p in profiles.flatten() {
+            let bin = p.path().join("tokio-fixture");
+            if bin.is_file() {
+                binaries.push(("rust_binary", bin));
+            }
+        }
+    }
+    for (t, bin) in binaries {
+        let dir = corpus.join(t);
+        fs::create_dir_all(&dir)?;
+        let name = bin
+            .strip_prefix(&target)
+            .unwrap_or(&bin)
+            .to_string_lossy()
+            .replace('/', "_");
+        let dest = dir.join(name);
+        if !dest.exists() {
+            fs::copy(&bin, &dest).with_context(|| format!("seeding {}", bin.display()))?;
+        }
+    }
+    let records = corpus.join("records");
+    fs::create_dir_all(&records)?;
+    for size in [8usize, 16, 24, 32, 40, 48, 56, 64, 96, 128, 256] {
+        let p = records.join(format!("zeros-{size}"));
+        if !p.exists() {
+            fs::write(p, vec![0u8; size])?;
+        }
+    }
+    Ok(())
+}
