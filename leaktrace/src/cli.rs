@@ -162,6 +162,10 @@ pub enum FailOn {
 /// `--fail-on` matched.
 pub const EXIT_FAIL_ON: i32 = 3;
 
+/// The report output could not be written (stdout closed, its pipe's reader
+/// gone, disk full): tracing stopped there, everything detached.
+pub const EXIT_OUTPUT_FAILED: i32 = 4;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Format {
     Text,

@@ -1,11 +1,12 @@
 //! `leaktrace`: parse the arguments, run a session, turn errors into
 //! messages that name the fix, and exit with a meaningful code.
-use std::{path::Path, process::ExitCode};
+use std::{io::Write as _, path::Path, process::ExitCode};
 
 use anyhow::{Result, bail};
 use clap::Parser;
 use leaktrace::{
-    cli::Args,
+    cli::{Args, EXIT_OUTPUT_FAILED},
+    report::output::OutputFailed,
     runtime::{self, Options},
     session::{self, Launch, Target},
     target::{
@@ -20,8 +21,15 @@ fn main() -> ExitCode {
     let args = Args::parse();
     match run(&args) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        // A closed output is said on stderr if that still works, and has
+        // its own status, so `leaktrace … | head` is not taken for a failure
+        // to trace.
+        Err(e) if e.downcast_ref::<OutputFailed>().is_some() => {
+            leaktrace::say!("leaktrace: {e:#}");
+            ExitCode::from(EXIT_OUTPUT_FAILED as u8)
+        }
         Err(e) => {
-            eprintln!("leaktrace: error: {e:#}");
+            leaktrace::say!("leaktrace: error: {e:#}");
             ExitCode::from(2)
         }
     }
@@ -111,6 +119,9 @@ fn explain_probes(program: &Path, options: Options) -> Result<()> {
         "runtime_version": rt.describe().version,
         "probes": probes,
     });
-    println!("{listing}");
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{listing}")
+        .and_then(|()| out.flush())
+        .map_err(|e| OutputFailed(e.into()))?;
     Ok(())
 }

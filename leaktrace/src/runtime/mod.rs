@@ -8,6 +8,7 @@
 //! trends, verdicts, reports) only sees those. Adding a runtime means one
 //! new folder here and one line in [`open`].
 pub mod go;
+pub mod none;
 mod task;
 pub mod tokio;
 

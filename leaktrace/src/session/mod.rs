@@ -5,18 +5,18 @@
 //! exit status. Every way out ends each trace with a final report and drops
 //! its probes, which detaches them; an error drops them on its way out too.
 mod follow;
+mod one;
 mod stops;
 mod trace;
 
 use std::{cell::RefCell, fs::File, io::IsTerminal, rc::Rc};
 
 use anyhow::{Context as _, Result};
-use tokio::sync::watch;
 
 pub use self::trace::Target;
 use self::{
     stops::Signals,
-    trace::{Ctx, Outcome, trace, verdict_rank},
+    trace::{Ctx, Outcome, verdict_rank},
 };
 use crate::{
     aggregate::verdict::Verdict,
@@ -38,7 +38,7 @@ pub enum Launch {
 }
 
 pub async fn run(args: &Args, launch: Launch) -> Result<i32> {
-    let mut signals = Signals::new(args)?;
+    let signals = Signals::new(args)?;
     let ctx = Rc::new(Ctx {
         args: args.clone(),
         out: RefCell::new(output(args)?),
@@ -46,19 +46,7 @@ pub async fn run(args: &Args, launch: Launch) -> Result<i32> {
         show_cmdline: matches!(launch, Launch::Follow { .. }),
     });
     match launch {
-        Launch::One { rt, target } => {
-            let (stop_tx, stop_rx) = watch::channel(None);
-            let traced = trace(ctx, rt, target, stop_rx);
-            tokio::pin!(traced);
-            let outcome = tokio::select! {
-                r = &mut traced => r?,
-                end = signals.next() => {
-                    let _ = stop_tx.send(Some(end));
-                    traced.await?
-                }
-            };
-            Ok(exit_code(args, outcome.status.unwrap_or(0), &[outcome]))
-        }
+        Launch::One { rt, target } => one::run(ctx, signals, rt, target).await,
         Launch::Follow { child } => {
             let local = tokio::task::LocalSet::new();
             local.run_until(follow::run(ctx, child, signals)).await

@@ -23,7 +23,7 @@ use crate::{
         model::{EventTotals, Report, TargetInfo},
         output::Output,
     },
-    runtime::{Runtime, TaskView},
+    runtime::{Runtime, TaskCounts, TaskView},
     target::{
         launch::{HeldChild, try_reap},
         process::{Process, TargetError, open_sockets},
@@ -40,12 +40,15 @@ pub enum Target {
     /// `-f`: a descendant stopped right after its exec (SIGSTOP by the
     /// follow probe) until the probes are in; continued with SIGCONT.
     Exec(Process),
+    /// `--pid` or `-c`: the traced process executed a new program, which
+    /// runs on (never held); `child` when leaktrace started it.
+    Reexec { proc: Process, child: bool },
 }
 
 impl Target {
     pub fn pid(&self) -> u32 {
         match self {
-            Self::Pid(p) | Self::Exec(p) => p.pid,
+            Self::Pid(p) | Self::Exec(p) | Self::Reexec { proc: p, .. } => p.pid,
             Self::Command(c) => c.pid,
         }
     }
@@ -54,7 +57,9 @@ impl Target {
     /// people.
     fn exe(&self) -> (PathBuf, String) {
         match self {
-            Self::Pid(p) | Self::Exec(p) => (p.exe_link.clone(), p.exe_display.clone()),
+            Self::Pid(p) | Self::Exec(p) | Self::Reexec { proc: p, .. } => {
+                (p.exe_link.clone(), p.exe_display.clone())
+            }
             Self::Command(c) => (c.program.clone(), c.program.display().to_string()),
         }
     }
@@ -62,7 +67,13 @@ impl Target {
     /// Started by us or held at its first instruction: nothing existed
     /// before the probes, so there is nothing to snapshot.
     fn is_fresh(&self) -> bool {
-        !matches!(self, Self::Pid(_))
+        matches!(self, Self::Command(_) | Self::Exec(_))
+    }
+
+    /// leaktrace started it: its status is ours to reap, and it ends with
+    /// the session.
+    fn is_child(&self) -> bool {
+        matches!(self, Self::Command(_) | Self::Reexec { child: true, .. })
     }
 
     /// Let it run, now that the probes are in.
@@ -74,7 +85,7 @@ impl Target {
                 unsafe { libc::kill(p.pid as libc::pid_t, libc::SIGCONT) };
                 Ok(())
             }
-            Self::Pid(_) => Ok(()),
+            Self::Pid(_) | Self::Reexec { .. } => Ok(()),
         }
     }
 }
@@ -104,12 +115,13 @@ pub(super) async fn trace(
     mut rt: Box<dyn Runtime>,
     mut target: Target,
     mut stop: watch::Receiver<Option<End>>,
+    history: Vec<String>,
 ) -> Result<Outcome> {
     let args = &ctx.args;
     let pid = target.pid();
     let (attach_path, exe_display) = target.exe();
     let fresh = target.is_fresh();
-    let is_child = matches!(target, Target::Command(_));
+    let is_child = target.is_child();
     let exit_fd =
         pidfd(pid).map_err(|_| anyhow::Error::from(TargetError::ExitedDuringAttach(pid)))?;
 
@@ -131,16 +143,18 @@ pub(super) async fn trace(
         .detail
         .map(|d| format!(", {d}"))
         .unwrap_or_default();
-    eprintln!(
+    crate::say!(
         "Attaching to pid {pid} ({exe_display}, {}){detail}, {} probes; Ctrl-C for the final report.",
-        desc.version, probes.attached
+        desc.version,
+        probes.attached
     );
     for w in &warnings {
-        eprintln!("warning: {w}");
+        crate::say!("warning: {w}");
     }
 
     let kind = rt.kind();
-    let mut notes = Vec::new();
+    // What happened to the process before this trace (an exec) stays said.
+    let mut notes = history;
     if !fresh && !args.no_snapshot {
         match rt.snapshot(pid) {
             Ok(note) => notes.extend(note),
@@ -150,7 +164,7 @@ pub(super) async fn trace(
                      seen by the probes since",
                     kind.tasks, kind.tasks
                 );
-                eprintln!("warning: {msg}");
+                crate::say!("warning: {msg}");
                 warnings.push(msg);
             }
         }
@@ -185,6 +199,7 @@ pub(super) async fn trace(
     let mut refresh = Refresh {
         builder,
         views: Vec::new(),
+        read_at: None,
         read_error: None,
         fresh,
         pid,
@@ -193,6 +208,7 @@ pub(super) async fn trace(
     let mut schedule = Schedule::new(args, ctx.deadline);
 
     let mut next_sample = Instant::now();
+    let mut output_failed = None;
     let end = loop {
         if let Some(end) = *stop.borrow_and_update() {
             break end;
@@ -219,7 +235,10 @@ pub(super) async fn trace(
                     refresh.run(rt.as_mut(), &mut probes, threads.as_mut());
                     next_sample = Instant::now() + sample_every;
                     let report = refresh.report(false, Moment::Live, rt.as_ref(), &probes);
-                    ctx.out.borrow_mut().write(&report)?;
+                    if let Err(e) = ctx.out.borrow_mut().write(&report) {
+                        output_failed = Some(e);
+                        break End::OutputFailed;
+                    }
                 }
                 Tick::End(end) => break end,
             },
@@ -294,8 +313,18 @@ pub(super) async fn trace(
             .push(format!("reading the {} failed: {e}", kind.tasks));
     }
     let report = refresh.report(true, moment, rt.as_ref(), &probes);
-    ctx.out.borrow_mut().write(&report)?;
+    if output_failed.is_none() {
+        output_failed = ctx.out.borrow_mut().write(&report).err();
+    }
     drop(probes);
+    if is_child && end != End::TargetExited {
+        // Give the command its graceful shutdown: leaktrace's exit kills
+        // whatever is left of it (PR_SET_PDEATHSIG, `target/launch.rs`).
+        let _ = tokio::time::timeout(CHILD_GRACE, exit_fd.readable()).await;
+    }
+    if let Some(e) = output_failed {
+        return Err(e.into());
+    }
     Ok(Outcome {
         status,
         worst: report
@@ -306,6 +335,10 @@ pub(super) async fn trace(
             .unwrap_or(Verdict::Ok),
     })
 }
+
+/// How long a `-c` command sent SIGTERM at the end may take to exit before
+/// leaktrace leaves (and its exit kills the command).
+const CHILD_GRACE: Duration = Duration::from_secs(5);
 
 /// Leak first.
 pub(super) fn verdict_rank(v: Verdict) -> u8 {
@@ -320,6 +353,9 @@ pub(super) fn verdict_rank(v: Verdict) -> u8 {
 struct Refresh {
     builder: ReportBuilder,
     views: Vec<TaskView>,
+    /// When `views` were read, and the event totals then: a report says its
+    /// data's age, and its `live` adds the spawns and exits since.
+    read_at: Option<(Instant, TaskCounts)>,
     /// Why the last read of the tasks failed (said once, at the end).
     read_error: Option<String>,
     /// Held before its first instruction: a failed read may just be early.
@@ -333,14 +369,18 @@ impl Refresh {
         if let Some(t) = threads {
             self.builder.threads = Some(t.sample());
         }
+        // Events are applied on this thread, so none lands during the
+        // read: the views are the table as of these counts.
+        let started = (Instant::now(), rt.counts());
         let result = rt.refresh(probes, self.pid);
         for note in rt.take_notes() {
-            eprintln!("note: {note}");
+            crate::say!("note: {note}");
             self.builder.notes.push(note);
         }
         match result {
             Ok(Some(views)) => {
                 self.views = views;
+                self.read_at = Some(started);
                 self.builder.record(&self.views, open_sockets(self.pid));
             }
             Ok(None) => {}
@@ -352,10 +392,28 @@ impl Refresh {
     }
 
     fn report(&self, is_final: bool, moment: Moment, rt: &dyn Runtime, probes: &Probes) -> Report {
-        let events = EventTotals::new(rt.counts(), probes.lost());
+        let counts = rt.counts();
         let lifetimes: HashMap<_, _> = rt.lifetimes().into_iter().collect();
-        self.builder
-            .build(is_final, moment, events, &self.views, &lifetimes)
+        let mut report = self.builder.build(
+            is_final,
+            moment,
+            EventTotals::new(counts.clone(), probes.lost()),
+            &self.views,
+            &lifetimes,
+        );
+        match (moment, &self.read_at) {
+            // The exit walk is the state at the exit, just now.
+            (Moment::AtExit { .. }, _) => report.data_age_s = Some(0.0),
+            (Moment::Live, Some((at, then))) => {
+                report.data_age_s = Some(at.elapsed().as_secs_f64());
+                let spawned = counts.spawn.saturating_sub(then.spawn);
+                // (Corrections happen during reads: already in the views.)
+                let ended = counts.exit.saturating_sub(then.exit);
+                report.live = (report.live + spawned).saturating_sub(ended);
+            }
+            (Moment::Live, None) => {}
+        }
+        report
     }
 }
 
