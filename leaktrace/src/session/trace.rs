@@ -267,6 +267,7 @@ pub(super) async fn trace(
     }
     let mut status = None;
     let mut moment = Moment::Live;
+    let mut sent_sigterm = false;
     if end == End::TargetExited {
         status = is_child.then(|| try_reap(pid)).flatten();
         let exited = match status {
@@ -300,6 +301,7 @@ pub(super) async fn trace(
             // the terminal already sent it SIGINT.)
             // SAFETY: signalling our own child.
             unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+            sent_sigterm = true;
             refresh
                 .builder
                 .notes
@@ -317,7 +319,7 @@ pub(super) async fn trace(
         output_failed = ctx.out.borrow_mut().write(&report).err();
     }
     drop(probes);
-    if is_child && end != End::TargetExited {
+    if sent_sigterm {
         // Give the command its graceful shutdown: leaktrace's exit kills
         // whatever is left of it (PR_SET_PDEATHSIG, `target/launch.rs`).
         let _ = tokio::time::timeout(CHILD_GRACE, exit_fd.readable()).await;
