@@ -631,3 +631,13 @@ impl Traced {
         (status.code(), parse_reports(&stdout), self.stderr())
     }
 }
+
+impl Drop for Traced {
+    /// A test that failed half-way leaves no leaktrace running.
+    fn drop(&mut self) {
+        if self.child.try_wait().is_ok_and(|s| s.is_none()) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
