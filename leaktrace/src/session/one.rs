@@ -21,7 +21,11 @@ use super::{
 };
 use crate::{
     runtime::{Options, Runtime, none::ThreadsOnly},
-    target::{clock::monotonic_ns, process::Process},
+    target::{
+        clock::monotonic_ns,
+        privileges::{Credentials, check_may_trace},
+        process::Process,
+    },
 };
 
 pub(super) async fn run(
@@ -82,6 +86,11 @@ pub(super) async fn run(
         };
         let at_s = ts.saturating_sub(started_ns) as f64 / 1e9;
         let mut note = format!("pid {pid} exec'd {} at {at_s:.1}s", proc.exe_display);
+        if let Err(e) = check_may_trace(&Credentials::current(), pid) {
+            // A setuid program: no longer this user's to read.
+            crate::say!("note: {note}, which leaktrace stops tracing: {e:#}");
+            break;
+        }
         let options = Options {
             detailed: ctx.args.detailed,
         };

@@ -26,6 +26,7 @@ use crate::{
     runtime::{Runtime, TaskCounts, TaskView},
     target::{
         launch::{HeldChild, try_reap},
+        privileges::{Credentials, explain_attach_failure},
         process::{Process, TargetError, open_sockets},
     },
     threads::Threads,
@@ -463,6 +464,6 @@ fn attach_failure(pid: u32, e: anyhow::Error) -> anyhow::Error {
     if !process_alive(pid) {
         TargetError::ExitedDuringAttach(pid).into()
     } else {
-        e
+        explain_attach_failure(&Credentials::current(), e)
     }
 }
