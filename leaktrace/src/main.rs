@@ -97,7 +97,12 @@ fn run(args: &Args) -> Result<i32> {
     let tokio_rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    tokio_rt.block_on(session::run(args, launch))
+    let result = tokio_rt.block_on(session::run(args, launch));
+    // Work a stop cut short (an attach, a read of the tasks) may still run
+    // on a blocking thread: leaktrace does not wait for it. Its exit ends it,
+    // and the kernel detaches the probes of a process that is gone.
+    tokio_rt.shutdown_background();
+    result
 }
 
 /// `--explain-probes`: the probe plan of a program, as JSON on stdout.

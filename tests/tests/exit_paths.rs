@@ -325,3 +325,60 @@ fn a_killed_leaktrace_takes_its_command_with_it() {
     }
     println!("leaktrace SIGKILLed: its command {pid} ended with it");
 }
+
+/// Ctrl-C while leaktrace reads 100,000 goroutines that existed before
+/// attach: acted on at once (the read goes on on its own thread and is
+/// dropped), so the final report says the read was cut, not what it found
+/// a second later; exit 0 and every probe detached.
+#[test]
+fn a_signal_cuts_a_long_read_short() {
+    if !ebpf_available("a_signal_cuts_a_long_read_short") {
+        return;
+    }
+    let go = one_go("1.26");
+    let bin = leaktrace_e2e::build_go(
+        leaktrace_e2e::GoProgram::Module("go-exec"),
+        &go,
+        BuildMode::Plain,
+    );
+    let fx = Fixture::start(&bin, ["-n", "100000"]);
+    let truth: u64 = fx.wait_for_line("numgoroutine ", Duration::from_secs(60))
+        ["numgoroutine ".len()..]
+        .parse()
+        .unwrap();
+    let pid = fx.pid().to_string();
+    let mut lt = Traced::start(&["--format", "json", "--pid", &pid]);
+    // Printed once the probes are in, just before the snapshot starts.
+    lt.wait_stderr("Attaching to pid", 1, Duration::from_secs(60));
+    let held = held_bpf_objects(lt.pid());
+    lt.signal(libc::SIGINT);
+    let (code, reports, stderr) = lt.finish();
+    assert_eq!(code, Some(0), "{stderr}");
+    let last = reports
+        .last()
+        .unwrap_or_else(|| panic!("no report: {stderr}"));
+    assert_eq!(last.0["final"], true);
+    let notes = last.0["notes"].to_string();
+    assert!(
+        notes.contains("stopped while reading the goroutines that existed before attach")
+            || last.0["data_age_s"].is_null(),
+        "the signal waited for the read ({truth} goroutines): {}",
+        last.0
+    );
+    assert!(
+        last.live() < truth,
+        "no data was read after the signal: {}",
+        last.summary()
+    );
+    assert_eq!(
+        still_loaded(&held),
+        Vec::<String>::new(),
+        "probes left loaded"
+    );
+    assert!(fx.is_running());
+    println!(
+        "Ctrl-C during the snapshot of {truth} goroutines: final report without waiting ({}), exit 0, {} BPF objects gone",
+        last.0["notes"],
+        held.len()
+    );
+}

@@ -133,7 +133,7 @@ pub struct Options {
 
 /// A runtime, as one session drives it: attach → snapshot → (apply,
 /// refresh)* → detach (by dropping the [`Probes`]).
-pub trait Runtime {
+pub trait Runtime: Send {
     fn kind(&self) -> RuntimeKind;
     fn describe(&self) -> Description;
     /// Globals the probes object needs before it is loaded.

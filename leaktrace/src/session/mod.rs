@@ -8,6 +8,7 @@ mod follow;
 mod one;
 mod stops;
 mod trace;
+mod work;
 
 use std::{cell::RefCell, fs::File, io::IsTerminal, rc::Rc};
 

@@ -40,6 +40,26 @@ pub(super) enum End {
     Exec,
 }
 
+impl End {
+    /// A person or the system wants leaktrace to stop now: slow work in
+    /// progress (an attach, a read of the tasks) is not waited for. A
+    /// planned end (`--duration`, COUNT, the command's exit) lets it finish,
+    /// so the final report has its data. An exec cuts it too: the memory
+    /// being read is another program's now.
+    pub(super) fn cuts_work(self) -> bool {
+        matches!(
+            self,
+            Self::Interrupted
+                | Self::Terminated
+                | Self::HungUp
+                | Self::Quit
+                | Self::BrokenPipe
+                | Self::OutputFailed
+                | Self::Exec
+        )
+    }
+}
+
 /// Ctrl-C, SIGTERM, SIGHUP, SIGQUIT, SIGPIPE and the `--duration`
 /// deadline: every signal whose default action would end leaktrace without
 /// a final report (only SIGKILL and SIGSTOP cannot be caught).

@@ -10,14 +10,14 @@ use tokio::{
     time::{Instant, sleep_until},
 };
 
-use super::stops::{End, Schedule, Tick, pidfd};
+use super::{
+    stops::{End, Schedule, Tick, pidfd},
+    work::{Totals, Work, off_thread},
+};
 use crate::{
     aggregate::verdict::{Rules, Verdict},
     cli::Args,
-    probes::{
-        Probes,
-        ring::{RecordBatch, RingReader},
-    },
+    probes::{Probes, ring::RingReader},
     report::{
         build::{Ignore, Moment, ReportBuilder, Shape},
         model::{EventTotals, Report, TargetInfo},
@@ -27,7 +27,7 @@ use crate::{
     target::{
         launch::{HeldChild, try_reap},
         privileges::{Credentials, explain_attach_failure},
-        process::{Process, TargetError, open_sockets},
+        process::{Process, TargetError},
     },
     threads::Threads,
 };
@@ -113,7 +113,7 @@ pub(super) struct Outcome {
 
 pub(super) async fn trace(
     ctx: Rc<Ctx>,
-    mut rt: Box<dyn Runtime>,
+    rt: Box<dyn Runtime>,
     mut target: Target,
     mut stop: watch::Receiver<Option<End>>,
     history: Vec<String>,
@@ -126,20 +126,44 @@ pub(super) async fn trace(
     let exit_fd =
         pidfd(pid).map_err(|_| anyhow::Error::from(TargetError::ExitedDuringAttach(pid)))?;
 
-    let mut probes = Probes::load(&rt.probe_globals())?;
-    let attached = rt
-        .attach(&mut probes, &attach_path, pid)
-        .map_err(|e| attach_failure(pid, e))?;
+    let globals = rt.probe_globals();
+    let attach = off_thread(&mut stop, move || -> Result<_> {
+        let mut work = Work {
+            rt,
+            probes: Probes::load(&globals)?,
+        };
+        let attached = work
+            .rt
+            .attach(&mut work.probes, &attach_path, pid)
+            .map_err(|e| attach_failure(pid, e))?;
+        Ok((work, attached))
+    })
+    .await;
+    let (mut w, attached) = match attach {
+        Ok(attached) => attached?,
+        Err(end) => {
+            // Nothing read yet, so no report; a process held for us runs
+            // on (a `-c` command never started: its pipe closes).
+            crate::say!("leaktrace: stopped ({end:?}) while attaching to pid {pid}; no report");
+            if matches!(target, Target::Exec(_)) {
+                target.release()?;
+            }
+            return Ok(Outcome {
+                status: None,
+                worst: Verdict::Ok,
+            });
+        }
+    };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let logger = probes.take_logger();
-    let mut ring = RingReader::spawn(probes.take_ring()?, logger, rt.record_size(), tx);
+    let logger = w.probes.take_logger();
+    let mut ring = RingReader::spawn(w.probes.take_ring()?, logger, w.rt.record_size(), tx);
     let mut warnings = attached.warnings;
-    let mut threads = Threads::start(&mut probes, pid, &mut warnings);
+    let mut threads = Threads::start(&mut w.probes, pid, &mut warnings);
     // Read while it is held: a short program may be gone by the first report.
     let cmdline = ctx.show_cmdline.then(|| cmdline(pid)).flatten();
     // Probes go in by file offset, so a held process runs only now.
     target.release()?;
-    let desc = rt.describe();
+    let desc = w.rt.describe();
     let detail = attached
         .detail
         .map(|d| format!(", {d}"))
@@ -147,28 +171,49 @@ pub(super) async fn trace(
     crate::say!(
         "Attaching to pid {pid} ({exe_display}, {}){detail}, {} probes; Ctrl-C for the final report.",
         desc.version,
-        probes.attached
+        w.probes.attached
     );
     for w in &warnings {
         crate::say!("warning: {w}");
     }
 
-    let kind = rt.kind();
+    let kind = w.rt.kind();
     // What happened to the process before this trace (an exec) stays said.
     let mut notes = history;
+    let mut cut = None;
+    let mut work = None;
     if !fresh && !args.no_snapshot {
-        match rt.snapshot(pid) {
-            Ok(note) => notes.extend(note),
-            Err(e) => {
-                let msg = format!(
-                    "could not read the {} that existed before attach ({e:#}); showing only {} \
-                     seen by the probes since",
-                    kind.tasks, kind.tasks
-                );
-                crate::say!("warning: {msg}");
-                warnings.push(msg);
+        match off_thread(&mut stop, move || {
+            let result = w.rt.snapshot(pid);
+            (w, result)
+        })
+        .await
+        {
+            Ok((back, result)) => {
+                work = Some(back);
+                match result {
+                    Ok(note) => notes.extend(note),
+                    Err(e) => {
+                        let msg = format!(
+                            "could not read the {} that existed before attach ({e:#}); showing \
+                             only {} seen by the probes since",
+                            kind.tasks, kind.tasks
+                        );
+                        crate::say!("warning: {msg}");
+                        warnings.push(msg);
+                    }
+                }
+            }
+            Err(end) => {
+                notes.push(format!(
+                    "stopped while reading the {} that existed before attach: no data",
+                    kind.tasks
+                ));
+                cut = Some(end);
             }
         }
+    } else {
+        work = Some(w);
     }
     let target_info = TargetInfo {
         pid,
@@ -204,6 +249,7 @@ pub(super) async fn trace(
         read_error: None,
         fresh,
         pid,
+        totals: work.as_ref().map(Work::totals).unwrap_or_default(),
     };
     let sample_every = sample_every(args);
     let mut schedule = Schedule::new(args, ctx.deadline);
@@ -211,17 +257,23 @@ pub(super) async fn trace(
     let mut next_sample = Instant::now();
     let mut output_failed = None;
     let end = loop {
+        if let Some(end) = cut {
+            break end;
+        }
         if let Some(end) = *stop.borrow_and_update() {
             break end;
         }
+        let Some(w) = work.as_mut() else {
+            break End::Interrupted;
+        };
         tokio::select! {
-            Some(batch) = rx.recv() => apply(rt.as_mut(), &batch),
+            Some(batch) = rx.recv() => w.apply(&batch),
             _ = sleep_until(next_sample) => {
                 let t0 = Instant::now();
                 while let Ok(batch) = rx.try_recv() {
-                    apply(rt.as_mut(), &batch);
+                    w.apply(&batch);
                 }
-                refresh.run(rt.as_mut(), &mut probes, threads.as_mut());
+                cut = refresh.run(&mut work, &mut stop, threads.as_mut()).await.err();
                 // Reading a huge task table costs leaktrace CPU (never the
                 // target's time): keep that under a fifth of one core.
                 next_sample = Instant::now() + sample_every.max(t0.elapsed() * 5);
@@ -231,11 +283,14 @@ pub(super) async fn trace(
                     // Read the tasks now, not at the last sample: `live`
                     // includes what was spawned since.
                     while let Ok(batch) = rx.try_recv() {
-                        apply(rt.as_mut(), &batch);
+                        w.apply(&batch);
                     }
-                    refresh.run(rt.as_mut(), &mut probes, threads.as_mut());
+                    cut = refresh.run(&mut work, &mut stop, threads.as_mut()).await.err();
+                    if cut.is_some() {
+                        continue;
+                    }
                     next_sample = Instant::now() + sample_every;
-                    let report = refresh.report(false, Moment::Live, rt.as_ref(), &probes);
+                    let report = refresh.report(false, Moment::Live);
                     if let Err(e) = ctx.out.borrow_mut().write(&report) {
                         output_failed = Some(e);
                         break End::OutputFailed;
@@ -264,7 +319,15 @@ pub(super) async fn trace(
     // target one last time if it is still there.
     ring.finish();
     while let Ok(batch) = rx.try_recv() {
-        apply(rt.as_mut(), &batch);
+        if let Some(w) = work.as_mut() {
+            w.apply(&batch);
+        }
+    }
+    if work.is_none() && cut.is_some() && refresh.read_at.is_some() {
+        refresh.builder.notes.push(format!(
+            "stopped during a read of the {}: this is the state as of the previous one",
+            kind.tasks
+        ));
     }
     let mut status = None;
     let mut moment = Moment::Live;
@@ -275,7 +338,7 @@ pub(super) async fn trace(
             Some(s) => format!("the command exited with status {s}"),
             None => "the target exited".to_string(),
         };
-        match rt.at_exit() {
+        match work.as_mut().and_then(|w| w.rt.at_exit()) {
             Some(at) => {
                 refresh.views = at.views;
                 moment = Moment::AtExit {
@@ -296,7 +359,14 @@ pub(super) async fn trace(
                 .to_string(),
         );
     } else {
-        refresh.run(rt.as_mut(), &mut probes, threads.as_mut());
+        if cut.is_none() {
+            // The last read is not cut short: the signal was acted on.
+            let (_keep, mut never) = watch::channel(None);
+            refresh
+                .run(&mut work, &mut never, threads.as_mut())
+                .await
+                .ok();
+        }
         if is_child {
             // We started it; tracing is over, so is its run. (On Ctrl-C
             // the terminal already sent it SIGINT.)
@@ -315,11 +385,14 @@ pub(super) async fn trace(
             .notes
             .push(format!("reading the {} failed: {e}", kind.tasks));
     }
-    let report = refresh.report(true, moment, rt.as_ref(), &probes);
+    if let Some(w) = &work {
+        refresh.totals = w.totals();
+    }
+    let report = refresh.report(true, moment);
     if output_failed.is_none() {
         output_failed = ctx.out.borrow_mut().write(&report).err();
     }
-    drop(probes);
+    drop(work);
     if sent_sigterm {
         // Give the command its graceful shutdown: leaktrace's exit kills
         // whatever is left of it (PR_SET_PDEATHSIG, `target/launch.rs`).
@@ -364,27 +437,44 @@ struct Refresh {
     /// Held before its first instruction: a failed read may just be early.
     fresh: bool,
     pid: u32,
+    /// Event totals as of the last time the runtime was at hand.
+    totals: Totals,
 }
 
 impl Refresh {
-    /// Read the threads and the tasks now, and sample the trends.
-    fn run(&mut self, rt: &mut dyn Runtime, probes: &mut Probes, threads: Option<&mut Threads>) {
+    /// Read the threads, then the tasks (on a blocking thread, taking the
+    /// work there and back), and sample the trends. `Err(end)`: `stop`
+    /// came first; the work stays away (`None`) and the views are the
+    /// previous read's.
+    async fn run(
+        &mut self,
+        work: &mut Option<Work>,
+        stop: &mut watch::Receiver<Option<End>>,
+        threads: Option<&mut Threads>,
+    ) -> Result<(), End> {
         if let Some(t) = threads {
             self.builder.threads = Some(t.sample());
         }
-        // Events are applied on this thread, so none lands during the
-        // read: the views are the table as of these counts.
-        let started = (Instant::now(), rt.counts());
-        let result = rt.refresh(probes, self.pid);
-        for note in rt.take_notes() {
+        let Some(mut w) = work.take() else {
+            return Ok(());
+        };
+        let pid = self.pid;
+        let (w, read) = off_thread(stop, move || {
+            let read = w.read(pid);
+            (w, read)
+        })
+        .await?;
+        self.totals = w.totals();
+        *work = Some(w);
+        for note in read.notes {
             crate::say!("note: {note}");
             self.builder.notes.push(note);
         }
-        match result {
+        match read.result {
             Ok(Some(views)) => {
                 self.views = views;
-                self.read_at = Some(started);
-                self.builder.record(&self.views, open_sockets(self.pid));
+                self.read_at = Some(read.started);
+                self.builder.record(&self.views, read.sockets);
             }
             Ok(None) => {}
             // A process we started may not run its program yet; otherwise
@@ -392,15 +482,20 @@ impl Refresh {
             Err(e) if !self.fresh => self.read_error = Some(format!("{e:#}")),
             Err(_) => {}
         }
+        Ok(())
     }
 
-    fn report(&self, is_final: bool, moment: Moment, rt: &dyn Runtime, probes: &Probes) -> Report {
-        let counts = rt.counts();
-        let lifetimes: HashMap<_, _> = rt.lifetimes().into_iter().collect();
+    fn report(&self, is_final: bool, moment: Moment) -> Report {
+        let Totals {
+            counts,
+            lifetimes,
+            lost,
+        } = self.totals.clone();
+        let lifetimes: HashMap<_, _> = lifetimes.into_iter().collect();
         let mut report = self.builder.build(
             is_final,
             moment,
-            EventTotals::new(counts.clone(), probes.lost()),
+            EventTotals::new(counts.clone(), lost),
             &self.views,
             &lifetimes,
         );
@@ -417,12 +512,6 @@ impl Refresh {
             (Moment::Live, None) => {}
         }
         report
-    }
-}
-
-fn apply(rt: &mut dyn Runtime, batch: &RecordBatch) {
-    for record in batch.records() {
-        rt.apply(record);
     }
 }
 
