@@ -29,6 +29,17 @@ fn trace_across_exec(fx: &Fixture, new_program_count: Option<&str>) -> (Vec<Repo
     let pid = fx.pid().to_string();
     let mut lt = Traced::start(&["--format", "json", "--pid", &pid, "0.5"]);
     lt.wait_stderr("Attaching to pid", 1, Duration::from_secs(30));
+    // A report of the first program first (an exec before any read would
+    // leave its trace nothing to say).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !lt.stdout().iter().any(|l| l.starts_with('{')) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no report: {}",
+            lt.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // SAFETY: signalling the fixture we started.
     unsafe { libc::kill(fx.pid() as i32, libc::SIGUSR2) };
     lt.wait_stderr(&format!("pid {pid} exec'd"), 1, Duration::from_secs(30));
