@@ -9,13 +9,9 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use leaktrace_e2e::{BuildMode, Fixture, GoProgram, build_go};
+use leaktrace_e2e::{BuildMode, Fixture};
 
 const GEN2: u64 = 40;
-
-fn go_exec(go: &leaktrace_e2e::GoToolchain, mode: BuildMode) -> std::path::PathBuf {
-    build_go(GoProgram::Module("go-exec"), go, mode)
-}
 
 fn numgoroutine(line: &str) -> u64 {
     line["numgoroutine ".len()..].trim().parse().expect("count")

@@ -336,11 +336,7 @@ fn a_signal_cuts_a_long_read_short() {
         return;
     }
     let go = one_go("1.26");
-    let bin = leaktrace_e2e::build_go(
-        leaktrace_e2e::GoProgram::Module("go-exec"),
-        &go,
-        BuildMode::Plain,
-    );
+    let bin = go_exec(&go, BuildMode::Plain);
     let fx = Fixture::start(&bin, ["-n", "100000"]);
     let truth: u64 = fx.wait_for_line("numgoroutine ", Duration::from_secs(60))
         ["numgoroutine ".len()..]

@@ -21,7 +21,7 @@ use std::{
 };
 
 use common::*;
-use leaktrace_e2e::{BuildMode, Fixture, GoProgram, build_go};
+use leaktrace_e2e::{BuildMode, Fixture};
 
 const USER: &str = "leaktrace-e2e";
 
@@ -76,6 +76,17 @@ fn run_as_user(ambient: Option<&str>, program: &Path, args: &[&str]) -> Output {
         .expect("setpriv")
 }
 
+/// `go-exec -n N` running as [`USER`].
+fn own_process(bin: &Path, n: &str) -> Fixture {
+    Fixture::start(
+        "setpriv",
+        as_user(None)
+            .iter()
+            .map(String::as_str)
+            .chain([bin.to_str().unwrap(), "-n", n]),
+    )
+}
+
 /// A private copy of leaktrace the user can run, in its own directory.
 fn copy_of_leaktrace(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("leaktrace-e2e-priv-{}-{tag}", std::process::id()));
@@ -112,15 +123,9 @@ fn a_capability_granted_copy_traces_its_users_processes_only() {
         return;
     }
     let go = one_go("1.26");
-    let bin = build_go(GoProgram::Module("go-exec"), &go, BuildMode::Plain);
+    let bin = go_exec(&go, BuildMode::Plain);
     let copy = copy_of_leaktrace("granted");
-    let own = Fixture::start(
-        "setpriv",
-        as_user(None)
-            .iter()
-            .map(String::as_str)
-            .chain([bin.to_str().unwrap(), "-n", "20"]),
-    );
+    let own = own_process(&bin, "20");
     let own_pid = own.pid().to_string();
 
     // Without capabilities: refused, naming what it needs.
@@ -203,15 +208,9 @@ fn missing_capabilities_and_setuid_are_named() {
         return;
     }
     let go = one_go("1.26");
-    let bin = build_go(GoProgram::Module("go-exec"), &go, BuildMode::Plain);
+    let bin = go_exec(&go, BuildMode::Plain);
     let copy = copy_of_leaktrace("named");
-    let own = Fixture::start(
-        "setpriv",
-        as_user(None)
-            .iter()
-            .map(String::as_str)
-            .chain([bin.to_str().unwrap(), "-n", "5"]),
-    );
+    let own = own_process(&bin, "5");
     let pid = own.pid().to_string();
 
     // What the README once said (CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE):
@@ -247,7 +246,7 @@ fn tracefs_is_mounted_privately() {
         return;
     }
     let go = one_go("1.26");
-    let bin = build_go(GoProgram::Module("go-exec"), &go, BuildMode::Plain);
+    let bin = go_exec(&go, BuildMode::Plain);
     let fx = Fixture::start(&bin, ["-n", "5"]);
     // A namespace of the test's own without tracefs, so the host's stays.
     let script = format!(

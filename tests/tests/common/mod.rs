@@ -419,6 +419,11 @@ pub fn one_go(version: &str) -> GoToolchain {
         .expect("no Go toolchain installed: run `cargo xtask setup`")
 }
 
+/// `tests/fixtures/go-exec`: leaks, prints its count, execs on SIGUSR2.
+pub fn go_exec(go: &GoToolchain, mode: BuildMode) -> PathBuf {
+    leaktrace_e2e::build_go(leaktrace_e2e::GoProgram::Module("go-exec"), go, mode)
+}
+
 pub fn build(name: &str, go: &GoToolchain, mode: BuildMode) -> PathBuf {
     build_fixture(name, go, mode)
 }
