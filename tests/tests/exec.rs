@@ -223,3 +223,63 @@ fn a_command_that_re_execs_itself_is_followed() {
         last.live()
     );
 }
+
+/// `-f`: a followed Go program that re-execs itself from one of its threads
+/// (not the leader, as Go does) is followed into its new image too.
+#[test]
+fn follow_mode_sees_a_go_re_exec() {
+    if !ebpf_available("follow_mode_sees_a_go_re_exec") {
+        return;
+    }
+    let go = one_go("1.26");
+    let bin = go_exec(&go, BuildMode::Plain);
+    let out = tempfile_path("exec-f.jsonl");
+    let out_s = out.to_string_lossy().into_owned();
+    let bin_s = bin.to_string_lossy().into_owned();
+    let lt = Traced::start(&[
+        "--format", "json", "--output", &out_s, "-f", "-c", &bin_s, "-n", "30", "-n2", "40",
+        "-hold", "3s",
+    ]);
+    let line = |prefix: &str, n: usize| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let lines: Vec<String> = lt
+                .stdout()
+                .into_iter()
+                .filter(|l| l.starts_with(prefix))
+                .collect();
+            if lines.len() >= n {
+                return lines[n - 1].clone();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {prefix}: {}",
+                lt.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let pid: i32 = line("pid ", 1)[4..].parse().unwrap();
+    line("numgoroutine ", 1);
+    // SAFETY: signalling the command leaktrace started for us.
+    unsafe { libc::kill(pid, libc::SIGUSR2) };
+    let n = numgoroutine(&line("numgoroutine ", 2));
+    let (code, _, stderr) = lt.finish();
+    assert_eq!(code, Some(0), "{stderr}");
+    let reports = parse_reports(&std::fs::read_to_string(&out).unwrap_or_default());
+    let _ = std::fs::remove_file(&out);
+    let finals: Vec<&Report> = reports.iter().filter(|r| r.0["final"] == true).collect();
+    assert_eq!(finals.len(), 2, "one trace per image: {stderr}");
+    let last = finals[1];
+    assert_eq!(last.live(), n, "{}\n{stderr}", last.summary());
+    assert_eq!(
+        last.groups_at("main.sendForever").len(),
+        1,
+        "{}",
+        last.summary()
+    );
+    println!(
+        "-f: re-exec followed, second image's final live {} = NumGoroutine",
+        last.live()
+    );
+}

@@ -206,6 +206,10 @@ impl FollowProbes {
             newtask_pid: field("pid")?,
             newtask_clone_flags: field("clone_flags")?,
             hold: u32::from(watch == Watch::Descendants),
+            exit_group_dead: tracefs::field(&tracefs, "sched/sched_process_exit", "group_dead")
+                .map(|f| f.offset)
+                .unwrap_or(0),
+            _pad: 0,
         };
         let mut probes = Probes::load(&[])?;
         let ebpf = probes.ebpf_mut();
