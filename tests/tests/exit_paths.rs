@@ -187,6 +187,13 @@ fn every_exit_path_prints_a_final_report_and_detaches() {
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(reports.len(), 3, "{stderr}");
     assert!(reports[..2].iter().all(|r| r.0["final"] == false) && reports[2].0["final"] == true);
+    // Each says how old its data is (read just before it was written).
+    for r in &reports {
+        let age = r.0["data_age_s"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{}", r.0));
+        assert!(age >= 0.0, "{}", r.0);
+    }
     assert_eq!(still_loaded(&held), Vec::<String>::new());
     println!("INTERVAL COUNT: 3 reports, the last one final, probes detached");
 }

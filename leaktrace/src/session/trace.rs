@@ -504,15 +504,20 @@ impl Refresh {
             (Moment::AtExit { .. }, _) => report.data_age_s = Some(0.0),
             (Moment::Live, Some((at, then))) => {
                 report.data_age_s = Some(at.elapsed().as_secs_f64());
-                let spawned = counts.spawn.saturating_sub(then.spawn);
-                // (Corrections happen during reads: already in the views.)
-                let ended = counts.exit.saturating_sub(then.exit);
-                report.live = (report.live + spawned).saturating_sub(ended);
+                report.live = live_since(report.live, then, &counts);
             }
             (Moment::Live, None) => {}
         }
         report
     }
+}
+
+/// The live count a read found, moved on by the spawns and exits the
+/// probes saw since it. (Corrections happen during reads: already in it.)
+fn live_since(read: u64, then: &TaskCounts, now: &TaskCounts) -> u64 {
+    let spawned = now.spawn.saturating_sub(then.spawn);
+    let ended = now.exit.saturating_sub(then.exit);
+    (read + spawned).saturating_sub(ended)
 }
 
 /// Trends need several samples even in a short window.
@@ -554,5 +559,29 @@ fn attach_failure(pid: u32, e: anyhow::Error) -> anyhow::Error {
         TargetError::ExitedDuringAttach(pid).into()
     } else {
         explain_attach_failure(&Credentials::current(), e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_counts_the_events_since_the_read() {
+        let counts = |spawn, exit, corrected| TaskCounts {
+            spawn,
+            exit,
+            corrected,
+            extra: Vec::new(),
+        };
+        let then = counts(100, 40, 2);
+        // 30 spawned and 5 exited since a read that found 60.
+        assert_eq!(live_since(60, &then, &counts(130, 45, 9)), 85);
+        assert_eq!(live_since(60, &then, &then), 60, "nothing since");
+        assert_eq!(
+            live_since(3, &then, &counts(100, 50, 2)),
+            0,
+            "never below 0"
+        );
     }
 }
