@@ -44,8 +44,9 @@ impl End {
     /// A person or the system wants leaktrace to stop now: slow work in
     /// progress (an attach, a read of the tasks) is not waited for. A
     /// planned end (`--duration`, COUNT, the command's exit) lets it finish,
-    /// so the final report has its data. An exec cuts it too: the memory
-    /// being read is another program's now.
+    /// so the final report has its data; so does SIGPIPE, which a closed
+    /// stderr raises while the report's output may be fine. An exec cuts
+    /// it too: the memory being read is another program's now.
     pub(super) fn cuts_work(self) -> bool {
         matches!(
             self,
@@ -53,7 +54,6 @@ impl End {
                 | Self::Terminated
                 | Self::HungUp
                 | Self::Quit
-                | Self::BrokenPipe
                 | Self::OutputFailed
                 | Self::Exec
         )

@@ -182,6 +182,9 @@ pub(super) async fn trace(
     let mut notes = history;
     let mut cut = None;
     let mut work = None;
+    // Kept for a report made without the runtime (a snapshot cut short):
+    // the same JSON keys as every other report.
+    let totals = w.totals();
     if !fresh && !args.no_snapshot {
         match off_thread(&mut stop, move || {
             let result = w.rt.snapshot(pid);
@@ -249,7 +252,7 @@ pub(super) async fn trace(
         read_error: None,
         fresh,
         pid,
-        totals: work.as_ref().map(Work::totals).unwrap_or_default(),
+        totals: work.as_ref().map_or(totals, Work::totals),
     };
     let sample_every = sample_every(args);
     let mut schedule = Schedule::new(args, ctx.deadline);
