@@ -373,6 +373,11 @@ fn a_signal_cuts_a_long_read_short() {
         "no data was read after the signal: {}",
         last.summary()
     );
+    assert!(
+        last.0["events"]["park"].is_u64(),
+        "the usual keys: {}",
+        last.0["events"]
+    );
     assert_eq!(
         still_loaded(&held),
         Vec::<String>::new(),
