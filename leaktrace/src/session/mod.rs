@@ -1,8 +1,8 @@
-//! A tracing session: one process (`--pid`, `-c`) or a command and every
-//! Go or tokio program it starts (`-f`). Each process is traced by the same
-//! loop ([`trace`]); this module starts them, tells them when to stop
-//! (Ctrl-C, SIGTERM, `--duration`), and turns their outcomes into leaktrace's
-//! exit status. Every way out ends each trace with a final report and drops
+//! A tracing session: one process across the programs it executes
+//! (`--pid`, `-c`; [`one`]) or a command and every Go or tokio program it
+//! starts (`-f`). Each program is traced by the same loop ([`trace`]); this
+//! module starts them, tells them when to stop (signals, `--duration`), and
+//! turns their outcomes into leaktrace's exit status. Every way out ends each trace with a final report and drops
 //! its probes, which detaches them; an error drops them on its way out too.
 mod follow;
 mod one;
