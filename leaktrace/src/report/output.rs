@@ -3,13 +3,15 @@ use std::io::Write;
 
 use anyhow::Result;
 
-use super::{json, model::Report, text};
+use super::{json, model::Report, text, tui::Tui};
 
 pub use text::TextStyle;
 
 pub enum Form {
     Text(TextStyle),
     Json,
+    /// `--tui`: a full-screen table, then the final report as text.
+    Tui(Tui),
 }
 
 pub struct Output {
@@ -25,9 +27,10 @@ impl Output {
     /// Write one report, flushed. A failure is an [`OutputFailed`]: the
     /// reader of a pipe went away, stdout was closed, the disk is full.
     pub fn write(&mut self, report: &Report) -> Result<(), OutputFailed> {
-        match &self.form {
+        match &mut self.form {
             Form::Json => json::write(self.out.as_mut(), report),
             Form::Text(style) => text::write(self.out.as_mut(), report, style),
+            Form::Tui(tui) => tui.show(self.out.as_mut(), report),
         }
         .and_then(|()| Ok(self.out.flush()?))
         .map_err(OutputFailed)

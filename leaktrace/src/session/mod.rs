@@ -2,10 +2,13 @@
 //! (`--pid`, `-c`; [`one`]) or a command and every Go or tokio program it
 //! starts (`-f`). Each program is traced by the same loop ([`trace`]); this
 //! module starts them, tells them when to stop (signals, `--duration`), and
-//! turns their outcomes into leaktrace's exit status. Every way out ends each trace with a final report and drops
-//! its probes, which detaches them; an error drops them on its way out too.
+//! turns their outcomes into leaktrace's exit status. Every way out ends
+//! each trace with a final report and drops its probes, which detaches
+//! them; an error drops them on its way out too.
+mod exports;
 mod follow;
 mod one;
+mod serve;
 mod stops;
 mod trace;
 mod work;
@@ -22,7 +25,10 @@ use self::{
 use crate::{
     aggregate::verdict::Verdict,
     cli::{Args, Color, EXIT_FAIL_ON, FailOn, Format},
-    report::output::{Form, Output, TextStyle},
+    report::{
+        output::{Form, Output, TextStyle},
+        tui::Tui,
+    },
     runtime::Runtime,
     target::launch::HeldChild,
 };
@@ -39,10 +45,15 @@ pub enum Launch {
 }
 
 pub async fn run(args: &Args, launch: Launch) -> Result<i32> {
+    let exports = exports::Exports::new(args)?;
+    if let Some(addr) = args.listen {
+        serve::spawn(serve::bind(addr)?, exports.latest.clone());
+    }
     let signals = Signals::new(args)?;
     let ctx = Rc::new(Ctx {
         args: args.clone(),
         out: RefCell::new(output(args)?),
+        exports,
         deadline: signals.deadline,
         show_cmdline: matches!(launch, Launch::Follow { .. }),
     });
@@ -82,6 +93,7 @@ fn output(args: &Args) -> Result<Output> {
         None => Box::new(std::io::stdout()),
     };
     let form = match args.format {
+        _ if args.tui => Form::Tui(Tui::start(args.stacks)?),
         Format::Json => Form::Json,
         Format::Text => Form::Text(TextStyle {
             color: match args.color {
@@ -90,6 +102,7 @@ fn output(args: &Args) -> Result<Output> {
                 Color::Auto => args.output.is_none() && std::io::stdout().is_terminal(),
             },
             stacks: args.stacks,
+            trend: args.output.is_none() && std::io::stdout().is_terminal(),
         }),
     };
     Ok(Output::new(out, form))

@@ -95,6 +95,8 @@ impl Target {
 pub(super) struct Ctx {
     pub args: Args,
     pub out: RefCell<Output>,
+    /// `--pprof`, `--folded`, `--listen`: each report goes there too.
+    pub exports: super::exports::Exports,
     /// When `--duration` ends (the same for every process).
     pub deadline: Option<Instant>,
     /// The command line, said in each report when several processes are
@@ -164,6 +166,7 @@ pub(super) async fn trace(
     // Probes go in by file offset, so a held process runs only now.
     target.release()?;
     let desc = w.rt.describe();
+    let probes_attached = w.probes.attached;
     let detail = attached
         .detail
         .map(|d| format!(", {d}"))
@@ -171,7 +174,7 @@ pub(super) async fn trace(
     crate::say!(
         "Attaching to pid {pid} ({exe_display}, {}){detail}, {} probes; Ctrl-C for the final report.",
         desc.version,
-        w.probes.attached
+        probes_attached
     );
     for w in &warnings {
         crate::say!("warning: {w}");
@@ -298,6 +301,7 @@ pub(super) async fn trace(
                         output_failed = Some(e);
                         break End::OutputFailed;
                     }
+                    ctx.exports.publish(&report, probes_attached);
                 }
                 Tick::End(end) => break end,
             },
@@ -395,6 +399,7 @@ pub(super) async fn trace(
     if output_failed.is_none() {
         output_failed = ctx.out.borrow_mut().write(&report).err();
     }
+    ctx.exports.publish(&report, probes_attached);
     drop(work);
     if sent_sigterm {
         // Give the command its graceful shutdown: leaktrace's exit kills
