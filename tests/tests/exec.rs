@@ -178,30 +178,11 @@ fn a_command_that_re_execs_itself_is_followed() {
         "--format", "json", "--output", &out_s, "-c", &bin_s, "-n", "30", "-n2", "40", "-hold",
         "3s",
     ]);
-    let wait_line = |lt: &Traced, prefix: &str, n: usize| {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let lines: Vec<String> = lt
-                .stdout()
-                .into_iter()
-                .filter(|l| l.starts_with(prefix))
-                .collect();
-            if lines.len() >= n {
-                return lines[n - 1].clone();
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no {prefix}: {}",
-                lt.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
-    let pid: i32 = wait_line(&lt, "pid ", 1)[4..].parse().unwrap();
-    wait_line(&lt, "numgoroutine ", 1);
+    let pid: i32 = lt.wait_stdout("pid ", 1)[4..].parse().unwrap();
+    lt.wait_stdout("numgoroutine ", 1);
     // SAFETY: signalling the command leaktrace started for us.
     unsafe { libc::kill(pid, libc::SIGUSR2) };
-    let n = numgoroutine(&wait_line(&lt, "numgoroutine ", 2));
+    let n = numgoroutine(&lt.wait_stdout("numgoroutine ", 2));
     lt.wait_stderr("Attaching to pid", 2, Duration::from_secs(30));
     // Generation 2 ends by itself after -hold: its exit ends the session.
     let (code, _, stderr) = lt.finish();
@@ -240,30 +221,11 @@ fn follow_mode_sees_a_go_re_exec() {
         "--format", "json", "--output", &out_s, "-f", "-c", &bin_s, "-n", "30", "-n2", "40",
         "-hold", "3s",
     ]);
-    let line = |prefix: &str, n: usize| {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let lines: Vec<String> = lt
-                .stdout()
-                .into_iter()
-                .filter(|l| l.starts_with(prefix))
-                .collect();
-            if lines.len() >= n {
-                return lines[n - 1].clone();
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no {prefix}: {}",
-                lt.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
-    let pid: i32 = line("pid ", 1)[4..].parse().unwrap();
-    line("numgoroutine ", 1);
+    let pid: i32 = lt.wait_stdout("pid ", 1)[4..].parse().unwrap();
+    lt.wait_stdout("numgoroutine ", 1);
     // SAFETY: signalling the command leaktrace started for us.
     unsafe { libc::kill(pid, libc::SIGUSR2) };
-    let n = numgoroutine(&line("numgoroutine ", 2));
+    let n = numgoroutine(&lt.wait_stdout("numgoroutine ", 2));
     let (code, _, stderr) = lt.finish();
     assert_eq!(code, Some(0), "{stderr}");
     let reports = parse_reports(&std::fs::read_to_string(&out).unwrap_or_default());

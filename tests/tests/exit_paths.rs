@@ -305,14 +305,7 @@ fn a_killed_leaktrace_takes_its_command_with_it() {
     let bin_s = bin.to_string_lossy().into_owned();
     let mut lt = Traced::start(&["--format", "json", "-c", &bin_s, "-n", "5", "-hold", "60s"]);
     lt.wait_stderr("Attaching to pid", 1, Duration::from_secs(30));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let pid: u32 = loop {
-        if let Some(l) = lt.stdout().iter().find(|l| l.starts_with("pid ")) {
-            break l[4..].trim().parse().expect("pid");
-        }
-        assert!(Instant::now() < deadline, "the command printed no pid");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let pid: u32 = lt.wait_stdout("pid ", 1)[4..].trim().parse().expect("pid");
     lt.signal(libc::SIGKILL);
     let _ = lt.finish();
     // Gone, or a zombie waiting for its new parent to reap it.

@@ -622,6 +622,28 @@ impl Traced {
         }
     }
 
+    /// The `n`th stdout line starting with `prefix` (a `-c` command's
+    /// output passes through leaktrace's), waiting up to 30 s for it.
+    pub fn wait_stdout(&self, prefix: &str, n: usize) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let lines: Vec<String> = self
+                .stdout()
+                .into_iter()
+                .filter(|l| l.starts_with(prefix))
+                .collect();
+            if lines.len() >= n {
+                return lines[n - 1].clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no line {n} starting with {prefix:?}: {}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Sends `sig` to leaktrace.
     pub fn signal(&self, sig: i32) {
         // SAFETY: signalling our own child.
