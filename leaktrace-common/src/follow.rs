@@ -16,9 +16,16 @@ pub struct FollowConfig {
     /// its probes are attached before its first instruction; leaktrace
     /// continues it (SIGCONT) within milliseconds.
     pub hold: u32,
+    /// `sched_process_exit`: offset of `group_dead` (Linux ≥ 6.16), 0 when
+    /// the kernel has no such field. A process leaves the followed set only
+    /// when its whole thread group is dead: an exec from a thread other than
+    /// the leader (Go's syscall.Exec) first ends the old leader thread, and
+    /// that must not hide the exec that follows.
+    pub exit_group_dead: u32,
+    pub _pad: u32,
 }
 
-const _: () = assert!(size_of::<FollowConfig>() == 16);
+const _: () = assert!(size_of::<FollowConfig>() == 24);
 
 /// A followed process executed a new program (`sched_process_exec`).
 #[repr(C)]

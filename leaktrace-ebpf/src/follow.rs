@@ -89,13 +89,21 @@ pub fn follow_exec(_ctx: TracePointContext) -> u32 {
 }
 
 #[tracepoint]
-pub fn follow_exit(_ctx: TracePointContext) -> u32 {
-    if config().is_none() {
+pub fn follow_exit(ctx: TracePointContext) -> u32 {
+    let Some(cfg) = config() else {
         return 0;
-    }
+    };
     let pid_tgid = bpf_get_current_pid_tgid();
     let (pid, tgid) = (pid_tgid as u32, (pid_tgid >> 32) as u32);
-    if pid == tgid {
+    let gone = if cfg.exit_group_dead != 0 {
+        // SAFETY: the offset comes from this kernel's format file.
+        unsafe { ctx.read_at::<u8>(cfg.exit_group_dead as usize) }.unwrap_or(0) != 0
+    } else {
+        // Older kernels: the leader's exit (an exec from another thread
+        // is then missed, as before).
+        pid == tgid
+    };
+    if gone {
         let _ = FOLLOWED.remove(&tgid);
     }
     0

@@ -27,9 +27,15 @@ blocked when the program ended; each with its cause and fix when recognised
 and flat, or growth that follows open sockets; `ok` = anything else, including
 the main goroutine and a server's idle connections.
 
-Needs Linux ≥ 5.8 with BTF and uprobes, and root (or CAP_BPF, CAP_PERFMON and
-CAP_SYS_PTRACE). The target is never stopped: probes only copy a few words and
-its memory is only read."
+Needs Linux ≥ 5.8 with BTF and uprobes, and root, or CAP_SYS_ADMIN (uprobes
+need it on Linux 6.18), CAP_DAC_READ_SEARCH (tracefs: threads, exec) and, under
+Yama ptrace_scope ≥ 1, CAP_SYS_PTRACE; a capability-granted copy traces only its
+user's own processes (README §Privileges). The target is never stopped: probes
+only copy a few words and its memory is only read.
+
+Exit status: the command's own with -c (3 if --fail-on matched), 0 with --pid,
+2 when leaktrace fails (the message names the fix), 4 when its report output
+cannot be written (a closed stdout or pipe)."
 )]
 pub struct Args {
     /// Process to trace.
@@ -182,6 +188,10 @@ pub enum FailOn {
 
 /// `--fail-on` matched.
 pub const EXIT_FAIL_ON: i32 = 3;
+
+/// The report output could not be written (stdout closed, its pipe's reader
+/// gone, disk full): tracing stopped there, everything detached.
+pub const EXIT_OUTPUT_FAILED: i32 = 4;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Format {

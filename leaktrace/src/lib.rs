@@ -5,9 +5,11 @@
 //! `threads` (the OS-thread slice) → `aggregate` (groups, trends,
 //! verdicts) → `runtime` (the seam; Go and tokio behind it) → `probes`
 //! (eBPF load/attach, ring buffer) → `symbols` (DWARF, native) → `target`
-//! (the process, its ELF, read-only memory, clocks).
+//! (the process, its ELF, read-only memory, clocks). `console` (stderr
+//! messages that never panic) is a leaf every layer may use.
 pub mod aggregate;
 pub mod cli;
+pub mod console;
 pub mod probes;
 pub mod report;
 pub mod runtime;

@@ -1,17 +1,20 @@
 //! `leaktrace`: parse the arguments, run a session, turn errors into
 //! messages that name the fix, and exit with a meaningful code.
-use std::{path::Path, process::ExitCode};
+use std::{io::Write as _, path::Path, process::ExitCode};
 
 use anyhow::{Result, bail};
 use clap::Parser;
 use leaktrace::{
-    cli::Args,
+    cli::{Args, EXIT_OUTPUT_FAILED},
+    probes::tracefs,
+    report::output::OutputFailed,
     runtime::{self, Options},
     session::{self, Launch, Target},
     target::{
         elf::ElfFile,
         launch::{HeldChild, resolve},
-        process::{Process, check_kernel, check_privileges},
+        privileges::{ChildRights, Credentials, check_may_trace, check_privileges, refuse_setuid},
+        process::{Process, check_kernel},
     },
 };
 
@@ -20,8 +23,15 @@ fn main() -> ExitCode {
     let args = Args::parse();
     match run(&args) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        // A closed output is said on stderr if that still works, and has
+        // its own status, so `leaktrace … | head` is not taken for a failure
+        // to trace.
+        Err(e) if e.downcast_ref::<OutputFailed>().is_some() => {
+            leaktrace::say!("leaktrace: {e:#}");
+            ExitCode::from(EXIT_OUTPUT_FAILED as u8)
+        }
         Err(e) => {
-            eprintln!("leaktrace: error: {e:#}");
+            leaktrace::say!("leaktrace: error: {e:#}");
             ExitCode::from(2)
         }
     }
@@ -35,21 +45,25 @@ fn run(args: &Args) -> Result<i32> {
         explain_probes(program, options)?;
         return Ok(0);
     }
+    let creds = Credentials::current();
+    refuse_setuid(&creds)?;
+    let child_rights = ChildRights::for_caller(&creds);
     // Everything that can be checked before touching the kernel is checked
     // first, so bad input fails fast and clearly.
     let launch = match (args.pid, args.command.first()) {
         (None, Some(cmd)) if args.follow => {
             let program = resolve(cmd)?;
-            check_privileges()?;
+            check_privileges(&creds)?;
             check_kernel()?;
             // Fork before any thread exists (the tokio runtime starts below).
             Launch::Follow {
-                child: HeldChild::spawn(&program, &args.command)?,
+                child: HeldChild::spawn(&program, &args.command, child_rights)?,
             }
         }
         (Some(pid), _) => {
             let proc = Process::open(pid)?;
-            check_privileges()?;
+            check_privileges(&creds)?;
+            check_may_trace(&creds, pid)?;
             check_kernel()?;
             Launch::One {
                 rt: runtime::open(&proc.exe_link, options)?,
@@ -58,7 +72,7 @@ fn run(args: &Args) -> Result<i32> {
         }
         (None, Some(cmd)) => {
             let program = resolve(cmd)?;
-            check_privileges()?;
+            check_privileges(&creds)?;
             check_kernel()?;
             let rt = runtime::open(&program, options).map_err(|e| {
                 e.context(format!(
@@ -68,7 +82,7 @@ fn run(args: &Args) -> Result<i32> {
                 ))
             })?;
             // Fork before any thread exists (the tokio runtime starts below).
-            let child = HeldChild::spawn(&program, &args.command)?;
+            let child = HeldChild::spawn(&program, &args.command, child_rights)?;
             Launch::One {
                 rt,
                 target: Target::Command(child),
@@ -76,10 +90,19 @@ fn run(args: &Args) -> Result<i32> {
         }
         (None, None) => bail!("nothing to trace: give --pid PID or -c COMMAND (see --help)"),
     };
+    // While single-threaded: a tracefs leaktrace has to mount goes into a
+    // mount namespace of its own (`probes/tracefs.rs`). A failure is said
+    // where tracefs is needed (threads, execs).
+    let _ = tracefs::ensure_mounted();
     let tokio_rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    tokio_rt.block_on(session::run(args, launch))
+    let result = tokio_rt.block_on(session::run(args, launch));
+    // Work a stop cut short (an attach, a read of the tasks) may still run
+    // on a blocking thread: leaktrace does not wait for it. Its exit ends it,
+    // and the kernel detaches the probes of a process that is gone.
+    tokio_rt.shutdown_background();
+    result
 }
 
 /// `--explain-probes`: the probe plan of a program, as JSON on stdout.
@@ -111,6 +134,9 @@ fn explain_probes(program: &Path, options: Options) -> Result<()> {
         "runtime_version": rt.describe().version,
         "probes": probes,
     });
-    println!("{listing}");
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{listing}")
+        .and_then(|()| out.flush())
+        .map_err(|e| OutputFailed(e.into()))?;
     Ok(())
 }

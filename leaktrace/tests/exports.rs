@@ -68,6 +68,7 @@ fn report(groups: Vec<GroupReport>, omitted: Vec<GroupReport>) -> Report {
         },
         events: EventTotals::default(),
         live,
+        data_age_s: Some(0.0),
         system: 0,
         window_s: 3.0,
         groups_omitted: omitted.len(),

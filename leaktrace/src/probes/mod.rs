@@ -178,11 +178,11 @@ impl Probes {
         // and the kernel serializes them: say so rather than look hung.
         let tty = per_probe > 8 && std::io::stderr().is_terminal();
         if tty {
-            eprint!("detaching {per_probe} probes…\r");
+            crate::say_partial!("detaching {per_probe} probes…\r");
         }
         multi::drop_in_pool(uprobes, multi::DETACH_THREADS);
         if tty {
-            eprint!("\x1b[2K");
+            crate::say_partial!("\x1b[2K");
         }
     }
 

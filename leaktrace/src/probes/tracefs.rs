@@ -14,8 +14,11 @@ use anyhow::{Context as _, Result, anyhow, bail};
 
 const MOUNT_POINT: &str = "/sys/kernel/tracing";
 
-/// The tracefs directory, mounting tracefs at its standard place if no one
-/// has (systemd does at boot; minimal VMs and some containers do not).
+/// The tracefs directory. When no one mounted tracefs (systemd does at
+/// boot; minimal VMs and some containers do not), leaktrace mounts it in a
+/// mount namespace of its own, so the host's mounts never change and it
+/// goes away with leaktrace. That needs a single-threaded process (the first
+/// call, from `main`, before the tokio runtime) and CAP_SYS_ADMIN.
 ///
 /// Must run before aya's first tracepoint attach in this process: aya looks
 /// for tracefs once and caches a miss.
@@ -25,27 +28,70 @@ pub fn ensure_mounted() -> Result<PathBuf> {
             return Ok(dir.into());
         }
     }
-    let target = CString::new(MOUNT_POINT).expect("no NUL");
-    let fstype = CString::new("tracefs").expect("no NUL");
-    // SAFETY: valid C strings; no data argument.
-    let rc = unsafe {
-        libc::mount(
-            fstype.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        let err = std::io::Error::last_os_error();
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    if let Some(dir) = tracefs_mounts(&mountinfo).next() {
+        // Mounted, but not readable with this process's rights (mode 0700,
+        // root's): mounting again would only fail with EBUSY.
+        // SAFETY: getuid has no preconditions.
+        let uid = unsafe { libc::getuid() };
         bail!(
-            "tracefs is not mounted and mounting it at {MOUNT_POINT} failed ({err}); \
-             thread tracking needs it: `mount -t tracefs nodev {MOUNT_POINT}`"
+            "tracefs at {dir} is not readable by uid {uid} (it is root's, mode 0700); thread and \
+             exec tracking need its tracepoint ids: run leaktrace as root, or grant it \
+             CAP_DAC_READ_SEARCH too"
         );
     }
-    log::info!("mounted tracefs at {MOUNT_POINT} (thread tracking needs tracepoint ids)");
+    mount_privately().map_err(|e| {
+        anyhow!(
+            "tracefs is not mounted and leaktrace could not mount it in a mount namespace of its \
+             own ({e}); thread and exec tracking need it: `sudo mount -t tracefs nodev \
+             {MOUNT_POINT}`, or run leaktrace as root"
+        )
+    })?;
+    log::info!("mounted tracefs at {MOUNT_POINT} in leaktrace's own mount namespace");
     Ok(MOUNT_POINT.into())
+}
+
+/// A new mount namespace whose mounts do not propagate back, with tracefs
+/// mounted in it.
+fn mount_privately() -> std::io::Result<()> {
+    let root = CString::new("/").expect("no NUL");
+    let target = CString::new(MOUNT_POINT).expect("no NUL");
+    let fstype = CString::new("tracefs").expect("no NUL");
+    // SAFETY: plain system calls on valid C strings; unshare affects only
+    // this (single-threaded) process.
+    let ok = unsafe {
+        libc::unshare(libc::CLONE_NEWNS) == 0
+            && libc::mount(
+                std::ptr::null(),
+                root.as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ) == 0
+            && libc::mount(
+                fstype.as_ptr(),
+                target.as_ptr(),
+                fstype.as_ptr(),
+                0,
+                std::ptr::null(),
+            ) == 0
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Mount points of tracefs in a `/proc/self/mountinfo` text (the fifth
+/// field, where the filesystem type after ` - ` is `tracefs`).
+fn tracefs_mounts(mountinfo: &str) -> impl Iterator<Item = &str> {
+    mountinfo.lines().filter_map(|l| {
+        let (mount, fs) = l.split_once(" - ")?;
+        (fs.split_whitespace().next() == Some("tracefs"))
+            .then(|| mount.split_whitespace().nth(4))
+            .flatten()
+    })
 }
 
 fn is_populated(dir: &Path) -> bool {
@@ -116,6 +162,18 @@ print fmt: \"pid=%d oldcomm=%s newcomm=%s\", REC->pid, REC->oldcomm, REC->newcom
 \tfield:__data_loc char[] child_comm;\toffset:16;\tsize:4;\tsigned:0;
 \tfield:pid_t child_pid;\toffset:20;\tsize:4;\tsigned:1;
 ";
+
+    #[test]
+    fn finds_tracefs_mounts() {
+        let info = "23 1 0:21 / /sys rw,nosuid - sysfs sysfs rw
+42 23 0:13 / /sys/kernel/tracing rw,relatime - tracefs tracefs rw
+";
+        assert_eq!(
+            tracefs_mounts(info).collect::<Vec<_>>(),
+            ["/sys/kernel/tracing"]
+        );
+        assert_eq!(tracefs_mounts("").count(), 0);
+    }
 
     #[test]
     fn reads_offsets_and_sizes() {

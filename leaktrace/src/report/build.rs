@@ -265,6 +265,8 @@ impl ReportBuilder {
             target: self.target.clone(),
             events,
             live,
+            // The session knows when its data was read (`session/trace.rs`).
+            data_age_s: None,
             system,
             window_s,
             groups: reports,

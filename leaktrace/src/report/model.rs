@@ -18,6 +18,10 @@ pub struct Report {
     pub events: EventTotals,
     /// The program's own live goroutines (what `runtime.NumGoroutine()` counts).
     pub live: u64,
+    /// How old the data is: seconds since the memory read the groups come
+    /// from (`live` adds the probes' spawns and exits since); at exit, since
+    /// the exit. `None` until a memory read succeeded (probe events only).
+    pub data_age_s: Option<f64>,
     /// The runtime's own goroutines (GC workers, finalizer…), not in `live`.
     pub system: u64,
     /// The span the growth figures cover.

@@ -64,6 +64,10 @@ pub fn write(out: &mut dyn Write, report: &Report, style: &TextStyle) -> Result<
         e.exit,
         e.lost,
     )?;
+    match report.data_age_s {
+        Some(age) => writeln!(out, "data as of {age:.1} s ago")?,
+        None => writeln!(out, "data: probe events only (no memory read yet)")?,
+    }
     let detail = counters(Shown::Detail);
     if !detail.is_empty() {
         writeln!(out, "  {}", detail.join(", "))?;

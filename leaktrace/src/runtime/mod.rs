@@ -8,6 +8,7 @@
 //! trends, verdicts, reports) only sees those. Adding a runtime means one
 //! new folder here and one line in [`open`].
 pub mod go;
+pub mod none;
 mod task;
 pub mod tokio;
 
@@ -133,7 +134,7 @@ pub struct Options {
 
 /// A runtime, as one session drives it: attach → snapshot → (apply,
 /// refresh)* → detach (by dropping the [`Probes`]).
-pub trait Runtime {
+pub trait Runtime: Send {
     fn kind(&self) -> RuntimeKind;
     fn describe(&self) -> Description;
     /// Globals the probes object needs before it is loaded.

@@ -21,16 +21,18 @@ use super::{
 };
 use crate::{
     probes::{Probes, ring::decode_record, tracefs},
+    report::output::OutputFailed,
     runtime::{self, Options},
     target::{
         launch::{HeldChild, try_reap},
+        privileges::{Credentials, check_may_trace},
         process::Process,
     },
 };
 
 pub(super) async fn run(ctx: Rc<Ctx>, mut child: HeldChild, mut signals: Signals) -> Result<i32> {
     let root = child.pid;
-    let mut follow = FollowProbes::attach(root)?;
+    let mut follow = FollowProbes::attach(root, Watch::Descendants)?;
     let root_exit = pidfd(root)?;
     child.release()?;
     let options = Options {
@@ -41,6 +43,7 @@ pub(super) async fn run(ctx: Rc<Ctx>, mut child: HeldChild, mut signals: Signals
     let mut outcomes: Vec<Outcome> = Vec::new();
     let mut root_status = None;
     let mut ending: Option<End> = None;
+    let mut output_failed = None;
     loop {
         if ending.is_some() && traces.is_empty() {
             break;
@@ -64,7 +67,7 @@ pub(super) async fn run(ctx: Rc<Ctx>, mut child: HeldChild, mut signals: Signals
                             let ctx = ctx.clone();
                             let pid = ev.pid;
                             traces.spawn_local(async move {
-                                (pid, trace(ctx, rt, Target::Exec(proc), rx).await)
+                                (pid, trace(ctx, rt, Target::Exec(proc), rx, Vec::new()).await)
                             });
                         }
                         None => resume(&ev),
@@ -78,8 +81,18 @@ pub(super) async fn run(ctx: Rc<Ctx>, mut child: HeldChild, mut signals: Signals
                 }
                 match result {
                     Ok(o) => outcomes.push(o),
+                    Err(e) if e.downcast_ref::<OutputFailed>().is_some() => {
+                        // No report can be written any more: end everything.
+                        output_failed.get_or_insert(e);
+                        if ending.is_none() {
+                            ending = Some(End::OutputFailed);
+                            stop_all(&stops, End::OutputFailed);
+                            // SAFETY: signalling our own child.
+                            unsafe { libc::kill(root as libc::pid_t, libc::SIGTERM) };
+                        }
+                    }
                     Err(e) => {
-                        eprintln!("leaktrace: pid {pid}: {e:#}");
+                        crate::say!("leaktrace: pid {pid}: {e:#}");
                         // A trace that failed before releasing its process
                         // must not leave it stopped (harmless if it runs).
                         // SAFETY: continuing a process our probe stopped.
@@ -107,8 +120,11 @@ pub(super) async fn run(ctx: Rc<Ctx>, mut child: HeldChild, mut signals: Signals
     // stopped since the last read.
     follow.finish();
     let status = root_status.or_else(|| try_reap(root)).unwrap_or(0);
+    if let Some(e) = output_failed {
+        return Err(e);
+    }
     if outcomes.is_empty() {
-        eprintln!("leaktrace: the command started no Go or tokio program");
+        crate::say!("leaktrace: the command started no Go or tokio program");
     }
     Ok(exit_code(&ctx.args, status, &outcomes))
 }
@@ -129,8 +145,13 @@ fn resume(ev: &ExecEvent) {
 
 /// A Go or tokio program worth a trace (not one of the Go toolchain's own
 /// tools, which `go build` and `go test` run by the dozen).
-fn traceable(pid: u32, options: Options) -> Option<(Box<dyn runtime::Runtime>, Process)> {
+pub(super) fn traceable(
+    pid: u32,
+    options: Options,
+) -> Option<(Box<dyn runtime::Runtime>, Process)> {
     let proc = Process::open(pid).ok()?;
+    // A descendant may have become someone else (a setuid program).
+    check_may_trace(&Credentials::current(), pid).ok()?;
     if is_go_toolchain(Path::new(&proc.exe_display)) {
         return None;
     }
@@ -155,15 +176,27 @@ fn is_go_toolchain(exe: &Path) -> bool {
     in_tool_dir || goroot_bin
 }
 
+/// What the follow programs watch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Watch {
+    /// `-f`: the process and every descendant; each exec held (SIGSTOP)
+    /// until leaktrace has looked at it.
+    Descendants,
+    /// One traced process's own execs, never held: a process leaktrace did
+    /// not start is never stopped (`--pid`), and its new image is read from
+    /// memory at re-attach like any running process.
+    Execs,
+}
+
 /// The follow programs, attached for the whole session.
-struct FollowProbes {
+pub(super) struct FollowProbes {
     ring: AsyncFd<RingBuf<MapData>>,
     /// Holds the links; dropping it detaches them.
     _probes: Probes,
 }
 
 impl FollowProbes {
-    fn attach(root: u32) -> Result<Self> {
+    pub(super) fn attach(root: u32, watch: Watch) -> Result<Self> {
         let tracefs = tracefs::ensure_mounted()?;
         let field = |name: &str| -> Result<u32> {
             Ok(tracefs::field(&tracefs, "task/task_newtask", name)?.offset)
@@ -172,7 +205,11 @@ impl FollowProbes {
             enabled: 1,
             newtask_pid: field("pid")?,
             newtask_clone_flags: field("clone_flags")?,
-            hold: 1,
+            hold: u32::from(watch == Watch::Descendants),
+            exit_group_dead: tracefs::field(&tracefs, "sched/sched_process_exit", "group_dead")
+                .map(|f| f.offset)
+                .unwrap_or(0),
+            _pad: 0,
         };
         let mut probes = Probes::load(&[])?;
         let ebpf = probes.ebpf_mut();
@@ -193,7 +230,14 @@ impl FollowProbes {
             ("follow_exec", "sched", "sched_process_exec"),
             ("follow_exit", "sched", "sched_process_exit"),
         ] {
-            probes.attach_tracepoint(name, category, event)?;
+            // One process: the set stays that process (no fork program),
+            // and no exit program either, since it removes a process when
+            // its leader thread exits, which an exec from another thread
+            // (Go's syscall.Exec) does first (de_thread): the exec itself
+            // would then go unseen. The session ends at the exit anyway.
+            if watch == Watch::Descendants || name == "follow_exec" {
+                probes.attach_tracepoint(name, category, event)?;
+            }
         }
         let ring = RingBuf::try_from(
             probes
@@ -211,7 +255,7 @@ impl FollowProbes {
 
     /// Detach the follow programs, then continue every process they held
     /// that no one looked at yet.
-    fn finish(self) {
+    pub(super) fn finish(self) {
         let FollowProbes { mut ring, _probes } = self;
         drop(_probes);
         let ring = ring.get_mut();
@@ -223,7 +267,7 @@ impl FollowProbes {
     }
 
     /// The execs reported since the last call (waits for at least one).
-    async fn next(&mut self) -> Result<Vec<ExecEvent>> {
+    pub(super) async fn next(&mut self) -> Result<Vec<ExecEvent>> {
         let mut guard = self.ring.readable_mut().await?;
         let ring = guard.get_inner_mut();
         let mut out = Vec::new();

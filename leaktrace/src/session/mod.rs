@@ -1,24 +1,26 @@
-//! A tracing session: one process (`--pid`, `-c`) or a command and every
-//! Go or tokio program it starts (`-f`). Each process is traced by the same
-//! loop ([`trace`]); this module starts them, tells them when to stop
-//! (Ctrl-C, SIGTERM, `--duration`), and turns their outcomes into leaktrace's
-//! exit status. Every way out ends each trace with a final report and drops
-//! its probes, which detaches them; an error drops them on its way out too.
+//! A tracing session: one process across the programs it executes
+//! (`--pid`, `-c`; [`one`]) or a command and every Go or tokio program it
+//! starts (`-f`). Each program is traced by the same loop ([`trace`]); this
+//! module starts them, tells them when to stop (signals, `--duration`), and
+//! turns their outcomes into leaktrace's exit status. Every way out ends
+//! each trace with a final report and drops its probes, which detaches
+//! them; an error drops them on its way out too.
 mod exports;
 mod follow;
+mod one;
 mod serve;
 mod stops;
 mod trace;
+mod work;
 
 use std::{cell::RefCell, fs::File, io::IsTerminal, rc::Rc};
 
 use anyhow::{Context as _, Result};
-use tokio::sync::watch;
 
 pub use self::trace::Target;
 use self::{
     stops::Signals,
-    trace::{Ctx, Outcome, trace, verdict_rank},
+    trace::{Ctx, Outcome, verdict_rank},
 };
 use crate::{
     aggregate::verdict::Verdict,
@@ -47,7 +49,7 @@ pub async fn run(args: &Args, launch: Launch) -> Result<i32> {
     if let Some(addr) = args.listen {
         serve::spawn(serve::bind(addr)?, exports.latest.clone());
     }
-    let mut signals = Signals::new(args)?;
+    let signals = Signals::new(args)?;
     let ctx = Rc::new(Ctx {
         args: args.clone(),
         out: RefCell::new(output(args)?),
@@ -56,19 +58,7 @@ pub async fn run(args: &Args, launch: Launch) -> Result<i32> {
         show_cmdline: matches!(launch, Launch::Follow { .. }),
     });
     match launch {
-        Launch::One { rt, target } => {
-            let (stop_tx, stop_rx) = watch::channel(None);
-            let traced = trace(ctx, rt, target, stop_rx);
-            tokio::pin!(traced);
-            let outcome = tokio::select! {
-                r = &mut traced => r?,
-                end = signals.next() => {
-                    let _ = stop_tx.send(Some(end));
-                    traced.await?
-                }
-            };
-            Ok(exit_code(args, outcome.status.unwrap_or(0), &[outcome]))
-        }
+        Launch::One { rt, target } => one::run(ctx, signals, rt, target).await,
         Launch::Follow { child } => {
             let local = tokio::task::LocalSet::new();
             local.run_until(follow::run(ctx, child, signals)).await

@@ -1,5 +1,5 @@
-//! What ends tracing or asks for a report: for everyone, Ctrl-C, SIGTERM
-//! and `--duration` ([`Signals`]); per process, its report interval and
+//! What ends tracing or asks for a report: for everyone, Ctrl-C, SIGTERM,
+//! SIGHUP, SIGQUIT, SIGPIPE and `--duration` ([`Signals`]); per process, its report interval and
 //! COUNT ([`Schedule`]) and its exit ([`pidfd`]).
 use std::{
     os::fd::{FromRawFd, OwnedFd},
@@ -22,6 +22,16 @@ pub(super) enum End {
     Count,
     Interrupted,
     Terminated,
+    /// SIGHUP: the terminal went away.
+    HungUp,
+    /// SIGQUIT (Ctrl-\\): would dump core by default; a final report instead.
+    Quit,
+    /// SIGPIPE: a pipe we write to lost its reader (a report is still
+    /// tried; if that is the pipe, leaktrace exits with `EXIT_OUTPUT_CLOSED`).
+    BrokenPipe,
+    /// The report output failed (closed stdout, full disk): no report can
+    /// be written any more.
+    OutputFailed,
     TargetExited,
     /// `-f`: the command leaktrace started has exited; what it left running
     /// is reported as it is now.
@@ -30,10 +40,35 @@ pub(super) enum End {
     Exec,
 }
 
-/// Ctrl-C, SIGTERM and the `--duration` deadline.
+impl End {
+    /// A person or the system wants leaktrace to stop now: slow work in
+    /// progress (an attach, a read of the tasks) is not waited for. A
+    /// planned end (`--duration`, COUNT, the command's exit) lets it finish,
+    /// so the final report has its data; so does SIGPIPE, which a closed
+    /// stderr raises while the report's output may be fine. An exec cuts
+    /// it too: the memory being read is another program's now.
+    pub(super) fn cuts_work(self) -> bool {
+        matches!(
+            self,
+            Self::Interrupted
+                | Self::Terminated
+                | Self::HungUp
+                | Self::Quit
+                | Self::OutputFailed
+                | Self::Exec
+        )
+    }
+}
+
+/// Ctrl-C, SIGTERM, SIGHUP, SIGQUIT, SIGPIPE and the `--duration`
+/// deadline: every signal whose default action would end leaktrace without
+/// a final report (only SIGKILL and SIGSTOP cannot be caught).
 pub(super) struct Signals {
     sigint: Signal,
     sigterm: Signal,
+    sighup: Signal,
+    sigquit: Signal,
+    sigpipe: Signal,
     pub deadline: Option<Instant>,
 }
 
@@ -45,6 +80,9 @@ impl Signals {
         Ok(Self {
             sigint: signal(SignalKind::interrupt())?,
             sigterm: signal(SignalKind::terminate())?,
+            sighup: signal(SignalKind::hangup())?,
+            sigquit: signal(SignalKind::quit())?,
+            sigpipe: signal(SignalKind::pipe())?,
             deadline: args.duration.map(|d| Instant::now() + d),
         })
     }
@@ -55,6 +93,9 @@ impl Signals {
             _ = async { sleep_until(deadline.unwrap_or_else(Instant::now)).await }, if deadline.is_some() => End::Duration,
             _ = self.sigint.recv() => End::Interrupted,
             _ = self.sigterm.recv() => End::Terminated,
+            _ = self.sighup.recv() => End::HungUp,
+            _ = self.sigquit.recv() => End::Quit,
+            _ = self.sigpipe.recv() => End::BrokenPipe,
         }
     }
 }

@@ -10,23 +10,24 @@ use tokio::{
     time::{Instant, sleep_until},
 };
 
-use super::stops::{End, Schedule, Tick, pidfd};
+use super::{
+    stops::{End, Schedule, Tick, pidfd},
+    work::{Totals, Work, off_thread},
+};
 use crate::{
     aggregate::verdict::{Rules, Verdict},
     cli::Args,
-    probes::{
-        Probes,
-        ring::{RecordBatch, RingReader},
-    },
+    probes::{Probes, ring::RingReader},
     report::{
         build::{Ignore, Moment, ReportBuilder, Shape},
         model::{EventTotals, Report, TargetInfo},
         output::Output,
     },
-    runtime::{Runtime, TaskView},
+    runtime::{Runtime, TaskCounts, TaskView},
     target::{
         launch::{HeldChild, try_reap},
-        process::{Process, TargetError, open_sockets},
+        privileges::{Credentials, explain_attach_failure},
+        process::{Process, TargetError},
     },
     threads::Threads,
 };
@@ -40,12 +41,15 @@ pub enum Target {
     /// `-f`: a descendant stopped right after its exec (SIGSTOP by the
     /// follow probe) until the probes are in; continued with SIGCONT.
     Exec(Process),
+    /// `--pid` or `-c`: the traced process executed a new program, which
+    /// runs on (never held); `child` when leaktrace started it.
+    Reexec { proc: Process, child: bool },
 }
 
 impl Target {
     pub fn pid(&self) -> u32 {
         match self {
-            Self::Pid(p) | Self::Exec(p) => p.pid,
+            Self::Pid(p) | Self::Exec(p) | Self::Reexec { proc: p, .. } => p.pid,
             Self::Command(c) => c.pid,
         }
     }
@@ -54,7 +58,9 @@ impl Target {
     /// people.
     fn exe(&self) -> (PathBuf, String) {
         match self {
-            Self::Pid(p) | Self::Exec(p) => (p.exe_link.clone(), p.exe_display.clone()),
+            Self::Pid(p) | Self::Exec(p) | Self::Reexec { proc: p, .. } => {
+                (p.exe_link.clone(), p.exe_display.clone())
+            }
             Self::Command(c) => (c.program.clone(), c.program.display().to_string()),
         }
     }
@@ -62,7 +68,13 @@ impl Target {
     /// Started by us or held at its first instruction: nothing existed
     /// before the probes, so there is nothing to snapshot.
     fn is_fresh(&self) -> bool {
-        !matches!(self, Self::Pid(_))
+        matches!(self, Self::Command(_) | Self::Exec(_))
+    }
+
+    /// leaktrace started it: its status is ours to reap, and it ends with
+    /// the session.
+    fn is_child(&self) -> bool {
+        matches!(self, Self::Command(_) | Self::Reexec { child: true, .. })
     }
 
     /// Let it run, now that the probes are in.
@@ -74,7 +86,7 @@ impl Target {
                 unsafe { libc::kill(p.pid as libc::pid_t, libc::SIGCONT) };
                 Ok(())
             }
-            Self::Pid(_) => Ok(()),
+            Self::Pid(_) | Self::Reexec { .. } => Ok(()),
         }
     }
 }
@@ -103,59 +115,111 @@ pub(super) struct Outcome {
 
 pub(super) async fn trace(
     ctx: Rc<Ctx>,
-    mut rt: Box<dyn Runtime>,
+    rt: Box<dyn Runtime>,
     mut target: Target,
     mut stop: watch::Receiver<Option<End>>,
+    history: Vec<String>,
 ) -> Result<Outcome> {
     let args = &ctx.args;
     let pid = target.pid();
     let (attach_path, exe_display) = target.exe();
     let fresh = target.is_fresh();
-    let is_child = matches!(target, Target::Command(_));
+    let is_child = target.is_child();
     let exit_fd =
         pidfd(pid).map_err(|_| anyhow::Error::from(TargetError::ExitedDuringAttach(pid)))?;
 
-    let mut probes = Probes::load(&rt.probe_globals())?;
-    let attached = rt
-        .attach(&mut probes, &attach_path, pid)
-        .map_err(|e| attach_failure(pid, e))?;
+    let globals = rt.probe_globals();
+    let attach = off_thread(&mut stop, move || -> Result<_> {
+        let mut work = Work {
+            rt,
+            probes: Probes::load(&globals)?,
+        };
+        let attached = work
+            .rt
+            .attach(&mut work.probes, &attach_path, pid)
+            .map_err(|e| attach_failure(pid, e))?;
+        Ok((work, attached))
+    })
+    .await;
+    let (mut w, attached) = match attach {
+        Ok(attached) => attached?,
+        Err(end) => {
+            // Nothing read yet, so no report; a process held for us runs
+            // on (a `-c` command never started: its pipe closes).
+            crate::say!("leaktrace: stopped ({end:?}) while attaching to pid {pid}; no report");
+            if matches!(target, Target::Exec(_)) {
+                target.release()?;
+            }
+            return Ok(Outcome {
+                status: None,
+                worst: Verdict::Ok,
+            });
+        }
+    };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let logger = probes.take_logger();
-    let mut ring = RingReader::spawn(probes.take_ring()?, logger, rt.record_size(), tx);
+    let logger = w.probes.take_logger();
+    let mut ring = RingReader::spawn(w.probes.take_ring()?, logger, w.rt.record_size(), tx);
     let mut warnings = attached.warnings;
-    let mut threads = Threads::start(&mut probes, pid, &mut warnings);
+    let mut threads = Threads::start(&mut w.probes, pid, &mut warnings);
     // Read while it is held: a short program may be gone by the first report.
     let cmdline = ctx.show_cmdline.then(|| cmdline(pid)).flatten();
     // Probes go in by file offset, so a held process runs only now.
     target.release()?;
-    let desc = rt.describe();
+    let desc = w.rt.describe();
+    let probes_attached = w.probes.attached;
     let detail = attached
         .detail
         .map(|d| format!(", {d}"))
         .unwrap_or_default();
-    eprintln!(
+    crate::say!(
         "Attaching to pid {pid} ({exe_display}, {}){detail}, {} probes; Ctrl-C for the final report.",
-        desc.version, probes.attached
+        desc.version,
+        probes_attached
     );
     for w in &warnings {
-        eprintln!("warning: {w}");
+        crate::say!("warning: {w}");
     }
 
-    let kind = rt.kind();
-    let mut notes = Vec::new();
+    let kind = w.rt.kind();
+    // What happened to the process before this trace (an exec) stays said.
+    let mut notes = history;
+    let mut cut = None;
+    let mut work = None;
+    // Kept for a report made without the runtime (a snapshot cut short):
+    // the same JSON keys as every other report.
+    let totals = w.totals();
     if !fresh && !args.no_snapshot {
-        match rt.snapshot(pid) {
-            Ok(note) => notes.extend(note),
-            Err(e) => {
-                let msg = format!(
-                    "could not read the {} that existed before attach ({e:#}); showing only {} \
-                     seen by the probes since",
-                    kind.tasks, kind.tasks
-                );
-                eprintln!("warning: {msg}");
-                warnings.push(msg);
+        match off_thread(&mut stop, move || {
+            let result = w.rt.snapshot(pid);
+            (w, result)
+        })
+        .await
+        {
+            Ok((back, result)) => {
+                work = Some(back);
+                match result {
+                    Ok(note) => notes.extend(note),
+                    Err(e) => {
+                        let msg = format!(
+                            "could not read the {} that existed before attach ({e:#}); showing \
+                             only {} seen by the probes since",
+                            kind.tasks, kind.tasks
+                        );
+                        crate::say!("warning: {msg}");
+                        warnings.push(msg);
+                    }
+                }
+            }
+            Err(end) => {
+                notes.push(format!(
+                    "stopped while reading the {} that existed before attach: no data",
+                    kind.tasks
+                ));
+                cut = Some(end);
             }
         }
+    } else {
+        work = Some(w);
     }
     let target_info = TargetInfo {
         pid,
@@ -187,26 +251,35 @@ pub(super) async fn trace(
     let mut refresh = Refresh {
         builder,
         views: Vec::new(),
+        read_at: None,
         read_error: None,
         fresh,
         pid,
+        totals: work.as_ref().map_or(totals, Work::totals),
     };
     let sample_every = sample_every(args);
     let mut schedule = Schedule::new(args, ctx.deadline);
 
     let mut next_sample = Instant::now();
+    let mut output_failed = None;
     let end = loop {
+        if let Some(end) = cut {
+            break end;
+        }
         if let Some(end) = *stop.borrow_and_update() {
             break end;
         }
+        let Some(w) = work.as_mut() else {
+            break End::Interrupted;
+        };
         tokio::select! {
-            Some(batch) = rx.recv() => apply(rt.as_mut(), &batch),
+            Some(batch) = rx.recv() => w.apply(&batch),
             _ = sleep_until(next_sample) => {
                 let t0 = Instant::now();
                 while let Ok(batch) = rx.try_recv() {
-                    apply(rt.as_mut(), &batch);
+                    w.apply(&batch);
                 }
-                refresh.run(rt.as_mut(), &mut probes, threads.as_mut());
+                cut = refresh.run(&mut work, &mut stop, threads.as_mut()).await.err();
                 // Reading a huge task table costs leaktrace CPU (never the
                 // target's time): keep that under a fifth of one core.
                 next_sample = Instant::now() + sample_every.max(t0.elapsed() * 5);
@@ -216,13 +289,19 @@ pub(super) async fn trace(
                     // Read the tasks now, not at the last sample: `live`
                     // includes what was spawned since.
                     while let Ok(batch) = rx.try_recv() {
-                        apply(rt.as_mut(), &batch);
+                        w.apply(&batch);
                     }
-                    refresh.run(rt.as_mut(), &mut probes, threads.as_mut());
+                    cut = refresh.run(&mut work, &mut stop, threads.as_mut()).await.err();
+                    if cut.is_some() {
+                        continue;
+                    }
                     next_sample = Instant::now() + sample_every;
-                    let report = refresh.report(false, Moment::Live, rt.as_ref(), &probes);
-                    ctx.out.borrow_mut().write(&report)?;
-                    ctx.exports.publish(&report, probes.attached);
+                    let report = refresh.report(false, Moment::Live);
+                    if let Err(e) = ctx.out.borrow_mut().write(&report) {
+                        output_failed = Some(e);
+                        break End::OutputFailed;
+                    }
+                    ctx.exports.publish(&report, probes_attached);
                 }
                 Tick::End(end) => break end,
             },
@@ -247,17 +326,26 @@ pub(super) async fn trace(
     // target one last time if it is still there.
     ring.finish();
     while let Ok(batch) = rx.try_recv() {
-        apply(rt.as_mut(), &batch);
+        if let Some(w) = work.as_mut() {
+            w.apply(&batch);
+        }
+    }
+    if work.is_none() && cut.is_some() && refresh.read_at.is_some() {
+        refresh.builder.notes.push(format!(
+            "stopped during a read of the {}: this is the state as of the previous one",
+            kind.tasks
+        ));
     }
     let mut status = None;
     let mut moment = Moment::Live;
+    let mut sent_sigterm = false;
     if end == End::TargetExited {
         status = is_child.then(|| try_reap(pid)).flatten();
         let exited = match status {
             Some(s) => format!("the command exited with status {s}"),
             None => "the target exited".to_string(),
         };
-        match rt.at_exit() {
+        match work.as_mut().and_then(|w| w.rt.at_exit()) {
             Some(at) => {
                 refresh.views = at.views;
                 moment = Moment::AtExit {
@@ -278,12 +366,20 @@ pub(super) async fn trace(
                 .to_string(),
         );
     } else {
-        refresh.run(rt.as_mut(), &mut probes, threads.as_mut());
+        if cut.is_none() {
+            // The last read is not cut short: the signal was acted on.
+            let (_keep, mut never) = watch::channel(None);
+            refresh
+                .run(&mut work, &mut never, threads.as_mut())
+                .await
+                .ok();
+        }
         if is_child {
             // We started it; tracing is over, so is its run. (On Ctrl-C
             // the terminal already sent it SIGINT.)
             // SAFETY: signalling our own child.
             unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+            sent_sigterm = true;
             refresh
                 .builder
                 .notes
@@ -296,10 +392,23 @@ pub(super) async fn trace(
             .notes
             .push(format!("reading the {} failed: {e}", kind.tasks));
     }
-    let report = refresh.report(true, moment, rt.as_ref(), &probes);
-    ctx.out.borrow_mut().write(&report)?;
-    ctx.exports.publish(&report, probes.attached);
-    drop(probes);
+    if let Some(w) = &work {
+        refresh.totals = w.totals();
+    }
+    let report = refresh.report(true, moment);
+    if output_failed.is_none() {
+        output_failed = ctx.out.borrow_mut().write(&report).err();
+    }
+    ctx.exports.publish(&report, probes_attached);
+    drop(work);
+    if sent_sigterm {
+        // Give the command its graceful shutdown: leaktrace's exit kills
+        // whatever is left of it (PR_SET_PDEATHSIG, `target/launch.rs`).
+        let _ = tokio::time::timeout(CHILD_GRACE, exit_fd.readable()).await;
+    }
+    if let Some(e) = output_failed {
+        return Err(e.into());
+    }
     Ok(Outcome {
         status,
         worst: report
@@ -310,6 +419,10 @@ pub(super) async fn trace(
             .unwrap_or(Verdict::Ok),
     })
 }
+
+/// How long a `-c` command sent SIGTERM at the end may take to exit before
+/// leaktrace leaves (and its exit kills the command).
+const CHILD_GRACE: Duration = Duration::from_secs(5);
 
 /// Leak first.
 pub(super) fn verdict_rank(v: Verdict) -> u8 {
@@ -324,28 +437,52 @@ pub(super) fn verdict_rank(v: Verdict) -> u8 {
 struct Refresh {
     builder: ReportBuilder,
     views: Vec<TaskView>,
+    /// When `views` were read, and the event totals then: a report says its
+    /// data's age, and its `live` adds the spawns and exits since.
+    read_at: Option<(Instant, TaskCounts)>,
     /// Why the last read of the tasks failed (said once, at the end).
     read_error: Option<String>,
     /// Held before its first instruction: a failed read may just be early.
     fresh: bool,
     pid: u32,
+    /// Event totals as of the last time the runtime was at hand.
+    totals: Totals,
 }
 
 impl Refresh {
-    /// Read the threads and the tasks now, and sample the trends.
-    fn run(&mut self, rt: &mut dyn Runtime, probes: &mut Probes, threads: Option<&mut Threads>) {
+    /// Read the threads, then the tasks (on a blocking thread, taking the
+    /// work there and back), and sample the trends. `Err(end)`: `stop`
+    /// came first; the work stays away (`None`) and the views are the
+    /// previous read's.
+    async fn run(
+        &mut self,
+        work: &mut Option<Work>,
+        stop: &mut watch::Receiver<Option<End>>,
+        threads: Option<&mut Threads>,
+    ) -> Result<(), End> {
         if let Some(t) = threads {
             self.builder.threads = Some(t.sample());
         }
-        let result = rt.refresh(probes, self.pid);
-        for note in rt.take_notes() {
-            eprintln!("note: {note}");
+        let Some(mut w) = work.take() else {
+            return Ok(());
+        };
+        let pid = self.pid;
+        let (w, read) = off_thread(stop, move || {
+            let read = w.read(pid);
+            (w, read)
+        })
+        .await?;
+        self.totals = w.totals();
+        *work = Some(w);
+        for note in read.notes {
+            crate::say!("note: {note}");
             self.builder.notes.push(note);
         }
-        match result {
+        match read.result {
             Ok(Some(views)) => {
                 self.views = views;
-                self.builder.record(&self.views, open_sockets(self.pid));
+                self.read_at = Some(read.started);
+                self.builder.record(&self.views, read.sockets);
             }
             Ok(None) => {}
             // A process we started may not run its program yet; otherwise
@@ -353,20 +490,42 @@ impl Refresh {
             Err(e) if !self.fresh => self.read_error = Some(format!("{e:#}")),
             Err(_) => {}
         }
+        Ok(())
     }
 
-    fn report(&self, is_final: bool, moment: Moment, rt: &dyn Runtime, probes: &Probes) -> Report {
-        let events = EventTotals::new(rt.counts(), probes.lost());
-        let lifetimes: HashMap<_, _> = rt.lifetimes().into_iter().collect();
-        self.builder
-            .build(is_final, moment, events, &self.views, &lifetimes)
+    fn report(&self, is_final: bool, moment: Moment) -> Report {
+        let Totals {
+            counts,
+            lifetimes,
+            lost,
+        } = self.totals.clone();
+        let lifetimes: HashMap<_, _> = lifetimes.into_iter().collect();
+        let mut report = self.builder.build(
+            is_final,
+            moment,
+            EventTotals::new(counts.clone(), lost),
+            &self.views,
+            &lifetimes,
+        );
+        match (moment, &self.read_at) {
+            // The exit walk is the state at the exit, just now.
+            (Moment::AtExit { .. }, _) => report.data_age_s = Some(0.0),
+            (Moment::Live, Some((at, then))) => {
+                report.data_age_s = Some(at.elapsed().as_secs_f64());
+                report.live = live_since(report.live, then, &counts);
+            }
+            (Moment::Live, None) => {}
+        }
+        report
     }
 }
 
-fn apply(rt: &mut dyn Runtime, batch: &RecordBatch) {
-    for record in batch.records() {
-        rt.apply(record);
-    }
+/// The live count a read found, moved on by the spawns and exits the
+/// probes saw since it. (Corrections happen during reads: already in it.)
+fn live_since(read: u64, then: &TaskCounts, now: &TaskCounts) -> u64 {
+    let spawned = now.spawn.saturating_sub(then.spawn);
+    let ended = now.exit.saturating_sub(then.exit);
+    (read + spawned).saturating_sub(ended)
 }
 
 /// Trends need several samples even in a short window.
@@ -407,6 +566,30 @@ fn attach_failure(pid: u32, e: anyhow::Error) -> anyhow::Error {
     if !process_alive(pid) {
         TargetError::ExitedDuringAttach(pid).into()
     } else {
-        e
+        explain_attach_failure(&Credentials::current(), e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_counts_the_events_since_the_read() {
+        let counts = |spawn, exit, corrected| TaskCounts {
+            spawn,
+            exit,
+            corrected,
+            extra: Vec::new(),
+        };
+        let then = counts(100, 40, 2);
+        // 30 spawned and 5 exited since a read that found 60.
+        assert_eq!(live_since(60, &then, &counts(130, 45, 9)), 85);
+        assert_eq!(live_since(60, &then, &then), 60, "nothing since");
+        assert_eq!(
+            live_since(3, &then, &counts(100, 50, 2)),
+            0,
+            "never below 0"
+        );
     }
 }

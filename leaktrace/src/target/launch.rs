@@ -12,6 +12,8 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
+use super::privileges::ChildRights;
+
 pub struct HeldChild {
     pub pid: u32,
     /// The resolved program file; probes attach to its inode.
@@ -41,7 +43,9 @@ pub fn resolve(cmd: &str) -> Result<PathBuf> {
 impl HeldChild {
     /// Fork; the child waits for [`HeldChild::release`] and then execs.
     /// Must be called before any thread is started (before the tokio runtime).
-    pub fn spawn(program: &Path, argv: &[String]) -> Result<Self> {
+    /// The program starts with `rights`: never leaktrace's granted
+    /// capabilities.
+    pub fn spawn(program: &Path, argv: &[String], rights: ChildRights) -> Result<Self> {
         let c_prog = CString::new(program.as_os_str().as_bytes())?;
         let c_args: Vec<CString> = argv
             .iter()
@@ -57,6 +61,8 @@ impl HeldChild {
             return Err(std::io::Error::last_os_error()).context("pipe2");
         }
         let (read_fd, write_fd) = (fds[0], fds[1]);
+        // SAFETY: getpid has no preconditions.
+        let parent = unsafe { libc::getpid() };
         // SAFETY: single-threaded at this point (documented precondition);
         // the child only calls async-signal-safe functions before exec.
         let pid = unsafe { libc::fork() };
@@ -65,8 +71,20 @@ impl HeldChild {
         }
         if pid == 0 {
             // SAFETY: in the forked child only async-signal-safe calls
-            // (close, read, execv, _exit) on fds and strings made before fork.
+            // (prctl, getppid, capget/capset, close, read, execv, _exit) on
+            // fds and strings made before fork.
             unsafe {
+                // If leaktrace dies (even by SIGKILL), the command dies with
+                // it rather than run on untraced. The fork happens on the
+                // main thread, which lives as long as leaktrace (the signal
+                // follows the parent *thread*). Kept across exec, except
+                // into a setuid or file-capability program.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0
+                    || libc::getppid() != parent
+                    || !rights.apply()
+                {
+                    libc::_exit(127);
+                }
                 libc::close(write_fd);
                 let mut b = 0u8;
                 let n = libc::read(read_fd, (&raw mut b).cast(), 1);

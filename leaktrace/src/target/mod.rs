@@ -4,4 +4,5 @@ pub mod elf;
 pub mod launch;
 pub mod maps;
 pub mod memory;
+pub mod privileges;
 pub mod process;

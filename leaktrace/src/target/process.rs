@@ -40,8 +40,9 @@ impl fmt::Display for TargetError {
             ),
             Self::NotPermitted(pid) => write!(
                 f,
-                "not permitted to read process {pid}. Run leaktrace as root (sudo), or grant it \
-                 CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE."
+                "not permitted to read process {pid}. Run leaktrace as root (sudo), or as the \
+                 process's owner with {}",
+                super::privileges::SETCAP_HINT
             ),
         }
     }
@@ -162,34 +163,6 @@ pub fn load_bias(mappings: &[Mapping], segments: &[(u64, u64)]) -> Option<u64> {
         }
     }
     None
-}
-
-/// Fail early, with the fix, when we cannot load eBPF at all.
-pub fn check_privileges() -> Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return Ok(());
-    }
-    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let cap_eff = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .unwrap_or(0);
-    const CAP_SYS_PTRACE: u64 = 19;
-    const CAP_SYS_ADMIN: u64 = 21;
-    const CAP_PERFMON: u64 = 38;
-    const CAP_BPF: u64 = 39;
-    let has = |cap: u64| cap_eff & (1 << cap) != 0;
-    let bpf_ok = (has(CAP_BPF) && has(CAP_PERFMON)) || has(CAP_SYS_ADMIN);
-    if bpf_ok && has(CAP_SYS_PTRACE) {
-        return Ok(());
-    }
-    bail!(
-        "leaktrace needs root, or the capabilities CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE, to load \
-         probes and read the target's memory. Run it with sudo, or: \
-         sudo setcap cap_bpf,cap_perfmon,cap_sys_ptrace+ep $(command -v leaktrace)"
-    )
 }
 
 /// Fail early, with the fix, on kernels without what the probes need.

@@ -421,6 +421,11 @@ pub fn one_go(version: &str) -> GoToolchain {
         .expect("no Go toolchain installed: run `cargo xtask setup`")
 }
 
+/// `tests/fixtures/go-exec`: leaks, prints its count, execs on SIGUSR2.
+pub fn go_exec(go: &GoToolchain, mode: BuildMode) -> PathBuf {
+    leaktrace_e2e::build_go(leaktrace_e2e::GoProgram::Module("go-exec"), go, mode)
+}
+
 pub fn build(name: &str, go: &GoToolchain, mode: BuildMode) -> PathBuf {
     build_fixture(name, go, mode)
 }
@@ -528,4 +533,140 @@ pub fn run_command_until(
 /// (see [`leaktrace_e2e::build::tokio_fixture`]).
 pub fn tokio_fixture(profile: &str) -> PathBuf {
     leaktrace_e2e::tokio_fixture(profile, false)
+}
+
+/// A leaktrace process running in the background, its stdout and stderr
+/// collected line by line as they come, for tests that act on the target
+/// while it is traced (signals, exec).
+pub struct Traced {
+    pub child: Child,
+    stdout: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Traced {
+    /// `leaktrace ARGS`, stdin closed.
+    pub fn start(args: &[&str]) -> Traced {
+        let mut cmd = Command::new(leaktrace_bin());
+        cmd.args(args);
+        Traced::spawn(cmd)
+    }
+
+    /// Any command (leaktrace under `setpriv`, a copy of it).
+    pub fn spawn(mut cmd: Command) -> Traced {
+        use std::io::{BufRead, BufReader, Read};
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting leaktrace");
+        fn collect(r: impl Read + Send + 'static) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+            let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            let sink = lines.clone();
+            std::thread::spawn(move || {
+                for l in BufReader::new(r).lines().map_while(Result::ok) {
+                    sink.lock().unwrap().push(l);
+                }
+            });
+            lines
+        }
+        let stdout = collect(child.stdout.take().expect("stdout"));
+        let stderr = collect(child.stderr.take().expect("stderr"));
+        Traced {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn stdout(&self) -> Vec<String> {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+
+    /// Waits until stderr holds `n` lines containing `text`; panics after
+    /// `timeout` or if leaktrace exits first.
+    pub fn wait_stderr(&mut self, text: &str, n: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let seen = self
+                .stderr
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|l| l.contains(text))
+                .count();
+            if seen >= n {
+                return;
+            }
+            if let Some(st) = self.child.try_wait().expect("wait") {
+                panic!(
+                    "leaktrace exited ({st}) before saying {text:?}:\n{}",
+                    self.stderr()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "leaktrace did not say {text:?} within {timeout:?}:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The `n`th stdout line starting with `prefix` (a `-c` command's
+    /// output passes through leaktrace's), waiting up to 30 s for it.
+    pub fn wait_stdout(&self, prefix: &str, n: usize) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let lines: Vec<String> = self
+                .stdout()
+                .into_iter()
+                .filter(|l| l.starts_with(prefix))
+                .collect();
+            if lines.len() >= n {
+                return lines[n - 1].clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no line {n} starting with {prefix:?}: {}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends `sig` to leaktrace.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.pid() as i32, sig) };
+    }
+
+    /// Waits for leaktrace to exit (killed after 30 s): its status code and
+    /// the JSON reports it printed on stdout.
+    pub fn finish(mut self) -> (Option<i32>, Vec<Report>, String) {
+        let status = wait_exit(&mut self.child, Duration::from_secs(30));
+        // The readers end at EOF; give them a moment to take the last lines.
+        std::thread::sleep(Duration::from_millis(100));
+        let stdout = self.stdout().join("\n");
+        (status.code(), parse_reports(&stdout), self.stderr())
+    }
+}
+
+impl Drop for Traced {
+    /// A test that failed half-way leaves no leaktrace running.
+    fn drop(&mut self) {
+        if self.child.try_wait().is_ok_and(|s| s.is_none()) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }

@@ -148,14 +148,14 @@ impl Runtime for GoRuntime {
         let reader = self.reader.as_mut().context("snapshot before attach")?;
         let show_progress = std::io::stderr().is_terminal();
         if show_progress {
-            eprint!(
+            crate::say_partial!(
                 "reading existing goroutines from runtime.allgs ({})…\r",
                 at.how
             );
         }
         let tasks = reader.snapshot(&at)?;
         if show_progress {
-            eprint!("\x1b[2K");
+            crate::say_partial!("\x1b[2K");
         }
         let n = tasks.len();
         for t in tasks {
