@@ -21,7 +21,7 @@ pub use task::{
 
 use crate::{
     probes::{AttachPoint, Global, Probes},
-    symbols::Frame,
+    symbols::{Frame, debuginfo},
 };
 
 /// Which runtime, with the words reports use for it.
@@ -124,10 +124,12 @@ pub struct TaskCounts {
 }
 
 /// How the user asked to trace.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Options {
     /// Probe every poll and wake too (tokio), at a per-poll cost.
     pub detailed: bool,
+    /// Where a stripped program's separate debug info may be.
+    pub debuginfo: debuginfo::Search,
 }
 
 /// A runtime, as one session drives it: attach → snapshot → (apply,
@@ -172,7 +174,7 @@ pub trait Runtime {
 /// The runtime of the program at `path`: Go or tokio, or an error that says
 /// what it is not and why.
 pub fn open(path: &Path, options: Options) -> Result<Box<dyn Runtime>> {
-    match go::GoRuntime::open(path) {
+    match go::GoRuntime::open(path, &options.debuginfo) {
         Ok(rt) => Ok(Box::new(rt)),
         Err(not_go @ go::binary::InspectError::NotGo { .. }) => {
             match tokio::TokioRuntime::open(path, options) {

@@ -22,7 +22,8 @@ use crate::{
     aggregate::verdict::Verdict,
     cli::{Args, Color, EXIT_FAIL_ON, FailOn, Format},
     report::output::{Form, Output, TextStyle},
-    runtime::Runtime,
+    runtime::{Options, Runtime},
+    symbols::debuginfo::Search,
     target::launch::HeldChild,
 };
 
@@ -35,6 +36,14 @@ pub enum Launch {
     },
     /// `-f -c CMD`: the command (held before its exec) and its descendants.
     Follow { child: HeldChild },
+}
+
+/// How the runtimes are to open each program traced.
+pub fn runtime_options(args: &Args) -> Options {
+    Options {
+        detailed: args.detailed,
+        debuginfo: Search::from_env(args.debuginfo.clone(), args.debug_dir.clone()),
+    }
 }
 
 pub async fn run(args: &Args, launch: Launch) -> Result<i32> {

@@ -20,7 +20,7 @@ use crate::{
         AtExit, Attached, Counter, Description, LifetimeStats, Lifetimes, PlannedProbe, Runtime,
         RuntimeKind, Shown, TaskCounts, TaskView,
     },
-    symbols::Frame,
+    symbols::{Frame, debuginfo::Search},
     target::{
         clock::monotonic_ns,
         process::{Process, load_bias},
@@ -50,9 +50,9 @@ pub struct GoRuntime {
 }
 
 impl GoRuntime {
-    pub fn open(path: &Path) -> Result<Self, InspectError> {
+    pub fn open(path: &Path, debug: &Search) -> Result<Self, InspectError> {
         Ok(Self {
-            bin: Arc::new(GoBinary::open(path)?),
+            bin: Arc::new(GoBinary::open_with(path, debug)?),
             table: LiveTable::default(),
             reader: None,
             bias: None,

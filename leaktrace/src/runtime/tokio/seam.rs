@@ -40,7 +40,7 @@ pub struct TokioRuntime {
 impl TokioRuntime {
     pub fn open(path: &Path, options: Options) -> Result<Self, TokioError> {
         Ok(Self {
-            tracer: TokioTracer::open(path)?,
+            tracer: TokioTracer::open_with(path, &options.debuginfo)?,
             options,
             polls: false,
             armed: false,

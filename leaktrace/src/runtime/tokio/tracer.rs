@@ -32,7 +32,10 @@ use super::{
 };
 use crate::{
     runtime::{LifetimeStats, Lifetimes, Since, TaskView},
-    symbols::Frame,
+    symbols::{
+        Frame,
+        debuginfo::{self, Outcome, Search},
+    },
     target::{elf::ElfFile, memory::Memory, process::Process},
 };
 
@@ -140,15 +143,31 @@ pub struct TokioTracer {
     /// How long completed tasks seen from their spawn lived, per vtable
     /// (future type): what idle siblings are compared with.
     lifetimes: HashMap<usize, LifetimeStats>,
+    /// Where the names came from when the binary had no DWARF of its own.
+    debuginfo: Outcome,
 }
 
 impl TokioTracer {
     pub fn open(path: &Path) -> Result<Self, TokioError> {
-        let elf = ElfFile::open(path)
+        Self::open_with(path, &Search::default())
+    }
+
+    /// [`TokioTracer::open`], with separate debug info searched as `debug`
+    /// says when the binary has no DWARF of its own.
+    pub fn open_with(path: &Path, debug: &Search) -> Result<Self, TokioError> {
+        let mut elf = ElfFile::open(path)
             .map_err(|e| TokioError::NotTokio(format!("cannot read {}: {e}", path.display())))?;
-        let bin = detect(&elf)?;
+        // Whether it is tokio at all is known without symbols (the vtables'
+        // shape); only then is debug info worth a search or a download.
+        let mut bin = detect(&elf)?;
+        let found = debuginfo::attach(&mut elf, path, debug).map_err(TokioError::DebugInfo)?;
+        if matches!(found, Outcome::Found { .. }) {
+            bin = detect(&elf)?;
+        }
         let awaits = AwaitDecoder::load(&elf, &bin.vtables);
-        Ok(Self::with_binary(path, elf, bin, awaits))
+        let mut tracer = Self::with_binary(path, elf, bin, awaits);
+        tracer.debuginfo = found;
+        Ok(tracer)
     }
 
     fn with_binary(
@@ -179,6 +198,7 @@ impl TokioTracer {
             awaits,
             stacks: HashMap::new(),
             lifetimes: HashMap::new(),
+            debuginfo: Outcome::NotNeeded,
         }
     }
 
@@ -237,6 +257,7 @@ impl TokioTracer {
             );
         }
         w.extend(self.bin.naming_warning());
+        w.extend(self.debuginfo.note());
         if self.bin.has_symtab && self.awaits.is_none() {
             w.push(
                 "tokio: no type information (DWARF) in the binary, so where an idle task is \
