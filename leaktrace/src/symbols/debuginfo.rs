@@ -24,9 +24,12 @@ use crate::target::elf::ElfFile;
 /// packages, Fedora's `-debuginfo`).
 pub const DEFAULT_DEBUG_DIR: &str = "/usr/lib/debug";
 
-/// A debuginfod download is abandoned after this long (elfutils waits 90 s
-/// for progress; a trace should not wait that long to start).
+/// A server that has not answered (headers) within this long is skipped
+/// (elfutils waits 90 s; a trace should not wait that long to start).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// A whole download is abandoned after this long (elfutils has no default
+/// bound; a few hundred MB take seconds on any link a server is used over).
+const DEFAULT_MAX_TIME: Duration = Duration::from_secs(600);
 /// Debug info of a large Rust program is a few hundred MB; a server
 /// offering more than this is not believed (elfutils' DEBUGINFOD_MAXSIZE
 /// overrides, as for its own client).
@@ -51,7 +54,10 @@ struct SearchInner {
 pub struct Debuginfod {
     pub urls: Vec<String>,
     pub cache: PathBuf,
+    /// Until the server's answer begins.
     pub timeout: Duration,
+    /// For the whole body.
+    pub max_time: Duration,
     pub max_size: u64,
 }
 
@@ -83,8 +89,9 @@ impl Search {
 impl Debuginfod {
     /// elfutils' variables: `DEBUGINFOD_URLS` (space-separated),
     /// `DEBUGINFOD_CACHE_PATH`, else `$XDG_CACHE_HOME/debuginfod_client`,
-    /// else `~/.cache/debuginfod_client`; `DEBUGINFOD_TIMEOUT` (seconds),
-    /// `DEBUGINFOD_MAXSIZE` (bytes).
+    /// else `~/.cache/debuginfod_client`; `DEBUGINFOD_TIMEOUT` (seconds
+    /// until the answer begins), `DEBUGINFOD_MAXTIME` (seconds for the whole
+    /// download), `DEBUGINFOD_MAXSIZE` (bytes).
     pub fn from_env() -> Option<Self> {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
         let urls: Vec<String> = var("DEBUGINFOD_URLS")?
@@ -95,9 +102,14 @@ impl Debuginfod {
             .map(PathBuf::from)
             .or_else(|| var("XDG_CACHE_HOME").map(|d| Path::new(&d).join("debuginfod_client")))
             .or_else(|| var("HOME").map(|h| Path::new(&h).join(".cache/debuginfod_client")))?;
-        let timeout = var("DEBUGINFOD_TIMEOUT")
-            .and_then(|t| t.trim().parse().ok())
-            .map_or(DEFAULT_TIMEOUT, Duration::from_secs);
+        let secs = |k: &str, default| {
+            var(k)
+                .and_then(|t| t.trim().parse().ok())
+                .filter(|&n| n > 0)
+                .map_or(default, Duration::from_secs)
+        };
+        let timeout = secs("DEBUGINFOD_TIMEOUT", DEFAULT_TIMEOUT);
+        let max_time = secs("DEBUGINFOD_MAXTIME", DEFAULT_MAX_TIME);
         let max_size = var("DEBUGINFOD_MAXSIZE")
             .and_then(|t| t.trim().parse().ok())
             .filter(|&n| n > 0)
@@ -106,6 +118,7 @@ impl Debuginfod {
             urls,
             cache,
             timeout,
+            max_time,
             max_size,
         })
     }
@@ -355,7 +368,9 @@ fn debuginfod(
 /// concurrent reader never sees half a file), at most `d.max_size` bytes.
 fn download(url: &str, dest: &Path, d: &Debuginfod) -> Result<(), String> {
     let agent = ureq::Agent::config_builder()
-        .timeout_global(Some(d.timeout))
+        .timeout_connect(Some(d.timeout))
+        .timeout_recv_response(Some(d.timeout))
+        .timeout_global(Some(d.timeout + d.max_time))
         .http_status_as_error(false)
         .build()
         .new_agent();
