@@ -254,6 +254,8 @@ mod thread_tests {
     fn threads_table() {
         let group = |name: &str, by: &str, count, verdict, why: &str| ThreadGroupReport {
             name: name.into(),
+            pattern: crate::threads::fold_digits(name),
+            names: vec![name.into()],
             created_by: by.into(),
             site: None,
             count,
@@ -273,7 +275,7 @@ mod thread_tests {
             lost: 0,
             groups: vec![
                 group(
-                    "conn-#",
+                    "conn-1 … conn-10",
                     "app::serve (main.rs:40)",
                     10,
                     ThreadVerdict::Growing,
@@ -296,7 +298,7 @@ mod thread_tests {
             text,
             "Threads: 15 live; since attach 14 created, 0 exited
   count  name              oldest   growth  verdict  created by
-     10  conn-#               12s     +2.0  GROWING  app::serve (main.rs:40)
+     10  conn-1 … conn-10     12s     +2.0  GROWING  app::serve (main.rs:40)
          only grows: 2 → 10 over 4s in 4 steps, none exited (+2.0/s)
       4  tokio-rt-worker      12s     +0.0  ok       app::main (main.rs:9)
       1  app                  12s     +0.0  ok       (main thread)
