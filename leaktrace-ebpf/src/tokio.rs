@@ -14,15 +14,26 @@ use aya_ebpf::{
         bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
     },
     macros::{map, uprobe},
-    maps::HashMap,
+    maps::{HashMap, PerCpuArray, RingBuf},
     programs::ProbeContext,
 };
 use leaktrace_common::tokio::{
-    TokioEvent,
+    SPAWN_STACK_BYTES, TokioEvent, TokioEventKind, TokioSpawnStack,
     task_header::{MAX_PLAUSIBLE_REFS, REF_SHIFT, VTABLE as HEADER_VTABLE},
 };
 
-use crate::maps::{emit, read_u64};
+use crate::maps::{copy_user_stack, emit, read_u64};
+
+/// Spawn stacks ([`TokioSpawnStack`]), apart from the task events: they
+/// are 200 times larger. Room for ~120 waiting; a spawn that finds it full
+/// still sends its event, without a stack (counted in
+/// [`TOKIO_STACKS_LOST`]).
+#[map]
+static TOKIO_SPAWN_STACKS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+/// Per CPU: spawns sent without their stack because the ring was full.
+#[map]
+static TOKIO_STACKS_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// Run-time vtable address → `id_offset` of the tasks using it. Filled by
 /// the loader from the binary's vtables (load bias applied).
@@ -108,6 +119,13 @@ pub fn tokio_task(ctx: ProbeContext) -> u32 {
             core::ptr::read_volatile(&regs.rdx),
         )
     };
+    let (ip, sp, bp) = unsafe {
+        (
+            core::ptr::read_volatile(&regs.rip),
+            core::ptr::read_volatile(&regs.rsp),
+            core::ptr::read_volatile(&regs.rbp),
+        )
+    };
     let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
     let kind = cookie as u8;
     let preferred = (cookie >> 8) as u8;
@@ -119,15 +137,46 @@ pub fn tokio_task(ctx: ProbeContext) -> u32 {
     else {
         return 0;
     };
+    let tid = bpf_get_current_pid_tgid() as u32;
+    if kind == TokioEventKind::Spawn as u8 {
+        // Before the event: once userspace reads the spawn, its stack is
+        // already committed in the other ring.
+        send_stack(header, id, tid, ip, sp, bp);
+    }
     emit(TokioEvent {
         ts_ns: unsafe { bpf_ktime_get_ns() },
         header,
         id,
         vtable,
-        tid: bpf_get_current_pid_tgid() as u32,
+        tid,
         kind,
         found_as,
         _pad: [0; 2],
     });
     0
+}
+
+/// The spawning thread's registers and top of stack, for the spawn site.
+#[inline(always)]
+fn send_stack(header: u64, id: u64, tid: u32, ip: u64, sp: u64, bp: u64) {
+    let Some(mut slot) = TOKIO_SPAWN_STACKS.reserve::<TokioSpawnStack>(0) else {
+        if let Some(lost) = TOKIO_STACKS_LOST.get_ptr_mut(0) {
+            // SAFETY: this CPU's slot; uprobe programs do not nest on a CPU.
+            unsafe { *lost += 1 };
+        }
+        return;
+    };
+    let rec = slot.as_mut_ptr();
+    // SAFETY: `rec` is a reserved record of the right size.
+    unsafe {
+        (*rec).header = header;
+        (*rec).id = id;
+        (*rec).ip = ip;
+        (*rec).sp = sp;
+        (*rec).bp = bp;
+        (*rec).tid = tid;
+        (*rec).stack_len =
+            copy_user_stack((&raw mut (*rec).stack).cast(), sp, SPAWN_STACK_BYTES as u32);
+    }
+    slot.submit(0);
 }

@@ -4,9 +4,10 @@
 //! traced stripped with the debug file given by `--debuginfo`, found in a
 //! build-id directory (`--debug-dir`), found by `.gnu_debuglink`, and
 //! downloaded from a real debuginfod (elfutils', started here over a
-//! directory holding the debug file). Each must give the same groups as the
-//! unstripped build; without any of them the stripped build has vtable
-//! addresses only, which shows the names really come from the debug file.
+//! directory holding the debug file). Each must give the same groups (future
+//! type, spawn site, state, await point) as the unstripped build; without
+//! any of them the stripped build has vtable addresses only, which shows the
+//! names really come from the debug file.
 mod common;
 
 use std::{
@@ -21,9 +22,10 @@ use common::*;
 use leaktrace::{runtime::tokio::tracer::TokioTracer, symbols::debuginfo::Search};
 use serde_json::Value;
 
-/// Ten tasks that wait forever on a oneshot, spawned back to back; then the
-/// fixture holds them (no other load: the groups are exactly these).
-const FIXTURE_ARGS: &[&str] = &["oneshot", "--n", "10", "--hold", "30s"];
+/// Tasks that wait forever on a oneshot, spawned from two functions once
+/// the probes are armed; then the fixture holds them (no other load: the
+/// groups are exactly these, by future type and spawn site).
+const FIXTURE_ARGS: &[&str] = &["sites", "--delay", "1s", "--hold", "30s"];
 const DEBUGINFOD: &str = "/usr/bin/debuginfod";
 
 /// The split builds, in a fresh directory.
@@ -98,7 +100,8 @@ fn group_keys(r: &Value) -> BTreeSet<String> {
                 )
             };
             format!(
-                "{} [{}] blocked at {}",
+                "{} spawned by {} [{}] blocked at {}",
+                f(&g["start"]),
                 f(&g["created_by"]),
                 g["state"].as_str().unwrap_or(""),
                 f(&g["blocked_at"])
@@ -107,7 +110,7 @@ fn group_keys(r: &Value) -> BTreeSet<String> {
         .collect()
 }
 
-/// `leaktrace --duration 3s EXTRA -c BIN oneshot …` with `env`: its final
+/// `leaktrace --duration 3s EXTRA -c BIN sites …` with `env`: its final
 /// report and stderr.
 fn trace(bin: &Path, extra: &[&str], env: &[(&str, &Path)]) -> (Value, String) {
     let mut cmd = Command::new(leaktrace_bin());
@@ -227,10 +230,13 @@ fn stripped_binary_named_through_its_separate_debug_info() {
     let (truth, _) = trace(&s.unstripped, &[], &[]);
     let expected = group_keys(&truth);
     assert!(
-        expected
-            .iter()
-            .any(|k| k.starts_with("tokio_fixture::oneshot_waiter ")),
-        "the unstripped build names its tasks: {expected:?}"
+        expected.len() == 2
+            && expected.iter().all(|k| {
+                k.starts_with("tokio_fixture::site_waiter ")
+                    && (k.contains("spawned by tokio_fixture::admin_listen (")
+                        || k.contains("spawned by tokio_fixture::worker_pool ("))
+            }),
+        "the unstripped build names its tasks and their spawn sites: {expected:?}"
     );
     println!("unstripped: {expected:?}");
 

@@ -149,22 +149,30 @@ fn write_group(
     } else {
         kind.tasks.to_string()
     };
-    let origin = kind.origin;
+    let origin = match kind.spawned {
+        // tokio: `future app::handle spawned by app::listen (main.rs:88)`.
+        Some(spawned) if g.created_by != g.start => format!(
+            "{} {} {spawned} {}",
+            kind.origin,
+            g.start.function,
+            site(&g.created_by)
+        ),
+        _ => format!("{} {}", kind.origin, site(&g.created_by)),
+    };
     let mut line = format!(
-        "{:>7} {noun}  {}  {}  {:+.1}/s  {}  {origin} {}",
+        "{:>7} {noun}  {}  {}  {:+.1}/s  {}  {origin}",
         g.count,
         paint("1", &g.state),
         blocked,
         g.growth_per_s,
         verdict,
-        site(&g.created_by)
     );
     if let Some(via) = &g.created_via {
         line.push_str(&format!(" via {}", site(via)));
     }
     if let Some(at) = &g.blocked_at {
         line.push_str(&format!(", blocked in {}", site(at)));
-    } else if g.start.function != g.created_by.function {
+    } else if kind.spawned.is_none() && g.start.function != g.created_by.function {
         line.push_str(&format!(", running {}", g.start.function));
     }
     writeln!(out, "{line}")?;

@@ -39,6 +39,9 @@ pub struct RuntimeKind {
     pub origin: &'static str,
     /// What member ids are: `goroutines`, `task ids`.
     pub ids: &'static str,
+    /// When `origin` names the task's own function (tokio's future type),
+    /// the words for its creation site after it: `spawned by`.
+    pub spawned: Option<&'static str>,
 }
 
 impl serde::Serialize for RuntimeKind {

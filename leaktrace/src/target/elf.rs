@@ -361,6 +361,16 @@ impl ElfFile {
         self.debug = Some(Box::new(debug));
     }
 
+    /// Another handle on the same bytes and debug file, for a reader that
+    /// must own its file (nothing is copied or read again).
+    pub fn share(&self) -> Result<ElfFile, ElfError> {
+        let mut elf = ElfFile::parse(self.data().clone())?;
+        if let Some(d) = &self.debug {
+            elf.set_debug_file(d.share()?);
+        }
+        Ok(elf)
+    }
+
     pub fn debug_file(&self) -> Option<&ElfFile> {
         self.debug.as_deref()
     }

@@ -34,6 +34,7 @@ pub const GO: RuntimeKind = RuntimeKind {
     ended: "exited",
     origin: "created by",
     ids: "goroutines",
+    spawned: None,
 };
 
 pub struct GoRuntime {
