@@ -25,15 +25,25 @@ use leaktrace_common::tokio::{
 use crate::maps::{copy_user_stack, emit, read_u64};
 
 /// Spawn stacks ([`TokioSpawnStack`]), apart from the task events: they
-/// are 200 times larger. Room for ~120 waiting; a spawn that finds it full
+/// are 200 times larger. Room for ~500 waiting; a spawn that finds it full
 /// still sends its event, without a stack (counted in
 /// [`TOKIO_STACKS_LOST`]).
 #[map]
-static TOKIO_SPAWN_STACKS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+static TOKIO_SPAWN_STACKS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 
 /// Per CPU: spawns sent without their stack because the ring was full.
 #[map]
 static TOKIO_STACKS_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Spawns seen per vtable (future type), to sample their stacks: every one
+/// of the first [`STACKS_IN_FULL`], then one in [`STACK_SAMPLE`]. Copying
+/// 8 KiB costs a spawn about as much as the probe itself; a future type
+/// spawned thousands of times a second needs only samples to show its
+/// sites. Counts race between CPUs: a sample more or less.
+#[map]
+static TOKIO_SPAWNS_SEEN: HashMap<u64, u64> = HashMap::with_max_entries(8192, 0);
+const STACKS_IN_FULL: u64 = 256;
+const STACK_SAMPLE: u64 = 16;
 
 /// Run-time vtable address → `id_offset` of the tasks using it. Filled by
 /// the loader from the binary's vtables (load bias applied).
@@ -138,7 +148,7 @@ pub fn tokio_task(ctx: ProbeContext) -> u32 {
         return 0;
     };
     let tid = bpf_get_current_pid_tgid() as u32;
-    if kind == TokioEventKind::Spawn as u8 {
+    if kind == TokioEventKind::Spawn as u8 && sample_stack(vtable) {
         // Before the event: once userspace reads the spawn, its stack is
         // already committed in the other ring.
         send_stack(header, id, tid, ip, sp, bp);
@@ -154,6 +164,25 @@ pub fn tokio_task(ctx: ProbeContext) -> u32 {
         _pad: [0; 2],
     });
     0
+}
+
+/// Whether this spawn of `vtable`'s future type gets its stack copied.
+#[inline(always)]
+fn sample_stack(vtable: u64) -> bool {
+    let seen = match TOKIO_SPAWNS_SEEN.get_ptr_mut(&vtable) {
+        Some(n) => {
+            // SAFETY: a map value; a racing CPU costs one sample at most.
+            unsafe {
+                *n += 1;
+                *n
+            }
+        }
+        None => {
+            let _ = TOKIO_SPAWNS_SEEN.insert(&vtable, &1, 0);
+            1
+        }
+    };
+    seen <= STACKS_IN_FULL || seen % STACK_SAMPLE == 0
 }
 
 /// The spawning thread's registers and top of stack, for the spawn site.

@@ -329,9 +329,45 @@ pub fn is_library(f: &Frame) -> bool {
         || SOURCES.iter().any(|s| f.file.contains(s))
 }
 
+/// Frames of tokio and the standard library only: the path a spawn takes
+/// inside them, not the spawn site (which may well be a library's, e.g.
+/// hyper spawning a connection task).
+pub fn is_std_or_tokio(f: &Frame) -> bool {
+    const CRATES: [&str; 4] = ["tokio::", "std::", "core::", "alloc::"];
+    let name = f.function.trim_start_matches('<');
+    name.is_empty()
+        || CRATES.iter().any(|c| name.starts_with(c))
+        || f.file.contains("/tokio-1.")
+        || f.file.starts_with("/rustc/")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_spawn_path_is_skipped_the_caller_is_not() {
+        assert!(is_std_or_tokio(&frame(
+            "tokio::task::spawn::spawn_inner<F>",
+            ""
+        )));
+        assert!(is_std_or_tokio(&frame(
+            "<alloc::sync::Arc<tokio::runtime::scheduler::multi_thread::handle::Handle>>::bind_new_task",
+            ""
+        )));
+        assert!(is_std_or_tokio(&frame(
+            "spawn<F>",
+            "/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/tokio-1.54.1/src/task/spawn.rs"
+        )));
+        assert!(!is_std_or_tokio(&frame(
+            "tokio_fixture::admin_listen",
+            "src/main.rs"
+        )));
+        assert!(!is_std_or_tokio(&frame(
+            "hyper::server::conn::spawn_all",
+            "/root/.cargo/registry/src/x/hyper-1.0.0/src/server.rs"
+        )));
+    }
 
     fn frame(function: &str, file: &str) -> Frame {
         Frame {

@@ -24,7 +24,7 @@ use crate::{
     symbols::{
         Frame,
         native::{
-            Module,
+            Module, is_std_or_tokio,
             unwind::{self, CfiTables, CodeMap, StackCopy},
         },
     },
@@ -156,7 +156,7 @@ impl SpawnSites {
                     module
                         .frames(pc.wrapping_sub(1).wrapping_sub(module.bias()))
                         .into_iter()
-                        .find(|f| !is_runtime(f))
+                        .find(|f| !is_std_or_tokio(f))
                 })
                 .clone();
             if site.is_some() {
@@ -181,50 +181,5 @@ impl CodeMap for Exe<'_> {
 
     fn is_code(&mut self, pc: u64) -> bool {
         self.0.holds(pc)
-    }
-}
-
-/// tokio's and the standard library's own frames: the spawn path, not the
-/// spawn site.
-fn is_runtime(f: &Frame) -> bool {
-    const CRATES: [&str; 4] = ["tokio::", "std::", "core::", "alloc::"];
-    let name = f.function.trim_start_matches('<');
-    name.is_empty()
-        || CRATES.iter().any(|c| name.starts_with(c))
-        || f.file.contains("/tokio-1.")
-        || f.file.starts_with("/rustc/")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn frame(function: &str, file: &str) -> Frame {
-        Frame {
-            function: function.into(),
-            file: file.into(),
-            line: 1,
-        }
-    }
-
-    #[test]
-    fn the_spawn_path_is_skipped_the_caller_is_not() {
-        assert!(is_runtime(&frame("tokio::task::spawn::spawn_inner<F>", "")));
-        assert!(is_runtime(&frame(
-            "<alloc::sync::Arc<tokio::runtime::scheduler::multi_thread::handle::Handle>>::bind_new_task",
-            ""
-        )));
-        assert!(is_runtime(&frame(
-            "spawn<F>",
-            "/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/tokio-1.54.1/src/task/spawn.rs"
-        )));
-        assert!(!is_runtime(&frame(
-            "tokio_fixture::admin_listen",
-            "src/main.rs"
-        )));
-        assert!(!is_runtime(&frame(
-            "hyper::server::conn::spawn_all",
-            "/root/.cargo/registry/src/x/hyper-1.0.0/src/server.rs"
-        )));
     }
 }

@@ -155,6 +155,8 @@ pub struct TokioTracer {
     vtable_sites: HashMap<usize, HashSet<Frame>>,
     /// The note about spawn stacks lost was given.
     stacks_lost_said: bool,
+    /// The note about sampled spawn stacks was given.
+    sampled_said: bool,
     /// Where the names came from when the binary had no DWARF of its own.
     debuginfo: Outcome,
 }
@@ -213,6 +215,7 @@ impl TokioTracer {
             sites: None,
             vtable_sites: HashMap::new(),
             stacks_lost_said: false,
+            sampled_said: false,
             debuginfo: Outcome::NotNeeded,
         }
     }
@@ -438,6 +441,35 @@ impl TokioTracer {
             .collect()
     }
 
+    /// Spawns beyond the first 256 of a future type have their stack read
+    /// one in 16 (the probe's sampling): for a type spawned from two or more
+    /// sites, the others cannot be told apart. Said once.
+    fn note_sampled_sites(&mut self) {
+        if self.sampled_said {
+            return;
+        }
+        let unsited = self
+            .tasks
+            .values()
+            .filter(|t| {
+                t.site.is_none()
+                    && t.owner_id == u64::MAX
+                    && self
+                        .vtable_sites
+                        .get(&t.vtable)
+                        .is_some_and(|s| s.len() > 1)
+            })
+            .count();
+        if unsited > 0 {
+            self.sampled_said = true;
+            self.notes.push(format!(
+                "tokio: spawn stacks are read for the first 256 spawns of each future type, then \
+                 one in 16 (or were lost): {unsited} tasks of future types spawned from several \
+                 sites have no spawn site and are grouped by future type"
+            ));
+        }
+    }
+
     /// The future type of a task, as a frame.
     fn future(&self, t: &Tracked) -> Frame {
         Frame {
@@ -604,6 +636,7 @@ impl TokioTracer {
     }
 
     fn build_views(&mut self, pid: u32) -> Vec<TaskView> {
+        self.note_sampled_sites();
         let mem = Memory::new(pid);
         let mut views = Vec::with_capacity(self.tasks.len());
         for (&header, t) in &self.tasks {
