@@ -126,7 +126,8 @@ pub struct Args {
 
     /// The program's separate debug info (`objcopy --only-keep-debug`), for
     /// names in a stripped binary; repeatable (each program traced takes
-    /// the file with its build-id). Without it leaktrace looks in the
+    /// the file with its build-id; one that is no traced program's is an
+    /// error, except with -f). Without it leaktrace looks in the
     /// build-id directory under --debug-dir, at `.gnu_debuglink`, and asks
     /// the debuginfod servers in DEBUGINFOD_URLS.
     #[arg(long, value_name = "FILE")]

@@ -42,7 +42,7 @@ pub enum Launch {
 pub fn runtime_options(args: &Args) -> Options {
     Options {
         detailed: args.detailed,
-        debuginfo: Search::from_env(args.debuginfo.clone(), args.debug_dir.clone()),
+        debuginfo: Search::from_env(args.debuginfo.clone(), args.debug_dir.clone(), !args.follow),
     }
 }
 

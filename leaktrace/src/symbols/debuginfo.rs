@@ -44,6 +44,10 @@ pub struct Search {
 #[derive(Debug)]
 struct SearchInner {
     files: Vec<PathBuf>,
+    /// A `--debuginfo` that matches no program is an error; off when
+    /// several programs are traced (`-f`), each taking the file that is
+    /// its own and searching as usual otherwise.
+    strict: bool,
     debug_dir: PathBuf,
     debuginfod: Option<Debuginfod>,
 }
@@ -73,6 +77,7 @@ impl Search {
         Self {
             inner: Arc::new(SearchInner {
                 files,
+                strict: true,
                 debug_dir,
                 debuginfod,
             }),
@@ -80,9 +85,17 @@ impl Search {
     }
 
     /// `--debuginfo` files and `--debug-dir`, with debuginfod from
-    /// `DEBUGINFOD_URLS` (off when unset or empty).
-    pub fn from_env(files: Vec<PathBuf>, debug_dir: PathBuf) -> Self {
-        Self::new(files, debug_dir, Debuginfod::from_env())
+    /// `DEBUGINFOD_URLS` (off when unset or empty). `strict`: one program
+    /// is traced, so `--debuginfo` files must be its own.
+    pub fn from_env(files: Vec<PathBuf>, debug_dir: PathBuf, strict: bool) -> Self {
+        Self {
+            inner: Arc::new(SearchInner {
+                files,
+                strict,
+                debug_dir,
+                debuginfod: Debuginfod::from_env(),
+            }),
+        }
     }
 }
 
@@ -177,18 +190,24 @@ pub fn attach(
     let s = &search.inner;
     let id = program.build_id();
     let link = program.debuglink();
+    let mut tried = Vec::new();
     if !s.files.is_empty() {
-        let (debug, path) = given_file(&s.files, id.as_deref(), link.as_ref(), exe)?;
-        program.set_debug_file(debug);
-        return Ok(Outcome::Found {
-            path,
-            how: "--debuginfo, build-id checked".into(),
-        });
+        match given_file(&s.files, id.as_deref(), link.as_ref(), exe) {
+            Ok((debug, path)) => {
+                program.set_debug_file(debug);
+                return Ok(Outcome::Found {
+                    path,
+                    how: "--debuginfo, build-id checked".into(),
+                });
+            }
+            Err(e) if s.strict => return Err(e),
+            // Another traced program's file: search as usual.
+            Err(_) => tried.push("--debuginfo (none is this program's)".into()),
+        }
     }
     if program.has_dwarf() {
         return Ok(Outcome::NotNeeded);
     }
-    let mut tried = Vec::new();
     let hit = id
         .as_deref()
         .and_then(|id| {
