@@ -16,6 +16,7 @@ EXAMPLES:
   sudo leaktrace -p 1234 --duration 1m --older 30s --stacks
   sudo leaktrace -p 1234 -d 30s --format json  JSON on stdout, one object per report
   sudo leaktrace -c ./server --port 8080       start the program with probes already attached
+  sudo leaktrace -p 1234 --listen 127.0.0.1:9091   Prometheus /metrics and /debug/pprof/goroutine
   sudo leaktrace -f --fail-on leak -c go test ./...   each test binary, judged when it exits
 
 Verdicts (README §Verdicts): `leak` = blocked on something that can never
@@ -104,6 +105,26 @@ pub struct Args {
     /// Write reports here instead of stdout.
     #[arg(long)]
     pub output: Option<PathBuf>,
+
+    /// Also write each report as a gzipped pprof goroutine profile to FILE
+    /// (`go tool pprof -top FILE`), rewritten at every report.
+    #[arg(long, value_name = "FILE")]
+    pub pprof: Option<PathBuf>,
+
+    /// Also write each report as folded stacks (flamegraph.pl, inferno) to
+    /// FILE, rewritten at every report.
+    #[arg(long, value_name = "FILE")]
+    pub folded: Option<PathBuf>,
+
+    /// Serve /metrics (Prometheus) and /debug/pprof/goroutine on ADDR
+    /// (e.g. 127.0.0.1:9091), from the latest report.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
+
+    /// A full-screen table for people who watch, redrawn at each report:
+    /// ↑↓ select, Enter a group's stack and reason, s sort, q the final report.
+    #[arg(long, conflicts_with_all = ["follow", "output", "format"])]
+    pub tui: bool,
 
     /// Print each group's stack.
     #[arg(short, long)]

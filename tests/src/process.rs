@@ -66,6 +66,26 @@ impl Shared {
     }
 }
 
+/// The process `cmd` starts gets SIGKILL when the thread that spawns it
+/// exits (a test that dies without unwinding leaves nothing running).
+pub fn die_with_parent_thread(cmd: &mut Command) {
+    // SAFETY: getpid is always safe to call.
+    let parent = unsafe { libc::getpid() };
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                // The parent died before prctl took effect.
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+}
+
 /// How to start a fixture; see [`Fixture::command`].
 pub struct FixtureCommand {
     binary: PathBuf,
@@ -119,20 +139,7 @@ impl FixtureCommand {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         if self.pdeathsig {
-            // SAFETY: only async-signal-safe calls between fork and exec.
-            let parent = unsafe { libc::getpid() };
-            unsafe {
-                cmd.pre_exec(move || {
-                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    if libc::getppid() != parent {
-                        // The parent died before prctl took effect.
-                        libc::_exit(1);
-                    }
-                    Ok(())
-                });
-            }
+            die_with_parent_thread(&mut cmd);
         }
         let mut child = cmd
             .spawn()

@@ -12,18 +12,19 @@ mod common;
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
-    net::{TcpListener, TcpStream},
-    os::unix::process::CommandExt,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    net::TcpStream,
+    path::Path,
+    process::{Command, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
 };
 
-use common::*;
+use common::{prometheus::*, *};
 use leaktrace_e2e::Profile;
 
-const PROMETHEUS: &str = "/usr/bin/prometheus";
+/// Nothing to scrape, evaluate or notify: what runs is the server's own
+/// machinery (TSDB, managers, web handler) and nothing else.
+const IDLE_CONFIG: &str = "global:\n  scrape_interval: 1m\n  evaluation_interval: 1m\n";
 /// The Debian package version this test was written against (also pinned in
 /// xtask/src/setup.rs); the installed one is printed.
 const TESTED_VERSION: &str = "2.42.0+ds-5+deb12u1";
@@ -31,124 +32,42 @@ const CLIENTS: usize = 200;
 /// Reports every 2s; the final one after this long attached.
 const HOLD: Duration = Duration::from_secs(20);
 
-/// Our own prometheus process; killed, reaped and its directory removed on
-/// drop (also when a failing test unwinds).
-struct Server {
-    child: Child,
-    dir: PathBuf,
-    port: u16,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-impl Server {
-    fn start() -> Server {
-        let dir = tempfile_path("prometheus");
-        std::fs::create_dir_all(dir.join("data")).expect("temp dir");
-        // Nothing to scrape, evaluate or notify: what runs is the server's
-        // own machinery (TSDB, managers, web handler) and nothing else.
-        let config = dir.join("prometheus.yml");
-        std::fs::write(
-            &config,
-            "global:\n  scrape_interval: 1m\n  evaluation_interval: 1m\n",
-        )
-        .expect("config");
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let log = std::fs::File::create(dir.join("log")).expect("log file");
-        let mut cmd = Command::new(PROMETHEUS);
-        cmd.arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .arg("--log.level=warn")
-            .current_dir(&dir)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log);
-        let parent = unsafe { libc::getpid() };
-        // SAFETY: only async-signal-safe calls between fork and exec. The
-        // server dies with the test's thread if the test dies unwound.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if libc::getppid() != parent {
-                    libc::_exit(1);
-                }
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().expect("starting prometheus");
-        let server = Server { child, dir, port };
-        let deadline = Instant::now() + Duration::from_secs(90);
-        while get(port, "/-/ready").is_none_or(|(status, _)| status != 200) {
-            assert!(
-                Instant::now() < deadline,
-                "prometheus not ready within 90s:\n{}",
-                server.log()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        server
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
-    }
-
-    /// What the server itself counts, from its goroutine profile.
-    fn own_count(&self) -> ServerCount {
-        let (status, body) = get(self.port, "/debug/pprof/goroutine?debug=1")
-            .unwrap_or_else(|| panic!("fetching the goroutine profile:\n{}", self.log()));
-        assert_eq!(status, 200, "{body}");
-        let profile = Profile::parse(&body).expect("a goroutine profile");
-        // `total` is runtime.NumGoroutine() while the handler runs (Go
-        // 1.19's goroutineProfileWithLabels counts every non-system
-        // goroutine, its caller included), so it counts the fetch itself:
-        // the connection's goroutine, running the handler (the one with
-        // writeGoroutine on its stack), and net/http's background reader,
-        // which `(*conn).serve` starts (`go cr.backgroundRead()`) just before
-        // calling the handler of a request without a body. That reader is
-        // either on its way (backgroundRead on its stack) or not yet run: a
-        // goroutine that never ran has only `runtime.goexit` on its stack,
-        // which the profile prints as a record without frames (seen in about
-        // one fetch in ten here). Nothing else in an idle server is that
-        // young. Both end once the response is sent on our HTTP/1.0 (closed)
-        // connection, before leaktrace's final report is taken.
-        let never_ran: u64 = profile
-            .records
-            .iter()
-            .filter(|r| r.frames.is_empty() && r.pcs.len() == 1)
-            .map(|r| r.count)
-            .sum();
-        let fetch = profile.count_with_frame("runtime/pprof.writeGoroutine")
-            + profile.count_with_frame("net/http.(*connReader).backgroundRead")
-            + never_ran;
-        assert!(fetch >= 1, "the handler is not in its own profile:\n{body}");
-        // The connections' goroutines, ours (running the handler) aside.
-        let conns = profile.count_with_frame("net/http.(*conn).serve")
-            - profile.count_with_frame("runtime/pprof.writeGoroutine");
-        ServerCount {
-            total: profile.total,
-            fetch,
-            conns,
-        }
+/// What the server itself counts, from its goroutine profile.
+fn own_count(server: &Server) -> ServerCount {
+    let (status, body) = get(server.port, "/debug/pprof/goroutine?debug=1")
+        .unwrap_or_else(|| panic!("fetching the goroutine profile:\n{}", server.log()));
+    assert_eq!(status, 200, "{body}");
+    let profile = Profile::parse(&body).expect("a goroutine profile");
+    // `total` is runtime.NumGoroutine() while the handler runs (Go
+    // 1.19's goroutineProfileWithLabels counts every non-system
+    // goroutine, its caller included), so it counts the fetch itself:
+    // the connection's goroutine, running the handler (the one with
+    // writeGoroutine on its stack), and net/http's background reader,
+    // which `(*conn).serve` starts (`go cr.backgroundRead()`) just before
+    // calling the handler of a request without a body. That reader is
+    // either on its way (backgroundRead on its stack) or not yet run: a
+    // goroutine that never ran has only `runtime.goexit` on its stack,
+    // which the profile prints as a record without frames (seen in about
+    // one fetch in ten here). Nothing else in an idle server is that
+    // young. Both end once the response is sent on our HTTP/1.0 (closed)
+    // connection, before leaktrace's final report is taken.
+    let never_ran: u64 = profile
+        .records
+        .iter()
+        .filter(|r| r.frames.is_empty() && r.pcs.len() == 1)
+        .map(|r| r.count)
+        .sum();
+    let fetch = profile.count_with_frame("runtime/pprof.writeGoroutine")
+        + profile.count_with_frame("net/http.(*connReader).backgroundRead")
+        + never_ran;
+    assert!(fetch >= 1, "the handler is not in its own profile:\n{body}");
+    // The connections' goroutines, ours (running the handler) aside.
+    let conns = profile.count_with_frame("net/http.(*conn).serve")
+        - profile.count_with_frame("runtime/pprof.writeGoroutine");
+    ServerCount {
+        total: profile.total,
+        fetch,
+        conns,
     }
 }
 
@@ -166,20 +85,6 @@ impl ServerCount {
     fn without_fetch(&self) -> u64 {
         self.total - self.fetch
     }
-}
-
-/// `GET path` over HTTP/1.0 (no chunking, the server closes): status and
-/// body; `None` when the server is not answering.
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).ok()?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, body.to_string()))
 }
 
 /// A client that sends one keep-alive request, reads the whole response and
@@ -268,7 +173,7 @@ fn trace(server: &Server, during: impl FnOnce()) -> Traced {
     let t0 = Instant::now();
     during();
     std::thread::sleep(HOLD.saturating_sub(t0.elapsed()));
-    let before = server.own_count();
+    let before = own_count(server);
     // The fetch's goroutines end with its response; give them time to be
     // gone on a loaded machine before the final report reads the tasks.
     std::thread::sleep(Duration::from_secs(1));
@@ -285,7 +190,7 @@ fn trace(server: &Server, during: impl FnOnce()) -> Traced {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    let after = server.own_count();
+    let after = own_count(server);
     let stderr = err_reader.join().unwrap_or_default();
     let lines = out_reader.join().unwrap_or_default();
     assert!(status.success(), "leaktrace failed ({status}):\n{stderr}");
@@ -435,7 +340,7 @@ fn prometheus_idle_and_with_idle_clients_has_no_leak_and_live_matches_its_own_co
     if version != TESTED_VERSION {
         version.push_str(&format!(" (tested with {TESTED_VERSION})"));
     }
-    let server = Server::start();
+    let server = Server::start(IDLE_CONFIG);
 
     // (a) Idle.
     let idle = trace(&server, || {});

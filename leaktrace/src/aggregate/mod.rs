@@ -2,6 +2,7 @@
 //! Go or tokio beyond the seam's types.
 pub mod cause;
 pub mod channels;
+pub mod deadlocks;
 pub mod groups;
 pub mod trend;
 pub mod verdict;

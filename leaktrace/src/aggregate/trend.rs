@@ -149,6 +149,20 @@ impl<K: Eq + Hash + Clone> Trends<K> {
         });
     }
 
+    /// The series' total at each tick of the window, oldest first (zero
+    /// where it was absent): what a trend mark draws.
+    pub fn totals(&self, key: &K) -> Vec<u32> {
+        // Both are in tick order: one pass over each, whatever the window.
+        let mut samples = self.series.get(key).into_iter().flatten().peekable();
+        self.ticks
+            .iter()
+            .map(|&(tick, _)| {
+                while samples.next_if(|s| s.tick < tick).is_some() {}
+                samples.next_if(|s| s.tick == tick).map_or(0, |s| s.total)
+            })
+            .collect()
+    }
+
     pub fn movement(&self, key: &K) -> Movement {
         let (Some(&(_, t0)), Some(&(_, tn))) = (self.ticks.front(), self.ticks.back()) else {
             return Movement::default();
@@ -225,6 +239,21 @@ mod tests {
     use super::*;
 
     const S: u64 = 1_000_000_000;
+
+    #[test]
+    fn totals_per_tick_with_zero_where_absent() {
+        let mut t = Trends::new(3 * S, 100);
+        t.record(0, [("a", 1, 0)]);
+        t.record(S, [("b", 7, 0)]);
+        t.record(2 * S, [("a", 3, 0)]);
+        t.record(3 * S, [("a", 4, 0), ("b", 8, 0)]);
+        assert_eq!(t.totals(&"a"), [1, 0, 3, 4]);
+        assert_eq!(t.totals(&"b"), [0, 7, 0, 8]);
+        // The first tick leaves the 3s window.
+        t.record(4 * S, [("a", 5, 0)]);
+        assert_eq!(t.totals(&"a"), [0, 3, 4, 5]);
+        assert_eq!(t.totals(&"c"), [0, 0, 0, 0]);
+    }
 
     #[test]
     fn steady_growth_has_its_rate() {

@@ -137,6 +137,46 @@ fn idle_wait(reason: &str, g: &Group) -> bool {
 }
 
 pub fn judge(g: &Group, e: &Evidence, rules: &Rules) -> (Verdict, String) {
+    let (verdict, why) = judge_by_evidence(g, e, rules);
+    match stranded_reason(g, rules) {
+        Some(proof) if verdict == Verdict::Leak => (Verdict::Leak, format!("{proof}; {why}")),
+        Some(proof) => (Verdict::Leak, proof),
+        None => (verdict, why),
+    }
+}
+
+/// What a walk of the target's memory proved, which outweighs any trend:
+/// members nothing that can still run reaches are leaked however few and
+/// however flat (the main task excepted: parking it for good is an idiom).
+fn stranded_reason(g: &Group, rules: &Rules) -> Option<String> {
+    if g.stranded == 0 || g.main || g.system || !g.key.state.is_waiting() {
+        return None;
+    }
+    let noun = rules.noun;
+    let of = if u64::from(g.stranded) == g.count {
+        if g.count == 1 {
+            format!("this {noun}")
+        } else {
+            format!("all {} {noun}s", g.count)
+        }
+    } else {
+        format!("{} of these {} {noun}s", g.stranded, g.count)
+    };
+    Some(if g.deadlocked > 0 {
+        format!(
+            "deadlock: {of} wait on channels held only by other blocked {noun}s that wait for \
+             them in turn (see DEADLOCK), and nothing else in the program reaches those channels"
+        )
+    } else {
+        format!(
+            "{of} wait on channels nothing else in the program can reach (a walk of its memory \
+             from every {noun} that can still run and every global variable found no \
+             reference): they can never wake"
+        )
+    })
+}
+
+fn judge_by_evidence(g: &Group, e: &Evidence, rules: &Rules) -> (Verdict, String) {
     let older = human_secs(rules.older_s);
     let noun = rules.noun;
     let window = human_secs(e.group.window_s.max(e.site.window_s));

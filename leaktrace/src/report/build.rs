@@ -10,6 +10,7 @@ use crate::{
     aggregate::{
         cause::{POOL_NEVER_CLOSED, classify, pools},
         channels::{ChannelSummary, summarize},
+        deadlocks,
         groups::{Group, GroupKey, group},
         trend::Trends,
         verdict::{Evidence, Rules, Verdict, global_deadlock, human_secs, judge, judge_at_exit},
@@ -172,6 +173,11 @@ impl ReportBuilder {
                     .sum(),
                 blocked_s,
             });
+        let partial_deadlocks = if moment == Moment::Live {
+            deadlocks::partial(views.iter().filter(|v| self.ignore.keeps(v)), now)
+        } else {
+            Vec::new()
+        };
         let accepting = accept_loops(&all);
         let shown = kept.filter(|v| self.shape.system || !v.system);
         let mut channels = summarize(shown.clone());
@@ -232,23 +238,26 @@ impl ReportBuilder {
                 .collect()
         };
         let mut reports: Vec<GroupReport> = Vec::new();
-        let mut omitted = 0;
+        let mut omitted = Vec::new();
         for (g, growth_per_s, verdict, why) in judged {
             // --older: a blocked group none of whose members has been old
             // that long is noise unless it is a verdict.
             let young = g.key.state.is_waiting() && g.aged == 0 && verdict == Verdict::Ok;
-            if young || reports.len() >= self.shape.top {
-                omitted += 1;
-                continue;
-            }
+            let shown = !young && reports.len() < self.shape.top;
             let pooled = in_pool.contains(&g.key);
             let channels = channels.remove(&g.key);
+            let trend = self.groups.totals(&group_trend_of(&g.key));
             let mut report = group_report(g, growth_per_s, verdict, why, channels);
+            report.trend = trend;
             if pooled && verdict != Verdict::Ok {
                 report.cause = Some(POOL_NEVER_CLOSED.name);
                 report.fix = Some(POOL_NEVER_CLOSED.fix);
             }
-            reports.push(report);
+            if shown {
+                reports.push(report);
+            } else {
+                omitted.push(report);
+            }
         }
         Report {
             is_final,
@@ -259,9 +268,11 @@ impl ReportBuilder {
             system,
             window_s,
             groups: reports,
-            groups_omitted: omitted,
+            groups_omitted: omitted.len(),
+            omitted,
             at_exit: matches!(moment, Moment::AtExit { .. }),
             deadlock,
+            partial_deadlocks,
             notes: self.notes.clone(),
             threads: self.threads.clone(),
         }
@@ -334,7 +345,10 @@ fn group_report(
         session,
         verdict,
         why,
+        stranded: g.stranded,
+        deadlocked: g.deadlocked,
         stack: g.stack,
         sample_ids: g.sample_ids,
+        trend: Vec::new(),
     }
 }

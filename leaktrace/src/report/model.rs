@@ -1,6 +1,7 @@
 //! One report. Field names are a contract other tools parse: keep them.
 use serde::Serialize;
 
+pub use crate::aggregate::deadlocks::{PartialDeadlock, Participant};
 pub use crate::threads::view::{ThreadGroupReport, ThreadVerdict, ThreadsReport};
 use crate::{
     aggregate::{channels::ChannelSummary, verdict::Verdict},
@@ -24,6 +25,10 @@ pub struct Report {
     pub groups: Vec<GroupReport>,
     /// Groups left out by `--top` / `--older`.
     pub groups_omitted: usize,
+    /// Those groups themselves, not in JSON: the exports (pprof, folded,
+    /// metrics) describe every task, so their counts add up to `live`.
+    #[serde(skip)]
+    pub omitted: Vec<GroupReport>,
     /// True when this report is the state at the moment the program exited
     /// (verdicts then have goleak's meaning: still blocked = leak).
     pub at_exit: bool,
@@ -31,6 +36,11 @@ pub struct Report {
     /// program itself for at least `--hang`: nothing can run again.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deadlock: Option<Deadlock>,
+    /// Sets of goroutines blocked on each other's channels that nothing else
+    /// in the program can reach, found while the rest of it runs (at most
+    /// ten, largest first).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub partial_deadlocks: Vec<PartialDeadlock>,
     /// Anything the reader should know about how this report was made.
     pub notes: Vec<String>,
     /// The process's OS threads; absent when thread tracking is off.
@@ -127,8 +137,17 @@ pub struct GroupReport {
     /// For members blocked in channel operations: the channels they wait
     /// on and who else is blocked on them; null when none are.
     pub channels: Option<ChannelSummary>,
+    /// Members a walk of the target's memory proved can never wake (what
+    /// they wait on is unreachable), and of those, members of a partial
+    /// deadlock.
+    pub stranded: u32,
+    pub deadlocked: u32,
     pub stack: Vec<Frame>,
     pub sample_ids: Vec<u64>,
+    /// The group's size (any state) at each sample over the recent window,
+    /// oldest first: the text report's trend mark on a terminal.
+    #[serde(skip)]
+    pub trend: Vec<u32>,
 }
 
 #[derive(Clone, Copy, Debug, Default, Serialize)]

@@ -14,6 +14,9 @@ use crate::{
 pub struct TextStyle {
     pub color: bool,
     pub stacks: bool,
+    /// A trend mark (`▁▂▄▇`) after each group's growth: for people at a
+    /// terminal, not for files or pipes that other tools read.
+    pub trend: bool,
 }
 
 pub fn write(out: &mut dyn Write, report: &Report, style: &TextStyle) -> Result<()> {
@@ -93,6 +96,31 @@ pub fn write(out: &mut dyn Write, report: &Report, style: &TextStyle) -> Result<
             human_secs(d.blocked_s)
         )?;
     }
+    for d in &report.partial_deadlocks {
+        writeln!(
+            out,
+            "{} {} {tasks} wait for each other on channels nothing else in the program can reach, \
+             blocked for ≥ {}:",
+            paint("1;31", "DEADLOCK (partial):"),
+            d.members,
+            human_secs(d.blocked_s)
+        )?;
+        for p in &d.participants {
+            writeln!(
+                out,
+                "  {} {} at {}, created by {}: {}",
+                kind.task,
+                p.id,
+                p.blocked_at.as_deref().unwrap_or("?"),
+                p.created_by,
+                p.waits.join(", ")
+            )?;
+        }
+        let more = d.members.saturating_sub(d.participants.len() as u64);
+        if more > 0 {
+            writeln!(out, "  … and {more} more")?;
+        }
+    }
     if report.groups.is_empty() {
         writeln!(out, "  (no groups to show)")?;
     }
@@ -159,8 +187,12 @@ fn write_group(
         ),
         _ => format!("{} {}", kind.origin, site(&g.created_by)),
     };
+    let mark = match trend_mark(&g.trend) {
+        Some(m) if style.trend => format!(" {m}"),
+        _ => String::new(),
+    };
     let mut line = format!(
-        "{:>7} {noun}  {}  {}  {:+.1}/s  {}  {origin}",
+        "{:>7} {noun}  {}  {}  {:+.1}/s{mark}  {}  {origin}",
         g.count,
         paint("1", &g.state),
         blocked,
@@ -199,7 +231,36 @@ fn write_group(
     Ok(())
 }
 
-fn site(f: &Frame) -> String {
+/// Width of the trend mark, in characters.
+const TREND_WIDTH: usize = 8;
+
+/// The group's size over the window as up to [`TREND_WIDTH`] bars, each the
+/// size at the end of its slice of the samples, scaled from zero to the
+/// largest: a leak climbs (`▁▂▄▇`), a steady group is level. None with
+/// fewer than two samples (no trend yet).
+pub fn trend_mark(totals: &[u32]) -> Option<String> {
+    const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    if totals.len() < 2 {
+        return None;
+    }
+    let width = totals.len().min(TREND_WIDTH);
+    let points: Vec<u32> = (1..=width)
+        .map(|i| totals[(i * totals.len()).div_ceil(width) - 1])
+        .collect();
+    let max = points.iter().copied().max().unwrap_or(0);
+    Some(
+        points
+            .iter()
+            .map(|&v| match max {
+                0 => BARS[0],
+                _ => BARS[(v as usize * (BARS.len() - 1)).div_ceil(max as usize)],
+            })
+            .collect(),
+    )
+}
+
+/// `function (file.go:12)`, or the function alone when it has no file.
+pub fn site(f: &Frame) -> String {
     let file = f.file.rsplit('/').next().unwrap_or(&f.file);
     if file.is_empty() {
         f.function.to_string()

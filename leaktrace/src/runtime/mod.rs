@@ -16,7 +16,8 @@ use std::path::Path;
 use anyhow::{Result, bail};
 
 pub use task::{
-    ChanDir, ChanState, ChanTimer, ChanWait, LifetimeStats, Lifetimes, Since, TaskState, TaskView,
+    ChanDir, ChanState, ChanTimer, ChanWait, LifetimeStats, Lifetimes, Since, Stranded, TaskState,
+    TaskView,
 };
 
 use crate::{

@@ -70,6 +70,21 @@ pub struct TaskView {
     /// chan receive, select) waits on, one per operation (a select has
     /// several). Empty when it waits on none, or they could not be read.
     pub waits_on: Arc<[ChanWait]>,
+    /// Proven never to wake by a walk of the target's memory (Go: nothing
+    /// that can still run reaches the channels it waits on). `None`: not
+    /// proven, or not looked at.
+    pub stranded: Option<Stranded>,
+}
+
+/// What a heap walk proved about a blocked task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Stranded {
+    /// Nothing that can still run reaches what it waits on.
+    Unreachable,
+    /// Stranded, and waiting for other stranded tasks that hold what it
+    /// waits on while they wait for it: a deadlock among them, named by one
+    /// member's key.
+    Deadlock(u64),
 }
 
 /// One channel operation a blocked task waits in.

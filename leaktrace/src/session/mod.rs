@@ -4,7 +4,9 @@
 //! (Ctrl-C, SIGTERM, `--duration`), and turns their outcomes into leaktrace's
 //! exit status. Every way out ends each trace with a final report and drops
 //! its probes, which detaches them; an error drops them on its way out too.
+mod exports;
 mod follow;
+mod serve;
 mod stops;
 mod trace;
 
@@ -21,7 +23,10 @@ use self::{
 use crate::{
     aggregate::verdict::Verdict,
     cli::{Args, Color, EXIT_FAIL_ON, FailOn, Format},
-    report::output::{Form, Output, TextStyle},
+    report::{
+        output::{Form, Output, TextStyle},
+        tui::Tui,
+    },
     runtime::{Options, Runtime},
     symbols::debuginfo::Search,
     target::launch::HeldChild,
@@ -47,10 +52,15 @@ pub fn runtime_options(args: &Args) -> Options {
 }
 
 pub async fn run(args: &Args, launch: Launch) -> Result<i32> {
+    let exports = exports::Exports::new(args)?;
+    if let Some(addr) = args.listen {
+        serve::spawn(serve::bind(addr)?, exports.latest.clone());
+    }
     let mut signals = Signals::new(args)?;
     let ctx = Rc::new(Ctx {
         args: args.clone(),
         out: RefCell::new(output(args)?),
+        exports,
         deadline: signals.deadline,
         show_cmdline: matches!(launch, Launch::Follow { .. }),
     });
@@ -102,6 +112,7 @@ fn output(args: &Args) -> Result<Output> {
         None => Box::new(std::io::stdout()),
     };
     let form = match args.format {
+        _ if args.tui => Form::Tui(Tui::start(args.stacks)?),
         Format::Json => Form::Json,
         Format::Text => Form::Text(TextStyle {
             color: match args.color {
@@ -110,6 +121,7 @@ fn output(args: &Args) -> Result<Output> {
                 Color::Auto => args.output.is_none() && std::io::stdout().is_terminal(),
             },
             stacks: args.stacks,
+            trend: args.output.is_none() && std::io::stdout().is_terminal(),
         }),
     };
     Ok(Output::new(out, form))

@@ -83,6 +83,8 @@ impl Target {
 pub(super) struct Ctx {
     pub args: Args,
     pub out: RefCell<Output>,
+    /// `--pprof`, `--folded`, `--listen`: each report goes there too.
+    pub exports: super::exports::Exports,
     /// When `--duration` ends (the same for every process).
     pub deadline: Option<Instant>,
     /// The command line, said in each report when several processes are
@@ -220,6 +222,7 @@ pub(super) async fn trace(
                     next_sample = Instant::now() + sample_every;
                     let report = refresh.report(false, Moment::Live, rt.as_ref(), &probes);
                     ctx.out.borrow_mut().write(&report)?;
+                    ctx.exports.publish(&report, probes.attached);
                 }
                 Tick::End(end) => break end,
             },
@@ -295,6 +298,7 @@ pub(super) async fn trace(
     }
     let report = refresh.report(true, moment, rt.as_ref(), &probes);
     ctx.out.borrow_mut().write(&report)?;
+    ctx.exports.publish(&report, probes.attached);
     drop(probes);
     Ok(Outcome {
         status,

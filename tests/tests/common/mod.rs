@@ -3,6 +3,8 @@
 //! fixture (`-c` or `--pid`), and the comparison with the fixture's own truth.
 #![allow(dead_code)]
 
+pub mod prometheus;
+
 use std::{
     path::PathBuf,
     process::{Child, Command, Stdio},

@@ -263,6 +263,13 @@ impl GoBinary {
             })?;
         let key = version.minor_key();
         let (layout, layout_source) = match GLayout::from_dwarf(&elf) {
+            Ok(Some(dwarf)) if let Some(why) = dwarf.implausible(&table) => {
+                warnings.push(format!(
+                    "{shown}: the runtime.g DWARF describes cannot be {key}'s ({why}): the file's \
+                     debug info is damaged or altered; runtime.g offsets from the {key} table instead"
+                ));
+                (table, LayoutSource::VersionTable)
+            }
             Ok(Some(dwarf)) => {
                 let diff = dwarf.differences(&table);
                 if !diff.is_empty() {

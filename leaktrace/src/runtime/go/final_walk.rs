@@ -398,6 +398,7 @@ impl FinalSnapshot {
                     state,
                     // The walk at exit reads no channels.
                     waits_on: Arc::from([]),
+                    stranded: None,
                 }
             })
             .collect()

@@ -15,6 +15,9 @@ pub use super::chan_layout::ChanLayout;
 use super::version::GoVersion;
 use crate::{symbols::dwarf, target::elf::ElfFile};
 
+/// No Go release's `runtime.g` comes near this (1.27: 456 bytes).
+pub const MAX_SIZEOF_G: u32 = 4096;
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct GLayout {
     pub g_stack_lo: u32,
@@ -324,6 +327,39 @@ impl GLayout {
                 .byte_size
                 .ok_or_else(|| "DWARF type runtime.g has no size".to_owned())?,
         }))
+    }
+
+    /// Why a layout read from a file cannot be the `runtime.g` of this Go
+    /// version, if it cannot: a size far from `table`'s (fields are added
+    /// and moved across versions, by tens of bytes, never by halves), or a
+    /// field outside the struct. A wrong size would have every goroutine
+    /// read with it: memory and counts would both be wrong.
+    pub fn implausible(&self, table: &GLayout) -> Option<String> {
+        let (lo, hi) = (
+            table.sizeof_g / 2,
+            (table.sizeof_g * 3 / 2).min(MAX_SIZEOF_G),
+        );
+        if !(lo..=hi).contains(&self.sizeof_g) {
+            return Some(format!(
+                "sizeof(runtime.g) = {} is outside {lo}..={hi} (this version's table: {})",
+                self.sizeof_g, table.sizeof_g
+            ));
+        }
+        let g_fields = self
+            .fields()
+            .into_iter()
+            .filter(|(f, _)| f.starts_with("g."));
+        for (field, off) in g_fields {
+            if let Some(off) = off
+                && off.saturating_add(8) > self.sizeof_g
+            {
+                return Some(format!(
+                    "{field} at {off} is past the end of runtime.g ({} bytes)",
+                    self.sizeof_g
+                ));
+            }
+        }
+        None
     }
 
     /// `(field, self, other)` for every field that differs.

@@ -9,12 +9,16 @@ pub mod channels;
 pub mod events;
 /// The goroutines at the moment the target exits (issue #13).
 pub mod final_walk;
+pub mod heap;
 pub mod layout;
 pub mod live;
 pub mod own_code;
 pub mod pclntab;
 pub mod probe_points;
+/// Goroutines nothing can wake, found by walking the heap (issue #13).
+pub mod reachability;
 pub mod reader;
+pub mod stranded;
 mod tracer;
 pub mod version;
 pub mod wait_reason;

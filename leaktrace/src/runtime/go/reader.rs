@@ -506,6 +506,7 @@ impl GoReader {
             blocked_since,
             stack_unstable: unstable && is_waiting(&h),
             waits_on: Arc::from([]),
+            stranded: None,
         };
         (view, h)
     }

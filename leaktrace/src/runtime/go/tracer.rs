@@ -13,6 +13,7 @@ use super::{
     final_walk::{ExitWay, FinalWalk, FinalWalkOptions},
     live::LiveTable,
     reader::{GoReader, PlainSites},
+    stranded::StrandedCheck,
 };
 use crate::{
     probes::{Global, Probes, ring::decode_record},
@@ -23,6 +24,7 @@ use crate::{
     symbols::{Frame, debuginfo::Search},
     target::{
         clock::monotonic_ns,
+        memory::Memory,
         process::{Process, load_bias},
     },
 };
@@ -48,12 +50,16 @@ pub struct GoRuntime {
     snapshot_ns: u64,
     /// The exit probe: the goroutines at the moment the program exits.
     final_walk: Option<FinalWalk>,
+    /// Goroutines nothing can wake: partial deadlocks while the rest runs.
+    stranded: StrandedCheck,
 }
 
 impl GoRuntime {
     pub fn open(path: &Path, debug: &Search) -> Result<Self, InspectError> {
+        let bin = GoBinary::open_with(path, debug)?;
         Ok(Self {
-            bin: Arc::new(GoBinary::open_with(path, debug)?),
+            stranded: StrandedCheck::new(&bin),
+            bin: Arc::new(bin),
             table: LiveTable::default(),
             reader: None,
             bias: None,
@@ -169,8 +175,16 @@ impl Runtime for GoRuntime {
         let Some(reader) = self.reader.as_mut() else {
             return Ok(None);
         };
-        let views = reader.views(&mut self.table, self.snapshot_ns);
+        let mut views = reader.views(&mut self.table, self.snapshot_ns);
         update_plain_sites(probes, reader.plain_sites(&self.table));
+        let bias = self.bias.unwrap_or(0);
+        self.stranded.apply(
+            &Memory::new(pid),
+            bias,
+            &self.bin,
+            &mut views,
+            monotonic_ns(),
+        );
         Ok(Some(views))
     }
 
@@ -193,6 +207,7 @@ impl Runtime for GoRuntime {
             .as_mut()
             .and_then(GoReader::take_chan_note)
             .into_iter()
+            .chain(self.stranded.take_note())
             .collect()
     }
 

@@ -698,6 +698,7 @@ impl TokioTracer {
                 state: task_state,
                 stack_unstable: false,
                 waits_on: Arc::from([]),
+                stranded: None,
             });
         }
         views
