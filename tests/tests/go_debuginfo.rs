@@ -6,7 +6,7 @@
 //! and the same offsets as the unsplit build.
 mod common;
 
-use std::{path::PathBuf, process::Command};
+use std::path::PathBuf;
 
 use common::*;
 use leaktrace::{
@@ -14,15 +14,6 @@ use leaktrace::{
     symbols::debuginfo::Search,
 };
 use leaktrace_e2e::BuildMode;
-
-fn objcopy(args: &[&str], dir: &std::path::Path) {
-    let st = Command::new("objcopy")
-        .args(args)
-        .current_dir(dir)
-        .status()
-        .expect("objcopy (binutils) runs");
-    assert!(st.success(), "objcopy {args:?} failed");
-}
 
 #[test]
 fn stripped_go_binary_takes_its_layout_from_the_debug_file() {

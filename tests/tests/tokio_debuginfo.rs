@@ -47,15 +47,6 @@ impl Drop for Split {
     }
 }
 
-fn objcopy(args: &[&str], dir: &Path) {
-    let st = Command::new("objcopy")
-        .args(args)
-        .current_dir(dir)
-        .status()
-        .expect("objcopy (binutils) runs");
-    assert!(st.success(), "objcopy {args:?} failed");
-}
-
 fn split() -> Split {
     let dir = tempfile_path("debuginfo");
     std::fs::create_dir_all(&dir).unwrap();

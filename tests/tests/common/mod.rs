@@ -527,3 +527,13 @@ pub fn run_command_until(
 pub fn tokio_fixture(profile: &str) -> PathBuf {
     leaktrace_e2e::tokio_fixture(profile, false)
 }
+
+/// `objcopy ARGS` in `dir` (binutils: splitting debug info off a build).
+pub fn objcopy(args: &[&str], dir: &std::path::Path) {
+    let st = Command::new("objcopy")
+        .args(args)
+        .current_dir(dir)
+        .status()
+        .expect("objcopy (binutils) runs");
+    assert!(st.success(), "objcopy {args:?} failed");
+}
