@@ -32,6 +32,8 @@ mod user {
     // SAFETY: `#[repr(C)]` plain old data (asserted sizes, no pointers).
     unsafe impl aya::Pod for tokio::TokioEvent {}
     // SAFETY: `#[repr(C)]` plain old data (asserted sizes, no pointers).
+    unsafe impl aya::Pod for tokio::TokioSpawnStack {}
+    // SAFETY: `#[repr(C)]` plain old data (asserted sizes, no pointers).
     unsafe impl aya::Pod for threads::ThreadEvent {}
     // SAFETY: `#[repr(C)]` plain old data (asserted sizes, no pointers).
     unsafe impl aya::Pod for threads::ThreadConfig {}

@@ -83,3 +83,32 @@ pub struct TokioEvent {
 }
 
 const _: () = assert!(size_of::<TokioEvent>() == 40);
+
+/// Bytes of the spawning thread's stack a [`TokioSpawnStack`] carries, from
+/// its stack pointer up: the spawn path (`tokio::spawn` → `spawn_inner` →
+/// the scheduler's `spawn` → `bind_inner`) moves the future by value
+/// through several frames, so they can be as large as the future (tokio
+/// boxes futures beyond 16 KiB); the program's frame lies above them.
+pub const SPAWN_STACK_BYTES: usize = 8192;
+
+/// With a spawn event, in its own ring (`TOKIO_SPAWN_STACKS`), sent first:
+/// the spawning thread's registers at `bind_inner` and the top of its
+/// stack, unwound in userspace with `.eh_frame` to the first frame outside
+/// tokio (where the program called `tokio::spawn`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TokioSpawnStack {
+    /// The task, as in its [`TokioEvent`].
+    pub header: u64,
+    pub id: u64,
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+    /// How many bytes of `stack` are valid (the copy shrinks near the top
+    /// of the stack mapping); 0 if none could be read.
+    pub stack_len: u32,
+    pub tid: u32,
+    pub stack: [u8; SPAWN_STACK_BYTES],
+}
+
+const _: () = assert!(size_of::<TokioSpawnStack>() == 48 + SPAWN_STACK_BYTES);

@@ -1,7 +1,7 @@
 //! Maps and helpers shared by every probe family.
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::bpf_probe_read_user,
+    helpers::{bpf_probe_read_user, generated},
     macros::map,
     maps::{PerCpuArray, RingBuf},
 };
@@ -69,4 +69,23 @@ fn wakeup_flags<T>() -> u64 {
     } else {
         BPF_RB_NO_WAKEUP as u64
     }
+}
+
+/// Copy the top of a user stack into `dst`: as much of `max` bytes as the
+/// mapping holds (a read past its end fails whole, so try smaller). The
+/// bytes copied, 0 if none.
+///
+/// # Safety
+/// `dst` must be valid for `max` bytes.
+#[inline(always)]
+pub unsafe fn copy_user_stack(dst: *mut u8, sp: u64, max: u32) -> u32 {
+    let src = sp as *const core::ffi::c_void;
+    let mut len = max;
+    while len >= 512 {
+        if unsafe { generated::bpf_probe_read_user(dst.cast(), len, src) } == 0 {
+            return len;
+        }
+        len /= 2;
+    }
+    0
 }

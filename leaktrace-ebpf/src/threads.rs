@@ -12,10 +12,11 @@
 //!
 //! These fire for every task on the machine; a one-entry array lookup and a
 //! compare is all a foreign task costs.
+use crate::maps::copy_user_stack;
 use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_ktime_get_ns,
-        bpf_probe_read_kernel, bpf_task_pt_regs, generated::bpf_probe_read_user,
+        bpf_probe_read_kernel, bpf_task_pt_regs,
     },
     macros::{map, tracepoint},
     maps::{Array, PerCpuArray, RingBuf},
@@ -117,24 +118,13 @@ pub fn thread_newtask(ctx: TracePointContext) -> u32 {
         (*rec).sp = sp;
         (*rec).bp = bp;
         (*rec)._pad = 0;
-        (*rec).stack_len = copy_stack((&raw mut (*rec).stack).cast(), sp);
+        (*rec).stack_len = copy_user_stack(
+            (&raw mut (*rec).stack).cast(),
+            sp,
+            THREAD_STACK_BYTES as u32,
+        );
     }
     slot.submit(0);
-    0
-}
-
-/// Copy the top of the user stack, as much of [`THREAD_STACK_BYTES`] as
-/// the mapping holds (a read past its end fails whole, so try smaller).
-#[inline(always)]
-unsafe fn copy_stack(dst: *mut u8, sp: u64) -> u32 {
-    let src = sp as *const core::ffi::c_void;
-    let mut len = THREAD_STACK_BYTES as u32;
-    while len >= 512 {
-        if unsafe { bpf_probe_read_user(dst.cast(), len, src) } == 0 {
-            return len;
-        }
-        len /= 2;
-    }
     0
 }
 

@@ -14,15 +14,36 @@ use aya_ebpf::{
         bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
     },
     macros::{map, uprobe},
-    maps::HashMap,
+    maps::{HashMap, PerCpuArray, RingBuf},
     programs::ProbeContext,
 };
 use leaktrace_common::tokio::{
-    TokioEvent,
+    SPAWN_STACK_BYTES, TokioEvent, TokioEventKind, TokioSpawnStack,
     task_header::{MAX_PLAUSIBLE_REFS, REF_SHIFT, VTABLE as HEADER_VTABLE},
 };
 
-use crate::maps::{emit, read_u64};
+use crate::maps::{copy_user_stack, emit, read_u64};
+
+/// Spawn stacks ([`TokioSpawnStack`]), apart from the task events: they
+/// are 200 times larger. Room for ~500 waiting; a spawn that finds it full
+/// still sends its event, without a stack (counted in
+/// [`TOKIO_STACKS_LOST`]).
+#[map]
+static TOKIO_SPAWN_STACKS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+
+/// Per CPU: spawns sent without their stack because the ring was full.
+#[map]
+static TOKIO_STACKS_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Spawns seen per vtable (future type), to sample their stacks: every one
+/// of the first [`STACKS_IN_FULL`], then one in [`STACK_SAMPLE`]. Copying
+/// 8 KiB costs a spawn about as much as the probe itself; a future type
+/// spawned thousands of times a second needs only samples to show its
+/// sites. Counts race between CPUs: a sample more or less.
+#[map]
+static TOKIO_SPAWNS_SEEN: HashMap<u64, u64> = HashMap::with_max_entries(8192, 0);
+const STACKS_IN_FULL: u64 = 256;
+const STACK_SAMPLE: u64 = 16;
 
 /// Run-time vtable address → `id_offset` of the tasks using it. Filled by
 /// the loader from the binary's vtables (load bias applied).
@@ -108,6 +129,13 @@ pub fn tokio_task(ctx: ProbeContext) -> u32 {
             core::ptr::read_volatile(&regs.rdx),
         )
     };
+    let (ip, sp, bp) = unsafe {
+        (
+            core::ptr::read_volatile(&regs.rip),
+            core::ptr::read_volatile(&regs.rsp),
+            core::ptr::read_volatile(&regs.rbp),
+        )
+    };
     let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
     let kind = cookie as u8;
     let preferred = (cookie >> 8) as u8;
@@ -119,15 +147,65 @@ pub fn tokio_task(ctx: ProbeContext) -> u32 {
     else {
         return 0;
     };
+    let tid = bpf_get_current_pid_tgid() as u32;
+    if kind == TokioEventKind::Spawn as u8 && sample_stack(vtable) {
+        // Before the event: once userspace reads the spawn, its stack is
+        // already committed in the other ring.
+        send_stack(header, id, tid, ip, sp, bp);
+    }
     emit(TokioEvent {
         ts_ns: unsafe { bpf_ktime_get_ns() },
         header,
         id,
         vtable,
-        tid: bpf_get_current_pid_tgid() as u32,
+        tid,
         kind,
         found_as,
         _pad: [0; 2],
     });
     0
+}
+
+/// Whether this spawn of `vtable`'s future type gets its stack copied.
+#[inline(always)]
+fn sample_stack(vtable: u64) -> bool {
+    let seen = match TOKIO_SPAWNS_SEEN.get_ptr_mut(&vtable) {
+        Some(n) => {
+            // SAFETY: a map value; a racing CPU costs one sample at most.
+            unsafe {
+                *n += 1;
+                *n
+            }
+        }
+        None => {
+            let _ = TOKIO_SPAWNS_SEEN.insert(&vtable, &1, 0);
+            1
+        }
+    };
+    seen <= STACKS_IN_FULL || seen % STACK_SAMPLE == 0
+}
+
+/// The spawning thread's registers and top of stack, for the spawn site.
+#[inline(always)]
+fn send_stack(header: u64, id: u64, tid: u32, ip: u64, sp: u64, bp: u64) {
+    let Some(mut slot) = TOKIO_SPAWN_STACKS.reserve::<TokioSpawnStack>(0) else {
+        if let Some(lost) = TOKIO_STACKS_LOST.get_ptr_mut(0) {
+            // SAFETY: this CPU's slot; uprobe programs do not nest on a CPU.
+            unsafe { *lost += 1 };
+        }
+        return;
+    };
+    let rec = slot.as_mut_ptr();
+    // SAFETY: `rec` is a reserved record of the right size.
+    unsafe {
+        (*rec).header = header;
+        (*rec).id = id;
+        (*rec).ip = ip;
+        (*rec).sp = sp;
+        (*rec).bp = bp;
+        (*rec).tid = tid;
+        (*rec).stack_len =
+            copy_user_stack((&raw mut (*rec).stack).cast(), sp, SPAWN_STACK_BYTES as u32);
+    }
+    slot.submit(0);
 }

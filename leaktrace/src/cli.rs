@@ -151,6 +151,19 @@ pub struct Args {
     #[arg(long)]
     pub detailed: bool,
 
+    /// The program's separate debug info (`objcopy --only-keep-debug`), for
+    /// names in a stripped binary; repeatable (each program traced takes
+    /// the file with its build-id; one that is no traced program's is an
+    /// error, except with -f). Without it leaktrace looks in the
+    /// build-id directory under --debug-dir, at `.gnu_debuglink`, and asks
+    /// the debuginfod servers in DEBUGINFOD_URLS.
+    #[arg(long, value_name = "FILE")]
+    pub debuginfo: Vec<PathBuf>,
+
+    /// Where separate debug files are installed (`.build-id/xx/rest.debug`).
+    #[arg(long, value_name = "DIR", default_value = crate::symbols::debuginfo::DEFAULT_DEBUG_DIR)]
+    pub debug_dir: PathBuf,
+
     #[arg(long, value_enum, default_value_t = Color::Auto)]
     pub color: Color,
 

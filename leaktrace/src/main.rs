@@ -38,9 +38,7 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> Result<i32> {
-    let options = Options {
-        detailed: args.detailed,
-    };
+    let options = session::runtime_options(args);
     if let Some(program) = &args.explain_probes {
         explain_probes(program, options)?;
         return Ok(0);

@@ -7,8 +7,7 @@ use leaktrace::{
     runtime::{
         go::binary::GoBinary,
         tokio::{
-            await_points::AwaitDecoder, binary::detect, probe_points::plan,
-            vtables::find_vtables,
+            await_points::AwaitDecoder, binary::detect, probe_points::plan, vtables::find_vtables,
         },
     },
     target::elf::ElfFile,

@@ -394,10 +394,12 @@ fn tokio_pprof_and_folded_files_hold_the_runtimes_own_count() {
     assert_eq!(leaked, alive, "leaking tasks:\n{raw}");
     for s in &leaking {
         let label = |k: &str| s.labels.get(k).map(String::as_str).unwrap_or_default();
+        // The future type; created_by is where the fixture spawned it.
         assert!(
-            label("created_by").ends_with("::mpsc_consumer"),
+            label("start").ends_with("::mpsc_consumer"),
             "named by its async fn: {s:?}"
         );
+        assert!(label("created_by").starts_with("tokio_fixture::"), "{s:?}");
         assert!(label("state").starts_with("idle"), "{s:?}");
         // The report's own cause (none in a build without full DWARF: no
         // await chain to recognise the channel by).

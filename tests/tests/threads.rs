@@ -121,7 +121,7 @@ fn drain_until(
 }
 
 fn group<'r>(r: &'r ThreadsReport, name: &str) -> Option<&'r ThreadGroupReport> {
-    r.groups.iter().find(|g| g.name == name)
+    r.groups.iter().find(|g| g.pattern == name)
 }
 
 const PYTHON: &str = r#"
@@ -130,8 +130,8 @@ libc = ctypes.CDLL(None)
 stop = threading.Event()
 started = []
 lock = threading.Lock()
-def work(i):
-    libc.prctl(15, ("pyworker-%d" % i).encode())
+def work(name):
+    libc.prctl(15, name.encode())
     with lock:
         started.append(threading.get_native_id())
     stop.wait()
@@ -141,10 +141,17 @@ for line in sys.stdin:
     cmd = line.strip()
     if cmd.startswith("start"):
         n = int(cmd.split()[1])
-        threads = [threading.Thread(target=work, args=(i,)) for i in range(n)]
+        threads = [threading.Thread(target=work, args=("pyworker-%d" % i,)) for i in range(n)]
         for t in threads: t.start()
         while len(started) < n: pass
         print(" ".join(map(str, sorted(started))), flush=True)
+    elif cmd.startswith("name "):
+        # One thread with this name, longer than the kernel keeps.
+        t = threading.Thread(target=work, args=(cmd[5:],))
+        threads.append(t)
+        t.start()
+        while len(started) < len(threads): pass
+        print(started[-1], flush=True)
     elif cmd == "stop":
         stop.set()
         for t in threads: t.join()
@@ -178,9 +185,31 @@ fn python_threads_are_counted_named_and_seen_to_exit() {
     // The interpreter's own frames are in libpython or the python3
     // executable; none is the script's, so the creating thread names it.
     assert!(
-        g.created_by == "thread `python#`" || g.site.is_some(),
+        g.created_by == "thread `python3`" || g.site.is_some(),
         "{}",
         g.created_by
+    );
+    // Shown as the script named them; grouped with digits folded.
+    assert_eq!(g.name, "pyworker-0 … pyworker-4");
+    assert_eq!(
+        g.names,
+        (0..5).map(|i| format!("pyworker-{i}")).collect::<Vec<_>>()
+    );
+
+    // A name longer than the kernel's 15 bytes: prctl(PR_SET_NAME) keeps
+    // the first 15 and nothing else in the kernel has the rest, so what
+    // /proc shows is what can be shown, digits and all.
+    let long = "V8 DefaultWorker-1";
+    let tid: u32 = py.ask(&format!("name {long}")).trim().parse().unwrap();
+    drain_until(&mut probes, &mut table, |t| t.created() >= 6);
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).unwrap();
+    assert_eq!(comm.trim_end(), &long[..15]);
+    let r = table.report(now_ns());
+    let g = group(&r, "V# DefaultWorke").unwrap_or_else(|| panic!("{r:#?}"));
+    assert_eq!(g.name, comm.trim_end(), "{r:#?}");
+    println!(
+        "shown: {:?} (set: {long:?}, pattern {:?})",
+        g.name, g.pattern
     );
     // Python starts them in order, so the i-th tid is pyworker-i.
     let mut names: Vec<&str> = tids
@@ -200,9 +229,9 @@ fn python_threads_are_counted_named_and_seen_to_exit() {
     );
 
     assert_eq!(py.ask("stop"), "stopped");
-    drain_until(&mut probes, &mut table, |t| t.exited() >= 5);
+    drain_until(&mut probes, &mut table, |t| t.exited() >= 6);
     let r = table.report(now_ns());
-    assert_eq!((r.created, r.exited), (5, 5), "{r:#?}");
+    assert_eq!((r.created, r.exited), (6, 6), "{r:#?}");
     assert_eq!(r.live as usize, proc_tasks(pid).len(), "{r:#?}");
     assert!(group(&r, "pyworker-#").is_none(), "{r:#?}");
     assert_eq!(probes.malformed, 0);

@@ -31,8 +31,9 @@ const LEAK_FOR: &str = "4s";
 /// What the fixture leaks at its default --rate (20/s) in LEAK_FOR.
 const LEAKED: u64 = 80;
 
+/// The group's future type (`created_by` is where it was spawned).
 fn function(g: &Value) -> &str {
-    g["created_by"]["function"].as_str().unwrap_or("")
+    g["start"]["function"].as_str().unwrap_or("")
 }
 
 /// Named by the async fn where the build keeps names; by vtable address in

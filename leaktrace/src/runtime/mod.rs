@@ -23,7 +23,7 @@ pub use task::{
 
 use crate::{
     probes::{AttachPoint, Global, Probes},
-    symbols::Frame,
+    symbols::{Frame, debuginfo},
 };
 
 /// Which runtime, with the words reports use for it.
@@ -41,6 +41,9 @@ pub struct RuntimeKind {
     pub origin: &'static str,
     /// What member ids are: `goroutines`, `task ids`.
     pub ids: &'static str,
+    /// When `origin` names the task's own function (tokio's future type),
+    /// the words for its creation site after it: `spawned by`.
+    pub spawned: Option<&'static str>,
 }
 
 impl serde::Serialize for RuntimeKind {
@@ -126,10 +129,12 @@ pub struct TaskCounts {
 }
 
 /// How the user asked to trace.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Options {
     /// Probe every poll and wake too (tokio), at a per-poll cost.
     pub detailed: bool,
+    /// Where a stripped program's separate debug info may be.
+    pub debuginfo: debuginfo::Search,
 }
 
 /// A runtime, as one session drives it: attach → snapshot → (apply,
@@ -174,7 +179,7 @@ pub trait Runtime: Send {
 /// The runtime of the program at `path`: Go or tokio, or an error that says
 /// what it is not and why.
 pub fn open(path: &Path, options: Options) -> Result<Box<dyn Runtime>> {
-    match go::GoRuntime::open(path) {
+    match go::GoRuntime::open(path, &options.debuginfo) {
         Ok(rt) => Ok(Box::new(rt)),
         Err(not_go @ go::binary::InspectError::NotGo { .. }) => {
             match tokio::TokioRuntime::open(path, options) {

@@ -16,6 +16,7 @@ pub const NONE: RuntimeKind = RuntimeKind {
     tasks: "tasks",
     ended: "ended",
     origin: "created by",
+    spawned: None,
     ids: "task ids",
 };
 

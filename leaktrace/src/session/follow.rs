@@ -35,9 +35,7 @@ pub(super) async fn run(ctx: Rc<Ctx>, mut child: HeldChild, mut signals: Signals
     let mut follow = FollowProbes::attach(root, Watch::Descendants)?;
     let root_exit = pidfd(root)?;
     child.release()?;
-    let options = Options {
-        detailed: ctx.args.detailed,
-    };
+    let options = super::runtime_options(&ctx.args);
     let mut traces: JoinSet<(u32, Result<Outcome>)> = JoinSet::new();
     let mut stops: HashMap<u32, watch::Sender<Option<End>>> = HashMap::new();
     let mut outcomes: Vec<Outcome> = Vec::new();
@@ -60,7 +58,7 @@ pub(super) async fn run(ctx: Rc<Ctx>, mut child: HeldChild, mut signals: Signals
                     if let Some(old) = stops.remove(&ev.pid) {
                         let _ = old.send(Some(End::Exec));
                     }
-                    match traceable(ev.pid, options) {
+                    match traceable(ev.pid, options.clone()) {
                         Some((rt, proc)) => {
                             let (tx, rx) = watch::channel(None);
                             stops.insert(ev.pid, tx);

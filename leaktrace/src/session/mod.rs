@@ -29,7 +29,8 @@ use crate::{
         output::{Form, Output, TextStyle},
         tui::Tui,
     },
-    runtime::Runtime,
+    runtime::{Options, Runtime},
+    symbols::debuginfo::Search,
     target::launch::HeldChild,
 };
 
@@ -42,6 +43,14 @@ pub enum Launch {
     },
     /// `-f -c CMD`: the command (held before its exec) and its descendants.
     Follow { child: HeldChild },
+}
+
+/// How the runtimes are to open each program traced.
+pub fn runtime_options(args: &Args) -> Options {
+    Options {
+        detailed: args.detailed,
+        debuginfo: Search::from_env(args.debuginfo.clone(), args.debug_dir.clone(), !args.follow),
+    }
 }
 
 pub async fn run(args: &Args, launch: Launch) -> Result<i32> {

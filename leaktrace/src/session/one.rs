@@ -20,7 +20,7 @@ use super::{
     trace::{Ctx, Outcome, Target, trace},
 };
 use crate::{
-    runtime::{Options, Runtime, none::ThreadsOnly},
+    runtime::{Runtime, none::ThreadsOnly},
     target::{
         clock::monotonic_ns,
         privileges::{Credentials, check_may_trace},
@@ -91,10 +91,8 @@ pub(super) async fn run(
             crate::say!("note: {note}, which leaktrace stops tracing: {e:#}");
             break;
         }
-        let options = Options {
-            detailed: ctx.args.detailed,
-        };
-        let rt = match traceable(pid, options) {
+        let options = super::runtime_options(&ctx.args);
+        let rt = match traceable(pid, options.clone()) {
             Some((rt, _)) => {
                 note.push_str("; traced anew from there");
                 rt

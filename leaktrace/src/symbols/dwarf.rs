@@ -1,6 +1,7 @@
 //! The one place DWARF sections are taken out of a binary: Go's `runtime.g`
 //! layout, tokio's future names and await points, and native symbolization
-//! all read them through here.
+//! all read them through here, from the binary itself or from the separate
+//! debug file [`super::debuginfo`] found for it (`ElfFile::dwarf_file`).
 use std::{borrow::Cow, sync::Arc};
 
 use gimli::{EndianArcSlice, EndianSlice, LittleEndian, RunTimeEndian, SectionId};
@@ -17,6 +18,7 @@ pub fn sections<'a>(
     elf: &'a ElfFile,
     wanted: impl Fn(SectionId) -> bool,
 ) -> Result<gimli::DwarfSections<Cow<'a, [u8]>>, ElfError> {
+    let elf = elf.dwarf_file();
     gimli::DwarfSections::load(|id| -> Result<Cow<'a, [u8]>, ElfError> {
         if !wanted(id) {
             return Ok(Cow::Borrowed(&[]));

@@ -1,5 +1,6 @@
 //! Address → function, file and line, for native code (DWARF, `.symtab`,
 //! `.eh_frame` unwinding). Go's pclntab lives with Go (`runtime::go::pclntab`).
+pub mod debuginfo;
 pub mod dwarf;
 pub mod native;
 

@@ -49,7 +49,8 @@ struct Region {
     path: String,
 }
 
-struct Module {
+/// One loaded ELF file: its unwind tables and its names.
+pub struct Module {
     elf: ElfFile,
     bias: u64,
     /// The process's executable: only its frames can be "the program's".
@@ -137,27 +138,57 @@ impl CodeMap for NativeSymbols {
         let path = self.region_at(pc)?.path;
         self.module_at(pc)?;
         let module = self.modules.get(&path)?.as_ref()?;
-        let elf = &module.elf;
+        Some((module.cfi()?, module.bias))
+    }
+}
+
+impl Module {
+    /// The process's executable, loaded at `bias`: its frames count as the
+    /// program's (unless it is Go).
+    pub fn main(elf: ElfFile, bias: u64) -> Self {
+        let is_go = elf.section(".gopclntab").is_some() || elf.section(".go.buildinfo").is_some();
+        Self {
+            elf,
+            bias,
+            is_main: true,
+            is_go,
+            dwarf: OnceLock::new(),
+            functions: OnceLock::new(),
+        }
+    }
+
+    pub fn bias(&self) -> u64 {
+        self.bias
+    }
+
+    /// Whether the run-time address `pc` lies in this file's executable
+    /// segments.
+    pub fn holds(&self, pc: u64) -> bool {
+        let svma = pc.wrapping_sub(self.bias);
+        self.elf
+            .segments()
+            .iter()
+            .any(|s| s.is_executable() && svma >= s.vaddr && svma - s.vaddr < s.memsz)
+    }
+
+    /// Its `.eh_frame` (and index), at link-time addresses.
+    pub fn cfi(&self) -> Option<CfiTables<'_>> {
+        let elf = &self.elf;
         let section = |name: &str| {
             let s = elf.section(name)?;
             Some((elf.section_data(s)?, s.addr))
         };
         let (eh_frame, eh_frame_addr) = section(".eh_frame")?;
-        Some((
-            CfiTables {
-                eh_frame,
-                eh_frame_addr,
-                eh_frame_hdr: section(".eh_frame_hdr"),
-                text_addr: elf.section(".text").map_or(0, |s| s.addr),
-            },
-            module.bias,
-        ))
+        Some(CfiTables {
+            eh_frame,
+            eh_frame_addr,
+            eh_frame_hdr: section(".eh_frame_hdr"),
+            text_addr: elf.section(".text").map_or(0, |s| s.addr),
+        })
     }
-}
 
-impl Module {
     /// Source frames at a link-time address, innermost (inlined) first.
-    fn frames(&self, svma: u64) -> Vec<Frame> {
+    pub fn frames(&self, svma: u64) -> Vec<Frame> {
         let mut frames = self
             .dwarf
             .get_or_init(|| load_dwarf(&self.elf))
@@ -298,9 +329,45 @@ pub fn is_library(f: &Frame) -> bool {
         || SOURCES.iter().any(|s| f.file.contains(s))
 }
 
+/// Frames of tokio and the standard library only: the path a spawn takes
+/// inside them, not the spawn site (which may well be a library's, e.g.
+/// hyper spawning a connection task).
+pub fn is_std_or_tokio(f: &Frame) -> bool {
+    const CRATES: [&str; 4] = ["tokio::", "std::", "core::", "alloc::"];
+    let name = f.function.trim_start_matches('<');
+    name.is_empty()
+        || CRATES.iter().any(|c| name.starts_with(c))
+        || f.file.contains("/tokio-1.")
+        || f.file.starts_with("/rustc/")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_spawn_path_is_skipped_the_caller_is_not() {
+        assert!(is_std_or_tokio(&frame(
+            "tokio::task::spawn::spawn_inner<F>",
+            ""
+        )));
+        assert!(is_std_or_tokio(&frame(
+            "<alloc::sync::Arc<tokio::runtime::scheduler::multi_thread::handle::Handle>>::bind_new_task",
+            ""
+        )));
+        assert!(is_std_or_tokio(&frame(
+            "spawn<F>",
+            "/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/tokio-1.54.1/src/task/spawn.rs"
+        )));
+        assert!(!is_std_or_tokio(&frame(
+            "tokio_fixture::admin_listen",
+            "src/main.rs"
+        )));
+        assert!(!is_std_or_tokio(&frame(
+            "hyper::server::conn::spawn_all",
+            "/root/.cargo/registry/src/x/hyper-1.0.0/src/server.rs"
+        )));
+    }
 
     fn frame(function: &str, file: &str) -> Frame {
         Frame {

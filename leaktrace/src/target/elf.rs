@@ -201,6 +201,10 @@ pub struct ElfFile {
     /// Built on first lookup: most sessions never need it, and a large Go
     /// binary has ~100k symbols.
     symtab: OnceLock<HashMap<String, ElfSymbol>>,
+    /// The program's separate debug file (`objcopy --only-keep-debug`),
+    /// when one was found for it: same addresses, DWARF and often the
+    /// `.symtab` the program itself was stripped of.
+    debug: Option<Box<ElfFile>>,
 }
 
 impl fmt::Debug for ElfFile {
@@ -212,6 +216,7 @@ impl fmt::Debug for ElfFile {
             .field("sections", &self.sections.len())
             .field("has_symtab", &self.has_symtab)
             .field("has_dwarf", &self.has_dwarf)
+            .field("debug", &self.debug)
             .finish()
     }
 }
@@ -309,6 +314,7 @@ impl ElfFile {
             has_symtab,
             has_dwarf,
             symtab: OnceLock::new(),
+            debug: None,
         })
     }
 
@@ -338,12 +344,65 @@ impl ElfFile {
         self.e_type == elf::ET_DYN
     }
 
+    /// A `.symtab` is available: the file's own, or its debug file's.
     pub fn has_symtab(&self) -> bool {
-        self.has_symtab
+        self.symtab_file().has_symtab
     }
 
+    /// DWARF is available: the file's own, or its debug file's.
     pub fn has_dwarf(&self) -> bool {
-        self.has_dwarf
+        self.dwarf_file().has_dwarf
+    }
+
+    /// Use `debug` (a separate debug file whose build-id or debuglink CRC
+    /// the caller checked) for DWARF, and for symbols when this file has
+    /// none of its own.
+    pub fn set_debug_file(&mut self, debug: ElfFile) {
+        self.debug = Some(Box::new(debug));
+    }
+
+    /// Another handle on the same bytes and debug file, for a reader that
+    /// must own its file (nothing is copied or read again).
+    pub fn share(&self) -> Result<ElfFile, ElfError> {
+        let mut elf = ElfFile::parse(self.data().clone())?;
+        if let Some(d) = &self.debug {
+            elf.set_debug_file(d.share()?);
+        }
+        Ok(elf)
+    }
+
+    pub fn debug_file(&self) -> Option<&ElfFile> {
+        self.debug.as_deref()
+    }
+
+    /// The file whose DWARF sections describe this program.
+    pub fn dwarf_file(&self) -> &ElfFile {
+        match &self.debug {
+            Some(d) if !self.has_dwarf && d.has_dwarf => d,
+            _ => self,
+        }
+    }
+
+    /// The file whose `.symtab` names this program's functions.
+    pub fn symtab_file(&self) -> &ElfFile {
+        match &self.debug {
+            Some(d) if !self.has_symtab && d.has_symtab => d,
+            _ => self,
+        }
+    }
+
+    /// The GNU build-id note (`NT_GNU_BUILD_ID`), what separate debug files
+    /// and debuginfod servers are keyed by.
+    pub fn build_id(&self) -> Option<Vec<u8>> {
+        let parsed = parse_object(self.bytes()).ok()?;
+        parsed.build_id().ok().flatten().map(<[u8]>::to_vec)
+    }
+
+    /// `.gnu_debuglink`: the debug file's name and the CRC-32 of its bytes.
+    pub fn debuglink(&self) -> Option<(String, u32)> {
+        let parsed = parse_object(self.bytes()).ok()?;
+        let (name, crc) = parsed.gnu_debuglink().ok().flatten()?;
+        Some((String::from_utf8_lossy(name).into_owned(), crc))
     }
 
     pub fn sections(&self) -> &[ElfSection] {
@@ -426,6 +485,10 @@ impl ElfFile {
     }
 
     fn symbols(&self) -> &HashMap<String, ElfSymbol> {
+        let file = self.symtab_file();
+        if !std::ptr::eq(file, self) {
+            return file.symbols();
+        }
         self.symtab.get_or_init(|| {
             let mut map = HashMap::new();
             if !self.has_symtab {

@@ -98,6 +98,8 @@ pub(super) struct ThreadGroupKey {
     /// The kernel name with digit runs folded to `#`, so `conn-17` and
     /// `conn-18` are one group.
     pub name: Arc<str>,
+    /// Creator, its thread name folded likewise (only ever in the key: what
+    /// is printed is the names as the program set them).
     pub created_by: CreatedBy,
 }
 
@@ -114,9 +116,13 @@ struct Thread {
 
 impl Thread {
     fn key(&self) -> ThreadGroupKey {
+        let created_by = match &self.created_by {
+            CreatedBy::Thread(name) => CreatedBy::Thread(fold_digits(name).into()),
+            other => other.clone(),
+        };
         ThreadGroupKey {
             name: fold_digits(&self.name).into(),
-            created_by: self.created_by.clone(),
+            created_by,
         }
     }
 }
@@ -194,7 +200,7 @@ impl ThreadTable {
             } => {
                 let created_by = match creator.site {
                     Some(site) => CreatedBy::Site(site),
-                    None => CreatedBy::Thread(fold_digits(&creator.thread).into()),
+                    None => CreatedBy::Thread(creator.thread.clone()),
                 };
                 match self.threads.get_mut(&tid) {
                     // Listed in /proc after the event was sent: keep the
@@ -280,15 +286,21 @@ impl ThreadTable {
         struct Acc {
             count: u32,
             oldest_ns: u64,
+            names: Vec<Arc<str>>,
+            creators: Vec<String>,
         }
         let mut groups: HashMap<ThreadGroupKey, Acc> = HashMap::new();
         for t in self.threads.values() {
             let acc = groups.entry(t.key()).or_insert(Acc {
                 count: 0,
                 oldest_ns: t.born_ns,
+                names: Vec::new(),
+                creators: Vec::new(),
             });
             acc.count += 1;
             acc.oldest_ns = acc.oldest_ns.min(t.born_ns);
+            acc.names.push(t.name.clone());
+            acc.creators.push(t.created_by.describe());
         }
         // Threads have no "blocked" state to age in: the whole group is
         // what must not keep growing, so it is also the "aged" series.
@@ -298,8 +310,10 @@ impl ThreadTable {
         );
         let mut out: Vec<ThreadGroupReport> = groups
             .into_iter()
-            .map(|(key, acc)| {
+            .map(|(key, mut acc)| {
                 let m = self.trends.movement(&key);
+                let names = distinct(&mut acc.names);
+                let creators = distinct(&mut acc.creators);
                 let window_start = now_ns.saturating_sub((m.window_s * 1e9) as u64);
                 let exited_recently = self
                     .last_exit
@@ -307,8 +321,10 @@ impl ThreadTable {
                     .is_some_and(|&at| at >= window_start);
                 let (verdict, why) = judge(acc.count, &m, exited_recently);
                 ThreadGroupReport {
-                    name: key.name.to_string(),
-                    created_by: key.created_by.describe(),
+                    name: compact(&names),
+                    pattern: key.name.to_string(),
+                    names: names.into_iter().take(MAX_NAMES).collect(),
+                    created_by: compact(&creators),
                     site: match &key.created_by {
                         CreatedBy::Site(f) => Some(f.clone()),
                         _ => None,
@@ -365,6 +381,53 @@ fn judge(count: u32, m: &Movement, exited_recently: bool) -> (ThreadVerdict, Str
         ThreadVerdict::Ok,
         format!("{count}, not only growing over {over}"),
     )
+}
+
+/// Names listed per group in JSON, at most (a pool of 1000 numbered
+/// threads is one group, not 1000 names).
+const MAX_NAMES: usize = 32;
+
+/// The distinct values, in natural order (`conn-2` before `conn-10`).
+fn distinct<T: AsRef<str>>(values: &mut [T]) -> Vec<String> {
+    values.sort_by_cached_key(|v| natural_key(v.as_ref()));
+    let mut out: Vec<String> = Vec::new();
+    for v in values.iter() {
+        if out.last().map(String::as_str) != Some(v.as_ref()) {
+            out.push(v.as_ref().to_string());
+        }
+    }
+    out
+}
+
+/// Digit runs compare as numbers.
+fn natural_key(s: &str) -> Vec<(String, u128)> {
+    let mut key = Vec::new();
+    let mut text = String::new();
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() {
+            let mut n = u128::from(c as u8 - b'0');
+            while let Some(d) = chars.peek().and_then(|d| d.to_digit(10)) {
+                n = n.saturating_mul(10).saturating_add(u128::from(d));
+                chars.next();
+            }
+            key.push((std::mem::take(&mut text), n));
+        } else {
+            text.push(c);
+        }
+    }
+    key.push((text, 0));
+    key
+}
+
+/// One line for several names: `a`, `a, b`, or `first … last`.
+fn compact(names: &[String]) -> String {
+    match names {
+        [] => String::new(),
+        [one] => one.clone(),
+        [a, b] => format!("{a}, {b}"),
+        [first, .., last] => format!("{first} … {last}"),
+    }
 }
 
 /// `worker-12` → `worker-#`: numbered threads of one kind are one group.

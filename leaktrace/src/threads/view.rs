@@ -20,7 +20,14 @@ pub struct ThreadsReport {
 /// Threads with one name pattern (digits folded to `#`) and one creator.
 #[derive(Clone, Debug, Serialize)]
 pub struct ThreadGroupReport {
+    /// The members' names as the program set them (the kernel keeps 15
+    /// bytes): one name, `a, b`, or the first and last in natural order
+    /// (`conn-1 … conn-12`).
     pub name: String,
+    /// What groups them: the name with digit runs folded to `#`.
+    pub pattern: String,
+    /// The distinct names, in natural order (at most 32).
+    pub names: Vec<String>,
     /// The program's function that spawned them, else the spawning thread's
     /// name, `(main thread)` or `(before attach)`.
     pub created_by: String,

@@ -12,7 +12,10 @@ use super::own_code::OwnCode;
 use super::pclntab::GoSymbols;
 use super::version::{GoVersion, VersionError, supported_range};
 use super::wait_reason::WaitReasons;
-use crate::target::elf::{ElfError, ElfFile, Machine};
+use crate::{
+    symbols::debuginfo::{self, DebugInfoError, Outcome, Search},
+    target::elf::{ElfError, ElfFile, Machine},
+};
 
 /// Why a file cannot be traced as a Go program. Every message says what to
 /// do about it.
@@ -30,6 +33,8 @@ pub enum InspectError {
     UnsupportedArch(String),
     Io(io::Error),
     Malformed(String),
+    /// A `--debuginfo` file that is not this program's.
+    DebugInfo(DebugInfoError),
 }
 
 impl fmt::Display for InspectError {
@@ -69,6 +74,7 @@ impl fmt::Display for InspectError {
                 "the binary's Go metadata could not be read: {what}. If `go version -m` on it \
                  works, please report this as a leaktrace bug"
             ),
+            InspectError::DebugInfo(e) => e.fmt(f),
         }
     }
 }
@@ -120,17 +126,27 @@ const SUPPORTED_MACHINES: &[Machine] = &[Machine::X86_64];
 
 impl GoBinary {
     pub fn open(path: &Path) -> Result<GoBinary, InspectError> {
+        Self::open_with(path, &Search::default())
+    }
+
+    /// [`GoBinary::open`], with separate debug info searched as `debug`
+    /// says when the binary has no DWARF of its own.
+    pub fn open_with(path: &Path, debug: &Search) -> Result<GoBinary, InspectError> {
         let data = std::fs::read(path).map_err(|e| {
             InspectError::Io(io::Error::new(e.kind(), format!("{}: {e}", path.display())))
         })?;
-        Self::from_bytes(path, Arc::from(data))
+        Self::inspect(path, Arc::from(data), debug)
     }
 
     /// Like [`GoBinary::open`] for bytes already in memory; `path` is used
     /// for messages only.
     pub fn from_bytes(path: &Path, data: Arc<[u8]>) -> Result<GoBinary, InspectError> {
+        Self::inspect(path, data, &Search::default())
+    }
+
+    fn inspect(path: &Path, data: Arc<[u8]>, debug: &Search) -> Result<GoBinary, InspectError> {
         let shown = path.display().to_string();
-        let elf = ElfFile::parse(data).map_err(|e| match e {
+        let mut elf = ElfFile::parse(data).map_err(|e| match e {
             ElfError::NotElf => InspectError::NotElf,
             ElfError::Unsupported(what) => {
                 InspectError::UnsupportedArch(format!("{shown} is a {what}"))
@@ -214,6 +230,12 @@ impl GoBinary {
         drop(ctx);
 
         let mut warnings = Vec::new();
+        // Only a find is worth saying: most Go binaries have no build-id,
+        // and a stripped one already says what it lacks.
+        let found = debuginfo::attach(&mut elf, path, debug).map_err(InspectError::DebugInfo)?;
+        if let found @ Outcome::Found { .. } = found {
+            warnings.extend(found.note().map(|n| format!("{shown}: {n}")));
+        }
         if let (Some(goarch), Some(expected)) = (&goarch, elf.machine().goarch())
             && goarch != expected
         {

@@ -21,7 +21,7 @@ use crate::{
         AtExit, Attached, Counter, Description, LifetimeStats, Lifetimes, PlannedProbe, Runtime,
         RuntimeKind, Shown, TaskCounts, TaskView,
     },
-    symbols::Frame,
+    symbols::{Frame, debuginfo::Search},
     target::{
         clock::monotonic_ns,
         memory::Memory,
@@ -36,6 +36,7 @@ pub const GO: RuntimeKind = RuntimeKind {
     ended: "exited",
     origin: "created by",
     ids: "goroutines",
+    spawned: None,
 };
 
 pub struct GoRuntime {
@@ -54,8 +55,8 @@ pub struct GoRuntime {
 }
 
 impl GoRuntime {
-    pub fn open(path: &Path) -> Result<Self, InspectError> {
-        let bin = GoBinary::open(path)?;
+    pub fn open(path: &Path, debug: &Search) -> Result<Self, InspectError> {
+        let bin = GoBinary::open_with(path, debug)?;
         Ok(Self {
             stranded: StrandedCheck::new(&bin),
             bin: Arc::new(bin),

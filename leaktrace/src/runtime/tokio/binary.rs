@@ -10,7 +10,7 @@ use std::fmt;
 use object::{Object as _, ObjectSymbol as _};
 
 use super::vtables::{self, NameSource, TaskVtable};
-use crate::target::elf::ElfFile;
+use crate::{symbols::debuginfo::DebugInfoError, target::elf::ElfFile};
 
 /// `scheduler_offset` and `id_offset` joined the task vtable in 1.23
 /// (tokio-rs/tokio#5213); before that the layout is not self-describing.
@@ -114,6 +114,8 @@ pub enum TokioError {
     /// Not a Rust program with tokio tasks.
     NotTokio(String),
     TooOld(TokioVersion),
+    /// A `--debuginfo` file that is not this program's.
+    DebugInfo(DebugInfoError),
 }
 
 impl fmt::Display for TokioError {
@@ -126,6 +128,7 @@ impl fmt::Display for TokioError {
                  release whose task vtable describes the task layout (scheduler and id offsets). \
                  Upgrade tokio (`cargo update -p tokio`) and rebuild."
             ),
+            Self::DebugInfo(e) => e.fmt(f),
         }
     }
 }
@@ -244,7 +247,8 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 
 fn mangling(elf: &ElfFile) -> Mangling {
     let mut m = Mangling::default();
-    let Ok(parsed) = object::read::elf::ElfFile64::<object::Endianness>::parse(elf.bytes()) else {
+    let symtab = elf.symtab_file().bytes();
+    let Ok(parsed) = object::read::elf::ElfFile64::<object::Endianness>::parse(symtab) else {
         return m;
     };
     for sym in parsed.symbols() {

@@ -5,7 +5,8 @@
 //! - [`binary`]: is it Rust + tokio, which rustc and tokio, refuse tokio < 1.23;
 //! - [`vtables`]: every task vtable, named by its future type (and how);
 //! - [`state`]: the task state word (running/scheduled/idle/complete, lost waker);
-//! - [`heap_scan`]: every live task of a running process, read-only.
+//! - [`heap_scan`]: every live task of a running process, read-only;
+//! - [`spawn_sites`]: where the program spawned each task (the spawn probe's stack).
 //!
 //! Facts and measurements behind them: `shared/research/rust-tokio.md`.
 pub mod await_points;
@@ -13,6 +14,7 @@ pub mod binary;
 pub mod heap_scan;
 pub mod probe_points;
 mod seam;
+pub mod spawn_sites;
 pub mod state;
 pub mod tracer;
 pub mod vtables;

@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::Result;
 use leaktrace_common::tokio::{TokioEvent, TokioEventKind};
 
-use super::{binary::TokioError, tracer::TokioTracer};
+use super::{binary::TokioError, spawn_sites::SpawnSites, tracer::TokioTracer};
 use crate::{
     probes::{Global, Probes, ring::decode_record},
     runtime::{
@@ -25,6 +25,7 @@ pub const TOKIO: RuntimeKind = RuntimeKind {
     ended: "completed",
     origin: "future",
     ids: "task ids",
+    spawned: Some("spawned by"),
 };
 
 pub struct TokioRuntime {
@@ -40,7 +41,7 @@ pub struct TokioRuntime {
 impl TokioRuntime {
     pub fn open(path: &Path, options: Options) -> Result<Self, TokioError> {
         Ok(Self {
-            tracer: TokioTracer::open(path)?,
+            tracer: TokioTracer::open_with(path, &options.debuginfo)?,
             options,
             polls: false,
             armed: false,
@@ -104,6 +105,7 @@ impl Runtime for TokioRuntime {
     fn attach(&mut self, probes: &mut Probes, exe: &Path, pid: u32) -> Result<Attached> {
         let plan = self.tracer.plan(self.options.detailed);
         probes.attach("tokio_task", &plan.points, exe, pid)?;
+        self.tracer.sites = Some(SpawnSites::attach(probes)?);
         self.tracer.probes_attached(&plan, monotonic_ns());
         self.polls = plan.polls;
         let mut warnings = self.tracer.warnings();
@@ -157,6 +159,25 @@ impl Runtime for TokioRuntime {
             value: t.shutdown,
             shown: Shown::JsonOnly,
         });
+        if let Some(sites) = &self.tracer.sites {
+            // What naming spawn sites costs leaktrace (never the target's
+            // time): stacks unwound, their total unwind time, stacks lost.
+            for (name, value) in [
+                ("spawn_stacks", sites.unwound),
+                (
+                    "spawn_unwind_ns",
+                    sites.unwind_time.as_nanos().min(u128::from(u64::MAX)) as u64,
+                ),
+                ("spawn_stacks_lost", sites.lost()),
+            ] {
+                extra.push(Counter {
+                    name,
+                    label: name,
+                    value,
+                    shown: Shown::JsonOnly,
+                });
+            }
+        }
         TaskCounts {
             spawn: t.spawn,
             exit: t.complete,

@@ -28,11 +28,15 @@ use super::{
     binary::{RustBinary, TokioError, detect},
     heap_scan::{LiveTask, cell_align, exe_load_bias, parse_task, scan, task_span},
     probe_points::{TokioPlan, plan},
+    spawn_sites::SpawnSites,
     state::StateWord,
 };
 use crate::{
     runtime::{LifetimeStats, Lifetimes, Since, TaskView},
-    symbols::Frame,
+    symbols::{
+        Frame,
+        debuginfo::{self, Outcome, Search},
+    },
     target::{elf::ElfFile, memory::Memory, process::Process},
 };
 
@@ -84,6 +88,9 @@ struct Tracked {
     /// Set by the last read of the header (spawn events carry none).
     state: Option<StateWord>,
     owner_id: u64,
+    /// Where the program spawned it, when its spawn was probed and its
+    /// stack unwound to the program's code.
+    site: Option<Frame>,
 }
 
 impl Tracked {
@@ -95,6 +102,7 @@ impl Tracked {
             last_poll: None,
             state: None,
             owner_id: 0,
+            site: None,
         }
     }
 }
@@ -137,18 +145,43 @@ pub struct TokioTracer {
     awaits: Option<AwaitDecoder>,
     /// Interned await stacks, so equal stacks are shared (grouping relies on it).
     stacks: HashMap<Vec<Frame>, Arc<[Frame]>>,
-    /// How long completed tasks seen from their spawn lived, per vtable
-    /// (future type): what idle siblings are compared with.
-    lifetimes: HashMap<usize, LifetimeStats>,
+    /// How long completed tasks seen from their spawn lived, per creation
+    /// site as views name it (spawn site, else future type): what idle
+    /// siblings are compared with.
+    lifetimes: HashMap<Frame, LifetimeStats>,
+    /// Spawn sites from the spawn probe's stacks (once attached).
+    pub sites: Option<SpawnSites>,
+    /// Per vtable (future type), the spawn sites seen.
+    vtable_sites: HashMap<usize, HashSet<Frame>>,
+    /// The note about spawn stacks lost was given.
+    stacks_lost_said: bool,
+    /// The note about sampled spawn stacks was given.
+    sampled_said: bool,
+    /// Where the names came from when the binary had no DWARF of its own.
+    debuginfo: Outcome,
 }
 
 impl TokioTracer {
     pub fn open(path: &Path) -> Result<Self, TokioError> {
-        let elf = ElfFile::open(path)
+        Self::open_with(path, &Search::default())
+    }
+
+    /// [`TokioTracer::open`], with separate debug info searched as `debug`
+    /// says when the binary has no DWARF of its own.
+    pub fn open_with(path: &Path, debug: &Search) -> Result<Self, TokioError> {
+        let mut elf = ElfFile::open(path)
             .map_err(|e| TokioError::NotTokio(format!("cannot read {}: {e}", path.display())))?;
-        let bin = detect(&elf)?;
+        // Whether it is tokio at all is known without symbols (the vtables'
+        // shape); only then is debug info worth a search or a download.
+        let mut bin = detect(&elf)?;
+        let found = debuginfo::attach(&mut elf, path, debug).map_err(TokioError::DebugInfo)?;
+        if matches!(found, Outcome::Found { .. }) {
+            bin = detect(&elf)?;
+        }
         let awaits = AwaitDecoder::load(&elf, &bin.vtables);
-        Ok(Self::with_binary(path, elf, bin, awaits))
+        let mut tracer = Self::with_binary(path, elf, bin, awaits);
+        tracer.debuginfo = found;
+        Ok(tracer)
     }
 
     fn with_binary(
@@ -179,6 +212,11 @@ impl TokioTracer {
             awaits,
             stacks: HashMap::new(),
             lifetimes: HashMap::new(),
+            sites: None,
+            vtable_sites: HashMap::new(),
+            stacks_lost_said: false,
+            sampled_said: false,
+            debuginfo: Outcome::NotNeeded,
         }
     }
 
@@ -237,6 +275,7 @@ impl TokioTracer {
             );
         }
         w.extend(self.bin.naming_warning());
+        w.extend(self.debuginfo.note());
         if self.bin.has_symtab && self.awaits.is_none() {
             w.push(
                 "tokio: no type information (DWARF) in the binary, so where an idle task is \
@@ -259,6 +298,9 @@ impl TokioTracer {
             }
             let b = exe_load_bias(pid, &self.elf).context("finding where the program is loaded")?;
             self.set_bias(b);
+            if let Some(sites) = &mut self.sites {
+                sites.locate(&self.elf, b);
+            }
         }
         Ok(self.bias)
     }
@@ -313,6 +355,13 @@ impl TokioTracer {
                 let mut t = Tracked::new(ev.id, vtable, Since::Exact(ev.ts_ns));
                 // bind_inner binds it: counted by num_alive_tasks().
                 t.owner_id = u64::MAX;
+                t.site = self.sites.as_mut().and_then(|s| s.take(ev.id));
+                if let Some(site) = &t.site {
+                    self.vtable_sites
+                        .entry(vtable)
+                        .or_default()
+                        .insert(site.clone());
+                }
                 self.tasks.insert(ev.header, t);
             }
             TokioEventKind::Complete => {
@@ -321,8 +370,9 @@ impl TokioTracer {
                     if let Some(t) = self.tasks.remove(&ev.header)
                         && let Since::Exact(born) = t.alive_since
                     {
+                        let site = self.created_by(&t);
                         self.lifetimes
-                            .entry(t.vtable)
+                            .entry(site)
                             .or_default()
                             .record(ev.ts_ns.saturating_sub(born));
                     }
@@ -387,15 +437,61 @@ impl TokioTracer {
     pub fn lifetimes(&self) -> Vec<(Frame, Lifetimes)> {
         self.lifetimes
             .iter()
-            .filter_map(|(&vt, stats)| {
-                let name = Frame {
-                    function: self.bin.vtables.get(vt)?.display_name().into(),
-                    file: "".into(),
-                    line: 0,
-                };
-                Some((name, stats.summary()))
-            })
+            .map(|(site, stats)| (site.clone(), stats.summary()))
             .collect()
+    }
+
+    /// Spawns beyond the first 256 of a future type have their stack read
+    /// one in 16 (the probe's sampling): for a type spawned from two or more
+    /// sites, the others cannot be told apart. Said once.
+    fn note_sampled_sites(&mut self) {
+        if self.sampled_said {
+            return;
+        }
+        let unsited = self
+            .tasks
+            .values()
+            .filter(|t| {
+                t.site.is_none()
+                    && t.owner_id == u64::MAX
+                    && self
+                        .vtable_sites
+                        .get(&t.vtable)
+                        .is_some_and(|s| s.len() > 1)
+            })
+            .count();
+        if unsited > 0 {
+            self.sampled_said = true;
+            self.notes.push(format!(
+                "tokio: spawn stacks are read for the first 256 spawns of each future type, then \
+                 one in 16 (or were lost): {unsited} tasks of future types spawned from several \
+                 sites have no spawn site and are grouped by future type"
+            ));
+        }
+    }
+
+    /// The future type of a task, as a frame.
+    fn future(&self, t: &Tracked) -> Frame {
+        Frame {
+            function: self.bin.vtables[t.vtable].display_name().into(),
+            file: "".into(),
+            line: 0,
+        }
+    }
+
+    /// What a task's view names as its creation: where it was spawned.
+    /// A task whose spawn was not seen (before attach, its stack lost)
+    /// takes the one site its future type has been seen spawned from, as Go
+    /// splits a site by caller only once two callers were seen; with two or
+    /// more it keeps its future type, as does every task when nothing names
+    /// the spawning code.
+    fn created_by(&self, t: &Tracked) -> Frame {
+        let known = self.vtable_sites.get(&t.vtable);
+        match (&t.site, known) {
+            (Some(site), _) => site.clone(),
+            (None, Some(k)) if k.len() == 1 => k.iter().next().cloned().unwrap_or_default(),
+            _ => self.future(t),
+        }
     }
 
     /// Every live task now, read from the target.
@@ -403,6 +499,17 @@ impl TokioTracer {
         let Some(bias) = self.locate(pid)? else {
             bail!("process {pid} is not running {} (yet)", self.path.display());
         };
+        if let Some(sites) = &self.sites
+            && sites.lost() > 0
+            && !self.stacks_lost_said
+        {
+            self.stacks_lost_said = true;
+            self.notes.push(
+                "tokio: spawns came faster than their stacks could be read (the stack ring was \
+                 full): some tasks have no spawn site and are grouped by future type alone"
+                    .into(),
+            );
+        }
         // Events are at most one ring poll (50 ms) late: an unannounced task
         // still unannounced a refresh later was never reported.
         let late: Vec<(u64, u64)> = self
@@ -529,17 +636,15 @@ impl TokioTracer {
     }
 
     fn build_views(&mut self, pid: u32) -> Vec<TaskView> {
+        self.note_sampled_sites();
         let mem = Memory::new(pid);
         let mut views = Vec::with_capacity(self.tasks.len());
         for (&header, t) in &self.tasks {
             // Spawned since the last read: not polled yet, so scheduled.
             let state = t.state.unwrap_or(StateWord(0b100 | (1 << 6)));
             let vt = &self.bin.vtables[t.vtable];
-            let name = Frame {
-                function: vt.display_name().into(),
-                file: "".into(),
-                line: 0,
-            };
+            let name = self.future(t);
+            let created_by = self.created_by(t);
             let task_state = state.task_state();
             let idle = task_state.is_waiting();
             let blocked_since = match (idle, self.coverage.polls, t.last_poll) {
@@ -583,7 +688,7 @@ impl TokioTracer {
                 // num_alive_tasks() counts.
                 system: t.owner_id == 0 || vt.is_blocking(),
                 main: false,
-                created_by: name.clone(),
+                created_by,
                 via: None,
                 start: name,
                 stack,

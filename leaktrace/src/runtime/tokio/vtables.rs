@@ -228,7 +228,10 @@ pub fn split_generic_args(s: &str) -> Option<Vec<String>> {
 
 /// Every task vtable in `elf`, named as well as the binary allows.
 pub fn find_vtables(elf: &ElfFile) -> Vec<TaskVtable> {
-    let Ok(parsed) = object::read::elf::ElfFile64::<object::Endianness>::parse(elf.bytes()) else {
+    // The symbols may come from a separate debug file; code and data from
+    // the program itself.
+    let symtab = elf.symtab_file().bytes();
+    let Ok(parsed) = object::read::elf::ElfFile64::<object::Endianness>::parse(symtab) else {
         return Vec::new();
     };
     let relocs = Relocs::read(elf);

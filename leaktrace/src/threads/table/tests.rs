@@ -34,11 +34,38 @@ fn exit(table: &mut ThreadTable, ts_ns: u64, tid: u32) {
     });
 }
 
-fn group<'r>(r: &'r ThreadsReport, name: &str) -> &'r ThreadGroupReport {
+/// The group whose folded pattern is `pattern`.
+fn group<'r>(r: &'r ThreadsReport, pattern: &str) -> &'r ThreadGroupReport {
     r.groups
         .iter()
-        .find(|g| g.name == name)
-        .unwrap_or_else(|| panic!("no group {name} in {r:#?}"))
+        .find(|g| g.pattern == pattern)
+        .unwrap_or_else(|| panic!("no group {pattern} in {r:#?}"))
+}
+
+/// Digits are folded to group, never in what is shown: the names and the
+/// creating thread's name as the program set them.
+#[test]
+fn names_are_shown_as_set_and_grouped_folded() {
+    let mut t = ThreadTable::empty(100);
+    let v8 = creator("V8 Platform 2", None);
+    for (tid, name) in [(201, "V8 DefaultWorke"), (202, "V8 DefaultWorke")] {
+        new(&mut t, 0, tid, &v8, name);
+    }
+    let main = creator("app", Some("app::serve"));
+    for tid in [310, 302, 309] {
+        new(&mut t, 0, tid, &main, &format!("conn-{tid}"));
+    }
+    new(&mut t, 0, 400, &main, "pool-2");
+    new(&mut t, 0, 401, &main, "pool-10");
+    let r = t.report(S);
+    let g = group(&r, "V# DefaultWorke");
+    assert_eq!((g.name.as_str(), g.count), ("V8 DefaultWorke", 2));
+    assert_eq!(g.names, ["V8 DefaultWorke"]);
+    assert_eq!(g.created_by, "thread `V8 Platform 2`");
+    let g = group(&r, "conn-#");
+    assert_eq!(g.name, "conn-302 … conn-310");
+    assert_eq!(g.names, ["conn-302", "conn-309", "conn-310"]);
+    assert_eq!(group(&r, "pool-#").name, "pool-2, pool-10");
 }
 
 #[test]
