@@ -333,17 +333,14 @@ impl Refresh {
         if let Some(t) = threads {
             self.builder.threads = Some(t.sample());
         }
-        let result = rt.refresh(probes, self.pid);
+        let result = rt.refresh(probes, self.pid, &mut self.views);
         for note in rt.take_notes() {
             eprintln!("note: {note}");
             self.builder.notes.push(note);
         }
         match result {
-            Ok(Some(views)) => {
-                self.views = views;
-                self.builder.record(&self.views, open_sockets(self.pid));
-            }
-            Ok(None) => {}
+            Ok(true) => self.builder.record(&self.views, open_sockets(self.pid)),
+            Ok(false) => {}
             // A process we started may not run its program yet; otherwise
             // say why once, in the final report.
             Err(e) if !self.fresh => self.read_error = Some(format!("{e:#}")),
