@@ -38,6 +38,8 @@ pub const MAX_QUEUE_STEPS: usize = 1 << 20;
 /// Sudogs read from the target per wait queue at most (those that are not
 /// the sudog of a goroutine read this refresh): one syscall per level.
 pub const MAX_QUEUE_READS: usize = 256;
+/// New waiters whose sudog lists are read together (and kept in memory).
+const LIST_BATCH: usize = 4096;
 /// Every channel is read again at least once in this many refreshes.
 const FULL_READ_EVERY: u64 = 10;
 /// Timers read from the heaps per refresh at most.
@@ -375,7 +377,48 @@ struct Case {
     dir: ChanDir,
 }
 
-type CacheKey = (u64, u64, ParkKey);
+/// What a park cache entry was read for: a digest of the waiter's
+/// `g.waiting` and [`ParkKey`] (a false match is a 2⁻⁶⁴ chance).
+fn park_digest(w: &Waiter) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    BuildHasherDefault::<std::hash::DefaultHasher>::default().hash_one((w.waiting, w.park))
+}
+
+/// One goroutine's cached park: its digest, its cases, the refresh that
+/// last used it.
+struct CachedPark {
+    digest: u64,
+    cases: Cases,
+    used: u64,
+}
+
+/// The cases of one wait: nearly always one (a send or a receive), kept
+/// inline then, so a million blocked goroutines cost no allocation each.
+#[derive(Clone, Debug)]
+enum Cases {
+    One(Case),
+    Many(Arc<[Case]>),
+}
+
+impl std::ops::Deref for Cases {
+    type Target = [Case];
+    fn deref(&self) -> &[Case] {
+        match self {
+            Self::One(c) => std::slice::from_ref(c),
+            Self::Many(c) => c,
+        }
+    }
+}
+
+impl FromIterator<Case> for Cases {
+    fn from_iter<I: IntoIterator<Item = Case>>(iter: I) -> Self {
+        let mut iter = iter.into_iter();
+        match (iter.next(), iter.next()) {
+            (Some(one), None) => Self::One(one),
+            (first, second) => Self::Many(first.into_iter().chain(second).chain(iter).collect()),
+        }
+    }
+}
 
 /// One channel during a refresh: as read, who waits on it, and the lists
 /// of waits on it that goroutines share.
@@ -425,16 +468,15 @@ pub struct ChanReader {
     layout: ChanLayout,
     /// Run-time address of `runtime.allp`, when `.symtab` names it.
     allp: Option<u64>,
-    /// The cases of each park read before, with the refresh that last used
-    /// it; only those the last refresh used are kept.
-    parks: Map<CacheKey, (Arc<[Case]>, u64)>,
+    /// The cases of each goroutine's park read before (by g), with the
+    /// refresh that last used it; only those the last refresh used are
+    /// kept. One small entry per blocked goroutine: there may be a million.
+    parks: Map<u64, CachedPark>,
     /// Refreshes so far.
     generation: u64,
     /// Each channel as last read, with its timer: what a channel whose
     /// waiters have not moved still is.
     chan_cache: Map<u64, (Hchan, Option<ChanTimer>)>,
-    /// This refresh's fresh entries, by waiter index, for [`Self::reject`].
-    fresh: Map<usize, CacheKey>,
     pub stats: ReadStats,
 }
 
@@ -456,7 +498,6 @@ impl ChanReader {
             parks: Map::default(),
             generation: 0,
             chan_cache: Map::default(),
-            fresh: Map::default(),
             stats: ReadStats::default(),
         }
     }
@@ -465,11 +506,15 @@ impl ChanReader {
         &self.layout
     }
 
-    /// Forget what was read for waiter `i` of the last [`Self::read`]: it
-    /// moved while being read.
-    pub fn reject(&mut self, i: usize) {
-        if let Some(key) = self.fresh.remove(&i) {
-            self.parks.remove(&key);
+    /// Forget what was read for a fresh waiter of the last [`Self::read`]:
+    /// it moved while being read.
+    pub fn reject(&mut self, w: &Waiter) {
+        if self
+            .parks
+            .get(&w.g)
+            .is_some_and(|p| p.digest == park_digest(w))
+        {
+            self.parks.remove(&w.g);
         }
     }
 
@@ -483,47 +528,51 @@ impl ChanReader {
             waiters: waiters.len(),
             ..ReadStats::default()
         };
-        self.fresh.clear();
         self.generation += 1;
         let generation = self.generation;
-        let key = |w: &Waiter| (w.g, w.waiting, w.park);
         let is_chan_op = |w: &Waiter| matches!(w.op, WaitOp::Send | WaitOp::Recv | WaitOp::Select);
 
         // Cases: from the park cache, else from memory.
-        let mut cases: Vec<Option<Arc<[Case]>>> = vec![None; waiters.len()];
+        let mut cases: Vec<Option<Cases>> = vec![None; waiters.len()];
         let mut uncached: Vec<usize> = Vec::new();
         for (i, w) in waiters.iter().enumerate() {
             if !is_chan_op(w) {
                 continue;
             }
-            match self.parks.get_mut(&key(w)) {
-                Some((c, used)) => {
-                    *used = generation;
-                    cases[i] = Some(c.clone());
+            match self.parks.get_mut(&w.g) {
+                Some(p) if p.digest == park_digest(w) => {
+                    p.used = generation;
+                    cases[i] = Some(p.cases.clone());
                     self.stats.cached += 1;
                 }
-                None => uncached.push(i),
+                _ => uncached.push(i),
             }
         }
+        // In batches, so that the sudogs and lists read for a million new
+        // waiters are never all in memory at once. The sudogs of selects
+        // are kept for the queue walks below (the only ones they look for).
         let mut sudogs: Map<u64, Sudog> = Map::default();
-        let to_read: Vec<Waiter> = uncached.iter().map(|&i| waiters[i]).collect();
-        let lists = self.read_lists(mem, &to_read, &mut sudogs);
-        for (&i, list) in uncached.iter().zip(lists) {
-            let w = &waiters[i];
-            let dir = match w.op {
-                WaitOp::Send => ChanDir::Send,
-                WaitOp::Recv => ChanDir::Recv,
-                _ => ChanDir::Unknown,
-            };
-            cases[i] = list.map(|list| {
-                list.iter()
-                    .map(|a| Case {
-                        sudog: *a,
-                        chan: sudogs[a].c,
-                        dir,
-                    })
-                    .collect()
-            });
+        for batch in uncached.chunks(LIST_BATCH) {
+            let mut read: Map<u64, Sudog> = Map::default();
+            let lists = self.read_lists(mem, waiters, batch, &mut read);
+            for (&i, list) in batch.iter().zip(lists) {
+                let w = &waiters[i];
+                let dir = match w.op {
+                    WaitOp::Send => ChanDir::Send,
+                    WaitOp::Recv => ChanDir::Recv,
+                    _ => ChanDir::Unknown,
+                };
+                cases[i] = list.map(|list| {
+                    list.iter()
+                        .map(|a| Case {
+                            sudog: *a,
+                            chan: read[a].c,
+                            dir,
+                        })
+                        .collect()
+                });
+            }
+            sudogs.extend(read.into_iter().filter(|(_, s)| s.is_select));
         }
 
         // Every channel once, in a slot of its own.
@@ -610,7 +659,10 @@ impl ChanReader {
 
         // Identical waits (many goroutines on one channel) share one list:
         // per slot, one per (direction, select).
-        let fresh: Set<usize> = uncached.into_iter().collect();
+        let mut fresh = vec![false; waiters.len()];
+        for i in uncached {
+            fresh[i] = true;
+        }
         let mut nil: [Option<Arc<[ChanWait]>>; 2] = [None, None];
         let mut out = Vec::with_capacity(waiters.len());
         for (i, (w, c)) in waiters.iter().zip(cases).enumerate() {
@@ -664,11 +716,18 @@ impl ChanReader {
                 ),
                 (_, None) => None,
             };
-            let is_fresh = fresh.contains(&i);
+            let is_fresh = fresh[i];
             match c {
-                Some(c) if is_fresh => {
-                    self.parks.insert(key(w), (c, generation));
-                    self.fresh.insert(i, key(w));
+                Some(cases) if is_fresh => {
+                    let digest = park_digest(w);
+                    self.parks.insert(
+                        w.g,
+                        CachedPark {
+                            digest,
+                            cases,
+                            used: generation,
+                        },
+                    );
                 }
                 Some(_) => {}
                 None if is_chan_op(w) => self.stats.dropped += 1,
@@ -679,19 +738,22 @@ impl ChanReader {
                 fresh: is_fresh,
             });
         }
-        self.parks.retain(|_, (_, used)| *used == generation);
+        self.parks.retain(|_, p| p.used == generation);
         out
     }
 
-    /// Each waiter's sudog addresses (its `g.waiting` list), level by level:
-    /// one batched read per level for every list at once.
+    /// The sudog addresses (the `g.waiting` list) of each of the waiters
+    /// `which` lists, in that order, level by level: one batched read per
+    /// level for every list at once.
     fn read_lists(
         &mut self,
         mem: &dyn ReadMem,
         waiters: &[Waiter],
+        which: &[usize],
         sudogs: &mut Map<u64, Sudog>,
     ) -> Vec<Option<Vec<u64>>> {
         let l = self.layout;
+        let waiters: Vec<&Waiter> = which.iter().map(|&i| &waiters[i]).collect();
         let mut lists: Vec<Option<Vec<u64>>> = waiters
             .iter()
             .map(|w| matches!(w.op, WaitOp::Send | WaitOp::Recv | WaitOp::Select).then(Vec::new))
@@ -725,7 +787,7 @@ impl ChanReader {
             });
             let mut next = Vec::new();
             for (i, addr) in cursors {
-                let w = &waiters[i];
+                let w = waiters[i];
                 let ok = sudogs.get(&addr).is_some_and(|s| {
                     s.g == w.g
                         && is_ptr(s.c)
@@ -1076,7 +1138,7 @@ mod tests {
             assert_eq!(r.stats.channels, 1);
             assert_eq!(r.stats.queue_nodes_read, 0);
             // Still in the same parks: nothing read again but the channel.
-            r.reject(1);
+            r.reject(&waiters[1]);
             let again = r.read(&m, &waiters);
             assert_eq!((r.stats.cached, r.stats.sudogs_read), (2, 1));
             assert_eq!(

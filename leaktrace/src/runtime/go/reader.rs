@@ -100,10 +100,18 @@ struct ChunkRead {
 /// A 64-bit digest stands for the five words (a false match is a 2⁻⁶⁴
 /// chance per refresh and goroutine); never 0, which means "no walk".
 fn walk_digest(g: u64, h: &GHeader) -> u64 {
+    digest((g, h.goid, h.sched_sp, h.sched_pc, h.sched_bp))
+}
+
+/// Every field of a header, as a digest: whether a goroutine moved between
+/// two reads, kept for a million of them in 8 bytes each.
+fn header_digest(h: &GHeader) -> u64 {
+    digest(h)
+}
+
+fn digest(v: impl std::hash::Hash) -> u64 {
     use std::hash::{BuildHasher, BuildHasherDefault};
-    let digest = BuildHasherDefault::<std::hash::DefaultHasher>::default()
-        .hash_one((g, h.goid, h.sched_sp, h.sched_pc, h.sched_bp));
-    digest | 1
+    BuildHasherDefault::<std::hash::DefaultHasher>::default().hash_one(v) | 1
 }
 
 /// One symbolized blocked stack and what we derive from it.
@@ -161,13 +169,13 @@ impl std::hash::Hash for PlaceKey {
 const CHUNK: usize = 1024;
 /// Stack bytes read per goroutine in a batch, from its saved SP; a walk
 /// that goes further reads the rest on its own.
-const STACK_WINDOW: u64 = 4096;
+const STACK_WINDOW: u64 = 1024;
 /// Distinct walks, and places, kept before starting over.
 const MAX_STACKS: usize = 100_000;
 const MAX_PLACES: usize = 100_000;
 
 /// The fields of a `runtime.g` we use, decoded.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct GHeader {
     pub stack_lo: u64,
     pub stack_hi: u64,
@@ -299,8 +307,31 @@ impl GoReader {
         }
     }
 
+    /// Bytes read per g: up to the last field [`GHeader`] uses, not the
+    /// whole struct (a refresh copies this for every goroutine, twice for
+    /// those whose stack it walks).
     fn g_len(&self) -> usize {
-        self.bin.layout.sizeof_g as usize
+        let l = &self.bin.layout;
+        let last = [
+            l.g_stack_lo,
+            l.g_stack_hi,
+            l.g_sched_sp,
+            l.g_sched_pc,
+            l.g_sched_bp,
+            l.g_syscallsp,
+            l.g_atomicstatus,
+            l.g_goid,
+            l.g_waitsince,
+            l.g_waitreason,
+            l.g_gopc,
+            l.g_startpc,
+        ]
+        .into_iter()
+        .chain(l.g_parent_goid)
+        .chain(self.g_waiting())
+        .max()
+        .unwrap_or(0);
+        ((last as usize) + 8).min(l.sizeof_g as usize)
     }
 
     /// Every goroutine alive now, from `runtime.allgs` (lock-free, as the
@@ -330,7 +361,8 @@ impl GoReader {
         drop(gptrs);
         let layout = &self.bin.layout;
         let mut n = 0;
-        self.mem.read_each(&addrs, self.g_len(), &mut |i, bytes| {
+        let g_len = self.g_len();
+        self.mem.read_each(&addrs, g_len, &mut |i, bytes| {
             let Some(h) = bytes.and_then(|b| GHeader::parse(b, layout)) else {
                 return;
             };
@@ -368,9 +400,10 @@ impl GoReader {
         }
         views.clear();
         views.reserve(table.len());
-        // Channel waiters: (index in views, the header their view used,
-        // when the probe saw them park).
-        let mut waiters: Vec<(usize, GHeader, u64)> = Vec::new();
+        // Channel waiters, and for each its view's index and a digest of
+        // the header the view was made from (to see whether it moved).
+        let mut waiters: Vec<Waiter> = Vec::new();
+        let mut at: Vec<(u32, u64)> = Vec::new();
         let mut dead_twice = Vec::new();
         let (tasks, origins) = table.tasks_and_origins();
         let mut tasks: Vec<&mut LiveTask> = tasks.collect();
@@ -380,9 +413,21 @@ impl GoReader {
                 let Some(h) = h else { continue };
                 let view = self.view(task, origins.of(task), h, walk, unstable, snapshot_ns);
                 if let TaskState::Waiting(reason) = view.state()
-                    && WaitOp::from_reason(reason).is_some()
+                    && let Some(op) = WaitOp::from_reason(reason)
                 {
-                    waiters.push((views.len(), h, task.parked_ns().unwrap_or(0)));
+                    waiters.push(Waiter {
+                        g: task.key,
+                        waiting: h.waiting,
+                        op,
+                        park: ParkKey {
+                            goid: h.goid,
+                            sp: h.sched_sp,
+                            pc: h.sched_pc,
+                            bp: h.sched_bp,
+                            parked_ns: task.parked_ns().unwrap_or(0),
+                        },
+                    });
+                    at.push((views.len() as u32, header_digest(&h)));
                 }
                 views.push(view);
             }
@@ -392,7 +437,7 @@ impl GoReader {
             table.remove_dead(key);
         }
         let t0 = Instant::now();
-        self.read_channels(views, &waiters);
+        self.read_channels(views, &waiters, &at);
         log::debug!(
             "refresh: {} goroutines read in {:?}, of which channels {:?} ({:?})",
             views.len(),
@@ -483,51 +528,28 @@ impl GoReader {
     /// read now (not in the same park as at an earlier refresh) is read
     /// again afterwards: one that moved meanwhile (woke, parked elsewhere)
     /// gets nothing rather than a mix of two waits.
-    fn read_channels(&mut self, views: &mut [TaskView], waiters: &[(usize, GHeader, u64)]) {
+    fn read_channels(&mut self, views: &mut [TaskView], list: &[Waiter], at: &[(u32, u64)]) {
         let Some(chans) = self.chans.as_mut() else {
             return;
         };
-        if waiters.is_empty() {
+        if list.is_empty() {
             return;
         }
-        let mut list: Vec<Waiter> = Vec::with_capacity(waiters.len());
-        let mut at: Vec<(usize, GHeader)> = Vec::with_capacity(waiters.len());
-        for (i, h, parked_ns) in waiters {
-            let TaskState::Waiting(reason) = views[*i].state() else {
-                continue;
-            };
-            let Some(op) = WaitOp::from_reason(reason) else {
-                continue;
-            };
-            list.push(Waiter {
-                g: views[*i].key,
-                waiting: h.waiting,
-                op,
-                park: ParkKey {
-                    goid: h.goid,
-                    sp: h.sched_sp,
-                    pc: h.sched_pc,
-                    bp: h.sched_bp,
-                    parked_ns: *parked_ns,
-                },
-            });
-            at.push((*i, *h));
-        }
-        let reads = chans.read(&self.target, &list);
+        let reads = chans.read(&self.target, list);
         let fresh: Vec<usize> = (0..reads.len()).filter(|&k| reads[k].fresh).collect();
         let keys: Vec<u64> = fresh.iter().map(|&k| list[k].g).collect();
         let mut moved = vec![false; reads.len()];
         self.target.read_each(&keys, self.g_len(), &mut |j, b| {
             let k = fresh[j];
             let again = b.and_then(|b| self.parse_header(b));
-            moved[k] = again.as_ref() != Some(&at[k].1);
+            moved[k] = again.map(|h| header_digest(&h)) != Some(at[k].1);
         });
         let chans = self.chans.as_mut().expect("checked above");
         for (k, read) in reads.into_iter().enumerate() {
             if moved[k] {
-                chans.reject(k);
+                chans.reject(&list[k]);
             } else if let Some(waits) = read.waits {
-                views[at[k].0].waits_on = waits;
+                views[at[k].0 as usize].waits_on = waits;
             }
         }
     }
