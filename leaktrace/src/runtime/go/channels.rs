@@ -360,13 +360,29 @@ pub struct ParkKey {
 }
 
 /// One goroutine to read: its g, its `g.waiting`, what it waits in, and
-/// which park this is.
+/// which park this is ([`ParkKey::digest`]: a million waiters are listed
+/// at once).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Waiter {
     pub g: u64,
     pub waiting: u64,
     pub op: WaitOp,
-    pub park: ParkKey,
+    pub park: u64,
+}
+
+impl ParkKey {
+    /// All of it in one word.
+    pub fn digest(&self) -> u64 {
+        digest(self)
+    }
+}
+
+/// Several words in one, to compare what was read at two moments while
+/// keeping 8 bytes per goroutine (SipHash: a false match is a 2⁻⁶⁴
+/// chance); never 0, which callers use for "none".
+pub fn digest(v: impl std::hash::Hash) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    BuildHasherDefault::<std::hash::DefaultHasher>::default().hash_one(v) | 1
 }
 
 /// One case of a goroutine's wait, as read.
@@ -377,11 +393,10 @@ struct Case {
     dir: ChanDir,
 }
 
-/// What a park cache entry was read for: a digest of the waiter's
-/// `g.waiting` and [`ParkKey`] (a false match is a 2⁻⁶⁴ chance).
+/// What a park cache entry was read for: the waiter's `g.waiting` and
+/// park, in one word.
 fn park_digest(w: &Waiter) -> u64 {
-    use std::hash::{BuildHasher, BuildHasherDefault};
-    BuildHasherDefault::<std::hash::DefaultHasher>::default().hash_one((w.waiting, w.park))
+    w.park ^ w.waiting.rotate_left(29)
 }
 
 /// One goroutine's cached park: its digest, its cases, the refresh that
@@ -468,10 +483,11 @@ pub struct ChanReader {
     layout: ChanLayout,
     /// Run-time address of `runtime.allp`, when `.symtab` names it.
     allp: Option<u64>,
-    /// The cases of each goroutine's park read before (by g), with the
-    /// refresh that last used it; only those the last refresh used are
-    /// kept. One small entry per blocked goroutine: there may be a million.
-    parks: Map<u64, CachedPark>,
+    /// The cases of each goroutine's park read before, sorted by g, with
+    /// the refresh that last used it; only those the last refresh used are
+    /// kept. One small entry per blocked goroutine, and there may be a
+    /// million: a sorted list costs half a hash map's memory there.
+    parks: Vec<(u64, CachedPark)>,
     /// Refreshes so far.
     generation: u64,
     /// Each channel as last read, with its timer: what a channel whose
@@ -495,7 +511,7 @@ impl ChanReader {
         Self {
             layout,
             allp,
-            parks: Map::default(),
+            parks: Vec::new(),
             generation: 0,
             chan_cache: Map::default(),
             stats: ReadStats::default(),
@@ -509,13 +525,16 @@ impl ChanReader {
     /// Forget what was read for a fresh waiter of the last [`Self::read`]:
     /// it moved while being read.
     pub fn reject(&mut self, w: &Waiter) {
-        if self
-            .parks
-            .get(&w.g)
-            .is_some_and(|p| p.digest == park_digest(w))
-        {
-            self.parks.remove(&w.g);
+        // Marked unused rather than removed (no shifting of a long list):
+        // the next read misses it and drops it.
+        if let Some(p) = self.park_mut(w.g).filter(|p| p.digest == park_digest(w)) {
+            p.used = 0;
         }
+    }
+
+    fn park_mut(&mut self, g: u64) -> Option<&mut CachedPark> {
+        let i = self.parks.binary_search_by_key(&g, |p| p.0).ok()?;
+        Some(&mut self.parks[i].1)
     }
 
     /// What each waiter waits on, in `waiters` order. Blocked senders and
@@ -539,8 +558,9 @@ impl ChanReader {
             if !is_chan_op(w) {
                 continue;
             }
-            match self.parks.get_mut(&w.g) {
-                Some(p) if p.digest == park_digest(w) => {
+            match self.park_mut(w.g) {
+                // `used` 0: rejected.
+                Some(p) if p.used != 0 && p.digest == park_digest(w) => {
                     p.used = generation;
                     cases[i] = Some(p.cases.clone());
                     self.stats.cached += 1;
@@ -665,6 +685,12 @@ impl ChanReader {
         }
         let mut nil: [Option<Arc<[ChanWait]>>; 2] = [None, None];
         let mut out = Vec::with_capacity(waiters.len());
+        // The parks not used now go; the new ones go at the end, exactly
+        // as many as were read, and the list is sorted again.
+        self.parks.retain(|p| p.1.used == generation);
+        let kept = self.parks.len();
+        self.parks
+            .reserve_exact(fresh.iter().filter(|&&f| f).count());
         for (i, (w, c)) in waiters.iter().zip(cases).enumerate() {
             let select = w.op == WaitOp::Select;
             let waits: Option<Arc<[ChanWait]>> = match (w.op, &c) {
@@ -720,14 +746,14 @@ impl ChanReader {
             match c {
                 Some(cases) if is_fresh => {
                     let digest = park_digest(w);
-                    self.parks.insert(
+                    self.parks.push((
                         w.g,
                         CachedPark {
                             digest,
                             cases,
                             used: generation,
                         },
-                    );
+                    ));
                 }
                 Some(_) => {}
                 None if is_chan_op(w) => self.stats.dropped += 1,
@@ -738,7 +764,9 @@ impl ChanReader {
                 fresh: is_fresh,
             });
         }
-        self.parks.retain(|_, p| p.used == generation);
+        if self.parks.len() > kept {
+            self.parks.sort_unstable_by_key(|p| p.0);
+        }
         out
     }
 
@@ -1113,7 +1141,7 @@ mod tests {
                     g,
                     waiting,
                     op: WaitOp::Send,
-                    park: park(g),
+                    park: park(g).digest(),
                 })
                 .collect();
             let mut r = ChanReader::new(l, None);
@@ -1153,7 +1181,11 @@ mod tests {
             );
             // Parked again (the probe saw it): read again.
             let mut moved = waiters.clone();
-            moved[0].park.parked_ns = 7;
+            moved[0].park = ParkKey {
+                parked_ns: 7,
+                ..park(moved[0].g)
+            }
+            .digest();
             r.read(&m, &moved);
             assert_eq!((r.stats.cached, r.stats.sudogs_read), (2, 1));
         }
@@ -1218,7 +1250,7 @@ mod tests {
                     g,
                     waiting: s1,
                     op: WaitOp::Select,
-                    park: park(g),
+                    park: park(g).digest(),
                 }],
             );
             let w = out[0].waits.as_ref().unwrap();
@@ -1254,7 +1286,7 @@ mod tests {
             g,
             waiting,
             op,
-            park: park(g),
+            park: park(g).digest(),
         };
         let mut r = ChanReader::new(l, None);
         let out = r.read(
@@ -1344,7 +1376,7 @@ mod tests {
                         g,
                         waiting: base + (rng.next() % size as u64) / 8 * 8,
                         op: [WaitOp::Send, WaitOp::Recv, WaitOp::Select][i % 3],
-                        park: park(g),
+                        park: park(g).digest(),
                     }
                 })
                 .collect();

@@ -165,7 +165,6 @@ impl LiveTable {
             TaskEventKind::Spawn {
                 created_pc,
                 via_pcs,
-                ..
             } => {
                 self.counts.spawn += 1;
                 if created_pc != 0 {
@@ -183,7 +182,7 @@ impl LiveTable {
                     ..LiveTask::default()
                 };
             }
-            TaskEventKind::Park { .. } => {
+            TaskEventKind::Park => {
                 self.counts.park += 1;
                 // A task spawned before attach and missed by the snapshot
                 // still shows up here; the reader fills in its origin.
@@ -330,8 +329,6 @@ mod tests {
     }
     const SPAWN: TaskEventKind = TaskEventKind::Spawn {
         created_pc: 0x10,
-        start_pc: 0x20,
-        parent_id: 1,
         via_pcs: [0x30, 0x40],
     };
 
@@ -339,7 +336,7 @@ mod tests {
     fn lifecycle_and_reuse_of_a_g() {
         let mut t = LiveTable::default();
         t.apply(&ev(1, 0xa, 0, SPAWN));
-        t.apply(&ev(2, 0xa, 7, TaskEventKind::Park { reason: 15 }));
+        t.apply(&ev(2, 0xa, 7, TaskEventKind::Park));
         assert_eq!(t.get(0xa).unwrap().id, 7);
         assert_eq!(t.get(0xa).unwrap().parked_ns(), Some(2));
         t.apply(&ev(3, 0xa, 7, TaskEventKind::Exit));
@@ -363,8 +360,6 @@ mod tests {
         let mut t = LiveTable::default();
         let spawn = |via_pcs| TaskEventKind::Spawn {
             created_pc: 0x10,
-            start_pc: 0x20,
-            parent_id: 1,
             via_pcs,
         };
         t.apply(&ev(1, 0xa, 0, spawn([0x30, 0x40])));

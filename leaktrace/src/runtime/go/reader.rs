@@ -13,7 +13,7 @@ use anyhow::{Context as _, Result, bail};
 use super::{
     allgs_locate::AllgsLocation,
     binary::GoBinary,
-    channels::{ChanReader, ParkKey, ReadMem, Target, WaitOp, Waiter},
+    channels::{ChanReader, ParkKey, ReadMem, Target, WaitOp, Waiter, digest},
     layout::{ChanLayout, GLayout},
     live::{LiveTable, LiveTask, Origin},
     wait_reason::gstatus,
@@ -107,11 +107,6 @@ fn walk_digest(g: u64, h: &GHeader) -> u64 {
 /// two reads, kept for a million of them in 8 bytes each.
 fn header_digest(h: &GHeader) -> u64 {
     digest(h)
-}
-
-fn digest(v: impl std::hash::Hash) -> u64 {
-    use std::hash::{BuildHasher, BuildHasherDefault};
-    BuildHasherDefault::<std::hash::DefaultHasher>::default().hash_one(v) | 1
 }
 
 /// One symbolized blocked stack and what we derive from it.
@@ -425,7 +420,8 @@ impl GoReader {
                             pc: h.sched_pc,
                             bp: h.sched_bp,
                             parked_ns: task.parked_ns().unwrap_or(0),
-                        },
+                        }
+                        .digest(),
                     });
                     at.push((views.len() as u32, header_digest(&h)));
                 }
