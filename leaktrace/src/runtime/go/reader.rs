@@ -1006,6 +1006,41 @@ mod tests {
     use super::*;
 
     #[test]
+    fn frame_walk_says_when_it_leaves_the_window() {
+        // A stack at 0x1000: frames at 0x1010 → 0x1040 → 0x1400 (beyond
+        // a 0x100-byte window), each [next fp, return address].
+        let lo = 0x1000u64;
+        let mut stack = vec![0u8; 0x500];
+        let mut put = |addr: u64, v: u64| {
+            let o = (addr - lo) as usize;
+            stack[o..o + 8].copy_from_slice(&v.to_le_bytes());
+        };
+        put(0x1010, 0x1040);
+        put(0x1018, 0xaaa);
+        put(0x1040, 0x1400);
+        put(0x1048, 0xbbb);
+        put(0x1400, 0);
+        put(0x1408, 0xccc);
+        let h = GHeader {
+            stack_lo: lo,
+            stack_hi: lo + 0x500,
+            sched_sp: lo,
+            sched_pc: 0x999,
+            sched_bp: 0x1010,
+            ..GHeader::default()
+        };
+        assert_eq!(stack_span(&h), Some((lo, 0x500)));
+        let mut pcs = vec![h.sched_pc];
+        assert!(!walk_frames(&h, lo, &stack[..0x100], &mut pcs), "left the window");
+        assert_eq!(pcs, vec![0x999, 0xaaa, 0xbbb]);
+        let mut pcs = vec![h.sched_pc];
+        assert!(walk_frames(&h, lo, &stack, &mut pcs));
+        assert_eq!(pcs, vec![0x999, 0xaaa, 0xbbb, 0xccc]);
+        // Saved registers that make no sense: nothing to read.
+        assert_eq!(stack_span(&GHeader { sched_sp: 0, ..h }), None);
+    }
+
+    #[test]
     fn system_goroutines_and_wrappers() {
         assert!(is_system_start("runtime.bgsweep"));
         assert!(is_system_start("runtime.gcBgMarkWorker"));
