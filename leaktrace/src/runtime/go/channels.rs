@@ -767,6 +767,9 @@ impl ChanReader {
         if self.parks.len() > kept {
             self.parks.sort_unstable_by_key(|p| p.0);
         }
+        if self.parks.capacity() > 2 * self.parks.len() + 4096 {
+            self.parks.shrink_to_fit();
+        }
         out
     }
 

@@ -83,7 +83,9 @@ pub struct LiveTable {
     /// g address → row in `rows`.
     index: HashMap<u64, u32>,
     /// The live tasks, and free rows (key 0) listed in `free`: a slab,
-    /// so a million tasks cost one row each and no allocation apiece.
+    /// so a million tasks cost one row each and no allocation apiece. It
+    /// keeps its largest size (as the index, a hash map, does): free rows
+    /// are reused by the next spawns.
     rows: Vec<LiveTask>,
     free: Vec<u32>,
     /// Origins by number (0 is "not seen").

@@ -432,6 +432,11 @@ impl GoReader {
         for key in dead_twice {
             table.remove_dead(key);
         }
+        // The views are refilled in place; after a burst, give back what
+        // the next refreshes will not need.
+        if views.capacity() > 2 * views.len() + 4096 {
+            views.shrink_to_fit();
+        }
         let t0 = Instant::now();
         self.read_channels(views, &waiters, &at);
         log::debug!(
@@ -1031,7 +1036,10 @@ mod tests {
         };
         assert_eq!(stack_span(&h), Some((lo, 0x500)));
         let mut pcs = vec![h.sched_pc];
-        assert!(!walk_frames(&h, lo, &stack[..0x100], &mut pcs), "left the window");
+        assert!(
+            !walk_frames(&h, lo, &stack[..0x100], &mut pcs),
+            "left the window"
+        );
         assert_eq!(pcs, vec![0x999, 0xaaa, 0xbbb]);
         let mut pcs = vec![h.sched_pc];
         assert!(walk_frames(&h, lo, &stack, &mut pcs));
