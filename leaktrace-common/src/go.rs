@@ -4,9 +4,11 @@
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GoEventKind {
-    /// `runtime.newproc1` filled in a new g (gopc, startpc, parent are valid).
+    /// `runtime.newproc1` filled in a new g (gopc is valid; startpc and
+    /// parent are 0: the refresh reads them from the g).
     Spawn = 1,
-    /// `runtime.park_m`: the goroutine blocked; `wait_reason` is valid.
+    /// `runtime.park_m`: the goroutine blocked (`goid` is valid;
+    /// `wait_reason` is 0: the refresh reads it from the g).
     Park = 2,
     /// `runtime.goexit0`: the goroutine finished; its g may be reused after this.
     Exit = 3,

@@ -24,7 +24,7 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use leaktrace_common::go::{GoConfig, GoEvent, GoEventKind, SpawnPoint};
 
-use crate::maps::{emit, read_u8, read_u64};
+use crate::maps::{emit, read_u64};
 
 /// Set by the loader before the program is loaded.
 #[unsafe(no_mangle)]
@@ -64,12 +64,16 @@ pub fn go_spawn(ctx: ProbeContext) -> u32 {
         warn!(&ctx, "go_spawn: no g in RAX at {:x}", regs.rip);
         return 0;
     }
+    // Every user-memory read is a helper call on each of possibly a million
+    // spawns a second: only what userspace uses is read. The start pc and
+    // the parent are in the g, which the refresh reads anyway; `startpc`
+    // and `parent_goid` stay 0 here.
     let gopc = read_u64(g + cfg.g_gopc as u64);
     let walk = cfg.g_sched_bp != 0
         && (unsafe { GO_PLAIN_SITES.get(&gopc) }.is_none()
             || unsafe { bpf_get_prandom_u32() } % PLAIN_SAMPLE == 0);
     // newproc1 runs on g0; g0.m.curg is the goroutine executing `go`.
-    let curg = if cfg.g_parent_goid == 0 || walk {
+    let curg = if walk {
         let m = read_u64(regs.r14 + cfg.g_m as u64);
         if m != 0 {
             read_u64(m + cfg.m_curg as u64)
@@ -79,20 +83,13 @@ pub fn go_spawn(ctx: ProbeContext) -> u32 {
     } else {
         0
     };
-    let parent_goid = if cfg.g_parent_goid != 0 {
-        read_u64(g + cfg.g_parent_goid as u64)
-    } else if curg != 0 {
-        read_u64(curg + cfg.g_goid as u64)
-    } else {
-        0
-    };
     emit(GoEvent {
         ts_ns: unsafe { bpf_ktime_get_ns() },
         g,
         goid: 0,
         gopc,
-        startpc: read_u64(g + cfg.g_startpc as u64),
-        parent_goid,
+        startpc: 0,
+        parent_goid: 0,
         kind: GoEventKind::Spawn as u8,
         wait_reason: 0,
         _pad: [0; 6],
@@ -242,8 +239,9 @@ pub fn go_park(ctx: ProbeContext) -> u32 {
     emit(GoEvent {
         ts_ns: unsafe { bpf_ktime_get_ns() },
         g,
+        // The goid tells a reused g apart; the wait reason is read from
+        // memory at each refresh, so the probe does not read it.
         goid: read_u64(g + cfg.g_goid as u64),
-        wait_reason: read_u8(g + cfg.g_waitreason as u64),
         kind: GoEventKind::Park as u8,
         ..GoEvent::default()
     });
@@ -257,11 +255,10 @@ pub fn go_exit(ctx: ProbeContext) -> u32 {
         warn!(&ctx, "go_exit: no g in RAX");
         return 0;
     }
-    let cfg = config();
+    // The g alone names the row to drop: no read.
     emit(GoEvent {
         ts_ns: unsafe { bpf_ktime_get_ns() },
         g,
-        goid: read_u64(g + cfg.g_goid as u64),
         kind: GoEventKind::Exit as u8,
         ..GoEvent::default()
     });

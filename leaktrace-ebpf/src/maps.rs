@@ -33,11 +33,6 @@ pub fn read_u64(addr: u64) -> u64 {
     unsafe { bpf_probe_read_user(addr as *const u64) }.unwrap_or(0)
 }
 
-#[inline(always)]
-pub fn read_u8(addr: u64) -> u8 {
-    unsafe { bpf_probe_read_user(addr as *const u8) }.unwrap_or(0)
-}
-
 /// Copy `event` into [`EVENTS`], or count it lost.
 #[inline(always)]
 pub fn emit<T: 'static>(event: T) {

@@ -402,15 +402,16 @@ fn check(go: &GoToolchain, build_mode: BuildMode, mode: Mode, out: &Outcome) -> 
         }
     }
     // The same through the report's types.
-    let program_views: Vec<_> = out.views.iter().filter(|v| !v.system).collect();
+    let program_views: Vec<_> = out.views.iter().filter(|v| !v.system()).collect();
     assert_eq!(program_views.len(), program.len(), "{what}");
     let late_views = program_views
         .iter()
         .filter(|v| {
-            v.blocked_at
+            v.place
+                .blocked_at
                 .as_ref()
                 .is_some_and(|f| &*f.function == "main.lateParker")
-                && v.state.label() == "chan receive"
+                && v.state().label() == "chan receive"
         })
         .count();
     assert_eq!(late_views, LATE, "{what}");

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
-use super::groups::GroupKey;
+use super::groups::{GroupIndex, GroupKey};
 use crate::runtime::{ChanDir, ChanState, ChanTimer, TaskView};
 
 /// Shapes listed per group at most; the rest are counted.
@@ -93,18 +93,30 @@ pub fn summarize<'v>(
         /// channel → (what the members do on it, select, its state).
         chans: HashMap<u64, (ChanDir, bool, ChanState)>,
     }
-    let mut acc: HashMap<GroupKey, Acc> = HashMap::new();
+    fn acc_of<'a, 'v>(
+        acc: &'a mut Vec<Acc>,
+        index: &mut GroupIndex<'v>,
+        v: &'v TaskView,
+    ) -> &'a mut Acc {
+        let i = index.of(v);
+        if i == acc.len() {
+            acc.push(Acc::default());
+        }
+        &mut acc[i]
+    }
+    let mut acc: Vec<Acc> = Vec::new();
+    let mut index = GroupIndex::default();
     for v in views {
-        let crate::runtime::TaskState::Waiting(reason) = &v.state else {
+        let crate::runtime::TaskState::Waiting(reason) = v.state() else {
             continue;
         };
         if v.waits_on.is_empty() {
             if is_channel_wait(reason) {
-                acc.entry(GroupKey::of(v)).or_default().unread += 1;
+                acc_of(&mut acc, &mut index, v).unread += 1;
             }
             continue;
         }
-        let a = acc.entry(GroupKey::of(v)).or_default();
+        let a = acc_of(&mut acc, &mut index, v);
         if v.waits_on.iter().all(|w| w.chan == 0) {
             a.nil += 1;
             continue;
@@ -130,7 +142,10 @@ pub fn summarize<'v>(
             a.unread += 1;
         }
     }
-    acc.into_iter()
+    index
+        .keys
+        .into_iter()
+        .zip(acc)
         .map(|(key, a)| {
             let mut shapes: BTreeMap<ShapeKey, u64> = BTreeMap::new();
             for (dir, select, s) in a.chans.values() {
@@ -297,7 +312,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        runtime::{ChanWait, Since, TaskState},
+        runtime::{ChanWait, Place, Since, TaskState},
         symbols::Frame,
     };
 
@@ -313,15 +328,17 @@ mod tests {
         TaskView {
             key: id,
             id,
-            state: TaskState::Waiting(reason.into()),
-            never_ends: false,
-            system: false,
+            place: Arc::new(Place {
+                state: TaskState::Waiting(reason.into()),
+                never_ends: false,
+                system: false,
+                via: None,
+                created_by: frame("main.f"),
+                start: frame("main.g"),
+                stack: Arc::from([]),
+                blocked_at: Some(frame("main.g")),
+            }),
             main: false,
-            via: None,
-            created_by: frame("main.f"),
-            start: frame("main.g"),
-            stack: Arc::from([]),
-            blocked_at: Some(frame("main.g")),
             blocked_since: Some(Since::Exact(0)),
             alive_since: Since::Exact(0),
             stack_unstable: false,

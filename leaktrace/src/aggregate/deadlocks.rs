@@ -58,9 +58,11 @@ pub fn partial<'v>(
                     id: v.id,
                     created_by: format!(
                         "{} ({}:{})",
-                        v.created_by.function, v.created_by.file, v.created_by.line
+                        v.place.created_by.function,
+                        v.place.created_by.file,
+                        v.place.created_by.line
                     ),
-                    blocked_at: v.blocked_at.as_ref().map(|f| f.function.to_string()),
+                    blocked_at: v.place.blocked_at.as_ref().map(|f| f.function.to_string()),
                     waits: v
                         .waits_on
                         .iter()

@@ -3,7 +3,7 @@
 use std::{collections::HashMap, sync::Arc};
 
 use crate::{
-    runtime::{Stranded, TaskState, TaskView},
+    runtime::{Place, Stranded, TaskState, TaskView},
     symbols::Frame,
 };
 
@@ -20,13 +20,50 @@ pub struct GroupKey {
 impl GroupKey {
     /// The group a view belongs to.
     pub fn of(v: &TaskView) -> GroupKey {
+        let p = &v.place;
         GroupKey {
-            created_by: v.created_by.clone(),
-            via: v.via.clone(),
-            start: v.start.clone(),
-            state: v.state.clone(),
-            blocked_at: v.blocked_at.clone(),
+            created_by: p.created_by.clone(),
+            via: p.via.clone(),
+            start: p.start.clone(),
+            state: p.state.clone(),
+            blocked_at: p.blocked_at.clone(),
         }
+    }
+}
+
+/// Which group each view belongs to, numbered in order of first sight.
+/// Views at one place share its `Arc` (see `Place`), so the key is built
+/// and hashed once per place and each view costs a pointer hash: a
+/// million views at a few places group in milliseconds.
+/// The views are borrowed for the index's life (`'v`), so an address it
+/// keeps cannot be reused by another place meanwhile.
+#[derive(Default)]
+pub struct GroupIndex<'v> {
+    by_place: HashMap<*const Place, usize>,
+    by_key: HashMap<GroupKey, usize>,
+    /// Each group's key, by number.
+    pub keys: Vec<GroupKey>,
+    views: std::marker::PhantomData<&'v TaskView>,
+}
+
+impl<'v> GroupIndex<'v> {
+    /// The number of `v`'s group (`keys.len()` before the call when the
+    /// group is new).
+    pub fn of(&mut self, v: &'v TaskView) -> usize {
+        if let Some(&i) = self.by_place.get(&Arc::as_ptr(&v.place)) {
+            return i;
+        }
+        let key = GroupKey::of(v);
+        let i = match self.by_key.get(&key) {
+            Some(&i) => i,
+            None => {
+                self.by_key.insert(key.clone(), self.keys.len());
+                self.keys.push(key);
+                self.keys.len() - 1
+            }
+        };
+        self.by_place.insert(Arc::as_ptr(&v.place), i);
+        i
     }
 }
 
@@ -104,16 +141,26 @@ pub fn group<'v>(
         group: Group,
         stacks: HashMap<usize, (Arc<[Frame]>, u32)>,
     }
-    let mut acc: HashMap<GroupKey, Acc> = HashMap::new();
+    let mut accs: Vec<Acc> = Vec::new();
+    let mut index = GroupIndex::default();
     for v in views {
-        let key = GroupKey::of(v);
-        let a = acc.entry(key.clone()).or_insert_with(|| Acc {
-            group: Group::new(key, v.system),
-            stacks: HashMap::new(),
-        });
+        let i = index.of(v);
+        if i == accs.len() {
+            accs.push(Acc {
+                group: Group::new(index.keys[i].clone(), v.place.system),
+                stacks: HashMap::new(),
+            });
+        }
+        let a = &mut accs[i];
+        // Identical stacks are shared (interned), so the pointer identifies
+        // the content without hashing every frame.
+        a.stacks
+            .entry(Arc::as_ptr(&v.place.stack) as *const Frame as usize)
+            .or_insert_with(|| (v.place.stack.clone(), 0))
+            .1 += 1;
         let g = &mut a.group;
         g.count += 1;
-        g.never_ends |= v.never_ends;
+        g.never_ends |= v.place.never_ends;
         g.main |= v.main;
         g.before_attach += v.alive_since.is_lower_bound() as u32;
         g.youngest_s = g
@@ -125,7 +172,7 @@ pub fn group<'v>(
         if g.sample_ids.len() < 5 && v.id != 0 {
             g.sample_ids.push(v.id);
         }
-        if v.state.is_waiting()
+        if v.state().is_waiting()
             && let Some(since) = v.blocked_since
         {
             let d = now_ns.saturating_sub(since.ns()) as f64 / 1e9;
@@ -147,7 +194,7 @@ pub fn group<'v>(
             }
             g.blocked_at_least |= lb;
         }
-        if v.state.is_waiting() {
+        if v.state().is_waiting() {
             // Old = alive (or blocked) at least `older`. Lifetime, not the
             // current block, so a leaked goroutine that wakes on a ticker
             // and parks again still ages. Already there at attach: old,
@@ -164,15 +211,9 @@ pub fn group<'v>(
         if now_ns.saturating_sub(v.alive_since.ns()) >= older_ns || v.alive_since.is_lower_bound() {
             g.old += 1;
         }
-        // Identical stacks are shared (interned), so the pointer identifies
-        // the content without hashing every frame of every task.
-        a.stacks
-            .entry(Arc::as_ptr(&v.stack) as *const Frame as usize)
-            .or_insert_with(|| (v.stack.clone(), 0))
-            .1 += 1;
     }
-    let mut groups: Vec<Group> = acc
-        .into_values()
+    let mut groups: Vec<Group> = accs
+        .into_iter()
         .map(|mut a| {
             if let Some((stack, _)) = a
                 .stacks
@@ -228,15 +269,17 @@ mod tests {
         TaskView {
             key: id,
             id,
-            never_ends: false,
-            system: false,
+            place: Arc::new(Place {
+                never_ends: false,
+                system: false,
+                created_by: frame("main.serve", 10),
+                via: None,
+                start: frame("main.serve.func1", 11),
+                stack: vec![frame("runtime.gopark", 1), frame("main.serve.func1", 12)].into(),
+                blocked_at: state.is_waiting().then(|| frame("main.serve.func1", 12)),
+                state,
+            }),
             main: false,
-            created_by: frame("main.serve", 10),
-            via: None,
-            start: frame("main.serve.func1", 11),
-            stack: vec![frame("runtime.gopark", 1), frame("main.serve.func1", 12)].into(),
-            blocked_at: state.is_waiting().then(|| frame("main.serve.func1", 12)),
-            state,
             blocked_since: since,
             alive_since: since.unwrap_or(Since::Exact(0)),
             stack_unstable: false,

@@ -52,10 +52,11 @@ impl Ignore {
             return true;
         }
         let top = v
+            .place
             .stack
             .iter()
             .find(|f| !f.function.starts_with("runtime."))
-            .map_or(&*v.start.function, |f| &*f.function);
+            .map_or(&*v.place.start.function, |f| &*f.function);
         !self.top.iter().any(|t| t == top)
     }
 }
@@ -157,7 +158,7 @@ impl ReportBuilder {
         views: &[TaskView],
         lifetimes: &HashMap<Frame, Lifetimes>,
     ) -> Report {
-        let live = views.iter().filter(|v| !v.system).count() as u64;
+        let live = views.iter().filter(|v| !v.system()).count() as u64;
         let system = views.len() as u64 - live;
         let now = monotonic_ns();
         let kept = views.iter().filter(|v| self.ignore.keeps(v));
@@ -179,7 +180,7 @@ impl ReportBuilder {
             Vec::new()
         };
         let accepting = accept_loops(&all);
-        let shown = kept.filter(|v| self.shape.system || !v.system);
+        let shown = kept.filter(|v| self.shape.system || !v.system());
         let mut channels = summarize(shown.clone());
         let mut window_s: f64 = 0.0;
         let mut judged: Vec<(Group, (f64, SessionGrowth), Verdict, String)> =

@@ -17,8 +17,8 @@ use std::path::Path;
 use anyhow::{Result, bail};
 
 pub use task::{
-    ChanDir, ChanState, ChanTimer, ChanWait, LifetimeStats, Lifetimes, Since, Stranded, TaskState,
-    TaskView,
+    ChanDir, ChanState, ChanTimer, ChanWait, LifetimeStats, Lifetimes, Place, Since, Stranded,
+    TaskState, TaskView, no_chan_waits, no_frames,
 };
 
 use crate::{
@@ -157,9 +157,12 @@ pub trait Runtime: Send {
     /// Read the tasks that existed before attach (a running process only).
     /// Returns a note for the report.
     fn snapshot(&mut self, pid: u32) -> Result<Option<String>>;
-    /// Read every live task from memory. `Ok(None)`: the program is not
-    /// running the binary yet (`-c` before exec).
-    fn refresh(&mut self, probes: &mut Probes, pid: u32) -> Result<Option<Vec<TaskView>>>;
+    /// Read every live task from memory into `views` (replacing what it
+    /// held, reusing its memory: a million views are not made twice).
+    /// `Ok(false)`, `views` untouched: the program is not running the
+    /// binary yet (`-c` before exec).
+    fn refresh(&mut self, probes: &mut Probes, pid: u32, views: &mut Vec<TaskView>)
+    -> Result<bool>;
     fn counts(&self) -> TaskCounts;
     /// How long finished tasks lived, per creation site (`created_by` as in
     /// the views), since attach.

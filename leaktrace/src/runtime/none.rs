@@ -72,8 +72,9 @@ impl Runtime for ThreadsOnly {
         Ok(None)
     }
 
-    fn refresh(&mut self, _: &mut Probes, _: u32) -> Result<Option<Vec<TaskView>>> {
-        Ok(Some(Vec::new()))
+    fn refresh(&mut self, _: &mut Probes, _: u32, views: &mut Vec<TaskView>) -> Result<bool> {
+        views.clear();
+        Ok(true)
     }
 
     fn counts(&self) -> TaskCounts {

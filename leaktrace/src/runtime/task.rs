@@ -29,20 +29,18 @@ impl TaskState {
     }
 }
 
-/// One live task as read from the target at a refresh.
-#[derive(Clone, Debug)]
-pub struct TaskView {
-    pub key: u64,
-    pub id: u64,
+/// What every task at one place shares: where it was created, what it
+/// runs, what it waits for and where. A refresh of a million tasks parked
+/// at a few places makes a few of these, and each view points to one, so a
+/// view stays small and grouping compares pointers before contents.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Place {
     pub state: TaskState,
     /// The wait can never end (Go: nil channel, `select {}`; tokio: no waker).
     pub never_ends: bool,
     /// The runtime's own bookkeeping task (Go: `isSystemGoroutine`); not
     /// counted as the program's, like `runtime.NumGoroutine()`.
     pub system: bool,
-    /// The program's main task (Go: goroutine 1, started by the runtime
-    /// without a `go` statement).
-    pub main: bool,
     /// Where the task was created (the `go` statement).
     pub created_by: Frame,
     /// When `created_by` is a spawn helper (one `go` statement that starts
@@ -52,20 +50,31 @@ pub struct TaskView {
     pub via: Option<Frame>,
     /// The task's own function, compiler wrappers unwrapped.
     pub start: Frame,
-    /// Innermost first. Empty when not blocked or not readable. Shared by
-    /// every task parked at the same place.
+    /// Innermost first. Empty when not blocked or not readable.
     pub stack: Arc<[Frame]>,
     /// First frame of the program's own code in `stack` (not the runtime's
     /// or the standard library's): where it is stuck.
     pub blocked_at: Option<Frame>,
+}
+
+/// One live task as read from the target at a refresh.
+#[derive(Clone, Debug)]
+pub struct TaskView {
+    pub key: u64,
+    pub id: u64,
+    /// Shared by every task at the same place (see [`Place`]).
+    pub place: Arc<Place>,
+    /// The program's main task (Go: goroutine 1, started by the runtime
+    /// without a `go` statement).
+    pub main: bool,
+    /// Set when the stack could not be read consistently (the runtime moved
+    /// it while we read, repeatedly).
+    pub stack_unstable: bool,
     /// When the current block began, if known.
     pub blocked_since: Option<Since>,
     /// When the task was created (a lower bound for tasks that existed
     /// before attach).
     pub alive_since: Since,
-    /// Set when the stack could not be read consistently (the runtime moved
-    /// it while we read, repeatedly).
-    pub stack_unstable: bool,
     /// The channels a task blocked on a channel operation (Go: chan send,
     /// chan receive, select) waits on, one per operation (a select has
     /// several). Empty when it waits on none, or they could not be read.
@@ -85,6 +94,28 @@ pub enum Stranded {
     /// waits on while they wait for it: a deadlock among them, named by one
     /// member's key.
     Deadlock(u64),
+}
+
+impl TaskView {
+    pub fn state(&self) -> &TaskState {
+        &self.place.state
+    }
+    pub fn system(&self) -> bool {
+        self.place.system
+    }
+}
+
+/// One empty channel list, shared: most views wait on no channel, and an
+/// empty `Arc<[_]>` of their own would cost an allocation each.
+pub fn no_chan_waits() -> Arc<[ChanWait]> {
+    static EMPTY: std::sync::OnceLock<Arc<[ChanWait]>> = std::sync::OnceLock::new();
+    EMPTY.get_or_init(|| Arc::from([])).clone()
+}
+
+/// One empty stack, shared, for the same reason.
+pub fn no_frames() -> Arc<[Frame]> {
+    static EMPTY: std::sync::OnceLock<Arc<[Frame]>> = std::sync::OnceLock::new();
+    EMPTY.get_or_init(|| Arc::from([])).clone()
 }
 
 /// One channel operation a blocked task waits in.

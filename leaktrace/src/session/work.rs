@@ -72,7 +72,13 @@ pub(super) struct Totals {
 impl Work {
     pub(super) fn read(&mut self, pid: u32) -> Read {
         let started = (Instant::now(), self.rt.counts());
-        let result = self.rt.refresh(&mut self.probes, pid);
+        // A fresh list, not the session's: if the read is cut short, the
+        // report still has the previous one.
+        let mut views = Vec::new();
+        let result = self
+            .rt
+            .refresh(&mut self.probes, pid, &mut views)
+            .map(|read| read.then_some(views));
         Read {
             started,
             result,

@@ -12,6 +12,9 @@ pub struct Memory {
 
 /// At most this many iovecs per syscall (the kernel's UIO_MAXIOV).
 const MAX_IOV: usize = 1024;
+/// Bytes per batched `process_vm_readv` at most (a larger single piece
+/// goes alone): bounds the buffer, whatever the lengths asked for.
+const MAX_BATCH_BYTES: usize = 1 << 20;
 
 impl Memory {
     pub fn new(pid: u32) -> Self {
@@ -72,45 +75,75 @@ impl Memory {
         if len == 0 {
             return;
         }
-        let mut buf = vec![0u8; addrs.len().min(MAX_IOV) * len];
-        for (c, chunk) in addrs.chunks(MAX_IOV).enumerate() {
-            let bytes = &mut buf[..chunk.len() * len];
-            if self.read_batch(chunk, len, bytes) {
-                for (j, b) in bytes.chunks(len).enumerate() {
-                    f(c * MAX_IOV + j, Some(b));
+        let spans: Vec<(u64, usize)> = addrs.iter().map(|&a| (a, len)).collect();
+        self.read_spans(&spans, f);
+    }
+
+    /// Like [`Self::read_each`], with a length per address (stacks of many
+    /// goroutines at once): at most `MAX_IOV` pieces and `MAX_BATCH_BYTES`
+    /// (or one larger piece) per `process_vm_readv`.
+    pub fn read_spans(&self, spans: &[(u64, usize)], f: &mut dyn FnMut(usize, Option<&[u8]>)) {
+        let mut buf: Vec<u8> = Vec::new();
+        let mut start = 0;
+        while start < spans.len() {
+            let mut end = start;
+            let mut bytes = 0;
+            while end < spans.len()
+                && end - start < MAX_IOV
+                && (end == start || bytes + spans[end].1 <= MAX_BATCH_BYTES)
+            {
+                bytes += spans[end].1;
+                end += 1;
+            }
+            let batch = &spans[start..end];
+            buf.resize(bytes, 0);
+            if self.read_batch(batch, &mut buf) {
+                let mut off = 0;
+                for (j, &(_, len)) in batch.iter().enumerate() {
+                    f(start + j, Some(&buf[off..off + len]));
+                    off += len;
                 }
             } else {
                 // The kernel stops at the first unreadable address: one by one.
-                for (j, (&a, b)) in chunk.iter().zip(bytes.chunks_mut(len)).enumerate() {
-                    let ok = self.read_batch(&[a], len, b);
-                    f(c * MAX_IOV + j, ok.then_some(&*b));
+                let mut off = 0;
+                for (j, &span) in batch.iter().enumerate() {
+                    let piece = &mut buf[off..off + span.1];
+                    let ok = self.read_batch(&[span], piece);
+                    f(start + j, ok.then_some(&*piece));
+                    off += span.1;
                 }
             }
+            start = end;
         }
     }
 
-    /// One `process_vm_readv`: `buf` split in `len`-byte pieces, each read
-    /// from its address in `addrs` (at most `MAX_IOV`). False unless every
-    /// byte was read.
-    fn read_batch(&self, addrs: &[u64], len: usize, buf: &mut [u8]) -> bool {
-        debug_assert!(addrs.len() <= MAX_IOV && buf.len() == addrs.len() * len);
-        let local: Vec<libc::iovec> = buf
-            .chunks_mut(len)
-            .map(|b| libc::iovec {
-                iov_base: b.as_mut_ptr().cast(),
-                iov_len: b.len(),
-            })
-            .collect();
-        let remote: Vec<libc::iovec> = addrs
+    /// One `process_vm_readv`: `buf` split in pieces of the spans' lengths,
+    /// each read from its address (at most `MAX_IOV` spans). False unless
+    /// every byte was read.
+    fn read_batch(&self, spans: &[(u64, usize)], buf: &mut [u8]) -> bool {
+        debug_assert!(spans.len() <= MAX_IOV);
+        debug_assert_eq!(buf.len(), spans.iter().map(|s| s.1).sum::<usize>());
+        let mut local: Vec<libc::iovec> = Vec::with_capacity(spans.len());
+        let mut rest = &mut buf[..];
+        for &(_, len) in spans {
+            let (piece, tail) = rest.split_at_mut(len);
+            local.push(libc::iovec {
+                iov_base: piece.as_mut_ptr().cast(),
+                iov_len: len,
+            });
+            rest = tail;
+        }
+        let remote: Vec<libc::iovec> = spans
             .iter()
-            .map(|&a| libc::iovec {
+            .map(|&(a, len)| libc::iovec {
                 iov_base: a as *mut libc::c_void,
                 iov_len: len,
             })
             .collect();
-        // SAFETY: every local iovec is a distinct `len`-byte piece of `buf`,
-        // which outlives the call; the remote ones are only read, by the
-        // kernel, from the target; counts are at most UIO_MAXIOV.
+        // SAFETY: every local iovec is a distinct piece of `buf` of the
+        // stated length, and `buf` outlives the call; the remote ones are
+        // only read, by the kernel, from the target; counts are at most
+        // UIO_MAXIOV.
         let n = unsafe {
             libc::process_vm_readv(
                 self.pid,
@@ -139,5 +172,12 @@ mod tests {
         assert_eq!(many[0].as_deref(), Some(&42u64.to_le_bytes()[..]));
         assert_eq!(many[1].as_deref(), Some(&7u64.to_le_bytes()[..]));
         assert!(many[2].is_none(), "address 8 must be unreadable");
+        let mut got = Vec::new();
+        mem.read_spans(&[(addr, 16), (8, 8), (addr + 16, 8)], &mut |i, b| {
+            got.push((i, b.map(<[u8]>::to_vec)));
+        });
+        assert_eq!(got[0].1.as_deref().map(<[u8]>::len), Some(16));
+        assert_eq!(got[1], (1, None));
+        assert_eq!(got[2].1.as_deref(), Some(&7u64.to_le_bytes()[..]));
     }
 }

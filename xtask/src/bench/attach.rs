@@ -1,6 +1,5 @@
 //! Section 4: time to the first report on a large binary and on many
 //! goroutines, and whether the target stalls meanwhile (a 1 ms ticker).
-//! Its leaktrace runs also give section 5 its peak RSS figures.
 use std::{
     collections::BTreeMap,
     process::Command,
@@ -28,18 +27,34 @@ pub(super) struct AttachRun {
 /// Attach to `pid` and take two reports 100 ms apart (the first one needs
 /// the snapshot and one full read of every goroutine).
 pub(super) fn attach_once(t: &Tools, pid: u32, label: &str) -> Result<AttachRun> {
-    trace_once(t, pid, label, &["--interval", "100ms", "--count", "2"])
+    attach_once_with(t, &t.leaktrace, pid, label)
+}
+
+/// [`attach_once`] with another leaktrace binary (a candidate).
+pub(super) fn attach_once_with(
+    t: &Tools,
+    bin: &std::path::Path,
+    pid: u32,
+    label: &str,
+) -> Result<AttachRun> {
+    trace_once(t, bin, pid, label, &["--interval", "100ms", "--count", "2"])
 }
 
 /// Run leaktrace on `pid` with `args` until it exits by itself; when it
 /// attached and when its first report appeared.
-fn trace_once(t: &Tools, pid: u32, label: &str, args: &[&str]) -> Result<AttachRun> {
+fn trace_once(
+    t: &Tools,
+    bin: &std::path::Path,
+    pid: u32,
+    label: &str,
+    args: &[&str],
+) -> Result<AttachRun> {
     let report = t.scratch.join("attach-report.jsonl");
     let time_file = t.scratch.join("attach-time.txt");
     let _ = std::fs::remove_file(&report);
     let t0 = Instant::now();
     let mut lt = Proc::spawn(
-        timed(&t.leaktrace, &time_file)
+        timed(bin, &time_file)
             .args(["--format", "json", "--output"])
             .arg(&report)
             .args(["--pid", &pid.to_string()])
@@ -115,7 +130,13 @@ fn roll(p: &mut Proc) -> Result<Gap> {
 /// untraced window right after it, on a ticker holding `n` goroutines.
 fn ticker_once(t: &Tools, ticker: &mut Proc, args: &[&str]) -> Result<(Gap, Gap, AttachRun)> {
     roll(ticker)?;
-    let run = trace_once(t, ticker.pid(), "leaktrace --pid bench/ticker", args)?;
+    let run = trace_once(
+        t,
+        &t.leaktrace,
+        ticker.pid(),
+        "leaktrace --pid bench/ticker",
+        args,
+    )?;
     let traced = roll(ticker)?;
     sleep(Duration::from_secs_f64(traced.window_ms / 1000.0));
     let quiet = roll(ticker)?;
@@ -157,17 +178,7 @@ fn gap_phases<'a>(runs: impl Iterator<Item = (&'a Gap, &'a AttachRun)>) -> Strin
 /// How long leaktrace traces in the steady-state runs.
 const STEADY: &str = "6s";
 
-/// Peak RSS (KiB) of leaktrace at 100 goroutines and at the large count,
-/// and how many runs the latter is the median of: measured by the attach
-/// section, reused by the memory section.
-pub(super) type AttachRss = Option<(f64, f64, usize)>;
-
-pub(super) fn section(
-    md: &mut Markdown,
-    plan: &Plan,
-    t: &Tools,
-    rss: &mut AttachRss,
-) -> Result<()> {
+pub(super) fn section(md: &mut Markdown, plan: &Plan, t: &Tools) -> Result<()> {
     let n = plan.attach_goroutines;
     let mut big = Proc::spawn(&mut Command::new(&t.big), "bench/big")?;
     big.out
@@ -315,21 +326,5 @@ pub(super) fn section(
         fmt_med(&f(|s| s.1.max_gap_ms), 1),
         gap_phases(steady.iter().map(|s| (&s.0, &s.2))),
     ));
-    // Kept for the memory section.
-    let small_rss = median(
-        &all[1]
-            .1
-            .iter()
-            .map(|r| r.time.maxrss_kb)
-            .collect::<Vec<_>>(),
-    );
-    let many_rss = median(
-        &all[2]
-            .1
-            .iter()
-            .map(|r| r.time.maxrss_kb)
-            .collect::<Vec<_>>(),
-    );
-    *rss = Some((small_rss, many_rss, all[2].1.len()));
     Ok(())
 }

@@ -15,7 +15,8 @@
 //!    above it;
 //! 4. attach: time to the first report on a large binary and on 100,000
 //!    goroutines, and whether the target stalls meanwhile (1 ms ticker);
-//! 5. memory: leaktrace's peak RSS per live goroutine;
+//! 5. memory: leaktrace's peak RSS per live goroutine and time to the first
+//!    report at 100,000 and 1,000,000 goroutines, candidates side by side;
 //! 6. tokio: per-task and per-poll cost on tests/fixtures/rust's spawn and
 //!    poll benchmarks, default and detailed mode, against bpftrace at the
 //!    same functions.
@@ -87,8 +88,8 @@ pub struct Options {
     #[arg(long)]
     pub runs: Option<usize>,
     /// Another leaktrace binary (e.g. a build with a proposed fix), measured
-    /// side by side with the workspace's in the churn, http and throughput
-    /// sections and named by its file name. Repeatable.
+    /// side by side with the workspace's in the churn, http, throughput,
+    /// memory and tokio sections and named by its file name. Repeatable.
     #[arg(long)]
     pub candidate: Vec<PathBuf>,
     /// Only these sections (comma-separated; default: all).
@@ -226,7 +227,6 @@ pub fn run(o: &Options) -> Result<()> {
     ));
     machine_section(&mut md, &plan, &tools, &did, &load_before)?;
 
-    let mut rss = None;
     let mut chunks = Vec::new();
     for &s in &sections {
         let t = Instant::now();
@@ -236,8 +236,8 @@ pub fn run(o: &Options) -> Result<()> {
             Section::Churn => churn::section(&mut sec, &plan, &tools),
             Section::Http => http::section(&mut sec, &plan, &tools),
             Section::Throughput => throughput::section(&mut sec, &plan, &tools),
-            Section::Attach => attach::section(&mut sec, &plan, &tools, &mut rss),
-            Section::Memory => memory::section(&mut sec, &plan, &tools, rss),
+            Section::Attach => attach::section(&mut sec, &plan, &tools),
+            Section::Memory => memory::section(&mut sec, &plan, &tools),
             Section::Tokio => tokio::section(&mut sec, &plan, &tools),
         };
         if let Err(e) = r {

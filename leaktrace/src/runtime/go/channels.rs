@@ -38,6 +38,8 @@ pub const MAX_QUEUE_STEPS: usize = 1 << 20;
 /// Sudogs read from the target per wait queue at most (those that are not
 /// the sudog of a goroutine read this refresh): one syscall per level.
 pub const MAX_QUEUE_READS: usize = 256;
+/// New waiters whose sudog lists are read together (and kept in memory).
+const LIST_BATCH: usize = 4096;
 /// Every channel is read again at least once in this many refreshes.
 const FULL_READ_EVERY: u64 = 10;
 /// Timers read from the heaps per refresh at most.
@@ -358,13 +360,29 @@ pub struct ParkKey {
 }
 
 /// One goroutine to read: its g, its `g.waiting`, what it waits in, and
-/// which park this is.
+/// which park this is ([`ParkKey::digest`]: a million waiters are listed
+/// at once).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Waiter {
     pub g: u64,
     pub waiting: u64,
     pub op: WaitOp,
-    pub park: ParkKey,
+    pub park: u64,
+}
+
+impl ParkKey {
+    /// All of it in one word.
+    pub fn digest(&self) -> u64 {
+        digest(self)
+    }
+}
+
+/// Several words in one, to compare what was read at two moments while
+/// keeping 8 bytes per goroutine (SipHash: a false match is a 2⁻⁶⁴
+/// chance); never 0, which callers use for "none".
+pub fn digest(v: impl std::hash::Hash) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    BuildHasherDefault::<std::hash::DefaultHasher>::default().hash_one(v) | 1
 }
 
 /// One case of a goroutine's wait, as read.
@@ -375,7 +393,47 @@ struct Case {
     dir: ChanDir,
 }
 
-type CacheKey = (u64, u64, ParkKey);
+/// What a park cache entry was read for: the waiter's `g.waiting` and
+/// park, in one word.
+fn park_digest(w: &Waiter) -> u64 {
+    w.park ^ w.waiting.rotate_left(29)
+}
+
+/// One goroutine's cached park: its digest, its cases, the refresh that
+/// last used it.
+struct CachedPark {
+    digest: u64,
+    cases: Cases,
+    used: u64,
+}
+
+/// The cases of one wait: nearly always one (a send or a receive), kept
+/// inline then, so a million blocked goroutines cost no allocation each.
+#[derive(Clone, Debug)]
+enum Cases {
+    One(Case),
+    Many(Arc<[Case]>),
+}
+
+impl std::ops::Deref for Cases {
+    type Target = [Case];
+    fn deref(&self) -> &[Case] {
+        match self {
+            Self::One(c) => std::slice::from_ref(c),
+            Self::Many(c) => c,
+        }
+    }
+}
+
+impl FromIterator<Case> for Cases {
+    fn from_iter<I: IntoIterator<Item = Case>>(iter: I) -> Self {
+        let mut iter = iter.into_iter();
+        match (iter.next(), iter.next()) {
+            (Some(one), None) => Self::One(one),
+            (first, second) => Self::Many(first.into_iter().chain(second).chain(iter).collect()),
+        }
+    }
+}
 
 /// One channel during a refresh: as read, who waits on it, and the lists
 /// of waits on it that goroutines share.
@@ -425,16 +483,16 @@ pub struct ChanReader {
     layout: ChanLayout,
     /// Run-time address of `runtime.allp`, when `.symtab` names it.
     allp: Option<u64>,
-    /// The cases of each park read before, with the refresh that last used
-    /// it; only those the last refresh used are kept.
-    parks: Map<CacheKey, (Arc<[Case]>, u64)>,
+    /// The cases of each goroutine's park read before, sorted by g, with
+    /// the refresh that last used it; only those the last refresh used are
+    /// kept. One small entry per blocked goroutine, and there may be a
+    /// million: a sorted list costs half a hash map's memory there.
+    parks: Vec<(u64, CachedPark)>,
     /// Refreshes so far.
     generation: u64,
     /// Each channel as last read, with its timer: what a channel whose
     /// waiters have not moved still is.
     chan_cache: Map<u64, (Hchan, Option<ChanTimer>)>,
-    /// This refresh's fresh entries, by waiter index, for [`Self::reject`].
-    fresh: Map<usize, CacheKey>,
     pub stats: ReadStats,
 }
 
@@ -453,10 +511,9 @@ impl ChanReader {
         Self {
             layout,
             allp,
-            parks: Map::default(),
+            parks: Vec::new(),
             generation: 0,
             chan_cache: Map::default(),
-            fresh: Map::default(),
             stats: ReadStats::default(),
         }
     }
@@ -465,12 +522,19 @@ impl ChanReader {
         &self.layout
     }
 
-    /// Forget what was read for waiter `i` of the last [`Self::read`]: it
-    /// moved while being read.
-    pub fn reject(&mut self, i: usize) {
-        if let Some(key) = self.fresh.remove(&i) {
-            self.parks.remove(&key);
+    /// Forget what was read for a fresh waiter of the last [`Self::read`]:
+    /// it moved while being read.
+    pub fn reject(&mut self, w: &Waiter) {
+        // Marked unused rather than removed (no shifting of a long list):
+        // the next read misses it and drops it.
+        if let Some(p) = self.park_mut(w.g).filter(|p| p.digest == park_digest(w)) {
+            p.used = 0;
         }
+    }
+
+    fn park_mut(&mut self, g: u64) -> Option<&mut CachedPark> {
+        let i = self.parks.binary_search_by_key(&g, |p| p.0).ok()?;
+        Some(&mut self.parks[i].1)
     }
 
     /// What each waiter waits on, in `waiters` order. Blocked senders and
@@ -483,47 +547,52 @@ impl ChanReader {
             waiters: waiters.len(),
             ..ReadStats::default()
         };
-        self.fresh.clear();
         self.generation += 1;
         let generation = self.generation;
-        let key = |w: &Waiter| (w.g, w.waiting, w.park);
         let is_chan_op = |w: &Waiter| matches!(w.op, WaitOp::Send | WaitOp::Recv | WaitOp::Select);
 
         // Cases: from the park cache, else from memory.
-        let mut cases: Vec<Option<Arc<[Case]>>> = vec![None; waiters.len()];
+        let mut cases: Vec<Option<Cases>> = vec![None; waiters.len()];
         let mut uncached: Vec<usize> = Vec::new();
         for (i, w) in waiters.iter().enumerate() {
             if !is_chan_op(w) {
                 continue;
             }
-            match self.parks.get_mut(&key(w)) {
-                Some((c, used)) => {
-                    *used = generation;
-                    cases[i] = Some(c.clone());
+            match self.park_mut(w.g) {
+                // `used` 0: rejected.
+                Some(p) if p.used != 0 && p.digest == park_digest(w) => {
+                    p.used = generation;
+                    cases[i] = Some(p.cases.clone());
                     self.stats.cached += 1;
                 }
-                None => uncached.push(i),
+                _ => uncached.push(i),
             }
         }
+        // In batches, so that the sudogs and lists read for a million new
+        // waiters are never all in memory at once. The sudogs of selects
+        // are kept for the queue walks below (the only ones they look for).
         let mut sudogs: Map<u64, Sudog> = Map::default();
-        let to_read: Vec<Waiter> = uncached.iter().map(|&i| waiters[i]).collect();
-        let lists = self.read_lists(mem, &to_read, &mut sudogs);
-        for (&i, list) in uncached.iter().zip(lists) {
-            let w = &waiters[i];
-            let dir = match w.op {
-                WaitOp::Send => ChanDir::Send,
-                WaitOp::Recv => ChanDir::Recv,
-                _ => ChanDir::Unknown,
-            };
-            cases[i] = list.map(|list| {
-                list.iter()
-                    .map(|a| Case {
-                        sudog: *a,
-                        chan: sudogs[a].c,
-                        dir,
-                    })
-                    .collect()
-            });
+        for batch in uncached.chunks(LIST_BATCH) {
+            let mut read: Map<u64, Sudog> = Map::default();
+            let lists = self.read_lists(mem, waiters, batch, &mut read);
+            for (&i, list) in batch.iter().zip(lists) {
+                let w = &waiters[i];
+                let dir = match w.op {
+                    WaitOp::Send => ChanDir::Send,
+                    WaitOp::Recv => ChanDir::Recv,
+                    _ => ChanDir::Unknown,
+                };
+                cases[i] = list.map(|list| {
+                    list.iter()
+                        .map(|a| Case {
+                            sudog: *a,
+                            chan: read[a].c,
+                            dir,
+                        })
+                        .collect()
+                });
+            }
+            sudogs.extend(read.into_iter().filter(|(_, s)| s.is_select));
         }
 
         // Every channel once, in a slot of its own.
@@ -610,9 +679,18 @@ impl ChanReader {
 
         // Identical waits (many goroutines on one channel) share one list:
         // per slot, one per (direction, select).
-        let fresh: Set<usize> = uncached.into_iter().collect();
+        let mut fresh = vec![false; waiters.len()];
+        for i in uncached {
+            fresh[i] = true;
+        }
         let mut nil: [Option<Arc<[ChanWait]>>; 2] = [None, None];
         let mut out = Vec::with_capacity(waiters.len());
+        // The parks not used now go; the new ones go at the end, exactly
+        // as many as were read, and the list is sorted again.
+        self.parks.retain(|p| p.1.used == generation);
+        let kept = self.parks.len();
+        self.parks
+            .reserve_exact(fresh.iter().filter(|&&f| f).count());
         for (i, (w, c)) in waiters.iter().zip(cases).enumerate() {
             let select = w.op == WaitOp::Select;
             let waits: Option<Arc<[ChanWait]>> = match (w.op, &c) {
@@ -664,11 +742,18 @@ impl ChanReader {
                 ),
                 (_, None) => None,
             };
-            let is_fresh = fresh.contains(&i);
+            let is_fresh = fresh[i];
             match c {
-                Some(c) if is_fresh => {
-                    self.parks.insert(key(w), (c, generation));
-                    self.fresh.insert(i, key(w));
+                Some(cases) if is_fresh => {
+                    let digest = park_digest(w);
+                    self.parks.push((
+                        w.g,
+                        CachedPark {
+                            digest,
+                            cases,
+                            used: generation,
+                        },
+                    ));
                 }
                 Some(_) => {}
                 None if is_chan_op(w) => self.stats.dropped += 1,
@@ -679,19 +764,27 @@ impl ChanReader {
                 fresh: is_fresh,
             });
         }
-        self.parks.retain(|_, (_, used)| *used == generation);
+        if self.parks.len() > kept {
+            self.parks.sort_unstable_by_key(|p| p.0);
+        }
+        if self.parks.capacity() > 2 * self.parks.len() + 4096 {
+            self.parks.shrink_to_fit();
+        }
         out
     }
 
-    /// Each waiter's sudog addresses (its `g.waiting` list), level by level:
-    /// one batched read per level for every list at once.
+    /// The sudog addresses (the `g.waiting` list) of each of the waiters
+    /// `which` lists, in that order, level by level: one batched read per
+    /// level for every list at once.
     fn read_lists(
         &mut self,
         mem: &dyn ReadMem,
         waiters: &[Waiter],
+        which: &[usize],
         sudogs: &mut Map<u64, Sudog>,
     ) -> Vec<Option<Vec<u64>>> {
         let l = self.layout;
+        let waiters: Vec<&Waiter> = which.iter().map(|&i| &waiters[i]).collect();
         let mut lists: Vec<Option<Vec<u64>>> = waiters
             .iter()
             .map(|w| matches!(w.op, WaitOp::Send | WaitOp::Recv | WaitOp::Select).then(Vec::new))
@@ -725,7 +818,7 @@ impl ChanReader {
             });
             let mut next = Vec::new();
             for (i, addr) in cursors {
-                let w = &waiters[i];
+                let w = waiters[i];
                 let ok = sudogs.get(&addr).is_some_and(|s| {
                     s.g == w.g
                         && is_ptr(s.c)
@@ -1051,7 +1144,7 @@ mod tests {
                     g,
                     waiting,
                     op: WaitOp::Send,
-                    park: park(g),
+                    park: park(g).digest(),
                 })
                 .collect();
             let mut r = ChanReader::new(l, None);
@@ -1076,7 +1169,7 @@ mod tests {
             assert_eq!(r.stats.channels, 1);
             assert_eq!(r.stats.queue_nodes_read, 0);
             // Still in the same parks: nothing read again but the channel.
-            r.reject(1);
+            r.reject(&waiters[1]);
             let again = r.read(&m, &waiters);
             assert_eq!((r.stats.cached, r.stats.sudogs_read), (2, 1));
             assert_eq!(
@@ -1091,7 +1184,11 @@ mod tests {
             );
             // Parked again (the probe saw it): read again.
             let mut moved = waiters.clone();
-            moved[0].park.parked_ns = 7;
+            moved[0].park = ParkKey {
+                parked_ns: 7,
+                ..park(moved[0].g)
+            }
+            .digest();
             r.read(&m, &moved);
             assert_eq!((r.stats.cached, r.stats.sudogs_read), (2, 1));
         }
@@ -1156,7 +1253,7 @@ mod tests {
                     g,
                     waiting: s1,
                     op: WaitOp::Select,
-                    park: park(g),
+                    park: park(g).digest(),
                 }],
             );
             let w = out[0].waits.as_ref().unwrap();
@@ -1192,7 +1289,7 @@ mod tests {
             g,
             waiting,
             op,
-            park: park(g),
+            park: park(g).digest(),
         };
         let mut r = ChanReader::new(l, None);
         let out = r.read(
@@ -1282,7 +1379,7 @@ mod tests {
                         g,
                         waiting: base + (rng.next() % size as u64) / 8 * 8,
                         op: [WaitOp::Send, WaitOp::Recv, WaitOp::Select][i % 3],
-                        park: park(g),
+                        park: park(g).digest(),
                     }
                 })
                 .collect();

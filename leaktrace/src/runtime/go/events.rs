@@ -19,19 +19,15 @@ pub struct TaskEvent {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TaskEventKind {
     Spawn {
-        /// Return address of the spawning call (gopc).
+        /// Return address of the spawning call (gopc). (The start pc and
+        /// the parent are read from the g at each refresh, not here.)
         created_pc: u64,
-        /// Entry of the goroutine's function (startpc).
-        start_pc: u64,
-        parent_id: u64,
         /// Return addresses above the `go` statement's frame in the
         /// creator's stack (its caller, the caller's caller); 0 = unknown.
         via_pcs: [u64; 2],
     },
-    Park {
-        /// Version-specific wait reason code.
-        reason: u8,
-    },
+    /// (The wait reason is read from the g at each refresh.)
+    Park,
     Exit,
 }
 
@@ -39,13 +35,9 @@ pub fn decode(ev: &GoEvent) -> Option<TaskEvent> {
     let kind = match GoEventKind::from_raw(ev.kind)? {
         GoEventKind::Spawn => TaskEventKind::Spawn {
             created_pc: ev.gopc,
-            start_pc: ev.startpc,
-            parent_id: ev.parent_goid,
             via_pcs: ev.via_pcs,
         },
-        GoEventKind::Park => TaskEventKind::Park {
-            reason: ev.wait_reason,
-        },
+        GoEventKind::Park => TaskEventKind::Park,
         GoEventKind::Exit => TaskEventKind::Exit,
     };
     Some(TaskEvent {

@@ -108,7 +108,7 @@ use super::{
     wait_reason::{WaitReasons, gstatus},
 };
 use crate::{
-    runtime::{Since, TaskState, TaskView},
+    runtime::{Place, Since, TaskState, TaskView, no_chan_waits},
     symbols::Frame,
 };
 
@@ -368,18 +368,15 @@ impl FinalSnapshot {
                     .or_else(|| bin.symbols.innermost_frame(g.startpc.wrapping_sub(bias)))
                     .unwrap_or_else(|| Frame::unknown(g.startpc));
                 let ws = u64::try_from(g.waitsince).unwrap_or(0);
-                let blocked_since = match seen.and_then(|t| t.parked_ns) {
+                let blocked_since = match seen.and_then(|t| t.parked_ns()) {
                     Some(t) => Since::Exact(t),
                     None if ws != 0 && ws < self.probe_ns => Since::AtMost(ws),
                     None => Since::AtMost(self.probe_ns),
                 };
-                TaskView {
-                    key: g.g,
-                    id: g.goid,
+                // One place per goroutine: the walk at exit is read once.
+                let place = Place {
                     never_ends: waiting && bin.wait_reasons.never_ends(g.wait_reason_code),
                     system: g.system,
-                    // Goroutine 1 runs runtime.main, the only one without a `go` statement.
-                    main: g.goid == 1,
                     // Filled from the live table by the caller (GoRuntime).
                     via: None,
                     created_by: frame_at(g.gopc),
@@ -389,15 +386,22 @@ impl FinalSnapshot {
                         .find(|f| bin.own_code.is_own(&f.function))
                         .cloned(),
                     stack: stack.into(),
+                    state,
+                };
+                TaskView {
+                    key: g.g,
+                    id: g.goid,
+                    place: Arc::new(place),
+                    // Goroutine 1 runs runtime.main, the only one without a `go` statement.
+                    main: g.goid == 1,
                     blocked_since: waiting.then_some(blocked_since),
-                    alive_since: match seen.and_then(|t| t.spawned_ns) {
+                    alive_since: match seen.and_then(|t| t.spawned_ns()) {
                         Some(t) => Since::Exact(t),
                         None => Since::AtMost(self.probe_ns),
                     },
                     stack_unstable: g.flags & final_flags::BROKEN != 0,
-                    state,
                     // The walk at exit reads no channels.
-                    waits_on: Arc::from([]),
+                    waits_on: no_chan_waits(),
                     stranded: None,
                 }
             })

@@ -5,28 +5,70 @@ use std::collections::{HashMap, HashSet};
 use super::events::{TaskEvent, TaskEventKind};
 use crate::runtime::LifetimeStats;
 
-/// What we know about one live task without reading the target's memory.
+/// What we know about one live task without reading the target's memory:
+/// one small fixed row per goroutine (no heap object of its own), since a
+/// program may have a million of them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LiveTask {
+    /// The g's address; 0 marks a free row.
     pub key: u64,
     /// 0 until a park/exit event or a memory read tells us.
     pub id: u64,
-    /// 0 when not known yet (the reader fills it from memory).
-    pub created_pc: u64,
-    pub start_pc: u64,
-    pub parent_id: u64,
-    /// Return addresses of the creator's callers at the `go` statement
-    /// (see `GoEvent::via_pcs`); zeros when not seen (snapshot, or the
-    /// chain could not be followed).
-    pub via_pcs: [u64; 2],
-    /// None: the task existed before leaktrace attached.
-    pub spawned_ns: Option<u64>,
-    /// Last park seen by a probe.
-    pub parked_ns: Option<u64>,
+    /// 0: the task existed before leaktrace attached.
+    spawned_ns: u64,
+    /// Last park seen by a probe; 0: none.
+    parked_ns: u64,
+    /// The reader's note of the last validated stack walk (see
+    /// `GoReader`): a digest of what it was read from, and the walk's
+    /// number; 0 when none.
+    pub walk_digest: u64,
+    pub walk: u32,
+    /// Where it came from: an [`Origin`] of the table; 0 when not seen
+    /// (the snapshot reads the `go` statement from memory instead).
+    origin: u32,
     /// A memory read found the task finished but its exit event has not
     /// arrived yet; if it is still like this at the next refresh, it is
     /// dropped as a correction.
     pub seen_dead: bool,
+}
+
+/// A task's `go` statement (gopc) and the return addresses of the
+/// creator's callers there (see `GoEvent::via_pcs`; zeros when not seen or
+/// the chain could not be followed). Interned: a program has few distinct
+/// ones, and a row keeps only their number.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Origin {
+    pub created_pc: u64,
+    pub via_pcs: [u64; 2],
+}
+
+impl LiveTask {
+    /// A task found in memory (the attach-time snapshot).
+    pub fn existing(key: u64, id: u64) -> Self {
+        Self {
+            key,
+            id,
+            ..Self::default()
+        }
+    }
+
+    /// None: the task existed before leaktrace attached.
+    pub fn spawned_ns(&self) -> Option<u64> {
+        (self.spawned_ns != 0).then_some(self.spawned_ns)
+    }
+
+    pub fn parked_ns(&self) -> Option<u64> {
+        (self.parked_ns != 0).then_some(self.parked_ns)
+    }
+
+    /// The g was reused behind our back (events lost): what we knew about
+    /// its timing and origin belongs to another goroutine.
+    pub fn forget_history(&mut self) {
+        self.spawned_ns = 0;
+        self.parked_ns = 0;
+        self.origin = 0;
+        self.walk_digest = 0;
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -38,7 +80,16 @@ pub struct EventCounts {
 
 #[derive(Debug, Default)]
 pub struct LiveTable {
-    tasks: HashMap<u64, LiveTask>,
+    /// g address → row in `rows`.
+    index: HashMap<u64, u32>,
+    /// The live tasks, and free rows (key 0) listed in `free`: a slab,
+    /// so a million tasks cost one row each and no allocation apiece. It
+    /// keeps its largest size (as the index, a hash map, does): free rows
+    /// are reused by the next spawns.
+    rows: Vec<LiveTask>,
+    free: Vec<u32>,
+    /// Origins by number (0 is "not seen").
+    origins: Origins,
     pub counts: EventCounts,
     /// Tasks a memory read found dead although no exit event arrived (lost
     /// events or a path the probes do not cover); removed and counted.
@@ -54,6 +105,45 @@ pub struct LiveTable {
     /// (gopc, callers) pairs not seen before, for the reader to symbolize.
     new_callers: Vec<(u64, [u64; 2])>,
 }
+
+/// The distinct origins seen, numbered from 1.
+#[derive(Debug, Default)]
+pub struct Origins {
+    list: Vec<Origin>,
+    ids: HashMap<Origin, u32>,
+}
+
+impl Origins {
+    fn intern(&mut self, o: Origin) -> u32 {
+        if o == Origin::default() {
+            return 0;
+        }
+        if let Some(&id) = self.ids.get(&o) {
+            return id;
+        }
+        // Distinct (go statement, two callers) triples are bounded by the
+        // program's code; past this many, new ones are not remembered
+        // (their tasks lose lifetimes and `via`, never their count).
+        if self.list.len() >= MAX_ORIGINS {
+            return 0;
+        }
+        self.list.push(o);
+        let id = self.list.len() as u32;
+        self.ids.insert(o, id);
+        id
+    }
+
+    /// The origin of a row; the default (all zeros) when not seen.
+    pub fn of(&self, task: &LiveTask) -> Origin {
+        task.origin
+            .checked_sub(1)
+            .and_then(|i| self.list.get(i as usize))
+            .copied()
+            .unwrap_or_default()
+    }
+}
+
+const MAX_ORIGINS: usize = 1 << 20;
 
 /// Creation sites whose lifetimes are kept; a program with more distinct
 /// `go` statements than this is not judged on lifetimes for the rest.
@@ -76,52 +166,45 @@ impl LiveTable {
         match ev.kind {
             TaskEventKind::Spawn {
                 created_pc,
-                start_pc,
-                parent_id,
                 via_pcs,
             } => {
                 self.counts.spawn += 1;
                 if created_pc != 0 {
                     self.note_spawn(created_pc, via_pcs);
                 }
-                self.tasks.insert(
-                    ev.key,
-                    LiveTask {
-                        key: ev.key,
-                        id: ev.id,
-                        created_pc,
-                        start_pc,
-                        parent_id,
-                        via_pcs,
-                        spawned_ns: Some(ev.ts_ns),
-                        parked_ns: None,
-                        seen_dead: false,
-                    },
-                );
+                let origin = self.origins.intern(Origin {
+                    created_pc,
+                    via_pcs,
+                });
+                *self.row_mut(ev.key) = LiveTask {
+                    key: ev.key,
+                    id: ev.id,
+                    spawned_ns: ev.ts_ns.max(1),
+                    origin,
+                    ..LiveTask::default()
+                };
             }
-            TaskEventKind::Park { .. } => {
+            TaskEventKind::Park => {
                 self.counts.park += 1;
                 // A task spawned before attach and missed by the snapshot
                 // still shows up here; the reader fills in its origin.
-                let task = self.tasks.entry(ev.key).or_insert_with(|| LiveTask {
-                    key: ev.key,
-                    ..LiveTask::default()
-                });
+                let task = self.row_mut(ev.key);
                 if ev.id != 0 {
                     task.id = ev.id;
                 }
-                task.parked_ns = Some(ev.ts_ns);
+                task.parked_ns = ev.ts_ns.max(1);
             }
             TaskEventKind::Exit => {
                 self.counts.exit += 1;
-                if let Some(task) = self.tasks.remove(&ev.key)
-                    && let Some(born) = task.spawned_ns
-                    && task.created_pc != 0
+                if let Some(task) = self.remove(ev.key)
+                    && let Some(born) = task.spawned_ns()
+                    && let created_pc = self.origins.of(&task).created_pc
+                    && created_pc != 0
                 {
                     let full = self.lifetimes.len() >= MAX_LIFETIME_SITES;
-                    if let Some(stats) = match self.lifetimes.get_mut(&task.created_pc) {
+                    if let Some(stats) = match self.lifetimes.get_mut(&created_pc) {
                         Some(s) => Some(s),
-                        None if !full => Some(self.lifetimes.entry(task.created_pc).or_default()),
+                        None if !full => Some(self.lifetimes.entry(created_pc).or_default()),
                         None => None,
                     } {
                         stats.record(ev.ts_ns.saturating_sub(born));
@@ -157,33 +240,75 @@ impl LiveTable {
         std::mem::take(&mut self.new_callers)
     }
 
+    /// The row of `key`, a fresh one (key set, the rest empty) if none.
+    fn row_mut(&mut self, key: u64) -> &mut LiveTask {
+        let i = match self.index.get(&key) {
+            Some(&i) => i,
+            None => {
+                let i = match self.free.pop() {
+                    Some(i) => i,
+                    None => {
+                        self.rows.push(LiveTask::default());
+                        (self.rows.len() - 1) as u32
+                    }
+                };
+                self.rows[i as usize] = LiveTask {
+                    key,
+                    ..LiveTask::default()
+                };
+                self.index.insert(key, i);
+                i
+            }
+        };
+        &mut self.rows[i as usize]
+    }
+
+    fn remove(&mut self, key: u64) -> Option<LiveTask> {
+        let i = self.index.remove(&key)?;
+        self.free.push(i);
+        Some(std::mem::take(&mut self.rows[i as usize]))
+    }
+
     /// A task found in the target's memory at attach. Probe events that
     /// arrived meanwhile win: they are newer.
     pub fn insert_existing(&mut self, task: LiveTask) {
-        self.tasks.entry(task.key).or_insert(task);
+        if !self.index.contains_key(&task.key) {
+            let key = task.key;
+            *self.row_mut(key) = task;
+        }
     }
 
     /// Forget a task a memory read found finished.
     pub fn remove_dead(&mut self, key: u64) {
-        if self.tasks.remove(&key).is_some() {
+        if self.remove(key).is_some() {
             self.corrected += 1;
         }
     }
 
     pub fn len(&self) -> usize {
-        self.tasks.len()
+        self.index.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.tasks.is_empty()
+        self.index.is_empty()
     }
 
     pub fn tasks_mut(&mut self) -> impl Iterator<Item = &mut LiveTask> {
-        self.tasks.values_mut()
+        self.rows.iter_mut().filter(|t| t.key != 0)
+    }
+
+    /// The live rows, and the origins they refer to, at once.
+    pub fn tasks_and_origins(&mut self) -> (impl Iterator<Item = &mut LiveTask>, &Origins) {
+        (self.rows.iter_mut().filter(|t| t.key != 0), &self.origins)
     }
 
     pub fn get(&self, key: u64) -> Option<&LiveTask> {
-        self.tasks.get(&key)
+        self.index.get(&key).map(|&i| &self.rows[i as usize])
+    }
+
+    /// Where a task came from (zeros when not seen).
+    pub fn origin(&self, task: &LiveTask) -> Origin {
+        self.origins.of(task)
     }
 
     /// Lifetimes of finished goroutines by `go` statement (gopc).
@@ -206,8 +331,6 @@ mod tests {
     }
     const SPAWN: TaskEventKind = TaskEventKind::Spawn {
         created_pc: 0x10,
-        start_pc: 0x20,
-        parent_id: 1,
         via_pcs: [0x30, 0x40],
     };
 
@@ -215,15 +338,15 @@ mod tests {
     fn lifecycle_and_reuse_of_a_g() {
         let mut t = LiveTable::default();
         t.apply(&ev(1, 0xa, 0, SPAWN));
-        t.apply(&ev(2, 0xa, 7, TaskEventKind::Park { reason: 15 }));
+        t.apply(&ev(2, 0xa, 7, TaskEventKind::Park));
         assert_eq!(t.get(0xa).unwrap().id, 7);
-        assert_eq!(t.get(0xa).unwrap().parked_ns, Some(2));
+        assert_eq!(t.get(0xa).unwrap().parked_ns(), Some(2));
         t.apply(&ev(3, 0xa, 7, TaskEventKind::Exit));
         assert!(t.is_empty());
         // The runtime reuses the g for a new goroutine.
         t.apply(&ev(4, 0xa, 0, SPAWN));
-        assert_eq!(t.get(0xa).unwrap().spawned_ns, Some(4));
-        assert_eq!(t.get(0xa).unwrap().parked_ns, None);
+        assert_eq!(t.get(0xa).unwrap().spawned_ns(), Some(4));
+        assert_eq!(t.get(0xa).unwrap().parked_ns(), None);
         assert_eq!(
             t.counts,
             EventCounts {
@@ -239,8 +362,6 @@ mod tests {
         let mut t = LiveTable::default();
         let spawn = |via_pcs| TaskEventKind::Spawn {
             created_pc: 0x10,
-            start_pc: 0x20,
-            parent_id: 1,
             via_pcs,
         };
         t.apply(&ev(1, 0xa, 0, spawn([0x30, 0x40])));
@@ -251,7 +372,7 @@ mod tests {
             t.take_new_callers(),
             vec![(0x10, [0x30, 0x40]), (0x10, [0x50, 0])]
         );
-        assert_eq!(t.get(0xc).unwrap().via_pcs, [0x50, 0]);
+        assert_eq!(t.origin(t.get(0xc).unwrap()).via_pcs, [0x50, 0]);
         t.apply(&ev(5, 0xe, 0, spawn([0x50, 0])));
         assert!(t.take_new_callers().is_empty());
         assert_eq!(t.spawns_by_site().collect::<Vec<_>>(), vec![(0x10, 5)]);
@@ -261,20 +382,19 @@ mod tests {
     fn snapshot_never_overrides_newer_probe_data() {
         let mut t = LiveTable::default();
         t.apply(&ev(5, 0xb, 0, SPAWN));
-        t.insert_existing(LiveTask {
-            key: 0xb,
-            id: 99,
-            ..LiveTask::default()
-        });
-        assert_eq!(t.get(0xb).unwrap().spawned_ns, Some(5));
-        t.insert_existing(LiveTask {
-            key: 0xc,
-            id: 3,
-            ..LiveTask::default()
-        });
+        t.insert_existing(LiveTask::existing(0xb, 99));
+        assert_eq!(t.get(0xb).unwrap().spawned_ns(), Some(5));
+        t.insert_existing(LiveTask::existing(0xc, 3));
         assert_eq!(t.len(), 2);
         t.remove_dead(0xc);
         t.remove_dead(0xc);
         assert_eq!(t.corrected, 1);
+        // The freed row is reused, not a new one added.
+        t.insert_existing(LiveTask::existing(0xd, 4));
+        assert_eq!((t.len(), t.rows.len()), (2, 2));
+        assert_eq!(
+            t.tasks_mut().map(|r| r.key).collect::<Vec<_>>(),
+            vec![0xb, 0xd]
+        );
     }
 }

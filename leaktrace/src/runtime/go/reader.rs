@@ -13,13 +13,13 @@ use anyhow::{Context as _, Result, bail};
 use super::{
     allgs_locate::AllgsLocation,
     binary::GoBinary,
-    channels::{ChanReader, ParkKey, ReadMem, Target, WaitOp, Waiter},
+    channels::{ChanReader, ParkKey, ReadMem, Target, WaitOp, Waiter, digest},
     layout::{ChanLayout, GLayout},
-    live::{LiveTable, LiveTask},
+    live::{LiveTable, LiveTask, Origin},
     wait_reason::gstatus,
 };
 use crate::{
-    runtime::{Since, TaskState, TaskView},
+    runtime::{Place, Since, TaskState, TaskView, no_chan_waits, no_frames},
     symbols::Frame,
     target::memory::Memory,
 };
@@ -38,16 +38,19 @@ pub struct GoReader {
     bias: u64,
     /// pc (VA) → frames; None outside Go code.
     frames: HashMap<u64, Option<Arc<[Frame]>>>,
-    /// A validated walk of one parked goroutine: while its saved registers
-    /// are unchanged it is still parked at the same place, so the walk holds.
-    /// Only the walks the last refresh used are kept (`walks_next` becomes
-    /// `walks`), so a long session over a churning service stays bounded.
-    walks: HashMap<StackKey, Arc<Stack>>,
-    walks_next: HashMap<StackKey, Arc<Stack>>,
-    /// Identical stacks (the common case in a leak) share one symbolization.
-    stacks: HashMap<Vec<u64>, Arc<Stack>>,
+    /// Identical stacks (the common case in a leak) share one
+    /// symbolization, numbered: a goroutine's row remembers the number of
+    /// its last validated walk and a digest of the saved registers it was
+    /// read from (`LiveTask::walk`): while they are unchanged it is still
+    /// parked at the same place, so the walk holds and is not read again.
+    stack_ids: HashMap<Vec<u64>, u32>,
+    stack_list: Vec<Arc<Stack>>,
+    /// The numbers in the rows refer to an older `stack_list`: forget them.
+    walks_stale: bool,
+    /// What the tasks at one place share, made once per place.
+    places: HashMap<PlaceKey, Arc<Place>>,
     /// Per (gopc, startpc): who created it and what it runs.
-    origins: HashMap<(u64, u64), Arc<Origin>>,
+    origins: HashMap<(u64, u64), Arc<OriginNames>>,
     /// Per (gopc, the creator's caller pcs): the caller shown as `via`.
     vias: HashMap<(u64, [u64; 2]), Option<Frame>>,
     /// Per creation site (`go` statement line): the callers seen so far.
@@ -85,6 +88,27 @@ struct SiteCallers {
     helper: bool,
 }
 
+/// One batch of rows as read (see [`GoReader::read_chunk`]).
+struct ChunkRead {
+    headers: Vec<Option<GHeader>>,
+    /// Per row: its walk's number, and whether it kept moving.
+    walks: Vec<(Option<u32>, bool)>,
+}
+
+/// What a validated walk of the goroutine at `g` was read from: while its
+/// goid and saved registers are the same, it is parked at the same place.
+/// A 64-bit digest stands for the five words (a false match is a 2⁻⁶⁴
+/// chance per refresh and goroutine); never 0, which means "no walk".
+fn walk_digest(g: u64, h: &GHeader) -> u64 {
+    digest((g, h.goid, h.sched_sp, h.sched_pc, h.sched_bp))
+}
+
+/// Every field of a header, as a digest: whether a goroutine moved between
+/// two reads, kept for a million of them in 8 bytes each.
+fn header_digest(h: &GHeader) -> u64 {
+    digest(h)
+}
+
 /// One symbolized blocked stack and what we derive from it.
 #[derive(Debug)]
 struct Stack {
@@ -95,7 +119,7 @@ struct Stack {
 }
 
 #[derive(Debug)]
-struct Origin {
+struct OriginNames {
     created_by: Frame,
     /// From the start pc alone (thunks unwrapped); the stack, when there is
     /// one, names the start function better.
@@ -103,17 +127,50 @@ struct Origin {
     system: bool,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct StackKey {
-    g: u64,
-    goid: u64,
-    sp: u64,
-    pc: u64,
-    bp: u64,
+/// What makes tasks share a [`Place`]: their names (by pointer), their
+/// walk (by pointer), their state and wait reason, and `via`.
+#[derive(Clone, Debug)]
+struct PlaceKey {
+    names: Arc<OriginNames>,
+    stack: Option<Arc<Stack>>,
+    state: u32,
+    reason: u8,
+    via: Option<Frame>,
 }
 
+impl PartialEq for PlaceKey {
+    fn eq(&self, o: &Self) -> bool {
+        Arc::ptr_eq(&self.names, &o.names)
+            && match (&self.stack, &o.stack) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            }
+            && (self.state, self.reason) == (o.state, o.reason)
+            && self.via == o.via
+    }
+}
+impl Eq for PlaceKey {}
+impl std::hash::Hash for PlaceKey {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        Arc::as_ptr(&self.names).hash(h);
+        self.stack.as_ref().map(Arc::as_ptr).hash(h);
+        (self.state, self.reason, &self.via).hash(h);
+    }
+}
+
+/// Goroutines read per batch: one `process_vm_readv` for their headers,
+/// one for the stacks to walk, one to check those did not move meanwhile.
+const CHUNK: usize = 1024;
+/// Stack bytes read per goroutine in a batch, from its saved SP; a walk
+/// that goes further reads the rest on its own.
+const STACK_WINDOW: u64 = 1024;
+/// Distinct walks, and places, kept before starting over.
+const MAX_STACKS: usize = 100_000;
+const MAX_PLACES: usize = 100_000;
+
 /// The fields of a `runtime.g` we use, decoded.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct GHeader {
     pub stack_lo: u64,
     pub stack_hi: u64,
@@ -200,9 +257,10 @@ impl GoReader {
             mem: Memory::new(pid),
             bias,
             frames: HashMap::new(),
-            walks: HashMap::new(),
-            walks_next: HashMap::new(),
-            stacks: HashMap::new(),
+            stack_ids: HashMap::new(),
+            stack_list: Vec::new(),
+            walks_stale: false,
+            places: HashMap::new(),
             origins: HashMap::new(),
             vias: HashMap::new(),
             site_callers: HashMap::new(),
@@ -233,9 +291,10 @@ impl GoReader {
                 *c = ChanReader::new(*c.layout(), allp);
             }
             self.frames.clear();
-            self.walks.clear();
-            self.walks_next.clear();
-            self.stacks.clear();
+            self.stack_ids.clear();
+            self.stack_list.clear();
+            self.walks_stale = true;
+            self.places.clear();
             self.origins.clear();
             self.vias.clear();
             self.site_callers.clear();
@@ -243,14 +302,38 @@ impl GoReader {
         }
     }
 
+    /// Bytes read per g: up to the last field [`GHeader`] uses, not the
+    /// whole struct (a refresh copies this for every goroutine, twice for
+    /// those whose stack it walks).
     fn g_len(&self) -> usize {
-        self.bin.layout.sizeof_g as usize
+        let l = &self.bin.layout;
+        let last = [
+            l.g_stack_lo,
+            l.g_stack_hi,
+            l.g_sched_sp,
+            l.g_sched_pc,
+            l.g_sched_bp,
+            l.g_syscallsp,
+            l.g_atomicstatus,
+            l.g_goid,
+            l.g_waitsince,
+            l.g_waitreason,
+            l.g_gopc,
+            l.g_startpc,
+        ]
+        .into_iter()
+        .chain(l.g_parent_goid)
+        .chain(self.g_waiting())
+        .max()
+        .unwrap_or(0);
+        ((last as usize) + 8).min(l.sizeof_g as usize)
     }
 
     /// Every goroutine alive now, from `runtime.allgs` (lock-free, as the
     /// runtime's own `forEachGRace` does: read the length, then the array;
-    /// g structs are never freed, so a stale pointer reads a dead g at worst).
-    pub fn snapshot(&mut self, at: &AllgsLocation) -> Result<Vec<LiveTask>> {
+    /// g structs are never freed, so a stale pointer reads a dead g at worst),
+    /// into `table`. Returns how many.
+    pub fn snapshot(&mut self, at: &AllgsLocation, table: &mut LiveTable) -> Result<usize> {
         let slice = at.allgs + self.bias;
         let ptr = self.mem.read_u64(slice).context("reading runtime.allgs")?;
         let len = match at.allglen {
@@ -270,84 +353,92 @@ impl GoReader {
             .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
             .filter(|&a| a != 0)
             .collect();
-        let layout = self.bin.layout.clone();
-        let mut out = Vec::new();
-        for (addr, bytes) in addrs.iter().zip(self.mem.read_many(&addrs, self.g_len())) {
-            let Some(h) = bytes.and_then(|b| GHeader::parse(&b, &layout)) else {
-                continue;
+        drop(gptrs);
+        let layout = &self.bin.layout;
+        let mut n = 0;
+        let g_len = self.g_len();
+        self.mem.read_each(&addrs, g_len, &mut |i, bytes| {
+            let Some(h) = bytes.and_then(|b| GHeader::parse(b, layout)) else {
+                return;
             };
             if h.is_gone() || h.goid == 0 {
-                continue;
+                return;
             }
-            out.push(LiveTask {
-                key: *addr,
-                id: h.goid,
-                created_pc: h.gopc,
-                start_pc: h.startpc,
-                parent_id: h.parent_goid,
-                via_pcs: [0; 2],
-                spawned_ns: None,
-                parked_ns: None,
-                seen_dead: false,
-            });
-        }
-        Ok(out)
+            n += 1;
+            table.insert_existing(LiveTask::existing(addrs[i], h.goid));
+        });
+        Ok(n)
     }
 
-    /// Read every task in the table. A task found finished is flagged, and
-    /// dropped only if the next read finds it finished again and no exit
-    /// event explained it meanwhile: the spawn probe fires just before the
-    /// runtime marks the new g runnable, so one "dead" read can be a g that
-    /// is being born.
-    pub fn views(&mut self, table: &mut LiveTable, snapshot_ns: u64) -> Vec<TaskView> {
+    /// Read every task in the table into `views` (emptied first, its
+    /// memory reused). A task found finished is flagged, and dropped only
+    /// if the next read finds it finished again and no exit event explained
+    /// it meanwhile: the spawn probe fires just before the runtime marks the
+    /// new g runnable, so one "dead" read can be a g that is being born.
+    pub fn views(&mut self, table: &mut LiveTable, snapshot_ns: u64, views: &mut Vec<TaskView>) {
         let t_start = Instant::now();
         for (gopc, pcs) in table.take_new_callers() {
             self.note_caller(gopc, pcs);
         }
-        let keys: Vec<u64> = table.tasks_mut().map(|t| t.key).collect();
-        let headers = self.mem.read_many(&keys, self.g_len());
-        let mut views = Vec::with_capacity(keys.len());
-        let mut by_key: HashMap<u64, Option<GHeader>> = keys
-            .iter()
-            .zip(headers)
-            .map(|(k, b)| (*k, b.and_then(|b| self.parse_header(&b))))
-            .collect();
-        // Channel waiters: (index in views, the header their view used,
-        // when the probe saw them park).
-        let mut waiters: Vec<(usize, GHeader, u64)> = Vec::new();
-        let mut dead_twice = Vec::new();
-        for task in table.tasks_mut() {
-            let header = by_key.remove(&task.key).flatten().filter(|h| !h.is_gone());
-            let Some(h) = header else {
-                if task.seen_dead {
-                    dead_twice.push(task.key);
-                }
-                task.seen_dead = true;
-                continue;
-            };
-            if task.id != 0 && h.goid != task.id {
-                // The g was reused behind our back (events lost): what we
-                // knew about its timing belongs to another goroutine.
-                task.spawned_ns = None;
-                task.parked_ns = None;
-                task.via_pcs = [0; 2];
-            }
-            task.id = h.goid;
-            task.seen_dead = false;
-            let (view, h) = self.view(task, h, snapshot_ns);
-            if let TaskState::Waiting(reason) = &view.state
-                && WaitOp::from_reason(reason).is_some()
-            {
-                waiters.push((views.len(), h, task.parked_ns.unwrap_or(0)));
-            }
-            views.push(view);
+        if self.stack_list.len() > MAX_STACKS {
+            self.stack_ids.clear();
+            self.stack_list.clear();
+            self.walks_stale = true;
         }
+        if std::mem::take(&mut self.walks_stale) {
+            for t in table.tasks_mut() {
+                t.walk_digest = 0;
+            }
+        }
+        if self.places.len() > MAX_PLACES {
+            self.places.clear();
+        }
+        views.clear();
+        views.reserve(table.len());
+        // Channel waiters, and for each its view's index and a digest of
+        // the header the view was made from (to see whether it moved).
+        let mut waiters: Vec<Waiter> = Vec::new();
+        let mut at: Vec<(u32, u64)> = Vec::new();
+        let mut dead_twice = Vec::new();
+        let (tasks, origins) = table.tasks_and_origins();
+        let mut tasks: Vec<&mut LiveTask> = tasks.collect();
+        for chunk in tasks.chunks_mut(CHUNK) {
+            let read = self.read_chunk(chunk, &mut dead_twice);
+            for ((task, h), (walk, unstable)) in chunk.iter().zip(read.headers).zip(read.walks) {
+                let Some(h) = h else { continue };
+                let view = self.view(task, origins.of(task), h, walk, unstable, snapshot_ns);
+                if let TaskState::Waiting(reason) = view.state()
+                    && let Some(op) = WaitOp::from_reason(reason)
+                {
+                    waiters.push(Waiter {
+                        g: task.key,
+                        waiting: h.waiting,
+                        op,
+                        park: ParkKey {
+                            goid: h.goid,
+                            sp: h.sched_sp,
+                            pc: h.sched_pc,
+                            bp: h.sched_bp,
+                            parked_ns: task.parked_ns().unwrap_or(0),
+                        }
+                        .digest(),
+                    });
+                    at.push((views.len() as u32, header_digest(&h)));
+                }
+                views.push(view);
+            }
+        }
+        drop(tasks);
         for key in dead_twice {
             table.remove_dead(key);
         }
-        self.walks = std::mem::take(&mut self.walks_next);
+        // The views are refilled in place; after a burst, give back what
+        // the next refreshes will not need.
+        if views.capacity() > 2 * views.len() + 4096 {
+            views.shrink_to_fit();
+        }
         let t0 = Instant::now();
-        self.read_channels(&mut views, &waiters);
+        self.read_channels(views, &waiters, &at);
         log::debug!(
             "refresh: {} goroutines read in {:?}, of which channels {:?} ({:?})",
             views.len(),
@@ -355,119 +446,153 @@ impl GoReader {
             t0.elapsed(),
             self.chans.as_ref().map(|c| c.stats)
         );
-        views
+    }
+
+    /// Read one batch of rows: each live one's header (None: finished, see
+    /// [`Self::views`]) and, for the blocked ones, a validated walk of
+    /// their stack (its number) and whether it kept moving.
+    fn read_chunk(&mut self, chunk: &mut [&mut LiveTask], dead_twice: &mut Vec<u64>) -> ChunkRead {
+        let keys: Vec<u64> = chunk.iter().map(|t| t.key).collect();
+        let mut headers: Vec<Option<GHeader>> = vec![None; keys.len()];
+        self.mem.read_each(&keys, self.g_len(), &mut |i, b| {
+            headers[i] = b
+                .and_then(|b| self.parse_header(b))
+                .filter(|h| !h.is_gone());
+        });
+        for (task, h) in chunk.iter_mut().zip(&headers) {
+            let Some(h) = h else {
+                if task.seen_dead {
+                    dead_twice.push(task.key);
+                }
+                task.seen_dead = true;
+                continue;
+            };
+            if task.id != 0 && h.goid != task.id {
+                task.forget_history();
+            }
+            task.id = h.goid;
+            task.seen_dead = false;
+        }
+        let mut walks: Vec<(Option<u32>, bool)> = vec![(None, false); keys.len()];
+        let mut pending: Vec<usize> = (0..keys.len())
+            .filter(|&i| headers[i].is_some_and(|h| is_waiting(&h)))
+            .collect();
+        for _ in 0..READ_ATTEMPTS {
+            // Parked where the last validated walk saw it: that walk holds.
+            pending.retain(|&i| {
+                let h = headers[i].expect("pending rows have headers");
+                let task = &chunk[i];
+                if task.walk_digest == walk_digest(task.key, &h) {
+                    walks[i] = (Some(task.walk), false);
+                    false
+                } else {
+                    true
+                }
+            });
+            if pending.is_empty() {
+                break;
+            }
+            let pcs = self.unwind_all(&pending, &headers);
+            // Read the g again: if it moved (woke, or the GC moved its
+            // stack) while we walked, the walk may mix two stacks.
+            let again_keys: Vec<u64> = pending.iter().map(|&i| keys[i]).collect();
+            let mut again: Vec<Option<GHeader>> = vec![None; pending.len()];
+            self.mem.read_each(&again_keys, self.g_len(), &mut |j, b| {
+                again[j] = b.and_then(|b| self.parse_header(b));
+            });
+            let mut next = Vec::new();
+            for ((&i, pcs), again) in pending.iter().zip(pcs).zip(again) {
+                let h = headers[i].expect("pending rows have headers");
+                match again {
+                    Some(a) if a == h => {
+                        let id = self.intern(pcs);
+                        chunk[i].walk = id;
+                        chunk[i].walk_digest = walk_digest(keys[i], &h);
+                        walks[i] = (Some(id), false);
+                    }
+                    Some(a) if !a.is_gone() => {
+                        headers[i] = Some(a);
+                        walks[i].1 = true;
+                        if is_waiting(&a) {
+                            next.push(i);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            pending = next;
+        }
+        ChunkRead { headers, walks }
     }
 
     /// Fill in what channel waiters wait on. A goroutine whose sudogs were
     /// read now (not in the same park as at an earlier refresh) is read
     /// again afterwards: one that moved meanwhile (woke, parked elsewhere)
     /// gets nothing rather than a mix of two waits.
-    fn read_channels(&mut self, views: &mut [TaskView], waiters: &[(usize, GHeader, u64)]) {
+    fn read_channels(&mut self, views: &mut [TaskView], list: &[Waiter], at: &[(u32, u64)]) {
         let Some(chans) = self.chans.as_mut() else {
             return;
         };
-        if waiters.is_empty() {
+        if list.is_empty() {
             return;
         }
-        let mut list: Vec<Waiter> = Vec::with_capacity(waiters.len());
-        let mut at: Vec<(usize, GHeader)> = Vec::with_capacity(waiters.len());
-        for (i, h, parked_ns) in waiters {
-            let TaskState::Waiting(reason) = &views[*i].state else {
-                continue;
-            };
-            let Some(op) = WaitOp::from_reason(reason) else {
-                continue;
-            };
-            list.push(Waiter {
-                g: views[*i].key,
-                waiting: h.waiting,
-                op,
-                park: ParkKey {
-                    goid: h.goid,
-                    sp: h.sched_sp,
-                    pc: h.sched_pc,
-                    bp: h.sched_bp,
-                    parked_ns: *parked_ns,
-                },
-            });
-            at.push((*i, *h));
-        }
-        let reads = chans.read(&self.target, &list);
+        let reads = chans.read(&self.target, list);
         let fresh: Vec<usize> = (0..reads.len()).filter(|&k| reads[k].fresh).collect();
         let keys: Vec<u64> = fresh.iter().map(|&k| list[k].g).collect();
         let mut moved = vec![false; reads.len()];
         self.target.read_each(&keys, self.g_len(), &mut |j, b| {
             let k = fresh[j];
             let again = b.and_then(|b| self.parse_header(b));
-            moved[k] = again.as_ref() != Some(&at[k].1);
+            moved[k] = again.map(|h| header_digest(&h)) != Some(at[k].1);
         });
         let chans = self.chans.as_mut().expect("checked above");
         for (k, read) in reads.into_iter().enumerate() {
             if moved[k] {
-                chans.reject(k);
+                chans.reject(&list[k]);
             } else if let Some(waits) = read.waits {
-                views[at[k].0].waits_on = waits;
+                views[at[k].0 as usize].waits_on = waits;
             }
         }
     }
 
-    /// The view of one task, and the header it was made from.
-    fn view(&mut self, task: &LiveTask, first: GHeader, snapshot_ns: u64) -> (TaskView, GHeader) {
-        let mut h = first;
-        let mut stack: Option<Arc<Stack>> = None;
-        let mut unstable = false;
-        for _ in 0..READ_ATTEMPTS {
-            if !is_waiting(&h) {
-                break;
-            }
-            let key = StackKey {
-                g: task.key,
-                goid: h.goid,
-                sp: h.sched_sp,
-                pc: h.sched_pc,
-                bp: h.sched_bp,
-            };
-            if let Some(s) = self.walks.get(&key) {
-                self.walks_next.insert(key, s.clone());
-                stack = Some(s.clone());
-                unstable = false;
-                break;
-            }
-            let pcs = self.unwind(&h);
-            // Read the g again: if it moved (woke, or the GC moved its
-            // stack) while we walked, the walk may mix two stacks.
-            match self.read_header(task.key) {
-                Some(again) if again == h => {
-                    let s = self.intern(pcs);
-                    self.walks_next.insert(key, s.clone());
-                    stack = Some(s);
-                    unstable = false;
-                    break;
-                }
-                Some(again) if !again.is_gone() => {
-                    h = again;
-                    unstable = true;
-                }
-                _ => break,
-            }
-        }
-        let state = match h.state() {
-            gstatus::WAITING | gstatus::LEAKED => TaskState::Waiting(
-                self.bin
-                    .wait_reasons
-                    .name(h.waitreason)
-                    .map(str::to_string)
-                    .unwrap_or_else(|| format!("wait reason {}", h.waitreason)),
-            ),
-            gstatus::SYSCALL => TaskState::Syscall,
-            gstatus::RUNNABLE | gstatus::PREEMPTED => TaskState::Runnable,
-            _ => TaskState::Running,
+    /// The view of one task, from its header and its walk.
+    fn view(
+        &mut self,
+        task: &LiveTask,
+        origin: Origin,
+        h: GHeader,
+        walk: Option<u32>,
+        unstable: bool,
+        snapshot_ns: u64,
+    ) -> TaskView {
+        let waiting = is_waiting(&h);
+        let (state, reason) = match h.state() {
+            gstatus::WAITING | gstatus::LEAKED => (0, h.waitreason),
+            gstatus::SYSCALL => (1, 0),
+            gstatus::RUNNABLE | gstatus::PREEMPTED => (2, 0),
+            _ => (3, 0),
         };
-        let never_ends = state.is_waiting() && self.bin.wait_reasons.never_ends(h.waitreason);
-        let origin = self.origin(h.gopc, h.startpc);
-        let via = self.via_of(task, h.gopc, &origin.created_by);
-        let stack = stack.filter(|_| state.is_waiting());
-        let blocked_since = state.is_waiting().then(|| match task.parked_ns {
+        let names = self.origin(h.gopc, h.startpc);
+        let via = self.via_of(origin, h.gopc, &names.created_by);
+        let stack = walk
+            .filter(|_| waiting)
+            .and_then(|id| self.stack_list.get(id as usize).cloned());
+        let key = PlaceKey {
+            names,
+            stack,
+            state,
+            reason,
+            via,
+        };
+        let place = match self.places.get(&key) {
+            Some(p) => p.clone(),
+            None => {
+                let p = Arc::new(self.place(&key));
+                self.places.insert(key, p.clone());
+                p
+            }
+        };
+        let blocked_since = waiting.then(|| match task.parked_ns() {
             Some(t) => Since::Exact(t),
             None => {
                 // Blocked since before we looked: at the latest at the
@@ -480,41 +605,58 @@ impl GoReader {
                 })
             }
         });
-        let alive_since = match task.spawned_ns {
+        let alive_since = match task.spawned_ns() {
             Some(t) => Since::Exact(t),
             None => Since::AtMost(snapshot_ns),
         };
-        let view = TaskView {
+        TaskView {
             key: task.key,
             id: h.goid,
-            alive_since,
-            never_ends,
-            system: origin.system,
+            place,
             // Goroutine 1 runs runtime.main, the only one without a `go` statement.
             main: h.goid == 1,
-            created_by: origin.created_by.clone(),
-            via,
-            start: stack
-                .as_ref()
-                .and_then(|s| s.start.clone())
-                .unwrap_or_else(|| origin.start.clone()),
-            blocked_at: stack.as_ref().and_then(|s| s.blocked_at.clone()),
-            stack: stack
-                .map(|s| s.frames.clone())
-                .unwrap_or_else(|| Arc::from(Vec::new())),
-            state,
+            stack_unstable: unstable && waiting,
             blocked_since,
-            stack_unstable: unstable && is_waiting(&h),
-            waits_on: Arc::from([]),
+            alive_since,
+            waits_on: no_chan_waits(),
             stranded: None,
-        };
-        (view, h)
+        }
     }
 
-    /// Symbolize a walk, sharing the result among identical stacks.
-    fn intern(&mut self, pcs: Vec<u64>) -> Arc<Stack> {
-        if let Some(s) = self.stacks.get(&pcs) {
-            return s.clone();
+    /// The place of the tasks that share `key`.
+    fn place(&self, key: &PlaceKey) -> Place {
+        let state = match key.state {
+            0 => TaskState::Waiting(
+                self.bin
+                    .wait_reasons
+                    .name(key.reason)
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format!("wait reason {}", key.reason)),
+            ),
+            1 => TaskState::Syscall,
+            2 => TaskState::Runnable,
+            _ => TaskState::Running,
+        };
+        let stack = key.stack.as_ref();
+        Place {
+            never_ends: state.is_waiting() && self.bin.wait_reasons.never_ends(key.reason),
+            state,
+            system: key.names.system,
+            created_by: key.names.created_by.clone(),
+            via: key.via.clone(),
+            start: stack
+                .and_then(|s| s.start.clone())
+                .unwrap_or_else(|| key.names.start.clone()),
+            blocked_at: stack.and_then(|s| s.blocked_at.clone()),
+            stack: stack.map_or_else(no_frames, |s| s.frames.clone()),
+        }
+    }
+
+    /// Symbolize a walk, sharing the result among identical stacks: its
+    /// number in `stack_list`.
+    fn intern(&mut self, pcs: Vec<u64>) -> u32 {
+        if let Some(&id) = self.stack_ids.get(&pcs) {
+            return id;
         }
         let mut frames: Vec<Frame> = Vec::new();
         for &pc in &pcs {
@@ -534,11 +676,10 @@ impl GoReader {
             start: start_from_stack(&frames),
             frames: frames.into(),
         });
-        if self.stacks.len() > 100_000 {
-            self.stacks.clear();
-        }
-        self.stacks.insert(pcs, stack.clone());
-        stack
+        let id = self.stack_list.len() as u32;
+        self.stack_list.push(stack);
+        self.stack_ids.insert(pcs, id);
+        id
     }
 
     /// The `go` statement at a run-time gopc, as views name it.
@@ -603,15 +744,16 @@ impl GoReader {
         changes
     }
 
-    /// The task's caller through a spawn helper; None unless its site is one.
-    pub fn via_of(&mut self, task: &LiveTask, gopc: u64, site: &Frame) -> Option<Frame> {
-        if task.via_pcs[0] == 0 || task.created_pc != gopc {
+    /// The task's caller through a spawn helper; None unless its site is
+    /// one. `origin`: what the spawn probe saw; `gopc`: the g's own.
+    pub fn via_of(&mut self, origin: Origin, gopc: u64, site: &Frame) -> Option<Frame> {
+        if origin.via_pcs[0] == 0 || origin.created_pc != gopc {
             return None;
         }
         if !self.site_callers.get(site).is_some_and(|s| s.helper) {
             return None;
         }
-        self.via_frame(gopc, task.via_pcs, site)
+        self.via_frame(gopc, origin.via_pcs, site)
     }
 
     /// Who called the spawn helper `site`: the first of the program's own
@@ -646,7 +788,7 @@ impl GoReader {
         via
     }
 
-    fn origin(&mut self, gopc: u64, startpc: u64) -> Arc<Origin> {
+    fn origin(&mut self, gopc: u64, startpc: u64) -> Arc<OriginNames> {
         if let Some(o) = self.origins.get(&(gopc, startpc)) {
             return o.clone();
         }
@@ -661,7 +803,7 @@ impl GoReader {
             .decode_thunk(startpc.wrapping_sub(self.bias), &created_by)
             .or(physical)
             .unwrap_or_else(|| Frame::unknown(startpc));
-        let o = Arc::new(Origin {
+        let o = Arc::new(OriginNames {
             created_by,
             start,
             system,
@@ -670,45 +812,47 @@ impl GoReader {
         o
     }
 
-    fn read_header(&self, g: u64) -> Option<GHeader> {
-        let mut buf = vec![0u8; self.g_len()];
-        self.mem.read(g, &mut buf).ok()?;
-        self.parse_header(&buf)
-    }
-
-    /// Return addresses of a parked goroutine, innermost first, walking the
-    /// frame-pointer chain from `gp.sched` inside the goroutine's own stack.
-    fn unwind(&self, h: &GHeader) -> Vec<u64> {
-        let mut pcs = vec![h.sched_pc];
-        let (lo, hi) = (h.sched_sp, h.stack_hi);
-        if lo == 0 || hi <= lo || lo < h.stack_lo {
-            return pcs;
-        }
-        let len = (hi - lo).min(MAX_STACK_READ);
-        let mut buf = vec![0u8; len as usize];
-        if self.mem.read(lo, &mut buf).is_err() {
-            return pcs;
-        }
-        let word = |addr: u64| -> Option<u64> {
-            let off = addr.checked_sub(lo)? as usize;
-            Some(u64::from_le_bytes(buf.get(off..off + 8)?.try_into().ok()?))
-        };
-        let mut fp = h.sched_bp;
-        while pcs.len() < MAX_FRAMES && fp >= lo && fp < lo + len {
-            let (Some(next), Some(ret)) = (word(fp), word(fp + 8)) else {
-                break;
+    /// Return addresses of parked goroutines (`pending` indexes
+    /// `headers`), innermost first, walking each frame-pointer chain from
+    /// `gp.sched` inside the goroutine's own stack. The first
+    /// `STACK_WINDOW` bytes of every stack come in one batch; a chain
+    /// leaving them reads its whole stack alone.
+    fn unwind_all(&self, pending: &[usize], headers: &[Option<GHeader>]) -> Vec<Vec<u64>> {
+        let hs: Vec<GHeader> = pending
+            .iter()
+            .map(|&i| headers[i].expect("pending rows have headers"))
+            .collect();
+        let spans: Vec<(u64, usize)> = hs
+            .iter()
+            .map(|h| match stack_span(h) {
+                Some((lo, len)) => (lo, len.min(STACK_WINDOW) as usize),
+                None => (0, 0),
+            })
+            .collect();
+        let mut out: Vec<Vec<u64>> = hs.iter().map(|h| vec![h.sched_pc]).collect();
+        let mut deeper = Vec::new();
+        self.mem.read_spans(&spans, &mut |j, b| {
+            let (Some(b), Some((lo, len))) = (b, stack_span(&hs[j])) else {
+                return;
             };
-            if ret == 0 {
-                break;
+            if b.is_empty() {
+                return;
             }
-            pcs.push(ret);
-            // Frames live at increasing addresses; anything else is garbage.
-            if next <= fp {
-                break;
+            if !walk_frames(&hs[j], lo, b, &mut out[j]) && (b.len() as u64) < len {
+                deeper.push(j);
             }
-            fp = next;
+        });
+        for j in deeper {
+            let Some((lo, len)) = stack_span(&hs[j]) else {
+                continue;
+            };
+            let mut buf = vec![0u8; len as usize];
+            out[j].truncate(1);
+            if self.mem.read(lo, &mut buf).is_ok() {
+                walk_frames(&hs[j], lo, &buf, &mut out[j]);
+            }
         }
-        pcs
+        out
     }
 
     /// For a goroutine we cannot unwind (running), the function behind the
@@ -794,6 +938,47 @@ fn chan_layout(bin: &GoBinary) -> (Option<ChanLayout>, Option<String>) {
     }
 }
 
+/// The part of a parked goroutine's stack a walk reads: from its saved SP
+/// up to the stack's top, at most `MAX_STACK_READ` bytes; None when the
+/// saved registers make no sense.
+fn stack_span(h: &GHeader) -> Option<(u64, u64)> {
+    let (lo, hi) = (h.sched_sp, h.stack_hi);
+    if lo == 0 || hi <= lo || lo < h.stack_lo {
+        return None;
+    }
+    Some((lo, (hi - lo).min(MAX_STACK_READ)))
+}
+
+/// Follow the frame-pointer chain from `h.sched_bp` through `buf` (the
+/// stack read from `lo`), appending return addresses to `pcs`. False when
+/// the chain left `buf` (a longer read may go further).
+fn walk_frames(h: &GHeader, lo: u64, buf: &[u8], pcs: &mut Vec<u64>) -> bool {
+    let end = lo + buf.len() as u64;
+    let word = |addr: u64| -> Option<u64> {
+        let off = addr.checked_sub(lo)? as usize;
+        Some(u64::from_le_bytes(buf.get(off..off + 8)?.try_into().ok()?))
+    };
+    let mut fp = h.sched_bp;
+    while pcs.len() < MAX_FRAMES && fp >= lo {
+        if fp + 16 > end {
+            return false;
+        }
+        let (Some(next), Some(ret)) = (word(fp), word(fp + 8)) else {
+            break;
+        };
+        if ret == 0 {
+            break;
+        }
+        pcs.push(ret);
+        // Frames live at increasing addresses; anything else is garbage.
+        if next <= fp {
+            break;
+        }
+        fp = next;
+    }
+    true
+}
+
 fn is_waiting(h: &GHeader) -> bool {
     matches!(h.state(), gstatus::WAITING | gstatus::LEAKED)
 }
@@ -825,6 +1010,44 @@ fn is_wrapper(function: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn frame_walk_says_when_it_leaves_the_window() {
+        // A stack at 0x1000: frames at 0x1010 → 0x1040 → 0x1400 (beyond
+        // a 0x100-byte window), each [next fp, return address].
+        let lo = 0x1000u64;
+        let mut stack = vec![0u8; 0x500];
+        let mut put = |addr: u64, v: u64| {
+            let o = (addr - lo) as usize;
+            stack[o..o + 8].copy_from_slice(&v.to_le_bytes());
+        };
+        put(0x1010, 0x1040);
+        put(0x1018, 0xaaa);
+        put(0x1040, 0x1400);
+        put(0x1048, 0xbbb);
+        put(0x1400, 0);
+        put(0x1408, 0xccc);
+        let h = GHeader {
+            stack_lo: lo,
+            stack_hi: lo + 0x500,
+            sched_sp: lo,
+            sched_pc: 0x999,
+            sched_bp: 0x1010,
+            ..GHeader::default()
+        };
+        assert_eq!(stack_span(&h), Some((lo, 0x500)));
+        let mut pcs = vec![h.sched_pc];
+        assert!(
+            !walk_frames(&h, lo, &stack[..0x100], &mut pcs),
+            "left the window"
+        );
+        assert_eq!(pcs, vec![0x999, 0xaaa, 0xbbb]);
+        let mut pcs = vec![h.sched_pc];
+        assert!(walk_frames(&h, lo, &stack, &mut pcs));
+        assert_eq!(pcs, vec![0x999, 0xaaa, 0xbbb, 0xccc]);
+        // Saved registers that make no sense: nothing to read.
+        assert_eq!(stack_span(&GHeader { sched_sp: 0, ..h }), None);
+    }
 
     #[test]
     fn system_goroutines_and_wrappers() {

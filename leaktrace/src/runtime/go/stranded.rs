@@ -77,10 +77,10 @@ impl StrandedCheck {
         now_ns: u64,
     ) {
         let candidate = |v: &TaskView| {
-            !v.system
+            !v.system()
                 && !v.waits_on.is_empty()
                 && v.waits_on.iter().all(|w| w.chan != 0)
-                && matches!(&v.state, TaskState::Waiting(r) if is_channel_wait(r))
+                && matches!(v.state(), TaskState::Waiting(r) if is_channel_wait(r))
                 && v.blocked_since
                     .is_some_and(|s| now_ns.saturating_sub(s.ns()) >= MIN_BLOCKED_NS)
         };

@@ -154,13 +154,9 @@ impl Runtime for GoRuntime {
                 at.how
             );
         }
-        let tasks = reader.snapshot(&at)?;
+        let n = reader.snapshot(&at, &mut self.table)?;
         if show_progress {
             crate::say_partial!("\x1b[2K");
-        }
-        let n = tasks.len();
-        for t in tasks {
-            self.table.insert_existing(t);
         }
         Ok(Some(format!(
             "{n} goroutines (the runtime's included) existed at attach: their blocked \
@@ -168,24 +164,24 @@ impl Runtime for GoRuntime {
         )))
     }
 
-    fn refresh(&mut self, probes: &mut Probes, pid: u32) -> Result<Option<Vec<TaskView>>> {
+    fn refresh(
+        &mut self,
+        probes: &mut Probes,
+        pid: u32,
+        views: &mut Vec<TaskView>,
+    ) -> Result<bool> {
         if self.locate(pid).is_none() {
-            return Ok(None);
+            return Ok(false);
         }
         let Some(reader) = self.reader.as_mut() else {
-            return Ok(None);
+            return Ok(false);
         };
-        let mut views = reader.views(&mut self.table, self.snapshot_ns);
+        reader.views(&mut self.table, self.snapshot_ns, views);
         update_plain_sites(probes, reader.plain_sites(&self.table));
         let bias = self.bias.unwrap_or(0);
-        self.stranded.apply(
-            &Memory::new(pid),
-            bias,
-            &self.bin,
-            &mut views,
-            monotonic_ns(),
-        );
-        Ok(Some(views))
+        self.stranded
+            .apply(&Memory::new(pid), bias, &self.bin, views, monotonic_ns());
+        Ok(true)
     }
 
     fn counts(&self) -> TaskCounts {
@@ -234,7 +230,9 @@ impl Runtime for GoRuntime {
         if let Some(reader) = self.reader.as_mut() {
             for v in &mut views {
                 if let Some(task) = self.table.get(v.key).filter(|t| t.id == 0 || t.id == v.id) {
-                    v.via = reader.via_of(task, task.created_pc, &v.created_by);
+                    let origin = self.table.origin(task);
+                    let via = reader.via_of(origin, origin.created_pc, &v.place.created_by);
+                    Arc::make_mut(&mut v.place).via = via;
                 }
             }
         }

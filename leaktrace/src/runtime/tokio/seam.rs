@@ -131,9 +131,15 @@ impl Runtime for TokioRuntime {
         Ok(None)
     }
 
-    fn refresh(&mut self, probes: &mut Probes, pid: u32) -> Result<Option<Vec<TaskView>>> {
+    fn refresh(
+        &mut self,
+        probes: &mut Probes,
+        pid: u32,
+        views: &mut Vec<TaskView>,
+    ) -> Result<bool> {
         self.arm(probes, pid)?;
-        self.tracer.views(pid, monotonic_ns()).map(Some)
+        *views = self.tracer.views(pid, monotonic_ns())?;
+        Ok(true)
     }
 
     fn counts(&self) -> TaskCounts {

@@ -32,7 +32,7 @@ use super::{
     state::StateWord,
 };
 use crate::{
-    runtime::{LifetimeStats, Lifetimes, Since, TaskView},
+    runtime::{LifetimeStats, Lifetimes, Place, Since, TaskView, no_chan_waits},
     symbols::{
         Frame,
         debuginfo::{self, Outcome, Search},
@@ -680,24 +680,27 @@ impl TokioTracer {
                 .entry(stack)
                 .or_insert_with_key(|s| Arc::from(s.as_slice()))
                 .clone();
-            views.push(TaskView {
-                key: header,
-                id: t.id,
+            let place = Place {
                 never_ends: state.lost_waker(),
                 // Blocking-pool tasks: the runtime's, and not what
                 // num_alive_tasks() counts.
                 system: t.owner_id == 0 || vt.is_blocking(),
-                main: false,
                 created_by,
                 via: None,
                 start: name,
                 stack,
                 blocked_at,
+                state: task_state,
+            };
+            views.push(TaskView {
+                key: header,
+                id: t.id,
+                place: Arc::new(place),
+                main: false,
                 blocked_since,
                 alive_since: t.alive_since,
-                state: task_state,
                 stack_unstable: false,
-                waits_on: Arc::from([]),
+                waits_on: no_chan_waits(),
                 stranded: None,
             });
         }
