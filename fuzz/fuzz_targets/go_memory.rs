@@ -66,7 +66,8 @@ fuzz_target!(|data: &[u8]| {
                 pc: 0,
                 bp: 0,
                 parked_ns: 0,
-            },
+            }
+            .digest(),
         })
         .collect();
     let mut reader = ChanReader::new(layout, Some(BASE + word(rest, 8) % 4096));
