@@ -2,6 +2,8 @@
 //! real eBPF object and attach it to real Go processes. Afterwards it checks
 //! that no probe and no fixture process was left behind.
 //!
+//! Then each fuzz target runs for 30 s (`cargo xtask fuzz --smoke`).
+//!
 //! `cargo xtask test --unit`: lints and the library's unit tests only
 //! (`cargo test --release -p leaktrace --lib`): no setup, no root, no Go
 //! toolchain, no fixture build.
@@ -69,8 +71,21 @@ pub fn run(o: &Options) -> Result<()> {
     }
     let tests = util::run(&mut cmd);
     let leftovers = check_leftovers();
+    // The fuzz targets, 30 s each (`cargo xtask fuzz` runs them longer):
+    // a parser that crashes on some input fails CI like a test. Skipped
+    // with a filter, which asks for particular tests.
+    let fuzz = if o.filter.is_none() {
+        crate::fuzz::run(&crate::fuzz::Options {
+            seconds: 30,
+            smoke: true,
+            targets: Vec::new(),
+        })
+    } else {
+        Ok(())
+    };
     tests?;
-    leftovers
+    leftovers?;
+    fuzz
 }
 
 /// `cargo fmt --check` and clippy on every target, warnings denied.
