@@ -25,6 +25,9 @@ const BUDGET: u64 = 128 << 20;
 /// After a walk ran out of budget, wait this long before the next one: the
 /// heap will not have shrunk by the next refresh.
 const BACKOFF_S: u64 = 60;
+/// Beyond this many goroutines a walk is not tried: it rereads every `g`
+/// and stack before the heap, which the heap budget does not cover.
+const MAX_GOROUTINES: usize = 50_000;
 
 /// One park of one goroutine: a goroutine is only called stranded when
 /// the same park was found stranded twice (reads race with the program).
@@ -43,6 +46,7 @@ pub struct StrandedCheck {
     paused_until: Option<Instant>,
     note: Option<String>,
     said_unavailable: bool,
+    said_too_many: bool,
 }
 
 impl StrandedCheck {
@@ -59,6 +63,7 @@ impl StrandedCheck {
             paused_until: None,
             note: None,
             said_unavailable: false,
+            said_too_many: false,
         }
     }
 
@@ -102,6 +107,18 @@ impl StrandedCheck {
             }
         };
         if self.paused_until.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        if views.len() > MAX_GOROUTINES {
+            if !self.said_too_many {
+                self.said_too_many = true;
+                self.note = Some(format!(
+                    "partial deadlocks are not looked for while the program has more than \
+                     {MAX_GOROUTINES} goroutines ({} now): the heap walk reads every one's stack",
+                    views.len()
+                ));
+            }
+            self.previous.clear();
             return;
         }
         let keys: Vec<u64> = views.iter().map(|v| v.key).collect();
