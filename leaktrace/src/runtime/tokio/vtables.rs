@@ -250,7 +250,16 @@ pub fn find_vtables(elf: &ElfFile) -> Vec<TaskVtable> {
         if !section.is_alloc() || section.is_executable() || !section.has_file_data() {
             continue;
         }
-        let end = section.addr.saturating_add(section.size);
+        // Only what the file holds: a section whose size runs past the end
+        // of the file (or of the address space) is not scanned, since the
+        // size comes from the file (found by fuzzing: first an overflow,
+        // then a walk of 2^61 addresses).
+        let Some(data) = elf.section_data(section) else {
+            continue;
+        };
+        let Some(end) = section.addr.checked_add(data.len() as u64) else {
+            continue;
+        };
         let Some(mut va) = section.addr.checked_next_multiple_of(8) else {
             continue;
         };
