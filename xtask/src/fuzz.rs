@@ -94,7 +94,14 @@ pub fn run(o: &Options) -> Result<()> {
             found.len()
         ));
         if !out.status.success() || !found.is_empty() {
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            // cargo-fuzz prints the whole input with `Debug`: megabytes on
+            // one line for a binary. Lines are cut.
+            let tail: Vec<String> = log
+                .lines()
+                .rev()
+                .take(40)
+                .map(|l| l.chars().take(300).collect())
+                .collect();
             eprintln!(
                 "{t} failed; last lines:\n{}",
                 tail.into_iter().rev().collect::<Vec<_>>().join("\n")
