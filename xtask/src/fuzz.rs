@@ -140,10 +140,12 @@ fn fuzz_cmd(fuzz_dir: &Path, target: &str) -> Command {
 
 /// `#N DONE cov: C ft: F corp: … exec/s: E` → "N execs (E/s), cov C".
 fn summary(log: &str) -> String {
+    // libFuzzer's last status line (`#N DONE …`, or the last `#N NEW/REDUCE/
+    // pulse …` of a run cut short); not its dictionary's `######` lines.
     let done = log
         .lines()
         .rev()
-        .find(|l| l.contains("DONE") || l.starts_with('#'))
+        .find(|l| l.starts_with('#') && l[1..].starts_with(|c: char| c.is_ascii_digit()))
         .unwrap_or("");
     let field = |name: &str| {
         done.split_whitespace()
