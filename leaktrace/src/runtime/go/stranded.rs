@@ -14,7 +14,7 @@ use super::{
     reader::GHeader,
     wait_reason::gstatus,
 };
-use crate::runtime::task::{Stranded, TaskState, TaskView};
+use crate::runtime::task::{Since, Stranded, TaskState, TaskView};
 use crate::target::memory::Memory;
 
 /// Goroutines blocked on a channel for less than this are not candidates:
@@ -25,6 +25,8 @@ const BUDGET: u64 = 128 << 20;
 /// After a walk ran out of budget, wait this long before the next one: the
 /// heap will not have shrunk by the next refresh.
 const BACKOFF_S: u64 = 60;
+/// Members of one deadlock park within this of each other (see `apply`).
+const CYCLE_WINDOW_NS: u64 = 10_000_000;
 /// Beyond this many goroutines a walk is not tried: it rereads every `g`
 /// and stack before the heap, which the heap budget does not cover.
 const MAX_GOROUTINES: usize = 50_000;
@@ -203,7 +205,32 @@ impl StrandedCheck {
             .iter()
             .filter_map(|g| Some((*g, (*parks.get(g)?, Stranded::Unreachable))))
             .collect();
+        // When each blocked, as the park probe saw it.
+        let parked_at: HashMap<u64, u64> = views
+            .iter()
+            .filter_map(|v| match v.blocked_since {
+                Some(Since::Exact(t)) => Some((v.key, t)),
+                _ => None,
+            })
+            .collect();
         for cycle in &found.cycles {
+            // "Holds the channel" comes from a conservative scan, and a
+            // stack reused from a goroutine that died keeps that one's
+            // pointers in slots not yet written: leaked goroutines of
+            // separate calls can seem to hold each other's channels. Goroutines
+            // that block each other block together, so a cycle is only
+            // called a deadlock when every member was seen parking within
+            // CYCLE_WINDOW_NS of the others.
+            let times: Option<Vec<u64>> = cycle.iter().map(|g| parked_at.get(g).copied()).collect();
+            let together = times.is_some_and(|t| {
+                t.iter()
+                    .max()
+                    .zip(t.iter().min())
+                    .is_some_and(|(hi, lo)| hi - lo <= CYCLE_WINDOW_NS)
+            });
+            if !together {
+                continue;
+            }
             let id = cycle[0];
             for g in cycle {
                 if let Some(e) = now.get_mut(g) {
