@@ -41,7 +41,9 @@ struct Park {
 }
 
 pub struct StrandedCheck {
-    layout: Result<HeapLayout, String>,
+    /// Read from DWARF the first time a walk is wanted, not at attach: it
+    /// is another pass over `.debug_info`, and many sessions never need it.
+    layout: Option<Result<HeapLayout, String>>,
     /// `.data` and `.bss`, link-time addresses.
     globals: Vec<(u64, u64)>,
     previous: HashMap<u64, (Park, Stranded)>,
@@ -59,7 +61,7 @@ impl StrandedCheck {
             .map(|s| (s.addr, s.size))
             .collect();
         StrandedCheck {
-            layout: HeapLayout::from_binary(bin),
+            layout: None,
             globals,
             previous: HashMap::new(),
             paused_until: None,
@@ -95,7 +97,10 @@ impl StrandedCheck {
             self.previous.clear();
             return;
         }
-        let layout = match &self.layout {
+        let layout = match self
+            .layout
+            .get_or_insert_with(|| HeapLayout::from_binary(bin))
+        {
             Ok(l) => l,
             Err(why) => {
                 if !self.said_unavailable {
