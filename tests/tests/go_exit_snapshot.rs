@@ -678,8 +678,12 @@ fn exit_delay_by_goroutine_count() {
 
 /// 10,000 goroutines, every one delivered: through the default ring, and
 /// through a 64 KiB one (room for ~350 records), where the walk waits for
-/// the reader; with no time allowed for waiting, the records that did not
-/// fit are counted as dropped, never silently missing.
+/// the reader; with no time allowed for waiting and a one-page ring, the
+/// records that did not fit are counted as dropped, never silently missing.
+/// (On two cores the reader can drain even a page as fast as the walk fills
+/// it — CI saw that with 64 KiB — so a run with no drop must then be
+/// complete and agree with the runtime, and one with drops must say it is
+/// incomplete.)
 #[test]
 fn exit_walk_delivers_ten_thousand_goroutines() {
     if !ebpf_available("exit_walk_delivers_ten_thousand_goroutines") {
@@ -699,9 +703,10 @@ fn exit_walk_delivers_ten_thousand_goroutines() {
         ("default ring", FinalWalkOptions::default()),
         ("64 KiB ring", tiny),
         (
-            "64 KiB ring, no waiting",
+            "4 KiB ring, no waiting",
             FinalWalkOptions {
                 wait_budget: Duration::ZERO,
+                ring_bytes: 4 << 10,
                 ..tiny
             },
         ),
@@ -711,12 +716,8 @@ fn exit_walk_delivers_ten_thousand_goroutines() {
         let truth = out.truth.as_ref().unwrap();
         assert_eq!(snap.live, snap.emitted + snap.dropped, "{what}");
         assert_eq!(snap.goroutines.len() as u64, snap.emitted, "{what}");
-        if opts.wait_budget.is_zero() {
-            assert!(
-                snap.dropped > 0 && !snap.is_complete(),
-                "{what}: {}",
-                snap.summary()
-            );
+        if opts.wait_budget.is_zero() && snap.dropped > 0 {
+            assert!(!snap.is_complete(), "{what}: {}", snap.summary());
         } else {
             assert!(snap.is_complete(), "{what}: {}", snap.summary());
             assert_eq!(
