@@ -754,6 +754,7 @@ mod tests {
                 source: NameSource::DropGlue,
                 reason: None,
                 also: Vec::new(),
+                hint: None,
             },
         };
         let bin = RustBinary {

@@ -24,6 +24,7 @@ use std::fmt;
 use iced_x86::{Decoder, DecoderOptions, FlowControl};
 use object::{Object as _, ObjectSymbol as _, SymbolKind};
 
+use super::panic_locations::{CodeView, SourceHint};
 use crate::{
     symbols::dwarf::{self, Slice},
     target::elf::{ElfFile, Machine},
@@ -59,6 +60,9 @@ const R_AARCH64_RELATIVE: u32 = 1027;
 pub enum NameSource {
     /// Nothing names it: stripped, or the drop glue was inlined.
     Address,
+    /// Only a source file: from the panic `Location`s its poll code
+    /// references (stripped binaries; see `panic_locations`).
+    PanicLocation,
     /// Heuristic: from `drop_in_place<…Stage<T>>`-style symbols that the
     /// vtable's functions call (legacy mangling carries T only there).
     DropGlue,
@@ -72,6 +76,7 @@ impl NameSource {
     pub fn label(self) -> &'static str {
         match self {
             Self::Address => "vtable address",
+            Self::PanicLocation => "panic locations",
             Self::DropGlue => "drop-glue symbol",
             Self::Dwarf => "DWARF",
             Self::V0Symbol => "v0 symbol",
@@ -94,6 +99,9 @@ pub struct TaskName {
     /// linker folded into the same function, so the name may be any of
     /// them (sorted; `future` is the first).
     pub also: Vec<String>,
+    /// For [`NameSource::PanicLocation`]: the source files its code
+    /// panics in.
+    pub hint: Option<SourceHint>,
 }
 
 /// One task vtable. Addresses are link-time (add the load bias for PIE).
@@ -129,7 +137,11 @@ impl TaskVtable {
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
-            None => format!("vtable@{:#x}", self.va),
+            // File only: the vtable keeps telling tasks apart.
+            None => match &self.name.hint {
+                Some(h) => format!("vtable@{:#x} in {}", self.va, h.file),
+                None => format!("vtable@{:#x}", self.va),
+            },
         }
     }
 
@@ -303,6 +315,19 @@ pub fn find_vtables(elf: &ElfFile) -> Vec<TaskVtable> {
     for vt in &mut found {
         vt.name = name_vtable(elf, machine, vt, &symbols, &dwarf_names);
     }
+    if machine == Machine::X86_64 && found.iter().any(|v| v.name.source == NameSource::Address) {
+        let word = |va: u64| relocs.word(elf, va).map(|(w, _)| w);
+        let code = CodeView::new(elf, &word);
+        for vt in found
+            .iter_mut()
+            .filter(|v| v.name.source == NameSource::Address)
+        {
+            if let Some(hint) = code.source_of(vt.poll()) {
+                vt.name.source = NameSource::PanicLocation;
+                vt.name.hint = Some(hint);
+            }
+        }
+    }
     found
 }
 
@@ -348,6 +373,7 @@ fn vtable_at(
             source: NameSource::Address,
             reason: None,
             also: Vec::new(),
+            hint: None,
         },
     })
 }
@@ -481,6 +507,7 @@ fn name_vtable(
             source,
             reason: None,
             also: Vec::new(),
+            hint: None,
         })
     };
     if let Some(names) = symbols.names_at(vt.poll()) {
@@ -550,6 +577,7 @@ fn address_only(reason: &str) -> TaskName {
         source: NameSource::Address,
         reason: Some(reason.into()),
         also: Vec::new(),
+        hint: None,
     }
 }
 
@@ -642,6 +670,7 @@ fn task_drop_glue(demangled: &str) -> Option<TaskName> {
         source: NameSource::DropGlue,
         reason: None,
         also: Vec::new(),
+        hint: None,
     })
 }
 
@@ -757,6 +786,7 @@ mod tests {
                 source: NameSource::DropGlue,
                 reason: None,
                 also: vec!["app::poll_bench::{{closure}}".into()],
+                hint: None,
             },
         };
         assert_eq!(
