@@ -29,7 +29,7 @@ use super::{
     heap_scan::{LiveTask, cell_align, exe_load_bias, parse_task, scan, task_span},
     probe_points::{TokioPlan, plan},
     spawn_sites::SpawnSites,
-    state::StateWord,
+    state::{Activity, StateWord},
 };
 use crate::{
     runtime::{LifetimeStats, Lifetimes, Place, Since, TaskView, no_chan_waits},
@@ -47,6 +47,10 @@ const RESCAN_EVERY: Duration = Duration::from_secs(10);
 const FIRST_RESCAN: Duration = Duration::from_secs(2);
 /// See [`TokioTracer::check_missed`].
 const MISSES_BEFORE_SCANNING: u32 = 3;
+/// How much of an idle task's cell (header, then the future) is compared
+/// from one refresh to the next: enough for the state of most async fns,
+/// bounded so that ten thousand idle tasks cost 40 MB/s of reads at most.
+const IDLE_PEEK: u64 = 4096;
 
 /// What the probes of this session see.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -54,6 +58,9 @@ pub struct Coverage {
     pub spawns: bool,
     pub completions: bool,
     pub polls: bool,
+    /// Blocking-pool tasks are seen when their closure starts (their one
+    /// poll).
+    pub blocking_starts: bool,
 }
 
 impl Coverage {
@@ -91,6 +98,9 @@ struct Tracked {
     /// Where the program spawned it, when its spawn was probed and its
     /// stack unwound to the program's code.
     site: Option<Frame>,
+    /// Without poll probes: since when every refresh has found it idle and
+    /// unchanged, and the fingerprint of what it looked like.
+    idle_seen: Option<(u64, u64)>,
 }
 
 impl Tracked {
@@ -103,6 +113,7 @@ impl Tracked {
             state: None,
             owner_id: 0,
             site: None,
+            idle_seen: None,
         }
     }
 }
@@ -253,6 +264,7 @@ impl TokioTracer {
             spawns: plan.sees_spawns || plan.polls,
             completions: plan.sees_completions,
             polls: plan.polls,
+            blocking_starts: plan.polls || plan.blocking_starts,
         };
         self.probes_since = now_ns;
     }
@@ -269,8 +281,10 @@ impl TokioTracer {
         }
         if !self.coverage.polls {
             w.push(
-                "tokio: idle durations need per-poll probes (--detailed); without them the \
-                 report gives each task's age"
+                "tokio: idle durations are lower bounds (≥): the time since the first refresh \
+                 that found the task idle and unchanged (state word and future) since; a poll \
+                 between refreshes that changed neither is not seen. --detailed probes every \
+                 poll for exact ones"
                     .to_string(),
             );
         }
@@ -336,15 +350,13 @@ impl TokioTracer {
         let Some(&vtable) = self.by_vtable.get(&ev.vtable) else {
             return;
         };
-        let vt = &self.bin.vtables[vtable];
-        if !vt.has_bound_scheduler() || vt.is_blocking() {
-            // Blocking-pool tasks (seen through `Harness::complete`): the
-            // runtime's, never bound, and not what the table follows.
-            return;
-        }
         let Some(kind) = TokioEventKind::from_raw(ev.kind) else {
             return;
         };
+        if self.bin.vtables[vtable].runs_on_blocking_pool() {
+            self.apply_blocking(ev, kind, vtable);
+            return;
+        }
         match kind {
             TokioEventKind::Spawn => {
                 self.totals.spawn += 1;
@@ -397,6 +409,28 @@ impl TokioTracer {
                 t.last_poll = Some(ev.ts_ns);
             }
             TokioEventKind::Wake => self.totals.wake += 1,
+        }
+    }
+
+    /// Blocking-pool tasks: never bound, so no spawn event; their one poll
+    /// is their closure starting (it was queued no later), and their
+    /// completion comes through `Harness::complete` where that is the
+    /// completion probe, else a refresh finds it finished.
+    fn apply_blocking(&mut self, ev: &TokioEvent, kind: TokioEventKind, vtable: usize) {
+        match kind {
+            TokioEventKind::Poll => {
+                let fresh = || Tracked::new(ev.id, vtable, Since::AtMost(ev.ts_ns));
+                let t = self.tasks.entry(ev.header).or_insert_with(fresh);
+                if t.id != ev.id {
+                    *t = fresh();
+                }
+            }
+            TokioEventKind::Complete
+                if self.tasks.get(&ev.header).is_some_and(|t| t.id == ev.id) =>
+            {
+                self.tasks.remove(&ev.header);
+            }
+            _ => {}
         }
     }
 
@@ -539,7 +573,43 @@ impl TokioTracer {
         } else {
             self.reread(pid, bias);
         }
+        self.observe_idle(pid, now_ns);
         Ok(self.build_views(pid))
+    }
+
+    /// Without poll probes, how long each idle task has looked the same: a
+    /// task found idle whose state word and cell (header and future, up to
+    /// [`IDLE_PEEK`] bytes) read as at the last refresh keeps its idle
+    /// start; any other is idle since now. A poll between two refreshes
+    /// that left both unchanged goes unseen, which the warnings say.
+    fn observe_idle(&mut self, pid: u32, now_ns: u64) {
+        if self.coverage.polls {
+            return;
+        }
+        let vtables = &self.bin.vtables;
+        let peek = |vtable: usize| vtables[vtable].trailer_offset.min(IDLE_PEEK) as usize;
+        let mut spans = Vec::new();
+        for (&header, t) in self.tasks.iter_mut() {
+            let idle = t.state.is_some_and(|s| s.activity() == Activity::Idle)
+                && !vtables[t.vtable].runs_on_blocking_pool();
+            if idle {
+                spans.push((header, peek(t.vtable)));
+            } else {
+                t.idle_seen = None;
+            }
+        }
+        let mem = Memory::new(pid);
+        let tasks = &mut self.tasks;
+        mem.read_spans(&spans, &mut |i, bytes| {
+            let Some(t) = tasks.get_mut(&spans[i].0) else {
+                return;
+            };
+            t.idle_seen = match (bytes.map(fingerprint), t.idle_seen) {
+                (Some(fp), Some((since, before))) if fp == before => Some((since, fp)),
+                (Some(fp), _) => Some((now_ns, fp)),
+                (None, _) => None,
+            };
+        });
     }
 
     fn merge_scan(&mut self, pid: u32, bias: u64, now_ns: u64) -> Result<()> {
@@ -558,24 +628,29 @@ impl TokioTracer {
         // Tasks the table has but the scan did not find have finished,
         // unless a probe saw them start while the scan was reading.
         let probes = self.coverage.follows_lifecycle();
-        let before = self.tasks.len();
+        let vtables = &self.bin.vtables;
+        // Blocking-pool tasks are no probe's to announce or end (without
+        // `Harness::complete` probes): finding them is no correction.
+        let followed = |vtable: usize| !vtables[vtable].runs_on_blocking_pool();
+        let mut ended = 0;
         self.dropped.swap(0, 1);
         let dropped = &mut self.dropped[0];
         dropped.clear();
         self.tasks.retain(|header, t| {
             let alive = found.get(header).is_some_and(|live| live.id == t.id);
-            if !alive {
+            if !alive && followed(t.vtable) {
                 dropped.insert(t.id);
+                ended += 1;
             }
             alive
         });
         if probes && !first {
-            self.totals.corrected += (before - self.tasks.len()) as u64;
+            self.totals.corrected += ended;
         }
         let mut unseen = Vec::new();
         for (header, live) in found.drain() {
             let t = self.tasks.entry(header).or_insert_with(|| {
-                if probes && !first {
+                if probes && !first && followed(live.vtable) {
                     // Alive, yet no probe saw it start: a LocalSet task, an
                     // inlined spawn path, or a lost event.
                     self.totals.corrected += 1;
@@ -609,7 +684,7 @@ impl TokioTracer {
         let span = vtables.iter().map(task_span).max().unwrap_or(0);
         let headers: Vec<u64> = self.tasks.keys().copied().collect();
         let reads = mem.read_many(&headers, span);
-        let before = self.tasks.len();
+        let mut ended = 0;
         self.dropped.swap(0, 1);
         let dropped = &mut self.dropped[0];
         dropped.clear();
@@ -627,12 +702,16 @@ impl TokioTracer {
                 // Finished (its completion event is on its way, or was lost),
                 // or the cell was freed and reused.
                 _ => {
-                    dropped.insert(t.id);
+                    // Blocking-pool tasks end unannounced (see merge_scan).
+                    if !vtables[t.vtable].runs_on_blocking_pool() {
+                        dropped.insert(t.id);
+                        ended += 1;
+                    }
                     self.tasks.remove(&header);
                 }
             }
         }
-        self.totals.corrected += (before - self.tasks.len()) as u64;
+        self.totals.corrected += ended;
     }
 
     fn build_views(&mut self, pid: u32) -> Vec<TaskView> {
@@ -653,6 +732,8 @@ impl TokioTracer {
                 (true, true, None) => {
                     Some(Since::AtMost(self.probes_since.max(t.alive_since.ns())))
                 }
+                // Idle and unchanged at every refresh since then.
+                (true, false, _) => t.idle_seen.map(|(since, _)| Since::AtMost(since)),
                 _ => None,
             };
             let mut stack: Vec<Frame> = Vec::new();
@@ -682,9 +763,10 @@ impl TokioTracer {
                 .clone();
             let place = Place {
                 never_ends: state.lost_waker(),
-                // Blocking-pool tasks: the runtime's, and not what
-                // num_alive_tasks() counts.
-                system: t.owner_id == 0 || vt.is_blocking(),
+                // Neither is what num_alive_tasks() counts; only the worker
+                // launchers are the runtime's.
+                system: vt.is_runtime_own(),
+                blocking: vt.runs_on_blocking_pool() && !vt.is_runtime_own(),
                 created_by,
                 via: None,
                 start: name,
@@ -706,6 +788,14 @@ impl TokioTracer {
         }
         views
     }
+}
+
+/// A hash of what an idle task looked like.
+fn fingerprint(bytes: &[u8]) -> u64 {
+    use std::hash::{DefaultHasher, Hasher};
+    let mut h = DefaultHasher::new();
+    h.write(bytes);
+    h.finish()
 }
 
 /// Frames of tokio and the standard library, skipped when naming where a
@@ -737,34 +827,112 @@ mod tests {
     /// build of tests/fixtures/rust has such vtables, which
     /// tests/tests/tokio_binary.rs checks), and no await decoder.
     fn tracer_with_one_task_vtable() -> TokioTracer {
-        let exe = std::env::current_exe().expect("the test binary");
-        let elf = ElfFile::open(&exe).expect("an ELF file");
-        let vtable = TaskVtable {
-            va: 0x5000,
+        tracer_with(vec![vtable(0x5000, 8, "app::job::{{closure}}", BOUND)])
+    }
+
+    const BOUND: &str = "alloc::sync::Arc<tokio::runtime::scheduler::multi_thread::handle::Handle>";
+    const BLOCKING: &str = "tokio::runtime::blocking::schedule::BlockingSchedule";
+
+    /// A vtable whose id is `id_gap` bytes after the scheduler (8: an
+    /// `Arc` scheduler; more: the blocking pool's whole handle).
+    fn vtable(va: u64, id_gap: u64, future: &str, scheduler: &str) -> TaskVtable {
+        TaskVtable {
+            va,
             fns: [0; 7],
             trailer_offset: 80,
             scheduler_offset: 32,
-            id_offset: 40,
+            id_offset: 32 + id_gap,
             name: TaskName {
-                future: Some("app::job::{{closure}}".into()),
-                scheduler: Some(
-                    "alloc::sync::Arc<tokio::runtime::scheduler::multi_thread::handle::Handle>"
-                        .into(),
-                ),
+                future: Some(future.into()),
+                scheduler: Some(scheduler.into()),
                 source: NameSource::DropGlue,
                 reason: None,
                 also: Vec::new(),
             },
-        };
+        }
+    }
+
+    fn tracer_with(vtables: Vec<TaskVtable>) -> TokioTracer {
+        let exe = std::env::current_exe().expect("the test binary");
+        let elf = ElfFile::open(&exe).expect("an ELF file");
         let bin = RustBinary {
             rustc: None,
             tokio_version: None,
             has_symtab: true,
             has_dwarf: false,
             mangling: Default::default(),
-            vtables: vec![vtable],
+            vtables,
         };
         TokioTracer::with_binary(&exe, elf, bin, None)
+    }
+
+    /// Blocking-pool tasks start at their one poll and end at a
+    /// completion, apart from async tasks: the program's closures are
+    /// `blocking`, the worker launchers the runtime's own.
+    #[test]
+    fn blocking_tasks_are_followed_apart() {
+        let mut t = tracer_with(vec![
+            vtable(0x5000, 8, "app::job::{{closure}}", BOUND),
+            vtable(
+                0x6000,
+                24,
+                "tokio::runtime::blocking::task::BlockingTask<app::hash_file::{{closure}}>",
+                BLOCKING,
+            ),
+            vtable(
+                0x7000,
+                24,
+                "tokio::runtime::blocking::task::BlockingTask<tokio::runtime::scheduler::multi_thread::worker::Launch::launch::{{closure}}>",
+                BLOCKING,
+            ),
+        ]);
+        t.set_bias(0);
+        t.apply(&event(TokioEventKind::Poll, 0xa000, 3, 0x6000, 100));
+        t.apply(&event(TokioEventKind::Poll, 0xb000, 1, 0x7000, 90));
+        assert_eq!(t.totals.spawn, 0, "not async spawns");
+        assert_eq!(t.tasks[&0xa000].alive_since, Since::AtMost(100));
+        for h in [0xa000, 0xb000] {
+            t.tasks.get_mut(&h).unwrap().state = Some(StateWord(0x81));
+        }
+        let views = t.build_views(std::process::id());
+        let place = |key| &views.iter().find(|v| v.key == key).unwrap().place;
+        assert!(place(0xa000).blocking && !place(0xa000).system);
+        assert!(place(0xb000).system && !place(0xb000).blocking);
+        t.apply(&event(TokioEventKind::Complete, 0xa000, 3, 0x6000, 200));
+        assert!(!t.tasks.contains_key(&0xa000));
+        assert_eq!(t.totals.complete, 0);
+    }
+
+    /// Without poll probes, an idle task's idle start is the first refresh
+    /// that found it so, for as long as its cell reads the same; a change
+    /// starts it again. Its view says the duration is a lower bound.
+    #[test]
+    fn idle_durations_come_from_unchanged_cells() {
+        let mut t = tracer_with_one_task_vtable();
+        t.set_bias(0);
+        // A task cell in this process's own memory, read like a target's.
+        let mut cell = vec![0u8; 80];
+        cell[..8].copy_from_slice(&0x80u64.to_le_bytes());
+        let header = cell.as_ptr() as u64;
+        let mut tracked = Tracked::new(7, 0, Since::Exact(50));
+        tracked.state = Some(StateWord(0x80));
+        t.tasks.insert(header, tracked);
+        let pid = std::process::id();
+        t.observe_idle(pid, 1_000);
+        t.observe_idle(pid, 2_000);
+        assert_eq!(t.tasks[&header].idle_seen.map(|s| s.0), Some(1_000));
+        let views = t.build_views(pid);
+        assert_eq!(views[0].blocked_since, Some(Since::AtMost(1_000)));
+        // Polled in between: its future changed.
+        cell[40] = 1;
+        std::hint::black_box(&cell);
+        t.observe_idle(pid, 3_000);
+        assert_eq!(t.tasks[&header].idle_seen.map(|s| s.0), Some(3_000));
+        // Not idle: no idle start.
+        t.tasks.get_mut(&header).unwrap().state = Some(StateWord(0x84));
+        t.observe_idle(pid, 4_000);
+        assert_eq!(t.tasks[&header].idle_seen, None);
+        assert_eq!(t.build_views(pid)[0].blocked_since, None);
     }
 
     /// The table follows spawn and completion events; a completion that
@@ -778,7 +946,7 @@ mod tests {
         t.coverage = Coverage {
             spawns: true,
             completions: true,
-            polls: false,
+            ..Coverage::default()
         };
         let vt = t
             .bin
