@@ -288,6 +288,20 @@ impl TokioTracer {
                     .to_string(),
             );
         }
+        if self
+            .bin
+            .vtables
+            .iter()
+            .any(|v| v.runs_on_blocking_pool() && v.name.future.is_none())
+        {
+            w.push(
+                "tokio: blocking-pool tasks have no names in this binary, so a multi-thread \
+                 runtime's worker launchers (one per worker thread, running as long as the \
+                 runtime) cannot be told from the program's spawn_blocking tasks: both count \
+                 as `blocking`"
+                    .to_string(),
+            );
+        }
         w.extend(self.bin.naming_warning());
         w.extend(self.debuginfo.note());
         if self.bin.has_symtab && self.awaits.is_none() {
