@@ -135,6 +135,11 @@ fn every_runtime_flavor_is_counted_as_tokio_counts_it() {
             .map(|g| g["count"].as_u64().unwrap_or(0))
             .sum();
         assert_eq!(blocking_in_groups, blocking, "{}", ctx());
+        for g in &blocking_groups {
+            // Their closures run for good: a state, not a leak of its own.
+            assert_eq!(g["state"], "running", "{}", ctx());
+            assert_eq!(g["verdict"], "ok", "{}", ctx());
+        }
         if profile == "stripped" {
             // Nothing names the launchers: they are blocking tasks too.
             assert_eq!(blocking, truth.blocking + truth.launchers(), "{}", ctx());
