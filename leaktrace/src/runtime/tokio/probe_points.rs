@@ -4,7 +4,8 @@
 //! Default mode is once per task: spawn at `OwnedTasks<S>::bind_inner`,
 //! completion at `<Arc<Handle> as Schedule>::release` (or, where LTO removed
 //! it, each `Harness<T, S>::complete`), cancellation at each vtable's
-//! `raw::shutdown`. Detailed mode adds every poll (`raw::poll`, through the
+//! `raw::shutdown`, and the start of each blocking-pool task (its only
+//! `raw::poll`, through the vtables). Detailed mode adds every poll (`raw::poll`, through the
 //! vtables, so stripped binaries too) and every wake (`waker::wake_by_*`).
 //!
 //! `bind_inner`, `release` and `complete` exist only as symbols: a stripped
