@@ -5,12 +5,14 @@
 //! completion at `<Arc<Handle> as Schedule>::release` (or, where LTO removed
 //! it, each `Harness<T, S>::complete`), cancellation at each vtable's
 //! `raw::shutdown`, and the start of each blocking-pool task (its only
-//! `raw::poll`, through the vtables). Detailed mode adds every poll (`raw::poll`, through the
-//! vtables, so stripped binaries too) and every wake (`waker::wake_by_*`).
+//! `raw::poll`, through the vtables). Detailed mode adds every poll
+//! (`raw::poll`, through the vtables, so stripped binaries too) and every
+//! wake (`waker::wake_by_*`).
 //!
 //! `bind_inner`, `release` and `complete` exist only as symbols: a stripped
-//! binary gets shutdown (and, detailed, poll) probes only, and the session
-//! falls back to heap scans for spawns and completions.
+//! binary gets shutdown and blocking-task probes (and, detailed, every
+//! poll) only, and the session falls back to heap scans for spawns and
+//! completions.
 use std::collections::BTreeSet;
 
 use leaktrace_common::tokio::{TokioEventKind, tokio_cookie};
