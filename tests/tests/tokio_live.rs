@@ -206,6 +206,18 @@ fn check_command_run(
             let g = top.unwrap_or_else(|| panic!("no accept_loop group: {}", ctx()));
             assert_named(g, profile, "accept_loop", &ctx);
             assert_eq!(g["verdict"], "ok", "{}", ctx());
+            // It accepted until the end of the active phase: where spawn
+            // sites show it spawning handlers, its idle duration starts
+            // again (its memory looks the same between connections).
+            let elapsed = r.0["elapsed_s"].as_f64().unwrap_or(0.0);
+            let idle = g["blocked_s"]["max"].as_f64().unwrap_or(0.0);
+            if profile != "stripped" {
+                assert!(
+                    idle <= elapsed - 1.0,
+                    "accept_loop idle ≥ {idle}s in a {elapsed}s session: {}",
+                    ctx()
+                );
+            }
         } else {
             assert_eq!(alive, 0, "the fixture's own count: {}", ctx());
         }

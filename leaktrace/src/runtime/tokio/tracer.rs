@@ -30,6 +30,7 @@ use super::{
     probe_points::{TokioPlan, plan},
     spawn_sites::SpawnSites,
     state::{Activity, StateWord},
+    vtables::short_future_name,
 };
 use crate::{
     runtime::{LifetimeStats, Lifetimes, Place, Since, TaskView, no_chan_waits},
@@ -48,9 +49,14 @@ const FIRST_RESCAN: Duration = Duration::from_secs(2);
 /// See [`TokioTracer::check_missed`].
 const MISSES_BEFORE_SCANNING: u32 = 3;
 /// How much of an idle task's cell (header, then the future) is compared
-/// from one refresh to the next: enough for the state of most async fns,
-/// bounded so that ten thousand idle tasks cost 40 MB/s of reads at most.
-const IDLE_PEEK: u64 = 4096;
+/// from one refresh to the next: enough for the state of most async fns.
+const IDLE_PEEK: usize = 4096;
+/// Bytes compared per refresh in all: with many idle tasks a newly idle
+/// one is compared on a shorter prefix (kept while it stays idle, so its
+/// fingerprint stays comparable), never shorter than [`IDLE_PEEK_MIN`]
+/// (its header, scheduler, id and the start of its future).
+const IDLE_BUDGET: usize = 32 << 20;
+const IDLE_PEEK_MIN: usize = 128;
 
 /// What the probes of this session see.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -85,6 +91,16 @@ pub struct TokioTotals {
     pub corrected: u64,
 }
 
+/// An idle task as the refreshes have seen it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct IdleSeen {
+    /// The first refresh that found it as it still is.
+    since: u64,
+    /// A hash of the first `len` bytes of its cell.
+    fingerprint: u64,
+    len: usize,
+}
+
 #[derive(Clone, Debug)]
 struct Tracked {
     id: u64,
@@ -99,8 +115,8 @@ struct Tracked {
     /// stack unwound to the program's code.
     site: Option<Frame>,
     /// Without poll probes: since when every refresh has found it idle and
-    /// unchanged, and the fingerprint of what it looked like.
-    idle_seen: Option<(u64, u64)>,
+    /// unchanged.
+    idle_seen: Option<IdleSeen>,
 }
 
 impl Tracked {
@@ -164,6 +180,12 @@ pub struct TokioTracer {
     pub sites: Option<SpawnSites>,
     /// Per vtable (future type), the spawn sites seen.
     vtable_sites: HashMap<usize, HashSet<Frame>>,
+    /// Async (bound) vtables by future type as spawn sites name code.
+    by_future: HashMap<String, Vec<usize>>,
+    /// Per vtable, when one of its tasks last ran for certain: it spawned
+    /// a task (the spawn site was its code). Which one is unknown, so every
+    /// idle task of the type starts its idle duration again.
+    ran_at: HashMap<usize, u64>,
     /// The note about spawn stacks lost was given.
     stacks_lost_said: bool,
     /// The note about sampled spawn stacks was given.
@@ -201,6 +223,7 @@ impl TokioTracer {
         bin: RustBinary,
         awaits: Option<AwaitDecoder>,
     ) -> Self {
+        let by_future = futures_by_name(&bin.vtables);
         Self {
             bin,
             elf,
@@ -225,6 +248,8 @@ impl TokioTracer {
             lifetimes: HashMap::new(),
             sites: None,
             vtable_sites: HashMap::new(),
+            by_future,
+            ran_at: HashMap::new(),
             stacks_lost_said: false,
             sampled_said: false,
             debuginfo: Outcome::NotNeeded,
@@ -281,10 +306,11 @@ impl TokioTracer {
         }
         if !self.coverage.polls {
             w.push(
-                "tokio: idle durations are lower bounds (≥): the time since the first refresh \
-                 that found the task idle and unchanged (state word and future) since; a poll \
-                 between refreshes that changed neither is not seen. --detailed probes every \
-                 poll for exact ones"
+                "tokio: idle durations (≥) are the time since the first refresh that found the \
+                 task idle and unchanged (state word and future) and since a task of its type \
+                 last spawned one; a poll between refreshes that changed neither and spawned \
+                 nothing is not seen (a stateless consumer or accept loop may show ≥ its whole \
+                 life). --detailed probes every poll for exact ones"
                     .to_string(),
             );
         }
@@ -387,6 +413,7 @@ impl TokioTracer {
                         .entry(vtable)
                         .or_default()
                         .insert(site.clone());
+                    self.note_running(&site.function, ev.ts_ns);
                 }
                 self.tasks.insert(ev.header, t);
             }
@@ -423,6 +450,16 @@ impl TokioTracer {
                 t.last_poll = Some(ev.ts_ns);
             }
             TokioEventKind::Wake => self.totals.wake += 1,
+        }
+    }
+
+    /// Code of `function` ran at `ts_ns` (it spawned a task): if it is an
+    /// async fn that tasks run, one of them was being polled then.
+    fn note_running(&mut self, function: &str, ts_ns: u64) {
+        if let Some(vtables) = self.by_future.get(&short_future_name(function)) {
+            for &v in vtables {
+                self.ran_at.insert(v, ts_ns);
+            }
         }
     }
 
@@ -593,36 +630,55 @@ impl TokioTracer {
 
     /// Without poll probes, how long each idle task has looked the same: a
     /// task found idle whose state word and cell (header and future, up to
-    /// [`IDLE_PEEK`] bytes) read as at the last refresh keeps its idle
-    /// start; any other is idle since now. A poll between two refreshes
-    /// that left both unchanged goes unseen, which the warnings say.
+    /// [`IDLE_PEEK`] bytes, see [`IDLE_BUDGET`]) read as at the last
+    /// refresh keeps its idle start; any other is idle since now. A poll
+    /// between two refreshes that left both unchanged goes unseen, which
+    /// the warnings say.
     fn observe_idle(&mut self, pid: u32, now_ns: u64) {
         if self.coverage.polls {
             return;
         }
         let vtables = &self.bin.vtables;
-        let peek = |vtable: usize| vtables[vtable].trailer_offset.min(IDLE_PEEK) as usize;
-        let mut spans = Vec::new();
+        let idle = |t: &Tracked| {
+            t.state.is_some_and(|s| s.activity() == Activity::Idle)
+                && !vtables[t.vtable].runs_on_blocking_pool()
+        };
+        let count = self.tasks.values().filter(|t| idle(t)).count();
+        let share = (IDLE_BUDGET / count.max(1)).clamp(IDLE_PEEK_MIN, IDLE_PEEK);
+        let mut spans = Vec::with_capacity(count);
         for (&header, t) in self.tasks.iter_mut() {
-            let idle = t.state.is_some_and(|s| s.activity() == Activity::Idle)
-                && !vtables[t.vtable].runs_on_blocking_pool();
-            if idle {
-                spans.push((header, peek(t.vtable)));
+            if idle(t) {
+                let cell = vtables[t.vtable].trailer_offset as usize;
+                let len = t.idle_seen.map_or(share.min(cell), |s| s.len);
+                spans.push((header, len));
             } else {
                 t.idle_seen = None;
             }
         }
         let mem = Memory::new(pid);
         let tasks = &mut self.tasks;
+        let ran_at = &self.ran_at;
         mem.read_spans(&spans, &mut |i, bytes| {
             let Some(t) = tasks.get_mut(&spans[i].0) else {
                 return;
             };
-            t.idle_seen = match (bytes.map(fingerprint), t.idle_seen) {
-                (Some(fp), Some((since, before))) if fp == before => Some((since, fp)),
-                (Some(fp), _) => Some((now_ns, fp)),
-                (None, _) => None,
-            };
+            let ran = ran_at.get(&t.vtable).copied();
+            t.idle_seen = bytes.map(|b| {
+                let fingerprint = fingerprint(b);
+                match t.idle_seen {
+                    Some(seen)
+                        if seen.fingerprint == fingerprint
+                            && ran.is_none_or(|ts| ts <= seen.since) =>
+                    {
+                        seen
+                    }
+                    _ => IdleSeen {
+                        since: now_ns,
+                        fingerprint,
+                        len: b.len(),
+                    },
+                }
+            });
         });
     }
 
@@ -747,7 +803,7 @@ impl TokioTracer {
                     Some(Since::AtMost(self.probes_since.max(t.alive_since.ns())))
                 }
                 // Idle and unchanged at every refresh since then.
-                (true, false, _) => t.idle_seen.map(|(since, _)| Since::AtMost(since)),
+                (true, false, _) => t.idle_seen.map(|s| Since::AtMost(s.since)),
                 _ => None,
             };
             let mut stack: Vec<Frame> = Vec::new();
@@ -802,6 +858,21 @@ impl TokioTracer {
         }
         views
     }
+}
+
+/// Async (bound) vtables by the future type their names give, as
+/// [`short_future_name`] spells code paths; folded names count for each.
+fn futures_by_name(vtables: &[super::vtables::TaskVtable]) -> HashMap<String, Vec<usize>> {
+    let mut by: HashMap<String, Vec<usize>> = HashMap::new();
+    for (i, v) in vtables.iter().enumerate() {
+        if v.runs_on_blocking_pool() {
+            continue;
+        }
+        for name in v.name.future.iter().chain(&v.name.also) {
+            by.entry(short_future_name(name)).or_default().push(i);
+        }
+    }
+    by
 }
 
 /// A hash of what an idle task looked like.
@@ -934,14 +1005,20 @@ mod tests {
         let pid = std::process::id();
         t.observe_idle(pid, 1_000);
         t.observe_idle(pid, 2_000);
-        assert_eq!(t.tasks[&header].idle_seen.map(|s| s.0), Some(1_000));
+        assert_eq!(t.tasks[&header].idle_seen.map(|s| s.since), Some(1_000));
         let views = t.build_views(pid);
         assert_eq!(views[0].blocked_since, Some(Since::AtMost(1_000)));
+        // A task of its type spawned one: one of them ran.
+        t.note_running("app::job::{{closure}}", 2_500);
+        t.observe_idle(pid, 2_600);
+        assert_eq!(t.tasks[&header].idle_seen.map(|s| s.since), Some(2_600));
+        t.observe_idle(pid, 2_700);
+        assert_eq!(t.tasks[&header].idle_seen.map(|s| s.since), Some(2_600));
         // Polled in between: its future changed.
         cell[40] = 1;
         std::hint::black_box(&cell);
         t.observe_idle(pid, 3_000);
-        assert_eq!(t.tasks[&header].idle_seen.map(|s| s.0), Some(3_000));
+        assert_eq!(t.tasks[&header].idle_seen.map(|s| s.since), Some(3_000));
         // Not idle: no idle start.
         t.tasks.get_mut(&header).unwrap().state = Some(StateWord(0x84));
         t.observe_idle(pid, 4_000);
