@@ -374,6 +374,32 @@ fn plan_per_build_profile() {
         assert_eq!(p.sees_completions, symbols, "{profile}");
         assert!(kinds(TokioEventKind::Shutdown) > 0 && p.polls, "{profile}");
         assert_eq!(kinds(TokioEventKind::Wake) == 2, symbols, "{profile}");
+
+        // Default mode polls only blocking-pool tasks (once each), found
+        // by layout, so stripped builds too; never an async task's poll.
+        let d = probe_points::plan(&elf, &bin.vtables, false);
+        let async_polls: Vec<u64> = bin
+            .vtables
+            .iter()
+            .filter(|v| !v.runs_on_blocking_pool())
+            .map(|v| v.poll())
+            .collect();
+        let polled: Vec<u64> = d
+            .points
+            .iter()
+            .filter(|a| a.cookie as u8 == TokioEventKind::Poll as u8)
+            .map(|a| a.va)
+            .collect();
+        println!("  default: {} blocking-task poll probes", polled.len());
+        assert!(!d.polls && d.blocking_starts, "{profile}");
+        assert!(
+            polled.iter().all(|va| !async_polls.contains(va)
+                && bin
+                    .vtables
+                    .iter()
+                    .any(|v| v.runs_on_blocking_pool() && v.poll() == *va)),
+            "{profile}"
+        );
     }
 }
 

@@ -64,6 +64,12 @@ pub fn metrics(processes: &[Traced<'_>]) -> String {
             "The runtime's own goroutines (GC workers and the like), not in leaktrace_live_tasks.",
             r.system as f64,
         );
+        gauge(
+            &mut m,
+            "leaktrace_blocking_tasks",
+            "tokio: the program's blocking-pool tasks (spawn_blocking), not in leaktrace_live_tasks.",
+            r.blocking as f64,
+        );
         counter(
             &mut m,
             "leaktrace_spawned_total",

@@ -164,6 +164,27 @@ impl TaskVtable {
     }
 }
 
+impl TaskVtable {
+    /// Runs on a blocking-pool thread (`spawn_blocking`, the worker
+    /// launchers): never bound to an owner list, so not counted by
+    /// `num_alive_tasks()`. Told by layout, so stripped binaries too.
+    pub fn runs_on_blocking_pool(&self) -> bool {
+        !self.has_bound_scheduler() || self.is_blocking()
+    }
+
+    /// The runtime's own blocking-pool work: a multi-thread runtime's
+    /// worker launchers (`Launch::launch`, and the hand-over of
+    /// `block_in_place`), which run as long as the runtime. Known by name
+    /// only: in a binary without names they count as the program's
+    /// blocking tasks.
+    pub fn is_runtime_own(&self) -> bool {
+        let own = |n: &str| short_future_name(n).starts_with("tokio::runtime::scheduler::");
+        self.runs_on_blocking_pool()
+            && self.name.future.as_deref().is_some_and(own)
+            && self.name.also.iter().all(|a| own(a))
+    }
+}
+
 impl fmt::Display for TaskVtable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
