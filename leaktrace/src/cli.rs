@@ -18,6 +18,7 @@ EXAMPLES:
   sudo leaktrace -c ./server --port 8080       start the program with probes already attached
   sudo leaktrace -p 1234 --listen 127.0.0.1:9091   Prometheus /metrics and /debug/pprof/goroutine
   sudo leaktrace -f --fail-on leak -c go test ./...   each test binary, judged when it exits
+  sudo leaktrace --all --listen :9091          every Go and tokio process on the host
 
 Verdicts (README §Verdicts): `leak` = blocked on something that can never
 happen, a blocked group that grows (or grew and stays blocked), tasks blocked
@@ -43,7 +44,7 @@ pub struct Args {
         short,
         long,
         conflicts_with = "command",
-        required_unless_present_any = ["command", "explain_probes"]
+        required_unless_present_any = ["command", "explain_probes", "all"]
     )]
     pub pid: Option<u32>,
 
@@ -186,6 +187,30 @@ pub struct Args {
     /// when a test leaks.
     #[arg(long, value_enum, value_name = "VERDICT")]
     pub fail_on: Option<FailOn>,
+
+    /// Trace every Go and tokio process on the host, those running now and
+    /// each new one as it starts (attached right after its exec, never
+    /// stopped), each reported on its own; a process leaves the reports and
+    /// /metrics when it exits. leaktrace and its own children are never
+    /// traced.
+    #[arg(long, conflicts_with_all = ["pid", "command", "tui"])]
+    pub all: bool,
+
+    /// With --all: only processes in this cgroup v2 or below it (a
+    /// container, a pod): a directory under /sys/fs/cgroup, or the path
+    /// /proc/PID/cgroup shows.
+    #[arg(long, value_name = "PATH", requires = "all")]
+    pub cgroup: Option<PathBuf>,
+
+    /// With --all: only processes whose executable has this file name
+    /// (repeatable).
+    #[arg(long = "exe", value_name = "NAME", requires = "all")]
+    pub exes: Vec<String>,
+
+    /// With --all: trace at most this many processes at once; others wait
+    /// for a slot (named on stderr and /metrics).
+    #[arg(long, value_name = "N", default_value_t = 64, requires = "all")]
+    pub max_processes: usize,
 
     /// Start this command with the probes attached before it runs, so nothing
     /// is missed; its output passes through. Everything after -c is the command.
