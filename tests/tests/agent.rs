@@ -64,13 +64,9 @@ fn by_pid(metrics: &str, name: &str) -> BTreeMap<u32, f64> {
 
 /// An unlabelled sample's value.
 fn value(metrics: &str, name: &str) -> Option<f64> {
-    metrics.lines().find_map(|l| {
-        l.strip_prefix(name)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 fn scrape(port: u16) -> String {
@@ -107,10 +103,7 @@ fn links(leaktrace: u32) -> Vec<Option<u32>> {
 }
 
 fn links_of(leaktrace: u32, pid: u32) -> usize {
-    links(leaktrace)
-        .iter()
-        .filter(|l| **l == Some(pid))
-        .count()
+    links(leaktrace).iter().filter(|l| **l == Some(pid)).count()
 }
 
 /// Polls `check` (every 250 ms) until it returns `Ok`, or panics with its
@@ -220,7 +213,11 @@ fn agent_traces_each_go_and_tokio_process_and_forgets_those_that_exit() {
         args.extend(["--exe", n.as_str()]);
     }
     let mut agent = Traced::start(&args);
-    agent.wait_stderr("tracing every Go and tokio process", 1, Duration::from_secs(20));
+    agent.wait_stderr(
+        "tracing every Go and tokio process",
+        1,
+        Duration::from_secs(20),
+    );
     let lt = agent.pid();
 
     // Started after it: found at their exec.
@@ -264,7 +261,7 @@ fn agent_traces_each_go_and_tokio_process_and_forgets_those_that_exit() {
     let rss = value(&metrics, "leaktrace_agent_resident_bytes").unwrap_or(0.0);
     let cpu = value(&metrics, "leaktrace_agent_cpu_seconds_total").unwrap_or(-1.0);
     assert!(rss > 0.0 && cpu >= 0.0, "{metrics}");
-    for (&pid, _) in &truth {
+    for &pid in truth.keys() {
         let (status, body) =
             common::prometheus::get(port, &format!("/debug/pprof/goroutine?pid={pid}"))
                 .expect("the pprof endpoint answers");
@@ -275,23 +272,35 @@ fn agent_traces_each_go_and_tokio_process_and_forgets_those_that_exit() {
 
     // One exits: its series leave /metrics, its links are gone.
     let gone = fx_old.pid();
-    fx_old.terminate(Duration::from_secs(10)).expect("terminating");
-    until(Duration::from_secs(15), "the exited process forgotten", || {
-        let metrics = scrape(port);
-        let traced = value(&metrics, "leaktrace_agent_processes_traced");
-        let left = links_of(lt, gone);
-        if !metrics.contains(&format!("pid=\"{gone}\"")) && left == 0 && traced == Some(3.0) {
-            Ok(())
-        } else {
-            Err(format!("{left} links of pid {gone} left; traced {traced:?}:\n{metrics}"))
-        }
-    });
+    fx_old
+        .terminate(Duration::from_secs(10))
+        .expect("terminating");
+    until(
+        Duration::from_secs(15),
+        "the exited process forgotten",
+        || {
+            let metrics = scrape(port);
+            let traced = value(&metrics, "leaktrace_agent_processes_traced");
+            let left = links_of(lt, gone);
+            if !metrics.contains(&format!("pid=\"{gone}\"")) && left == 0 && traced == Some(3.0) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{left} links of pid {gone} left; traced {traced:?}:\n{metrics}"
+                ))
+            }
+        },
+    );
     let others = by_pid(&scrape(port), "leaktrace_live_tasks");
     assert_eq!(others.len(), 3, "{others:?}");
 
     // All exit: only the exec watch stays attached.
-    fx_before.terminate(Duration::from_secs(10)).expect("terminating");
-    fx_new.terminate(Duration::from_secs(10)).expect("terminating");
+    fx_before
+        .terminate(Duration::from_secs(10))
+        .expect("terminating");
+    fx_new
+        .terminate(Duration::from_secs(10))
+        .expect("terminating");
     let tokio_pid = tk.pid;
     drop(tk);
     let left = until(Duration::from_secs(15), "every trace detached", || {
@@ -408,7 +417,11 @@ fn agent_narrowed_to_a_cgroup_traces_only_its_processes() {
         "--format",
         "json",
     ]);
-    agent.wait_stderr("tracing every Go and tokio process", 1, Duration::from_secs(20));
+    agent.wait_stderr(
+        "tracing every Go and tokio process",
+        1,
+        Duration::from_secs(20),
+    );
     // After it: one outside, then one that enters the cgroup and execs
     // there (the kernel's filter).
     let outside_after = Fixture::start(&bin, GO_ARGS);
@@ -427,17 +440,21 @@ fn agent_narrowed_to_a_cgroup_traces_only_its_processes() {
             fx.truth(Duration::from_secs(30)).numgoroutine as f64,
         );
     }
-    let live = until(Duration::from_secs(30), "the cgroup's processes traced", || {
-        let live = by_pid(&scrape(port), "leaktrace_live_tasks");
-        if live == truth {
-            Ok(live)
-        } else {
-            Err(format!(
-                "/metrics: {live:?}\nruntimes (in the cgroup): {truth:?}\n{}",
-                agent.stderr()
-            ))
-        }
-    });
+    let live = until(
+        Duration::from_secs(30),
+        "the cgroup's processes traced",
+        || {
+            let live = by_pid(&scrape(port), "leaktrace_live_tasks");
+            if live == truth {
+                Ok(live)
+            } else {
+                Err(format!(
+                    "/metrics: {live:?}\nruntimes (in the cgroup): {truth:?}\n{}",
+                    agent.stderr()
+                ))
+            }
+        },
+    );
     // The ones outside were seen first (scan, exec) and passed over.
     for fx in [&outside_before, &outside_after] {
         assert_eq!(links_of(agent.pid(), fx.pid()), 0);
@@ -456,7 +473,12 @@ fn agent_narrowed_to_a_cgroup_traces_only_its_processes() {
         .collect();
     let expected: std::collections::BTreeSet<u64> = truth.keys().map(|&p| u64::from(p)).collect();
     assert_eq!(reported, expected, "{stderr}");
-    for fx in [&inside_before, &inside_after, &outside_before, &outside_after] {
+    for fx in [
+        &inside_before,
+        &inside_after,
+        &outside_before,
+        &outside_after,
+    ] {
         let _ = fx.terminate(Duration::from_secs(10));
     }
     drop(cgroup);

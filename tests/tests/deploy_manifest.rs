@@ -88,7 +88,13 @@ fn the_daemonset_gives_the_agent_what_it_needs_on_a_node() {
     let caps = strings(&sc["capabilities"]["add"]);
     // README §Privileges: uprobes need CAP_SYS_ADMIN on Linux 6.18,
     // tracefs CAP_DAC_READ_SEARCH, other users' processes CAP_SYS_PTRACE.
-    for cap in ["SYS_ADMIN", "DAC_READ_SEARCH", "SYS_PTRACE", "BPF", "PERFMON"] {
+    for cap in [
+        "SYS_ADMIN",
+        "DAC_READ_SEARCH",
+        "SYS_PTRACE",
+        "BPF",
+        "PERFMON",
+    ] {
         assert!(caps.contains(&cap), "{cap} missing from {caps:?}");
     }
     assert_ne!(sc["privileged"], true, "capabilities, not privileged");
@@ -138,5 +144,8 @@ fn the_daemonset_gives_the_agent_what_it_needs_on_a_node() {
         "leaktrace {local:?}: {}\n{stderr}",
         out.status
     );
-    println!("manifest: {} documents; leaktrace {local:?} ran: {stderr}", docs.len());
+    println!(
+        "manifest: {} documents; leaktrace {local:?} ran: {stderr}",
+        docs.len()
+    );
 }

@@ -74,7 +74,18 @@ impl Probes {
     /// Load the object into the kernel, attaching nothing yet. `globals`
     /// are what the traced runtime's programs read (others keep zeros).
     pub fn load(globals: &[Global]) -> Result<Self> {
+        Self::load_sized(globals, None)
+    }
+
+    /// [`Probes::load`] with an events ring of `ring_bytes` (a power of
+    /// two, a multiple of the page size) instead of the default
+    /// `RING_BYTES`: the host agent's budget. Records a full ring drops
+    /// are counted as lost and corrected at the next memory refresh.
+    pub fn load_sized(globals: &[Global], ring_bytes: Option<u32>) -> Result<Self> {
         let mut loader = EbpfLoader::new();
+        if let Some(bytes) = ring_bytes {
+            loader.map_max_entries("EVENTS", bytes);
+        }
         for g in globals {
             loader.override_global(g.name, g.bytes.as_slice(), true);
         }

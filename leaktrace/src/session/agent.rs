@@ -18,8 +18,8 @@
 //! a shell's thousand execs are read once.
 use std::{
     collections::{HashSet, VecDeque},
-    path::Path,
     os::unix::fs::MetadataExt as _,
+    path::Path,
     rc::Rc,
 };
 
@@ -53,7 +53,11 @@ const CLASSIFY_AT_ONCE: usize = 2;
 /// (read again as met).
 const NOT_TRACEABLE_MAX: usize = 4096;
 
-type Classified = (u32, Option<FileKey>, Result<(Box<dyn Runtime>, Process), Unfit>);
+type Classified = (
+    u32,
+    Option<FileKey>,
+    Result<(Box<dyn Runtime>, Process), Unfit>,
+);
 
 pub(super) async fn run(ctx: Rc<Ctx>, mut signals: Signals, filter: HostFilter) -> Result<i32> {
     // Watching before the scan: a process that starts during it is seen

@@ -51,9 +51,20 @@ pub enum Launch {
     All { filter: HostFilter },
 }
 
+/// The host agent's rings (`--all`): each traced process's events ring
+/// and Go exit-walk ring, instead of 8 and 16 MiB. leaktrace maps them, so
+/// they count in its RSS (twice: a ring's data pages are mapped twice).
+const AGENT_RING_BYTES: u32 = 2 << 20;
+
+/// Ring sizes other than the defaults, for `--all`'s budget.
+fn ring_bytes(args: &Args) -> Option<u32> {
+    args.all.then_some(AGENT_RING_BYTES)
+}
+
 /// How the runtimes are to open each program traced.
 pub fn runtime_options(args: &Args) -> Options {
     Options {
+        exit_ring_bytes: ring_bytes(args),
         detailed: args.detailed,
         debuginfo: Search::from_env(
             args.debuginfo.clone(),
