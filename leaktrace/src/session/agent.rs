@@ -40,7 +40,7 @@ use crate::{
     },
     runtime::Runtime,
     target::{
-        host::{HostFilter, all_pids},
+        host::{HostFilter, running},
         process::Process,
     },
 };
@@ -70,7 +70,7 @@ pub(super) async fn run(ctx: Rc<Ctx>, mut signals: Signals, filter: HostFilter) 
         max_processes: max,
         ..AgentStatus::default()
     };
-    let mut pending: VecDeque<u32> = admitted(&filter, all_pids()?);
+    let mut pending: VecDeque<u32> = admitted(&filter, running(filter.cgroup.as_ref())?);
     let mut queued: HashSet<u32> = pending.iter().copied().collect();
     let mut classifying: JoinSet<Classified> = JoinSet::new();
     let mut not_traceable: HashSet<FileKey> = HashSet::new();
@@ -115,7 +115,8 @@ pub(super) async fn run(ctx: Rc<Ctx>, mut signals: Signals, filter: HostFilter) 
                         continue;
                     }
                     // The same process running a new program: its old
-                    // trace ends (its probes watch the old file).
+                    // trace ends (its probes watch the old file). The
+                    // kernel filtered it by cgroup already.
                     traces.stop(ev.pid, End::Exec);
                     status.waiting.remove(&ev.pid);
                     if filter.admits(ev.pid).is_ok() && queued.insert(ev.pid) {

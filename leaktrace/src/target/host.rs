@@ -4,6 +4,7 @@
 //! process it started. Whether a process is Go or tokio is the runtimes'
 //! question, asked after this one.
 use std::{
+    collections::BTreeSet,
     fs,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
@@ -14,6 +15,10 @@ use anyhow::{Context as _, Result, bail};
 /// Where cgroup v2 is mounted when /proc/self/mountinfo does not say.
 const CGROUP2_DEFAULT: &str = "/sys/fs/cgroup";
 
+/// Cgroup directories below `--cgroup` deeper than this are not read
+/// (cgroup v2's own default limit is unlimited; real trees are < 10 deep).
+const MAX_CGROUP_DEPTH: usize = 32;
+
 /// A ppid chain longer than this is not followed further (a loop in a
 /// racing /proc read, or an absurdly deep tree).
 const MAX_ANCESTRY: usize = 128;
@@ -21,6 +26,8 @@ const MAX_ANCESTRY: usize = 128;
 /// `--cgroup PATH`, resolved.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Cgroup {
+    /// Its directory under the cgroup v2 mount.
+    pub dir: PathBuf,
     /// As /proc/PID/cgroup writes it (`/kubepods.slice/…`; `/` is the root).
     pub path: String,
     /// Its cgroup id (the directory's inode number), for the kernel filter.
@@ -62,24 +69,40 @@ impl Cgroup {
             .map(|c| c.as_os_str().to_string_lossy().into_owned())
             .collect();
         Ok(Self {
+            dir,
             path: format!("/{}", parts.join("/")),
             id: meta.ino(),
             level: parts.len() as u32,
         })
     }
 
-    /// Whether a process whose /proc/PID/cgroup says `of` is in this
-    /// cgroup or below it.
-    pub fn contains(&self, of: &str) -> bool {
-        self.path == "/"
-            || of == self.path
-            || of
-                .strip_prefix(&self.path)
-                .is_some_and(|rest| rest.starts_with('/'))
+    /// The processes in this cgroup or below it now, from each
+    /// directory's `cgroup.procs`: the hierarchy's own answer, the same
+    /// whatever cgroup namespace leaktrace runs in (/proc/PID/cgroup paths
+    /// are relative to the reader's namespace).
+    pub fn pids(&self) -> BTreeSet<u32> {
+        let mut pids = BTreeSet::new();
+        let mut dirs = vec![(self.dir.clone(), 0)];
+        while let Some((dir, depth)) = dirs.pop() {
+            if let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) {
+                pids.extend(procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+            }
+            if depth >= MAX_CGROUP_DEPTH {
+                continue;
+            }
+            for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    dirs.push((e.path(), depth + 1));
+                }
+            }
+        }
+        pids
     }
 }
 
-/// The processes `--all` considers.
+/// The processes `--all` considers. The cgroup is not checked here: the
+/// kernel filters new programs by it, and the scan starts from
+/// [`Cgroup::pids`].
 #[derive(Clone, Debug)]
 pub struct HostFilter {
     pub cgroup: Option<Cgroup>,
@@ -95,7 +118,6 @@ pub enum Excluded {
     /// leaktrace itself or a process it started.
     Own,
     Exe,
-    Cgroup,
     /// Gone, or a kernel thread.
     Gone,
 }
@@ -118,12 +140,6 @@ impl HostFilter {
                 return Err(Excluded::Exe);
             }
         }
-        if let Some(cg) = &self.cgroup {
-            let of = process_cgroup(pid).ok_or(Excluded::Gone)?;
-            if !cg.contains(&of) {
-                return Err(Excluded::Cgroup);
-            }
-        }
         Ok(())
     }
 
@@ -143,22 +159,18 @@ impl HostFilter {
     }
 }
 
-/// Every process now in /proc (thread group leaders), ascending.
-pub fn all_pids() -> Result<Vec<u32>> {
+/// The processes to look at first: every one now in /proc (thread group
+/// leaders), or the cgroup's; ascending.
+pub fn running(cgroup: Option<&Cgroup>) -> Result<Vec<u32>> {
+    if let Some(cg) = cgroup {
+        return Ok(cg.pids().into_iter().collect());
+    }
     let mut pids: Vec<u32> = fs::read_dir("/proc")
         .context("listing /proc")?
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
         .collect();
     pids.sort_unstable();
     Ok(pids)
-}
-
-/// The cgroup v2 path of `pid` (`0::PATH` in /proc/PID/cgroup).
-pub fn process_cgroup(pid: u32) -> Option<String> {
-    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("0::"))
-        .map(|p| p.trim_end().to_string())
 }
 
 /// The parent's pid, from /proc/PID/stat (the field after the
@@ -193,25 +205,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_cgroup_contains_itself_and_what_is_below_it_only() {
-        let cg = Cgroup {
-            path: "/kubepods.slice/pod1".into(),
-            id: 1,
-            level: 2,
-        };
-        assert!(cg.contains("/kubepods.slice/pod1"));
-        assert!(cg.contains("/kubepods.slice/pod1/ctr"));
-        assert!(!cg.contains("/kubepods.slice/pod10"));
-        assert!(!cg.contains("/kubepods.slice"));
-        let root = Cgroup {
-            path: "/".into(),
-            id: 1,
-            level: 0,
-        };
-        assert!(root.contains("/anything"));
-    }
-
-    #[test]
     fn the_parent_is_read_past_a_command_name_with_parentheses() {
         assert_eq!(parse_ppid("42 (a) b) S 7 42 42 0"), Some(7));
         assert_eq!(parse_ppid("garbage"), None);
@@ -241,6 +234,15 @@ mod tests {
         assert_eq!(other.admits(me), Err(Excluded::Exe));
     }
 
+    /// The cgroup v2 path of `pid` (`0::PATH` in /proc/PID/cgroup), as seen
+    /// from leaktrace's cgroup namespace.
+    fn process_cgroup(pid: u32) -> Option<String> {
+        let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .map(|p| p.trim_end().to_string())
+    }
+
     #[test]
     fn the_root_cgroup_resolves_both_ways() {
         let root = Cgroup::resolve(Path::new("/")).expect("cgroup v2 root");
@@ -250,6 +252,10 @@ mod tests {
         assert_eq!(by_path.path, mine);
         let full = cgroup2_mount().join(mine.trim_start_matches('/'));
         assert_eq!(Cgroup::resolve(&full).expect("by mount path"), by_path);
+        assert!(
+            by_path.pids().contains(&std::process::id()),
+            "{by_path:?} holds this process"
+        );
         assert!(
             Cgroup::resolve(Path::new("/no/such/cgroup"))
                 .unwrap_err()
