@@ -490,3 +490,101 @@ fn agent_narrowed_to_a_cgroup_traces_only_its_processes() {
         outside_after.pid()
     );
 }
+
+/// `--max-processes 1` and two processes of one binary: the second waits,
+/// named on stderr and `/metrics`, and is traced (its own per-pid probes
+/// on the shared file) once the first exits.
+#[test]
+fn agent_over_its_cap_names_who_waits_and_traces_it_when_a_slot_frees() {
+    let name = "agent_over_its_cap_names_who_waits_and_traces_it_when_a_slot_frees";
+    if !ebpf_available(name) {
+        return;
+    }
+    let go = leaktrace_e2e::toolchain::newest()
+        .expect("no Go toolchain installed: run `cargo xtask setup`");
+    let dir = tempfile_path("agent-cap");
+    fs::create_dir_all(&dir).expect("temp dir");
+    let exe = format!("lt-agent-cap-{}", std::process::id());
+    let bin = copy_as(&build("chan_send", &go, BuildMode::Plain), &dir, &exe);
+    let first = Fixture::start(&bin, GO_ARGS);
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut agent = Traced::start(&[
+        "--all",
+        "--exe",
+        &exe,
+        "--max-processes",
+        "1",
+        "--listen",
+        &listen,
+        "--interval",
+        "1s",
+        "--format",
+        "json",
+    ]);
+    agent.wait_stderr("Attaching to pid", 1, Duration::from_secs(20));
+    let second = Fixture::start(&bin, ["-n", "3", "-hold", "60s"]);
+    let truth_first = first.truth(Duration::from_secs(30)).numgoroutine as f64;
+    let truth_second = second.truth(Duration::from_secs(30)).numgoroutine as f64;
+    let waiting = format!("leaktrace_agent_process_waiting{{pid=\"{}\"", second.pid());
+    let metrics = until(
+        Duration::from_secs(20),
+        "the second process waiting",
+        || {
+            let m = scrape(port);
+            let live = by_pid(&m, "leaktrace_live_tasks");
+            let skipped = m.lines().any(|l| {
+                l == "leaktrace_agent_processes_skipped_total{reason=\"max_processes\"} 1"
+            });
+            if m.contains(&waiting)
+                && skipped
+                && value(&m, "leaktrace_agent_processes_waiting") == Some(1.0)
+                && live == BTreeMap::from([(first.pid(), truth_first)])
+            {
+                Ok(m)
+            } else {
+                Err(m)
+            }
+        },
+    );
+    assert!(
+        agent.stderr().contains(&format!(
+            "pid {} ({}) is not traced: --max-processes 1 are",
+            second.pid(),
+            bin.display()
+        )),
+        "{}",
+        agent.stderr()
+    );
+    assert_eq!(links_of(agent.pid(), second.pid()), 0);
+
+    first
+        .terminate(Duration::from_secs(10))
+        .expect("terminating");
+    let live = until(Duration::from_secs(20), "the second traced", || {
+        let m = scrape(port);
+        let live = by_pid(&m, "leaktrace_live_tasks");
+        if live == BTreeMap::from([(second.pid(), truth_second)])
+            && value(&m, "leaktrace_agent_processes_waiting") == Some(0.0)
+            && !m.contains("leaktrace_agent_process_waiting{")
+        {
+            Ok(live)
+        } else {
+            Err(format!("{m}\n{}", agent.stderr()))
+        }
+    });
+    assert!(links_of(agent.pid(), second.pid()) > 0);
+    assert_eq!(links_of(agent.pid(), first.pid()), 0);
+    agent.signal(libc::SIGINT);
+    let (status, _, stderr) = agent.finish();
+    assert_eq!(status, Some(0), "{stderr}");
+    let _ = second.terminate(Duration::from_secs(10));
+    let _ = fs::remove_dir_all(&dir);
+    println!();
+    println!(
+        "cap: pid {} waited while pid {} was traced ({} lines of /metrics), then traced: {live:?}",
+        second.pid(),
+        first.pid(),
+        metrics.lines().count()
+    );
+}

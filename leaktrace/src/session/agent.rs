@@ -17,7 +17,7 @@
 //! program found to be neither Go nor tokio is remembered by its file, so
 //! a shell's thousand execs are read once.
 use std::{
-    collections::{HashSet, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     os::unix::fs::MetadataExt as _,
     path::Path,
     rc::Rc,
@@ -73,6 +73,9 @@ pub(super) async fn run(ctx: Rc<Ctx>, mut signals: Signals, filter: HostFilter) 
     let mut pending: VecDeque<u32> = admitted(&filter, running(filter.cgroup.as_ref())?);
     let mut queued: HashSet<u32> = pending.iter().copied().collect();
     let mut classifying: JoinSet<Classified> = JoinSet::new();
+    // Pids being classified; true once they exec'd meanwhile (the answer
+    // is about the old program then, and the exec queued them again).
+    let mut in_flight: HashMap<u32, bool> = HashMap::new();
     let mut not_traceable: HashSet<FileKey> = HashSet::new();
     let mut traces = Traces::default();
     let mut outcomes: Vec<Outcome> = Vec::new();
@@ -98,6 +101,7 @@ pub(super) async fn run(ctx: Rc<Ctx>, mut signals: Signals, filter: HostFilter) 
                 continue;
             }
             let options = options.clone();
+            in_flight.insert(pid, false);
             classifying.spawn_blocking(move || (pid, key, traceable(pid, options)));
         }
         status.traced = traces.len();
@@ -119,6 +123,9 @@ pub(super) async fn run(ctx: Rc<Ctx>, mut signals: Signals, filter: HostFilter) 
                     // kernel filtered it by cgroup already.
                     traces.stop(ev.pid, End::Exec);
                     status.waiting.remove(&ev.pid);
+                    if let Some(stale) = in_flight.get_mut(&ev.pid) {
+                        *stale = true;
+                    }
                     if filter.admits(ev.pid).is_ok() && queued.insert(ev.pid) {
                         pending.push_back(ev.pid);
                     }
@@ -126,8 +133,10 @@ pub(super) async fn run(ctx: Rc<Ctx>, mut signals: Signals, filter: HostFilter) 
             }
             Some(done) = classifying.join_next(), if ending.is_none() => {
                 let Ok((pid, key, found)) = done else { continue };
+                let stale = in_flight.remove(&pid).unwrap_or(false);
                 match found {
-                    Ok(_) if traces.traces(pid) => {}
+                    Ok(_) if stale || traces.traces(pid) => {}
+                    Err(_) if stale => {}
                     Ok((_, proc)) if traces.len() >= max => {
                         // Never dropped silently: said, counted, and traced
                         // when a slot frees.
