@@ -17,23 +17,18 @@ mod common;
 use std::{
     collections::BTreeMap,
     fs,
-    net::TcpListener,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
-use common::{prometheus::Server, *};
+use common::{
+    prometheus::{Server, free_port, query},
+    *,
+};
 use leaktrace_e2e::{BuildMode, Fixture, TokioProcess};
 
 /// The fixtures leak a few goroutines at once (`-n`), then hold.
 const GO_ARGS: &[&str] = &["-n", "5", "-hold", "60s"];
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
 
 /// A copy of `bin` under a name only this test uses (what `--exe` picks).
 fn copy_as(bin: &Path, dir: &Path, name: &str) -> PathBuf {
@@ -119,37 +114,47 @@ fn until<T>(within: Duration, what: &str, mut check: impl FnMut() -> Result<T, S
     }
 }
 
-/// Percent-encoding for a query string value.
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
+/// `leaktrace_live_tasks` through Prometheus' HTTP API: pid → value.
+fn prometheus_live(prom: &Server) -> BTreeMap<u32, f64> {
+    query(prom, "leaktrace_live_tasks")
+        .into_iter()
+        .filter_map(|(labels, v)| Some((labels["pid"].as_str()?.parse().ok()?, v)))
         .collect()
 }
 
-/// `leaktrace_live_tasks` through Prometheus' HTTP API: pid → value.
-fn prometheus_live(prom: &Server) -> BTreeMap<u32, f64> {
-    let path = format!("/api/v1/query?query={}", encode("leaktrace_live_tasks"));
-    let Some((200, body)) = common::prometheus::get(prom.port, &path) else {
-        return BTreeMap::new();
-    };
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-    v["data"]["result"]
-        .as_array()
-        .map(|rs| {
-            rs.iter()
-                .filter_map(|r| {
-                    let pid = r["metric"]["pid"].as_str()?.parse().ok()?;
-                    let value = r["value"][1].as_str()?.parse().ok()?;
-                    Some((pid, value))
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+/// `leaktrace --all --listen … --interval 1s --format json ARGS`, once it
+/// says it is tracing; and its port.
+fn start_agent(args: &[&str]) -> (Traced, u16) {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut all = vec![
+        "--all",
+        "--listen",
+        &listen,
+        "--interval",
+        "1s",
+        "--format",
+        "json",
+    ];
+    all.extend(args);
+    let mut agent = Traced::start(&all);
+    agent.wait_stderr(
+        "tracing every Go and tokio process",
+        1,
+        Duration::from_secs(20),
+    );
+    (agent, port)
+}
+
+/// The newest Go's build of `fixture` copied into a temporary directory
+/// as `name`: the directory and the copy.
+fn newest_go_copy(fixture: &str, name: &str) -> (PathBuf, PathBuf) {
+    let go = leaktrace_e2e::toolchain::newest()
+        .expect("no Go toolchain installed: run `cargo xtask setup`");
+    let dir = tempfile_path(name);
+    fs::create_dir_all(&dir).expect("temp dir");
+    let bin = copy_as(&build(fixture, &go, BuildMode::Plain), &dir, name);
+    (dir, bin)
 }
 
 #[test]
@@ -198,26 +203,9 @@ fn agent_traces_each_go_and_tokio_process_and_forgets_those_that_exit() {
 
     // Running before the agent: found by the /proc scan.
     let fx_before = Fixture::start(&before, GO_ARGS);
-    let port = free_port();
+    let exes: Vec<&str> = names.iter().flat_map(|n| ["--exe", n.as_str()]).collect();
+    let (agent, port) = start_agent(&exes);
     let listen = format!("127.0.0.1:{port}");
-    let mut args = vec![
-        "--all",
-        "--listen",
-        &listen,
-        "--interval",
-        "1s",
-        "--format",
-        "json",
-    ];
-    for n in &names {
-        args.extend(["--exe", n.as_str()]);
-    }
-    let mut agent = Traced::start(&args);
-    agent.wait_stderr(
-        "tracing every Go and tokio process",
-        1,
-        Duration::from_secs(20),
-    );
     let lt = agent.pid();
 
     // Started after it: found at their exec.
@@ -389,39 +377,16 @@ fn agent_narrowed_to_a_cgroup_traces_only_its_processes() {
     if !ebpf_available(name) {
         return;
     }
-    let go = leaktrace_e2e::toolchain::newest()
-        .expect("no Go toolchain installed: run `cargo xtask setup`");
-    let dir = tempfile_path("agent-cgroup");
-    fs::create_dir_all(&dir).expect("temp dir");
     let exe = format!("lt-agent-cg-{}", std::process::id());
-    let bin = copy_as(&build("chan_send", &go, BuildMode::Plain), &dir, &exe);
+    let (dir, bin) = newest_go_copy("chan_send", &exe);
     let cgroup = TempCgroup::new(&format!("leaktrace-test-{}", std::process::id()));
 
     // Before the agent: one moved into the cgroup, one left outside.
     let inside_before = Fixture::start(&bin, GO_ARGS);
     cgroup.enter(inside_before.pid());
     let outside_before = Fixture::start(&bin, GO_ARGS);
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
     let cgroup_arg = cgroup.dir.to_string_lossy().into_owned();
-    let mut agent = Traced::start(&[
-        "--all",
-        "--cgroup",
-        &cgroup_arg,
-        "--exe",
-        &exe,
-        "--listen",
-        &listen,
-        "--interval",
-        "1s",
-        "--format",
-        "json",
-    ]);
-    agent.wait_stderr(
-        "tracing every Go and tokio process",
-        1,
-        Duration::from_secs(20),
-    );
+    let (agent, port) = start_agent(&["--cgroup", &cgroup_arg, "--exe", &exe]);
     // After it: one outside, then one that enters the cgroup and execs
     // there (the kernel's filter).
     let outside_after = Fixture::start(&bin, GO_ARGS);
@@ -500,28 +465,10 @@ fn agent_over_its_cap_names_who_waits_and_traces_it_when_a_slot_frees() {
     if !ebpf_available(name) {
         return;
     }
-    let go = leaktrace_e2e::toolchain::newest()
-        .expect("no Go toolchain installed: run `cargo xtask setup`");
-    let dir = tempfile_path("agent-cap");
-    fs::create_dir_all(&dir).expect("temp dir");
     let exe = format!("lt-agent-cap-{}", std::process::id());
-    let bin = copy_as(&build("chan_send", &go, BuildMode::Plain), &dir, &exe);
+    let (dir, bin) = newest_go_copy("chan_send", &exe);
     let first = Fixture::start(&bin, GO_ARGS);
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let mut agent = Traced::start(&[
-        "--all",
-        "--exe",
-        &exe,
-        "--max-processes",
-        "1",
-        "--listen",
-        &listen,
-        "--interval",
-        "1s",
-        "--format",
-        "json",
-    ]);
+    let (mut agent, port) = start_agent(&["--exe", &exe, "--max-processes", "1"]);
     agent.wait_stderr("Attaching to pid", 1, Duration::from_secs(20));
     let second = Fixture::start(&bin, ["-n", "3", "-hold", "60s"]);
     let truth_first = first.truth(Duration::from_secs(30)).numgoroutine as f64;

@@ -178,12 +178,7 @@ pub(super) async fn run(ctx: Rc<Ctx>, mut signals: Signals, filter: HostFilter) 
                 match result {
                     Ok(o) => outcomes.push(o),
                     Err(e) if e.downcast_ref::<OutputFailed>().is_some() => {
-                        // No report can be written any more: end everything.
-                        output_failed.get_or_insert(e);
-                        if ending.is_none() {
-                            ending = Some(End::OutputFailed);
-                            traces.stop_all(End::OutputFailed);
-                        }
+                        traces.output_gone(e, &mut output_failed, &mut ending);
                     }
                     Err(e) => {
                         *status.skipped.entry(SkipReason::Failed).or_default() += 1;

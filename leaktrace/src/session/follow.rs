@@ -59,11 +59,7 @@ pub(super) async fn run(ctx: Rc<Ctx>, mut child: HeldChild, mut signals: Signals
                 match result {
                     Ok(o) => outcomes.push(o),
                     Err(e) if e.downcast_ref::<OutputFailed>().is_some() => {
-                        // No report can be written any more: end everything.
-                        output_failed.get_or_insert(e);
-                        if ending.is_none() {
-                            ending = Some(End::OutputFailed);
-                            traces.stop_all(End::OutputFailed);
+                        if traces.output_gone(e, &mut output_failed, &mut ending) {
                             // SAFETY: signalling our own child.
                             unsafe { libc::kill(root as libc::pid_t, libc::SIGTERM) };
                         }

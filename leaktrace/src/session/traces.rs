@@ -56,6 +56,25 @@ impl Traces {
         self.running.is_empty()
     }
 
+    /// A trace failed because no report can be written any more (closed
+    /// stdout, full disk): every trace ends, and the first such error is
+    /// leaktrace's. True the first time (the session then ends whatever
+    /// else it runs).
+    pub(super) fn output_gone(
+        &self,
+        e: anyhow::Error,
+        first: &mut Option<anyhow::Error>,
+        ending: &mut Option<End>,
+    ) -> bool {
+        first.get_or_insert(e);
+        if ending.is_some() {
+            return false;
+        }
+        *ending = Some(End::OutputFailed);
+        self.stop_all(End::OutputFailed);
+        true
+    }
+
     /// The next trace to end: its pid and outcome. Pending while none
     /// runs.
     pub(super) async fn next(&mut self) -> Result<(u32, Result<Outcome>)> {
