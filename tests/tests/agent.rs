@@ -30,10 +30,16 @@ use leaktrace_e2e::{BuildMode, Fixture, TokioProcess};
 /// The fixtures leak a few goroutines at once (`-n`), then hold.
 const GO_ARGS: &[&str] = &["-n", "5", "-hold", "60s"];
 
-/// A copy of `bin` under a name only this test uses (what `--exe` picks).
+/// `bin` under a name only this test uses (what `--exe` picks): a hard
+/// link, so no process of another test can hold a writable descriptor of
+/// it while this one execs it (a copy's, inherited by a child forked
+/// meanwhile, makes the exec fail with ETXTBSY); a copy on another file
+/// system. The kernel names a process by the path it was exec'd by.
 fn copy_as(bin: &Path, dir: &Path, name: &str) -> PathBuf {
     let to = dir.join(name);
-    fs::copy(bin, &to).unwrap_or_else(|e| panic!("copying {}: {e}", bin.display()));
+    if fs::hard_link(bin, &to).is_err() {
+        fs::copy(bin, &to).unwrap_or_else(|e| panic!("copying {}: {e}", bin.display()));
+    }
     to
 }
 

@@ -77,14 +77,20 @@ impl Probes {
         Self::load_sized(globals, None)
     }
 
-    /// [`Probes::load`] with an events ring of `ring_bytes` (a power of
-    /// two, a multiple of the page size) instead of the default
-    /// `RING_BYTES`: the host agent's budget. Records a full ring drops
-    /// are counted as lost and corrected at the next memory refresh.
+    /// [`Probes::load`] on a budget (the host agent's, many objects at
+    /// once): the events ring and tokio's spawn-stack ring of `ring_bytes`
+    /// (a power of two, a multiple of the page size) instead of 8 and
+    /// 4 MiB, and the follow set (`FOLLOWED`, 5 MiB of kernel memory) of
+    /// one entry, since only a `-f` exec watch fills it. Records a full
+    /// ring drops are counted as lost and corrected at the next memory
+    /// refresh.
     pub fn load_sized(globals: &[Global], ring_bytes: Option<u32>) -> Result<Self> {
         let mut loader = EbpfLoader::new();
         if let Some(bytes) = ring_bytes {
-            loader.map_max_entries("EVENTS", bytes);
+            loader
+                .map_max_entries("EVENTS", bytes)
+                .map_max_entries("TOKIO_SPAWN_STACKS", bytes)
+                .map_max_entries("FOLLOWED", 1);
         }
         for g in globals {
             loader.override_global(g.name, g.bytes.as_slice(), true);

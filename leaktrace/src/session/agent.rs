@@ -60,6 +60,7 @@ type Classified = (
 );
 
 pub(super) async fn run(ctx: Rc<Ctx>, mut signals: Signals, filter: HostFilter) -> Result<i32> {
+    limit_malloc_arenas();
     // Watching before the scan: a process that starts during it is seen
     // by one or the other (or both; it is traced once).
     let mut execs = FollowProbes::attach(Watch::Host(filter.cgroup.clone()))?;
@@ -207,6 +208,19 @@ pub(super) async fn run(ctx: Rc<Ctx>, mut signals: Signals, filter: HostFilter) 
         return Err(e);
     }
     Ok(exit_code(&ctx.args, 0, &outcomes))
+}
+
+/// glibc gives each thread that allocates its own heap (arena), up to 8
+/// per core, and keeps what they freed: the attaches, snapshots and reads
+/// of many traces run on blocking threads. With 10 traces two arenas took
+/// the agent's heap from 159 to 131 MiB at the same CPU (one arena: no
+/// less); contention is not a concern at these rates.
+fn limit_malloc_arenas() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets an allocator parameter.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
 }
 
 /// The pids the filter admits, in order.

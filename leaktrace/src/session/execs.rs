@@ -29,6 +29,9 @@ pub(super) fn resume(ev: &ExecEvent) {
     }
 }
 
+/// The smallest ring the kernel takes.
+const PAGE_BYTES: u32 = 4096;
+
 /// Why an exec'd program gets no trace.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Unfit {
@@ -117,7 +120,12 @@ impl FollowProbes {
             cgroup_level: cgroup.map_or(0, |c| c.level),
             _pad: 0,
         };
-        let mut probes = Probes::load(&[])?;
+        let mut probes = match watch {
+            // The host watch fills neither the follow set nor the rings
+            // of the other programs: the smallest of each.
+            Watch::Host(_) => Probes::load_sized(&[], Some(PAGE_BYTES))?,
+            _ => Probes::load(&[])?,
+        };
         let ebpf = probes.ebpf_mut();
         let mut cfg: Array<&mut MapData, FollowConfig> = Array::try_from(
             ebpf.map_mut("FOLLOW_CONFIG")
