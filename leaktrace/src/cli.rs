@@ -199,18 +199,18 @@ pub struct Args {
     /// With --all: only processes in this cgroup v2 or below it (a
     /// container, a pod): a directory under /sys/fs/cgroup, or the path
     /// /proc/PID/cgroup shows.
-    #[arg(long, value_name = "PATH", requires = "all")]
+    #[arg(long, value_name = "PATH")]
     pub cgroup: Option<PathBuf>,
 
     /// With --all: only processes whose executable has this file name
     /// (repeatable).
-    #[arg(long = "exe", value_name = "NAME", requires = "all")]
+    #[arg(long = "exe", value_name = "NAME")]
     pub exes: Vec<String>,
 
-    /// With --all: trace at most this many processes at once; others wait
-    /// for a slot (named on stderr and /metrics).
-    #[arg(long, value_name = "N", default_value_t = 64, requires = "all")]
-    pub max_processes: usize,
+    /// With --all: trace at most this many processes at once (default 64);
+    /// others wait for a slot (named on stderr and /metrics).
+    #[arg(long, value_name = "N")]
+    pub max_processes: Option<usize>,
 
     /// Start this command with the probes attached before it runs, so nothing
     /// is missed; its output passes through. Everything after -c is the command.
@@ -249,6 +249,29 @@ impl Args {
         self.interval
             .or(self.interval_pos)
             .unwrap_or(Duration::from_secs(5))
+    }
+
+    /// `--max-processes`, or its default.
+    pub fn max_processes(&self) -> usize {
+        self.max_processes.unwrap_or(64).max(1)
+    }
+
+    /// `--cgroup`, `--exe` and `--max-processes` shape `--all` and mean
+    /// nothing without it. (clap's `requires` takes `--all`'s default
+    /// `false` for presence, so this is checked here.)
+    pub fn check_all_options(&self) -> Result<(), String> {
+        let given = [
+            ("--cgroup", self.cgroup.is_some()),
+            ("--exe", !self.exes.is_empty()),
+            ("--max-processes", self.max_processes.is_some()),
+        ];
+        match given.iter().find(|(_, given)| *given) {
+            Some((name, _)) if !self.all => Err(format!(
+                "{name} narrows --all (every Go and tokio process on the host); add --all, \
+                 or drop {name} to trace one process"
+            )),
+            _ => Ok(()),
+        }
     }
 
     pub fn report_count(&self) -> Option<u64> {
@@ -299,6 +322,35 @@ mod tests {
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
         assert!(parse_duration("soon").unwrap_err().contains("30s"));
+    }
+
+    #[test]
+    fn all_stands_alone_and_takes_its_narrowing_options() {
+        let a = Args::try_parse_from([
+            "leaktrace",
+            "--all",
+            "--exe",
+            "api",
+            "--exe",
+            "worker",
+            "--cgroup",
+            "/pod",
+        ])
+        .unwrap();
+        assert_eq!((a.all, a.exes.len(), a.max_processes()), (true, 2, 64));
+        assert_eq!(a.check_all_options(), Ok(()));
+        assert!(Args::try_parse_from(["leaktrace", "--all", "-p", "1"]).is_err());
+        assert!(Args::try_parse_from(["leaktrace", "--all", "-c", "x"]).is_err());
+        for narrowing in [
+            ["--exe", "api"],
+            ["--cgroup", "/pod"],
+            ["--max-processes", "3"],
+        ] {
+            let a =
+                Args::try_parse_from(["leaktrace", "-p", "1", narrowing[0], narrowing[1]]).unwrap();
+            let e = a.check_all_options().unwrap_err();
+            assert!(e.contains(narrowing[0]) && e.contains("add --all"), "{e}");
+        }
     }
 
     #[test]

@@ -47,6 +47,7 @@ fn run(args: &Args) -> Result<i32> {
     let creds = Credentials::current();
     refuse_setuid(&creds)?;
     let child_rights = ChildRights::for_caller(&creds);
+    args.check_all_options().map_err(anyhow::Error::msg)?;
     // Everything that can be checked before touching the kernel is checked
     // first, so bad input fails fast and clearly.
     let launch = match (args.pid, args.command.first()) {

@@ -65,7 +65,7 @@ pub(super) async fn run(ctx: Rc<Ctx>, mut signals: Signals, filter: HostFilter) 
     // by one or the other (or both; it is traced once).
     let mut execs = FollowProbes::attach(Watch::Host(filter.cgroup.clone()))?;
     let options = super::runtime_options(&ctx.args);
-    let max = ctx.args.max_processes.max(1);
+    let max = ctx.args.max_processes();
     let latest = ctx.exports.latest.clone();
     let mut status = AgentStatus {
         max_processes: max,
