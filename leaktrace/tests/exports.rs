@@ -79,6 +79,7 @@ fn report(groups: Vec<GroupReport>, omitted: Vec<GroupReport>) -> Report {
         partial_deadlocks: Vec::new(),
         notes: Vec::new(),
         threads: None,
+        overhead: None,
     }
 }
 
