@@ -159,9 +159,7 @@ impl Estimator {
         for p in &mut self.probes {
             let armed = p.probe.shed_at == 0 || self.step < p.probe.shed_at;
             if armed {
-                if own_cores > 0.01 {
-                    p.per_core = Some(p.rate / own_cores);
-                }
+                p.per_core = Some(p.rate / own_cores.max(FLOOR_CORES));
                 continue;
             }
             p.rate_estimated = true;

@@ -16,7 +16,6 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow};
-use leaktrace_common::stats::{ProbeStat, slot};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf},
@@ -26,6 +25,7 @@ use aya::{
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
     },
 };
+use leaktrace_common::stats::{ProbeStat, slot};
 
 /// The probes object built by leaktrace-ebpf, embedded at compile time so a
 /// single `leaktrace` file is all a production host needs.
@@ -183,8 +183,9 @@ impl Probes {
         for link in self.multi.take_links_of(name) {
             links.push(Box::new(link));
         }
-        let (of, rest): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut self.links).into_iter().partition(|(n, _)| n == name);
+        let (of, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.links)
+            .into_iter()
+            .partition(|(n, _)| n == name);
         self.links = rest;
         if let Some(prog) = self
             .ebpf

@@ -2,8 +2,8 @@
 use serde::Serialize;
 
 pub use crate::aggregate::deadlocks::{PartialDeadlock, Participant};
-pub use crate::threads::view::{ThreadGroupReport, ThreadVerdict, ThreadsReport};
 pub use crate::budget::Overhead;
+pub use crate::threads::view::{ThreadGroupReport, ThreadVerdict, ThreadsReport};
 use crate::{
     aggregate::{channels::ChannelSummary, verdict::Verdict},
     runtime::{Counter, RuntimeKind, TaskCounts},

@@ -457,10 +457,7 @@ impl GoReader {
                             sp: h.sched_sp,
                             pc: h.sched_pc,
                             bp: h.sched_bp,
-                            parked_ns: task
-                                .parked_ns()
-                                .or(task.seen_parked_ns())
-                                .unwrap_or(0),
+                            parked_ns: task.parked_ns().or(task.seen_parked_ns()).unwrap_or(0),
                         }
                         .digest(),
                     });

@@ -19,8 +19,8 @@ use super::{
 use crate::{
     probes::{Global, Probes, ring::decode_record},
     runtime::{
-        AtExit, Attached, BudgetProbe, Counter, Description, LifetimeStats, Lifetimes, PlannedProbe, Runtime,
-        RuntimeKind, Shown, TaskCounts, TaskView,
+        AtExit, Attached, BudgetProbe, Counter, Description, LifetimeStats, Lifetimes,
+        PlannedProbe, Runtime, RuntimeKind, Shown, TaskCounts, TaskView,
     },
     symbols::{Frame, debuginfo::Search},
     target::{
