@@ -68,10 +68,10 @@ pub fn hit_cost(probes: &mut Probes) -> Result<HitCost> {
         });
     }
     let trap_ns = measure(probes)?;
-    if let Some(c) = cache.as_deref() {
-        if let Err(e) = write_cache(c, &boot, trap_ns) {
-            log::debug!("not caching the hit cost in {}: {e}", c.display());
-        }
+    if let Some(c) = cache.as_deref()
+        && let Err(e) = write_cache(c, &boot, trap_ns)
+    {
+        log::debug!("not caching the hit cost in {}: {e}", c.display());
     }
     Ok(HitCost {
         trap_ns,

@@ -324,6 +324,48 @@ fn write_threads(
     Ok(())
 }
 
+/// `overhead ≈ 0.4 % of the target's CPU (budget 2 %); probes: spawn 120/s,
+/// park shed (≈ 40k/s), exit 118/s`.
+pub fn overhead_line(o: &Overhead) -> String {
+    let budget = match o.budget_pct {
+        Some(b) => format!("budget {b} %"),
+        None => "no budget".to_string(),
+    };
+    let rate = |r: f64| {
+        if r >= 10_000.0 {
+            format!("{:.0}k/s", r / 1000.0)
+        } else {
+            format!("{r:.0}/s")
+        }
+    };
+    let probes: Vec<String> = o
+        .probes
+        .iter()
+        .map(|p| {
+            if p.armed {
+                format!("{} {}", p.name, rate(p.hits_per_s))
+            } else {
+                format!("{} shed (≈ {})", p.name, rate(p.hits_per_s))
+            }
+        })
+        .collect();
+    let shed = if o.sheds + o.rearms > 0 {
+        format!("; shed {}×, re-armed {}×", o.sheds, o.rearms)
+    } else {
+        String::new()
+    };
+    format!(
+        "overhead ≈ {:.2} % of the target's CPU ({:.0} % of a core; {budget}); probes: {}{shed}",
+        o.estimated_pct,
+        o.target_cpu_pct,
+        if probes.is_empty() {
+            "none".to_string()
+        } else {
+            probes.join(", ")
+        }
+    )
+}
+
 #[cfg(test)]
 mod thread_tests {
     use super::*;
@@ -384,46 +426,4 @@ mod thread_tests {
 "
         );
     }
-}
-
-/// `overhead ≈ 0.4 % of the target's CPU (budget 2 %); probes: spawn 120/s,
-/// park shed (≈ 40k/s), exit 118/s`.
-pub fn overhead_line(o: &Overhead) -> String {
-    let budget = match o.budget_pct {
-        Some(b) => format!("budget {b} %"),
-        None => "no budget".to_string(),
-    };
-    let rate = |r: f64| {
-        if r >= 10_000.0 {
-            format!("{:.0}k/s", r / 1000.0)
-        } else {
-            format!("{r:.0}/s")
-        }
-    };
-    let probes: Vec<String> = o
-        .probes
-        .iter()
-        .map(|p| {
-            if p.armed {
-                format!("{} {}", p.name, rate(p.hits_per_s))
-            } else {
-                format!("{} shed (≈ {})", p.name, rate(p.hits_per_s))
-            }
-        })
-        .collect();
-    let shed = if o.sheds + o.rearms > 0 {
-        format!("; shed {}×, re-armed {}×", o.sheds, o.rearms)
-    } else {
-        String::new()
-    };
-    format!(
-        "overhead ≈ {:.2} % of the target's CPU ({:.0} % of a core; {budget}); probes: {}{shed}",
-        o.estimated_pct,
-        o.target_cpu_pct,
-        if probes.is_empty() {
-            "none".to_string()
-        } else {
-            probes.join(", ")
-        }
-    )
 }

@@ -518,9 +518,8 @@ impl GoReader {
             for (task, h) in chunk.iter_mut().zip(&headers) {
                 match h {
                     Some(h) if is_waiting(h) => {
-                        if task.parked_ns().is_none() && task.seen_parked_ns().is_none()
-                            || task.walk_digest != walk_digest(task.key, h)
-                        {
+                        let known = task.parked_ns().is_some() || task.seen_parked_ns().is_some();
+                        if !known || task.walk_digest != walk_digest(task.key, h) {
                             task.set_seen_parked(now);
                         }
                     }
