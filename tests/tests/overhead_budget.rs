@@ -179,8 +179,10 @@ fn sheds_under_a_burst_and_rearms_after() {
     }
     assert!(approximate(last).is_empty(), "{}", overhead(last));
     let o = overhead(last);
+    // (A shed may skip a step when the rates say one would not be enough;
+    // re-arming goes back one step at a time.)
     assert!(
-        o["sheds"].as_u64() >= Some(1) && o["rearms"] == o["sheds"],
+        o["sheds"].as_u64() >= Some(1) && o["rearms"].as_u64() >= o["sheds"].as_u64(),
         "{o}"
     );
     // Shedding closed the three probes' links and re-arming made new ones.

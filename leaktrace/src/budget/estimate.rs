@@ -23,9 +23,10 @@ use serde::Serialize;
 
 use crate::runtime::BudgetProbe;
 
-/// The shortest span an estimate covers (`/proc/PID/stat` counts CPU time
-/// in 10 ms ticks).
-pub const WINDOW: Duration = Duration::from_secs(1);
+/// The shortest span an estimate covers: the budget's reaction time, during
+/// which a burst costs what every armed probe costs (`/proc/PID/stat`
+/// counts CPU time in 10 ms ticks: 2 % of a core over this).
+pub const WINDOW: Duration = Duration::from_millis(500);
 /// A target using less CPU than this (cores) is estimated against this.
 pub const FLOOR_CORES: f64 = 0.05;
 /// Windows in a row under half the budget before a step is re-armed.
@@ -171,12 +172,27 @@ impl Estimator {
         self.decide(probe_ns / secs, base_ns / secs)
     }
 
-    /// `probe_ns_per_s` of the armed probes against `base_ns_per_s`.
+    /// `probe_ns_per_s` of the armed probes against `base_ns_per_s`; the
+    /// rates of every probe are this window's (measured or estimated).
     fn decide(&mut self, probe_ns_per_s: f64, base_ns_per_s: f64) -> Option<u8> {
         let limit = self.limit?;
         if self.estimated > limit && self.step < self.max_step {
+            // Straight to the first step whose armed probes fit, by the
+            // rates just measured: one window of reaction, not one per step.
+            let fits = |step: u8| {
+                let cost: f64 = self
+                    .probes
+                    .iter()
+                    .filter(|p| p.probe.shed_at == 0 || step < p.probe.shed_at)
+                    .map(|p| p.rate * self.cost(p))
+                    .sum();
+                cost / base_ns_per_s <= limit
+            };
+            let to = (self.step + 1..self.max_step)
+                .find(|&s| fits(s))
+                .unwrap_or(self.max_step);
             self.calm = 0;
-            return Some(self.change(self.step + 1, true));
+            return Some(self.change(to, true));
         }
         if self.step == 0 {
             return None;
@@ -309,8 +325,9 @@ mod tests {
         let mut e = Estimator::new(&PROBES, Some(0.02), 1000.0);
         // A burst: 50k parks, 20k spawns and exits a second on one core.
         let burst = [50_000, 20_000, 20_000];
-        assert_eq!(e.update(&second(&e, burst, 1.0, 0.0)), Some(1));
-        assert_eq!(e.update(&second(&e, burst, 1.0, 20_000.0)), Some(2));
+        // Without park, spawn and exit alone (80 ms a second) still exceed
+        // 2 %: straight to step 2.
+        assert_eq!(e.update(&second(&e, burst, 1.0, 0.0)), Some(2));
         assert_eq!(e.step, 2);
         assert!(e.approximate().contains(&"spawn shed"));
         // Still bursting: stays shed, the rates estimated.
@@ -327,7 +344,7 @@ mod tests {
         assert_eq!(e.update(&second(&e, idle, 0.001, 1.0)), None);
         assert_eq!(e.update(&second(&e, idle, 0.001, 1.0)), None);
         assert_eq!(e.update(&second(&e, idle, 0.001, 1.0)), Some(0));
-        assert_eq!((e.sheds, e.rearms), (2, 2));
+        assert_eq!((e.sheds, e.rearms), (1, 2));
         assert!(e.approximate().is_empty());
     }
 
@@ -350,5 +367,38 @@ mod tests {
         let mut e = Estimator::new(&PROBES, None, 1000.0);
         assert_eq!(e.update(&second(&e, [1_000_000, 0, 0], 0.1, 0.0)), None);
         assert!(e.estimated > 1.0);
+    }
+}
+
+#[cfg(test)]
+mod step_tests {
+    use super::*;
+
+    #[test]
+    fn sheds_only_park_when_that_is_enough() {
+        let probes = [
+            BudgetProbe {
+                name: "park",
+                slot: 1,
+                shed_at: 1,
+                when_shed: "",
+            },
+            BudgetProbe {
+                name: "spawn",
+                slot: 0,
+                shed_at: 2,
+                when_shed: "",
+            },
+        ];
+        let mut e = Estimator::new(&probes, Some(0.02), 1000.0);
+        // 20k parks (40 ms) and 1k spawns (2 ms) a second on one core.
+        let w = Window {
+            span: Duration::from_secs(1),
+            target_cpu_ns: 1e9 + 42e6,
+            hits: vec![20_000, 1_000],
+            program_ns: vec![20_000_000, 1_000_000],
+            memory_rates: Vec::new(),
+        };
+        assert_eq!(e.update(&w), Some(1));
     }
 }

@@ -5,13 +5,18 @@
 //! per goroutine, traced against untraced, is the measured overhead, set
 //! beside leaktrace's own estimate (the mean of its reports'
 //! `overhead.estimated_pct`, one report a second over the same run).
-use std::{collections::BTreeMap, process::Command, time::Duration};
+use std::{
+    collections::BTreeMap,
+    process::Command,
+    thread::sleep,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, Result, bail};
 
 use super::{
     Markdown, Plan, Tools,
-    proc::capture,
+    proc::{Proc, only_child},
     report::num_after,
     stats::{fmt_med, median},
 };
@@ -27,13 +32,33 @@ enum Cfg {
 }
 
 struct BudgetRun {
-    /// The target's CPU time per goroutine, ns.
+    /// The target's CPU time per goroutine, ns: the whole run, and the
+    /// steady state (from [`SETTLE`] to the last second).
     cpu_per_op: f64,
-    /// Mean of the reports' estimates, %.
+    steady_cpu_per_s: f64,
+    /// Mean of the reports' estimates, %: the whole run, the steady state.
     estimated_pct: f64,
+    steady_estimated_pct: f64,
     sheds: f64,
     /// Share of the reports with a probe shed.
     shed_reports: f64,
+}
+
+/// Where the steady state starts: after attach and the budget's reaction.
+const SETTLE: Duration = Duration::from_secs(3);
+
+/// CPU time of every thread of `pid` so far, ns (`/proc/PID/task/*/schedstat`,
+/// exact, where `/proc/PID/stat` counts 10 ms ticks).
+fn threads_cpu_ns(pid: u32) -> Option<f64> {
+    let mut sum = 0.0;
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        let s = std::fs::read_to_string(t.path().join("schedstat")).ok()?;
+        sum += s.split_whitespace().next()?.parse::<f64>().ok()?;
+    }
+    Some(sum)
 }
 
 fn once(t: &Tools, cfg: Cfg, secs: u32) -> Result<BudgetRun> {
@@ -44,44 +69,83 @@ fn once(t: &Tools, cfg: Cfg, secs: u32) -> Result<BudgetRun> {
         format!("{secs}s"),
     ];
     let limit = Duration::from_secs(u64::from(secs) * 10 + 60);
-    let (out, reports) = match cfg {
-        Cfg::Untraced => {
-            let (_, out, _) =
-                capture(Command::new(&t.churn).args(&churn_args), "churn", limit)?;
-            (out, String::new())
+    let file = t.scratch.join("budget-reports.jsonl");
+    let _ = std::fs::remove_file(&file);
+    let mut p = match cfg {
+        Cfg::Untraced => Proc::spawn(Command::new(&t.churn).args(&churn_args), "churn")?,
+        Cfg::Budget(b) => Proc::spawn(
+            Command::new(&t.leaktrace)
+                .args(["--format", "json", "--interval", "1s", "--max-overhead", b])
+                .arg("--output")
+                .arg(&file)
+                .arg("-c")
+                .arg(&t.churn)
+                .args(&churn_args),
+            "leaktrace -c churn",
+        )?,
+    };
+    p.stdin = None;
+    // The churn process: leaktrace's child, once it runs.
+    let started = Instant::now();
+    let churn = loop {
+        let pid = match cfg {
+            Cfg::Untraced => Some(p.pid()),
+            Cfg::Budget(_) => only_child(p.pid()),
+        };
+        if let Some(pid) = pid {
+            break pid;
         }
-        Cfg::Budget(b) => {
-            let file = t.scratch.join("budget-reports.jsonl");
-            let _ = std::fs::remove_file(&file);
-            let (status, out, err) = capture(
-                Command::new(&t.leaktrace)
-                    .args(["--format", "json", "--interval", "1s", "--max-overhead", b])
-                    .arg("--output")
-                    .arg(&file)
-                    .arg("-c")
-                    .arg(&t.churn)
-                    .args(&churn_args),
-                "leaktrace -c churn",
-                limit,
-            )?;
-            if !status.success() {
-                bail!("leaktrace --max-overhead {b} -c churn: {status}: {err}");
-            }
-            let reports = std::fs::read_to_string(&file)
-                .with_context(|| format!("reading {}", file.display()))?;
-            (out, reports)
+        if started.elapsed() > Duration::from_secs(60) {
+            bail!("churn did not start");
+        }
+        sleep(Duration::from_millis(5));
+    };
+    let t0 = Instant::now();
+    sleep(SETTLE);
+    let a = (
+        Instant::now(),
+        threads_cpu_ns(churn).context("churn's CPU")?,
+    );
+    sleep(
+        Duration::from_secs(u64::from(secs)).saturating_sub(t0.elapsed() + Duration::from_secs(1)),
+    );
+    let b = (
+        Instant::now(),
+        threads_cpu_ns(churn).context("churn's CPU")?,
+    );
+    let steady_cpu_per_s = (b.1 - a.1) / b.0.duration_since(a.0).as_secs_f64();
+    let steady = (
+        a.0.duration_since(t0).as_secs_f64(),
+        b.0.duration_since(t0).as_secs_f64(),
+    );
+    let status = p.wait(limit)?;
+    let out = p.out.drain(Duration::from_secs(5));
+    if !status.success() {
+        bail!("{status}: {}", p.err.drain(Duration::from_secs(5)));
+    }
+    let reports = match cfg {
+        Cfg::Untraced => String::new(),
+        Cfg::Budget(_) => {
+            std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?
         }
     };
     let ops = num_after(&out, "goroutines ").context("churn printed no goroutines")?;
     let cpu = num_after(&out, "cpu_ns ").context("churn printed no cpu_ns")?;
     let mut estimates = Vec::new();
+    let mut steady_estimates = Vec::new();
     let mut sheds = 0.0;
     let mut shed_reports = 0usize;
+    // Reports' elapsed_s counts from leaktrace's start, a moment before
+    // churn's: close enough for a window of seconds.
     for line in reports.lines().filter(|l| l.starts_with('{')) {
         let r: serde_json::Value = serde_json::from_str(line)?;
         let o = &r["overhead"];
         if let Some(e) = o["estimated_pct"].as_f64() {
             estimates.push(e);
+            let at = r["elapsed_s"].as_f64().unwrap_or(0.0);
+            if at > steady.0 && at <= steady.1 + 0.5 {
+                steady_estimates.push(e);
+            }
         }
         sheds = o["sheds"].as_f64().unwrap_or(sheds);
         if o["probes"]
@@ -91,12 +155,14 @@ fn once(t: &Tools, cfg: Cfg, secs: u32) -> Result<BudgetRun> {
             shed_reports += 1;
         }
     }
-    let n = estimates.len().max(1) as f64;
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     Ok(BudgetRun {
         cpu_per_op: cpu / ops.max(1.0),
-        estimated_pct: estimates.iter().sum::<f64>() / n,
+        steady_cpu_per_s,
+        estimated_pct: mean(&estimates),
+        steady_estimated_pct: mean(&steady_estimates),
         sheds,
-        shed_reports: shed_reports as f64 / n,
+        shed_reports: shed_reports as f64 / estimates.len().max(1) as f64,
     })
 }
 
@@ -125,35 +191,41 @@ pub(super) fn section(md: &mut Markdown, plan: &Plan, t: &Tools) -> Result<()> {
             .unwrap_or_default()
     };
     let base = median(&col(0, |r| r.cpu_per_op));
+    let steady_base = median(&col(0, |r| r.steady_cpu_per_s));
+    let dash = || "—".to_string();
     let rows: Vec<Vec<String>> = cfgs
         .iter()
         .enumerate()
         .map(|(i, (name, cfg))| {
             let cpu = col(i, |r| r.cpu_per_op);
             let measured: Vec<f64> = cpu.iter().map(|c| (c / base - 1.0) * 100.0).collect();
-            let traced = matches!(cfg, Cfg::Budget(_));
+            let steady: Vec<f64> = col(i, |r| r.steady_cpu_per_s)
+                .iter()
+                .map(|c| (c / steady_base - 1.0) * 100.0)
+                .collect();
+            if !matches!(cfg, Cfg::Budget(_)) {
+                return vec![
+                    name.to_string(),
+                    fmt_med(&cpu, 0),
+                    dash(),
+                    dash(),
+                    dash(),
+                    dash(),
+                    dash(),
+                ];
+            }
             vec![
                 name.to_string(),
                 fmt_med(&cpu, 0),
-                if traced {
-                    fmt_med(&measured, 1)
-                } else {
-                    "—".into()
-                },
-                if traced {
-                    fmt_med(&col(i, |r| r.estimated_pct), 1)
-                } else {
-                    "—".into()
-                },
-                if traced {
-                    format!(
-                        "{:.0} % ({} sheds)",
-                        median(&col(i, |r| r.shed_reports)) * 100.0,
-                        fmt_med(&col(i, |r| r.sheds), 0)
-                    )
-                } else {
-                    "—".into()
-                },
+                fmt_med(&measured, 1),
+                fmt_med(&col(i, |r| r.estimated_pct), 1),
+                fmt_med(&steady, 1),
+                fmt_med(&col(i, |r| r.steady_estimated_pct), 1),
+                format!(
+                    "{:.0} % ({} sheds)",
+                    median(&col(i, |r| r.shed_reports)) * 100.0,
+                    fmt_med(&col(i, |r| r.sheds), 0)
+                ),
             ]
         })
         .collect();
@@ -164,15 +236,21 @@ pub(super) fn section(md: &mut Markdown, plan: &Plan, t: &Tools) -> Result<()> {
          target's own CPU time per goroutine (getrusage: user + system, where the uprobe traps \
          are charged) against the untraced run's, median of {} runs. Estimated: the mean of \
          leaktrace's reports' `overhead.estimated_pct` over the same run (one report a second; \
-         the first window, before anything is shed, included in both).",
-        plan.runs
+         the first window, before anything is shed, included in both). Steady state: from \
+         {} s after churn starts to 1 s before it ends, the target's CPU per second from its \
+         threads' schedstat against the untraced run's over the same span, and the mean \
+         estimate of the reports in that span.",
+        plan.runs,
+        SETTLE.as_secs()
     ));
     md.table(
         &[
             "configuration",
             "target CPU ns / goroutine",
-            "measured overhead %",
-            "estimated overhead %",
+            "measured overhead %, whole run",
+            "estimated %, whole run",
+            "measured %, steady state",
+            "estimated %, steady state",
             "reports with a probe shed",
         ],
         &rows,
