@@ -61,6 +61,9 @@ pub struct Overhead {
     pub rearms: u32,
     /// What is approximate while probes are shed.
     pub approximate: Vec<&'static str>,
+    /// Whether this runtime's probes can be shed at all (tokio's cannot
+    /// yet: its estimate is reported, the budget not enforced).
+    pub sheddable: bool,
 }
 
 impl Overhead {
@@ -176,6 +179,7 @@ impl Budget {
             sheds: self.est.sheds,
             rearms: self.est.rearms,
             approximate: self.est.approximate(),
+            sheddable: self.est.max_step > 0,
         }
     }
 }

@@ -328,6 +328,9 @@ fn write_threads(
 /// park shed (≈ 40k/s), exit 118/s`.
 pub fn overhead_line(o: &Overhead) -> String {
     let budget = match o.budget_pct {
+        Some(b) if !o.sheddable => {
+            format!("budget {b} %, not enforced: these probes cannot be shed")
+        }
         Some(b) => format!("budget {b} %"),
         None => "no budget".to_string(),
     };
