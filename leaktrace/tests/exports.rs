@@ -219,6 +219,7 @@ fn metrics_say_which_probes_are_armed() {
         budget_pct: Some(2.0),
         estimated_pct: 1.5,
         target_cpu_pct: 80.0,
+        nearly_idle: false,
         trap_ns: Some(1000.0),
         calibration: "measured at start".into(),
         probes: vec![probe("park", false, 40_000.0), probe("spawn", true, 120.0)],

@@ -7,9 +7,10 @@
 //! the target's system time), and `estimated = probe CPU / max(own CPU,
 //! FLOOR_CORES × window)`: relative to the work the target would have done
 //! untraced, which is what a benchmark measures (traced vs untraced CPU for
-//! the same work). The floor keeps a nearly idle target from shedding
-//! everything for a handful of hits: below 5 % of one core, the probes'
-//! absolute cost (at most budget × 5 % of a core) is negligible.
+//! the same work). The budget judges `probe CPU / max(own CPU, FLOOR_CORES
+//! × window)`: the floor keeps a nearly idle target from shedding
+//! everything for a handful of hits: below a tenth of a core, the probes'
+//! absolute cost (at most budget × 0.1 core) is negligible.
 //!
 //! Shedding: over budget → the next step (one per window). Re-arming: the
 //! estimate *with the last-shed step re-armed* (its probes' rates as the
@@ -27,8 +28,8 @@ use crate::runtime::BudgetProbe;
 /// which a burst costs what every armed probe costs (`/proc/PID/stat`
 /// counts CPU time in 10 ms ticks: 2 % of a core over this).
 pub const WINDOW: Duration = Duration::from_millis(500);
-/// A target using less CPU than this (cores) is estimated against this.
-pub const FLOOR_CORES: f64 = 0.05;
+/// A target using less CPU than this (cores) is judged against this.
+pub const FLOOR_CORES: f64 = 0.1;
 /// Windows in a row under half the budget before a step is re-armed.
 pub const CALM_WINDOWS: u32 = 3;
 /// The least time between two changes of step the other way round.
@@ -83,9 +84,11 @@ pub struct Estimator {
     probes: Vec<ProbeState>,
     pub step: u8,
     pub max_step: u8,
-    /// The last window's estimate (fraction) and the target's own CPU
-    /// (cores).
+    /// The last window's estimate (fraction of the target's own CPU), what
+    /// the budget judged (the same, or against [`FLOOR_CORES`] when the
+    /// target used less), and the target's own CPU (cores).
     pub estimated: f64,
+    pub judged: f64,
     pub own_cores: f64,
     calm: u32,
     since_change: Duration,
@@ -112,6 +115,7 @@ impl Estimator {
             step: 0,
             max_step,
             estimated: 0.0,
+            judged: 0.0,
             own_cores: 0.0,
             calm: 0,
             since_change: Duration::ZERO,
@@ -154,7 +158,9 @@ impl Estimator {
         let own_ns = (w.target_cpu_ns - probe_ns).max(0.0);
         self.own_cores = own_ns / secs / 1e9;
         let base_ns = own_ns.max(FLOOR_CORES * secs * 1e9);
-        self.estimated = probe_ns / base_ns;
+        self.judged = probe_ns / base_ns;
+        // Against at least a microsecond a second: 0 for no hits at all.
+        self.estimated = probe_ns / own_ns.max(1e3 * secs);
         // Rates of the shed probes: memory reads, else scaled by CPU.
         let own_cores = self.own_cores;
         for p in &mut self.probes {
@@ -176,7 +182,7 @@ impl Estimator {
     /// rates of every probe are this window's (measured or estimated).
     fn decide(&mut self, probe_ns_per_s: f64, base_ns_per_s: f64) -> Option<u8> {
         let limit = self.limit?;
-        if self.estimated > limit && self.step < self.max_step {
+        if self.judged > limit && self.step < self.max_step {
             // Straight to the first step whose armed probes fit, by the
             // rates just measured: one window of reaction, not one per step.
             let fits = |step: u8| {
@@ -315,9 +321,11 @@ mod tests {
     #[test]
     fn an_idle_target_does_not_shed_for_a_few_hits() {
         let mut e = Estimator::new(&PROBES, Some(0.02), 1000.0);
-        // 100 hits (0.2 ms) on a target using 1 ms of CPU a second.
-        assert_eq!(e.update(&second(&e, [100, 0, 0], 0.001, 0.0)), None);
-        assert!(e.estimated < 0.01);
+        // 500 hits (1 ms) on a target using 1 ms of CPU a second: 100 % of
+        // it, but 1 % of the tenth of a core it is judged against.
+        assert_eq!(e.update(&second(&e, [500, 0, 0], 0.001, 0.0)), None);
+        assert!((e.estimated - 1.0).abs() < 1e-6, "{}", e.estimated);
+        assert!(e.judged < 0.02);
     }
 
     #[test]

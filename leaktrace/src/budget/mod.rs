@@ -52,6 +52,9 @@ pub struct Overhead {
     pub estimated_pct: f64,
     /// The target's own CPU use, % of one core, over that window.
     pub target_cpu_pct: f64,
+    /// The target used less than a tenth of a core: the budget judged the
+    /// probes' cost against a tenth of a core, not against `estimated_pct`.
+    pub nearly_idle: bool,
     /// What one uprobe trap costs here (ns), and how it was known.
     pub trap_ns: Option<f64>,
     pub calibration: String,
@@ -161,7 +164,7 @@ impl Budget {
         if let Some(step) = self.est.update(&window) {
             log::info!(
                 "overhead {:.2} % of the target's CPU: probe step {before} → {step}",
-                self.est.estimated * 100.0
+                self.est.judged * 100.0
             );
             rt.shed(probes, step)?;
         }
@@ -173,6 +176,7 @@ impl Budget {
             budget_pct: self.est.limit.map(|l| l * 100.0),
             estimated_pct: self.est.estimated * 100.0,
             target_cpu_pct: self.est.own_cores * 100.0,
+            nearly_idle: self.est.own_cores < estimate::FLOOR_CORES,
             trap_ns: self.trap_ns,
             calibration: self.calibration.clone(),
             probes: self.est.probes(),

@@ -331,6 +331,9 @@ pub fn overhead_line(o: &Overhead) -> String {
         Some(b) if !o.sheddable => {
             format!("budget {b} %, not enforced: these probes cannot be shed")
         }
+        Some(b) if o.nearly_idle => {
+            format!("budget {b} %, judged against a tenth of a core: the target is nearly idle")
+        }
         Some(b) => format!("budget {b} %"),
         None => "no budget".to_string(),
     };
