@@ -159,8 +159,9 @@ impl Estimator {
         self.own_cores = own_ns / secs / 1e9;
         let base_ns = own_ns.max(FLOOR_CORES * secs * 1e9);
         self.judged = probe_ns / base_ns;
-        // Against at least a microsecond a second: 0 for no hits at all.
-        self.estimated = probe_ns / own_ns.max(1e3 * secs);
+        // Against at least 1 % of a core: a nearly idle target's ratio is
+        // noise (and `nearly_idle` says so).
+        self.estimated = probe_ns / own_ns.max(0.01 * secs * 1e9);
         // Rates of the shed probes: memory reads, else scaled by CPU.
         let own_cores = self.own_cores;
         for p in &mut self.probes {
@@ -321,10 +322,10 @@ mod tests {
     #[test]
     fn an_idle_target_does_not_shed_for_a_few_hits() {
         let mut e = Estimator::new(&PROBES, Some(0.02), 1000.0);
-        // 500 hits (1 ms) on a target using 1 ms of CPU a second: 100 % of
-        // it, but 1 % of the tenth of a core it is judged against.
+        // 500 hits (1 ms) on a target using 1 ms of CPU a second: reported
+        // against 1 % of a core (10 %), judged against a tenth (1 %).
         assert_eq!(e.update(&second(&e, [500, 0, 0], 0.001, 0.0)), None);
-        assert!((e.estimated - 1.0).abs() < 1e-6, "{}", e.estimated);
+        assert!((e.estimated - 0.1).abs() < 1e-6, "{}", e.estimated);
         assert!(e.judged < 0.02);
     }
 
