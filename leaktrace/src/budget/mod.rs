@@ -208,7 +208,10 @@ const MAX_THREADS_READ: usize = 1024;
 
 fn threads_cpu_ns(pid: u32) -> Option<u64> {
     let mut sum = 0u64;
-    for (i, t) in std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.enumerate() {
+    for (i, t) in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .enumerate()
+    {
         if i >= MAX_THREADS_READ {
             return None;
         }
