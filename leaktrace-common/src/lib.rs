@@ -1,7 +1,8 @@
 //! Types shared by the eBPF probes and the userspace tool, one module per
 //! concern: [`go`] (goroutine lifecycle), [`tokio`] (task lifecycle),
 //! [`threads`] (OS threads of the traced process), [`follow`] (a command's
-//! descendants) and [`ring`] (the buffer task probes write to).
+//! descendants), [`ring`] (the buffer task probes write to) and [`stats`]
+//! (per-probe hit counters for the overhead budget).
 //!
 //! Everything here is `#[repr(C)]` and plain old data: the probes write these
 //! bytes into a ring buffer and userspace reads them back, so both sides must
@@ -19,12 +20,15 @@ pub mod go;
 /// The exit-time walk of `runtime.allgs`: its config and records.
 pub mod go_final;
 pub mod ring;
+pub mod stats;
 pub mod threads;
 pub mod tokio;
 
 #[cfg(feature = "user")]
 mod user {
-    use super::{follow, go, threads, tokio};
+    use super::{follow, go, stats, threads, tokio};
+    // SAFETY: `#[repr(C)]` plain old data (asserted sizes, no pointers).
+    unsafe impl aya::Pod for stats::ProbeStat {}
     // SAFETY: `#[repr(C)]` plain old data (asserted sizes, no pointers).
     unsafe impl aya::Pod for go::GoEvent {}
     // SAFETY: `#[repr(C)]` plain old data (asserted sizes, no pointers).

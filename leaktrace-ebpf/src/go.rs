@@ -22,9 +22,12 @@ use aya_ebpf::{
     programs::ProbeContext,
 };
 use aya_log_ebpf::warn;
-use leaktrace_common::go::{GoConfig, GoEvent, GoEventKind, SpawnPoint};
+use leaktrace_common::{
+    go::{GoConfig, GoEvent, GoEventKind, SpawnPoint},
+    stats::slot,
+};
 
-use crate::maps::{emit, read_u64};
+use crate::maps::{count_hit, emit, read_u64};
 
 /// Set by the loader before the program is loaded.
 #[unsafe(no_mangle)]
@@ -50,19 +53,28 @@ fn config() -> GoConfig {
 
 #[uprobe]
 pub fn go_spawn(ctx: ProbeContext) -> u32 {
+    let t0 = unsafe { bpf_ktime_get_ns() };
+    spawn(&ctx, t0);
+    count_hit(slot::GO_SPAWN, t0);
+    0
+}
+
+/// The spawn probe's work; every way out of it is one counted hit.
+#[inline(always)]
+fn spawn(ctx: &ProbeContext, t0: u64) {
     let regs = unsafe { &*ctx.regs };
     let cfg = config();
     let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
     if cookie == SpawnPoint::CasgstatusCall as u64 && regs.rbx as u32 != cfg.gstatus_dead {
         // The other casgstatus in newproc1 (_Gidle → _Gdead for a fresh g).
-        return 0;
+        return;
     }
     let g = regs.rax;
     if g == 0 {
         // Only if the probe point or the ABI assumption is wrong for this
         // binary: say so rather than drop spawns silently.
-        warn!(&ctx, "go_spawn: no g in RAX at {:x}", regs.rip);
-        return 0;
+        warn!(ctx, "go_spawn: no g in RAX at {:x}", regs.rip);
+        return;
     }
     // Every user-memory read is a helper call on each of possibly a million
     // spawns a second: only what userspace uses is read. The start pc and
@@ -84,7 +96,7 @@ pub fn go_spawn(ctx: ProbeContext) -> u32 {
         0
     };
     emit(GoEvent {
-        ts_ns: unsafe { bpf_ktime_get_ns() },
+        ts_ns: t0,
         g,
         goid: 0,
         gopc,
@@ -99,7 +111,6 @@ pub fn go_spawn(ctx: ProbeContext) -> u32 {
             [0; 2]
         },
     });
-    0
 }
 
 /// `go` statements (gopc) that userspace saw start many goroutines, all
@@ -230,6 +241,7 @@ fn creator_callers(cfg: &GoConfig, curg: u64, gopc: u64) -> [u64; 2] {
 
 #[uprobe]
 pub fn go_park(ctx: ProbeContext) -> u32 {
+    let t0 = unsafe { bpf_ktime_get_ns() };
     let g = unsafe { (*ctx.regs).rax };
     if g == 0 {
         warn!(&ctx, "go_park: no g in RAX");
@@ -237,7 +249,7 @@ pub fn go_park(ctx: ProbeContext) -> u32 {
     }
     let cfg = config();
     emit(GoEvent {
-        ts_ns: unsafe { bpf_ktime_get_ns() },
+        ts_ns: t0,
         g,
         // The goid tells a reused g apart; the wait reason is read from
         // memory at each refresh, so the probe does not read it.
@@ -245,11 +257,13 @@ pub fn go_park(ctx: ProbeContext) -> u32 {
         kind: GoEventKind::Park as u8,
         ..GoEvent::default()
     });
+    count_hit(slot::GO_PARK, t0);
     0
 }
 
 #[uprobe]
 pub fn go_exit(ctx: ProbeContext) -> u32 {
+    let t0 = unsafe { bpf_ktime_get_ns() };
     let g = unsafe { (*ctx.regs).rax };
     if g == 0 {
         warn!(&ctx, "go_exit: no g in RAX");
@@ -257,10 +271,22 @@ pub fn go_exit(ctx: ProbeContext) -> u32 {
     }
     // The g alone names the row to drop: no read.
     emit(GoEvent {
-        ts_ns: unsafe { bpf_ktime_get_ns() },
+        ts_ns: t0,
         g,
         kind: GoEventKind::Exit as u8,
         ..GoEvent::default()
     });
+    count_hit(slot::GO_EXIT, t0);
+    0
+}
+
+/// Calibration (`leaktrace::probes::calibrate`): attached to a function of
+/// leaktrace's own process, it does nothing but count, so timing a burst of
+/// calls with and without it measures what one uprobe hit costs the traced
+/// thread on this machine (the trap and the return to user space).
+#[uprobe]
+pub fn calibrate_hit(_ctx: ProbeContext) -> u32 {
+    let t0 = unsafe { bpf_ktime_get_ns() };
+    count_hit(slot::CALIBRATE, t0);
     0
 }

@@ -1,11 +1,14 @@
 //! Maps and helpers shared by every probe family.
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{bpf_probe_read_user, generated},
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_user, generated},
     macros::map,
     maps::{PerCpuArray, RingBuf},
 };
-use leaktrace_common::ring::RING_BYTES;
+use leaktrace_common::{
+    ring::RING_BYTES,
+    stats::{ProbeStat, slot},
+};
 
 /// All task events, in the order the probes reserved them (so, for one
 /// task, spawn < park… < exit even across CPUs). One session traces one
@@ -25,6 +28,28 @@ pub fn count_lost() {
         // another instance on the same CPU.
         unsafe { *slot += 1 };
     }
+}
+
+/// Hits and in-program time per probe (see `leaktrace_common::stats`):
+/// what the overhead budget estimates the target's cost from. Per CPU, so
+/// counting never contends.
+#[map]
+pub static PROBE_STATS: PerCpuArray<ProbeStat> = PerCpuArray::with_max_entries(slot::COUNT, 0);
+
+/// Count one hit of probe `slot` whose program started at `t0`
+/// (`bpf_ktime_get_ns`). Returns `t0`, for the record's timestamp.
+#[inline(always)]
+pub fn count_hit(slot: u32, t0: u64) -> u64 {
+    if let Some(stat) = PROBE_STATS.get_ptr_mut(slot & (slot::COUNT - 1)) {
+        let now = unsafe { bpf_ktime_get_ns() };
+        // SAFETY: per-CPU slot, and a uprobe program cannot be preempted by
+        // another instance on the same CPU.
+        unsafe {
+            (*stat).hits += 1;
+            (*stat).ns += now.saturating_sub(t0);
+        }
+    }
+    t0
 }
 
 /// A user-memory word, 0 when unreadable (the callers treat 0 as "none").

@@ -17,12 +17,15 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray, RingBuf},
     programs::ProbeContext,
 };
-use leaktrace_common::tokio::{
-    SPAWN_STACK_BYTES, TokioEvent, TokioEventKind, TokioSpawnStack,
-    task_header::{MAX_PLAUSIBLE_REFS, REF_SHIFT, VTABLE as HEADER_VTABLE},
+use leaktrace_common::{
+    stats::slot,
+    tokio::{
+        SPAWN_STACK_BYTES, TokioEvent, TokioEventKind, TokioSpawnStack,
+        task_header::{MAX_PLAUSIBLE_REFS, REF_SHIFT, VTABLE as HEADER_VTABLE},
+    },
 };
 
-use crate::maps::{copy_user_stack, emit, read_u64};
+use crate::maps::{copy_user_stack, count_hit, emit, read_u64};
 
 /// Spawn stacks ([`TokioSpawnStack`]), apart from the task events: they
 /// are 200 times larger. Room for ~500 waiting; a spawn that finds it full
@@ -119,6 +122,16 @@ fn find_task(
 
 #[uprobe]
 pub fn tokio_task(ctx: ProbeContext) -> u32 {
+    let t0 = unsafe { bpf_ktime_get_ns() };
+    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    task_event(&ctx, cookie, t0);
+    count_hit(slot::TOKIO_BASE + (cookie as u32 & 7), t0);
+    0
+}
+
+/// The task probe's work; every way out of it is one counted hit.
+#[inline(always)]
+fn task_event(ctx: &ProbeContext, cookie: u64, t0: u64) {
     // Copied out first: the verifier refuses loads through a context
     // pointer the compiler has offset (as indexing the registers would).
     let regs = unsafe { &*ctx.regs };
@@ -136,7 +149,6 @@ pub fn tokio_task(ctx: ProbeContext) -> u32 {
             core::ptr::read_volatile(&regs.rbp),
         )
     };
-    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
     let kind = cookie as u8;
     let preferred = (cookie >> 8) as u8;
     let deref_first = (cookie >> 16) & 1 == 1;
@@ -145,7 +157,7 @@ pub fn tokio_task(ctx: ProbeContext) -> u32 {
     // and cheap on paths it does not understand.
     let Some((header, vtable, id, found_as)) = find_task(rdi, rsi, rdx, preferred, deref_first)
     else {
-        return 0;
+        return;
     };
     let tid = bpf_get_current_pid_tgid() as u32;
     if kind == TokioEventKind::Spawn as u8 && sample_stack(vtable) {
@@ -154,7 +166,7 @@ pub fn tokio_task(ctx: ProbeContext) -> u32 {
         send_stack(header, id, tid, ip, sp, bp);
     }
     emit(TokioEvent {
-        ts_ns: unsafe { bpf_ktime_get_ns() },
+        ts_ns: t0,
         header,
         id,
         vtable,
@@ -163,7 +175,6 @@ pub fn tokio_task(ctx: ProbeContext) -> u32 {
         found_as,
         _pad: [0; 2],
     });
-    0
 }
 
 /// Whether this spawn of `vtable`'s future type gets its stack copied.

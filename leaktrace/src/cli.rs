@@ -152,6 +152,18 @@ pub struct Args {
     #[arg(long)]
     pub detailed: bool,
 
+    /// Keep the probes' estimated CPU cost under PCT % of the target's own
+    /// CPU (README §Overhead budget): over it, the costliest probes are
+    /// detached (Go: park, then spawn and exit) and what they saw is read
+    /// from memory at each refresh (approximations said in the reports);
+    /// re-armed when the rate falls. `off`: never detach (still estimated);
+    /// `0`: memory reads only from the start. The default can also come
+    /// from LEAKTRACE_MAX_OVERHEAD (benchmarks that measure the probes
+    /// themselves set it to `off`).
+    #[arg(long, value_name = "PCT", value_parser = crate::budget::parse_max_overhead,
+          default_value = "2", env = "LEAKTRACE_MAX_OVERHEAD")]
+    pub max_overhead: crate::budget::MaxOverhead,
+
     /// The program's separate debug info (`objcopy --only-keep-debug`), for
     /// names in a stripped binary; repeatable (each program traced takes
     /// the file with its build-id; one that is no traced program's is an

@@ -8,6 +8,7 @@
 //! (the process, its ELF, read-only memory, clocks). `console` (stderr
 //! messages that never panic) is a leaf every layer may use.
 pub mod aggregate;
+pub mod budget;
 pub mod cli;
 pub mod console;
 pub mod probes;

@@ -81,6 +81,7 @@ fn report(groups: Vec<GroupReport>, omitted: Vec<GroupReport>) -> Report {
         partial_deadlocks: Vec::new(),
         notes: Vec::new(),
         threads: None,
+        overhead: None,
     }
 }
 
@@ -201,4 +202,53 @@ fn metrics_bound_group_series_and_never_fold_a_leak_away() {
     let healthy = GROUP_SERIES as u64 + 20;
     let named = GROUP_SERIES as u64 - 2;
     assert_eq!(smallest_named, 100 + healthy - named);
+}
+
+/// The overhead budget's state in /metrics: the estimate as a ratio, and
+/// per probe whether it is armed and its rate.
+#[test]
+fn metrics_say_which_probes_are_armed() {
+    use leaktrace::budget::{Overhead, estimate::ProbeOverhead};
+    let mut r = report(Vec::new(), Vec::new());
+    let probe = |name, armed, hits_per_s| ProbeOverhead {
+        name,
+        armed,
+        hits_per_s,
+        hits_estimated: !armed,
+        cost_ns: 1500.0,
+    };
+    r.overhead = Some(Overhead {
+        budget_pct: Some(2.0),
+        estimated_pct: 1.5,
+        target_cpu_pct: 80.0,
+        nearly_idle: false,
+        trap_ns: Some(1000.0),
+        calibration: "measured at start".into(),
+        probes: vec![probe("park", false, 40_000.0), probe("spawn", true, 120.0)],
+        sheds: 1,
+        rearms: 0,
+        approximate: vec!["park probe shed"],
+        sheddable: true,
+    });
+    let text = metrics(&[Traced {
+        report: &r,
+        probes_armed: 3,
+    }]);
+    let labels = r#"pid="4242",exe="/srv/app",runtime="go""#;
+    for line in [
+        format!("leaktrace_estimated_overhead_ratio{{{labels}}} 0.015"),
+        format!("leaktrace_probe_armed{{{labels},probe=\"park\"}} 0"),
+        format!("leaktrace_probe_armed{{{labels},probe=\"spawn\"}} 1"),
+        format!("leaktrace_probe_hits_per_second{{{labels},probe=\"park\"}} 40000"),
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "{line} missing in:\n{text}"
+        );
+    }
+    let header = leaktrace::report::text::overhead_line(r.overhead.as_ref().unwrap());
+    assert!(
+        header.contains("park shed (≈ 40k/s)") && header.contains("spawn 120/s"),
+        "{header}"
+    );
 }

@@ -226,6 +226,10 @@ pub fn try_build_go(program: GoProgram, go: &GoToolchain, mode: BuildMode) -> Re
     let out = go_binary_path(program, go, mode);
     let dir = out.parent().expect("binary path has a parent");
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    // `budget/burst` is built as `…/budget/burst`: its files sit beside it.
+    let name = out
+        .file_name()
+        .map_or_else(|| name.to_string(), |f| f.to_string_lossy().into_owned());
 
     let stamp = stamp_for(program, go, mode)?;
     let stamp_path = dir.join(format!("{name}.stamp"));

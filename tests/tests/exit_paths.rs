@@ -37,51 +37,6 @@ fn finish(child: Child) -> (Option<i32>, Vec<Report>, String) {
     )
 }
 
-/// The BPF programs and links a running leaktrace holds, by kernel id, read
-/// from its own fds (exact, even with other tracers loaded meanwhile).
-fn held_bpf_objects(pid: u32) -> Vec<(&'static str, String)> {
-    let mut out = Vec::new();
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return out;
-    };
-    for fd in fds.flatten() {
-        let Ok(target) = std::fs::read_link(fd.path()) else {
-            continue;
-        };
-        let target = target.to_string_lossy();
-        let (kind, key) = if target.contains("bpf-prog") {
-            ("prog", "prog_id:")
-        } else if target.contains("bpf_link") {
-            ("link", "link_id:")
-        } else {
-            continue;
-        };
-        let info = std::fs::read_to_string(format!(
-            "/proc/{pid}/fdinfo/{}",
-            fd.file_name().to_string_lossy()
-        ))
-        .unwrap_or_default();
-        if let Some(id) = info.lines().find_map(|l| l.strip_prefix(key)) {
-            out.push((kind, id.trim().to_string()));
-        }
-    }
-    out
-}
-
-/// Which of those objects the kernel still has.
-fn still_loaded(objects: &[(&'static str, String)]) -> Vec<String> {
-    objects
-        .iter()
-        .filter(|(kind, id)| {
-            Command::new("bpftool")
-                .args([kind, "show", "id", id])
-                .output()
-                .is_ok_and(|o| o.status.success())
-        })
-        .map(|(kind, id)| format!("{kind} {id}"))
-        .collect()
-}
-
 /// Let the session get going; what it holds in the kernel.
 fn wait_attached(child: &mut Child) -> Vec<(&'static str, String)> {
     // Attaching waits for the kernel's uprobe lock, which another session

@@ -3,11 +3,17 @@
 //! thread tracker each tell it which program goes where. Dropping [`Probes`]
 //! detaches every probe: that is how every exit path (return, `?`, panic
 //! unwinding) cleans up.
+pub mod calibrate;
 pub mod multi;
 pub mod ring;
 pub mod tracefs;
 
-use std::{io::IsTerminal as _, num::NonZeroU32, path::Path};
+use std::{
+    collections::HashMap,
+    io::IsTerminal as _,
+    num::NonZeroU32,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
@@ -19,6 +25,7 @@ use aya::{
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
     },
 };
+use leaktrace_common::stats::{ProbeStat, slot};
 
 /// The probes object built by leaktrace-ebpf, embedded at compile time so a
 /// single `leaktrace` file is all a production host needs.
@@ -66,6 +73,16 @@ pub struct Probes {
     logger: Option<Logger>,
     /// Uprobe-multi links (issue #14): one per program instead of one per point.
     multi: multi::MultiLinks,
+    /// Where each uprobe program was attached, to attach it again after
+    /// [`Probes::detach_program`] (the overhead budget's shedding).
+    placed: HashMap<String, Placed>,
+}
+
+/// One program's attachment, as [`Probes::attach`] was asked for it.
+struct Placed {
+    points: Vec<AttachPoint>,
+    exe: PathBuf,
+    pid: u32,
 }
 
 pub type Logger = aya_log::EbpfLogger<&'static dyn log::Log>;
@@ -113,6 +130,7 @@ impl Probes {
             tracepoint_links: Vec::new(),
             logger,
             multi: multi::MultiLinks::default(),
+            placed: HashMap::new(),
         })
     }
 
@@ -127,6 +145,14 @@ impl Probes {
         exe: &Path,
         pid: u32,
     ) -> Result<()> {
+        self.placed.insert(
+            name.to_string(),
+            Placed {
+                points: points.to_vec(),
+                exe: exe.to_path_buf(),
+                pid,
+            },
+        );
         let pid = NonZeroU32::new(pid).ok_or_else(|| anyhow!("pid 0 cannot be traced"))?;
         let prog: &mut UProbe = self
             .ebpf
@@ -164,6 +190,68 @@ impl Probes {
             self.attached += 1;
         }
         Ok(())
+    }
+
+    /// Detach every point of uprobe program `name` (attached by
+    /// [`Probes::attach`]), waiting until the kernel has removed them: from
+    /// then on the target pays no trap for them. Returns how many points.
+    pub fn detach_program(&mut self, name: &str) -> usize {
+        let mut links: Vec<Box<dyn Send>> = Vec::new();
+        for link in self.multi.take_links_of(name) {
+            links.push(Box::new(link));
+        }
+        let (of, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.links)
+            .into_iter()
+            .partition(|(n, _)| n == name);
+        self.links = rest;
+        if let Some(prog) = self
+            .ebpf
+            .program_mut(name)
+            .and_then(|p| <&mut UProbe>::try_from(p).ok())
+        {
+            for (_, id) in of {
+                if let Ok(link) = prog.take_link(id) {
+                    links.push(Box::new(link));
+                }
+            }
+        }
+        let points = self.placed.get(name).map_or(0, |p| p.points.len());
+        if !links.is_empty() {
+            self.attached = self.attached.saturating_sub(points);
+        }
+        multi::drop_in_pool(links, multi::DETACH_THREADS);
+        points
+    }
+
+    /// Attach program `name` again where it was before
+    /// [`Probes::detach_program`].
+    pub fn reattach_program(&mut self, name: &str) -> Result<()> {
+        let placed = self
+            .placed
+            .remove(name)
+            .ok_or_else(|| anyhow!("program {name} was never attached"))?;
+        self.attach(name, &placed.points, &placed.exe, placed.pid)
+    }
+
+    /// Hits and in-program time of each probe slot since load (see
+    /// `leaktrace_common::stats`), summed over CPUs; zeros if unreadable.
+    pub fn probe_stats(&self) -> [ProbeStat; slot::COUNT as usize] {
+        let mut out = [ProbeStat::default(); slot::COUNT as usize];
+        let Some(map) = self.ebpf.map("PROBE_STATS") else {
+            return out;
+        };
+        let Ok(array) = PerCpuArray::<_, ProbeStat>::try_from(map) else {
+            return out;
+        };
+        for (i, o) in out.iter_mut().enumerate() {
+            if let Ok(per_cpu) = array.get(&(i as u32), 0) {
+                for s in per_cpu.iter() {
+                    o.hits += s.hits;
+                    o.ns += s.ns;
+                }
+            }
+        }
+        out
     }
 
     /// Detach every probe. A per-point uprobe link waits out a grace period

@@ -388,7 +388,9 @@ impl ProgLoad<'_> {
 #[derive(Default)]
 pub struct MultiLinks {
     copies: HashMap<String, OwnedFd>,
-    links: Vec<OwnedFd>,
+    /// Each link with its program's name (the overhead budget detaches one
+    /// program's links).
+    links: Vec<(String, OwnedFd)>,
     /// Set once the kernel said it has no multi links: later programs go
     /// straight to per-point links.
     unsupported: bool,
@@ -442,7 +444,7 @@ impl MultiLinks {
                     points.len(),
                     t.elapsed().as_secs_f64() * 1e3
                 );
-                self.links.push(link);
+                self.links.push((name.to_string(), link));
                 true
             }
             Err(e) => {
@@ -474,6 +476,18 @@ impl MultiLinks {
     /// rest); the program copies go when `self` is dropped.
     pub fn take_links(&mut self) -> Vec<OwnedFd> {
         std::mem::take(&mut self.links)
+            .into_iter()
+            .map(|(_, fd)| fd)
+            .collect()
+    }
+
+    /// The links of program `name` only, for the caller to close.
+    pub fn take_links_of(&mut self, name: &str) -> Vec<OwnedFd> {
+        let (of, rest) = std::mem::take(&mut self.links)
+            .into_iter()
+            .partition(|(n, _)| n == name);
+        self.links = rest;
+        of.into_iter().map(|(_, fd)| fd).collect()
     }
 }
 

@@ -283,6 +283,8 @@ impl ReportBuilder {
             partial_deadlocks,
             notes: self.notes.clone(),
             threads: self.threads.clone(),
+            // Set by the session, which holds the budget.
+            overhead: None,
         }
     }
 }

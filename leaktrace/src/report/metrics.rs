@@ -5,7 +5,9 @@
 //! (over `--window`) and `leaktrace_group_blocked_seconds_max` (the longest
 //! blocked member), labelled `pid, exe, runtime, created_by, start, state,
 //! verdict, cause`. Per process: live and system tasks, spawned, exited,
-//! lost events, probes armed.
+//! lost events, probes armed, the estimated overhead
+//! (`leaktrace_estimated_overhead_ratio`) and per probe whether it is armed
+//! and its hits per second (label `probe`).
 //!
 //! Cardinality is bounded: per process at most [`GROUP_SERIES`] group
 //! series — leaks first, then suspects, then the largest groups, as the
@@ -94,6 +96,35 @@ pub fn metrics(processes: &[Traced<'_>]) -> String {
             "Probe attachments in force in this process.",
             p.probes_armed as f64,
         );
+        if let Some(o) = &r.overhead {
+            gauge(
+                &mut m,
+                "leaktrace_estimated_overhead_ratio",
+                "The probes' estimated CPU cost as a fraction of the target's own CPU (--max-overhead).",
+                o.estimated_pct / 100.0,
+            );
+            for p in &o.probes {
+                let labels: Vec<(&str, String)> = process
+                    .iter()
+                    .cloned()
+                    .chain([("probe", p.name.to_string())])
+                    .collect();
+                m.add(
+                    "leaktrace_probe_armed",
+                    "gauge",
+                    "1 while the probe is attached, 0 while the overhead budget has shed it (followed by memory reads).",
+                    &labels,
+                    if p.armed { 1.0 } else { 0.0 },
+                );
+                m.add(
+                    "leaktrace_probe_hits_per_second",
+                    "gauge",
+                    "The probe's hits per second: counted while armed, estimated while shed.",
+                    &labels,
+                    p.hits_per_s,
+                );
+            }
+        }
         gauge(
             &mut m,
             "leaktrace_attached_seconds",

@@ -2,6 +2,7 @@
 use serde::Serialize;
 
 pub use crate::aggregate::deadlocks::{PartialDeadlock, Participant};
+pub use crate::budget::Overhead;
 pub use crate::threads::view::{ThreadGroupReport, ThreadVerdict, ThreadsReport};
 use crate::{
     aggregate::{channels::ChannelSummary, verdict::Verdict},
@@ -53,6 +54,10 @@ pub struct Report {
     /// The process's OS threads; absent when thread tracking is off.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub threads: Option<ThreadsReport>,
+    /// Which probes are armed and what they are estimated to cost the
+    /// target (`--max-overhead`, README §Overhead budget).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overhead: Option<Overhead>,
 }
 
 #[derive(Clone, Copy, Debug, Serialize)]

@@ -4,7 +4,7 @@ use std::io::Write;
 
 use anyhow::Result;
 
-use super::model::{GroupReport, Report, ThreadVerdict, ThreadsReport};
+use super::model::{GroupReport, Overhead, Report, ThreadVerdict, ThreadsReport};
 use crate::{
     aggregate::verdict::{Verdict, human_secs},
     runtime::{RuntimeKind, Shown},
@@ -76,6 +76,12 @@ pub fn write(out: &mut dyn Write, report: &Report, style: &TextStyle) -> Result<
     let detail = counters(Shown::Detail);
     if !detail.is_empty() {
         writeln!(out, "  {}", detail.join(", "))?;
+    }
+    if let Some(o) = &report.overhead {
+        writeln!(out, "{}", overhead_line(o))?;
+        for a in &o.approximate {
+            writeln!(out, "{} {a}", paint("33", "approximate:"))?;
+        }
     }
     if e.lost > 0 {
         writeln!(
@@ -324,6 +330,54 @@ fn write_threads(
         }
     }
     Ok(())
+}
+
+/// `overhead ≈ 0.4 % of the target's CPU (budget 2 %); probes: spawn 120/s,
+/// park shed (≈ 40k/s), exit 118/s`.
+pub fn overhead_line(o: &Overhead) -> String {
+    let budget = match o.budget_pct {
+        Some(b) if !o.sheddable => {
+            format!("budget {b} %, not enforced: these probes cannot be shed")
+        }
+        Some(b) if o.nearly_idle => {
+            format!("budget {b} %, judged against a tenth of a core: the target is nearly idle")
+        }
+        Some(b) => format!("budget {b} %"),
+        None => "no budget".to_string(),
+    };
+    let rate = |r: f64| {
+        if r >= 10_000.0 {
+            format!("{:.0}k/s", r / 1000.0)
+        } else {
+            format!("{r:.0}/s")
+        }
+    };
+    let probes: Vec<String> = o
+        .probes
+        .iter()
+        .map(|p| {
+            if p.armed {
+                format!("{} {}", p.name, rate(p.hits_per_s))
+            } else {
+                format!("{} shed (≈ {})", p.name, rate(p.hits_per_s))
+            }
+        })
+        .collect();
+    let shed = if o.sheds + o.rearms > 0 {
+        format!("; shed {}×, re-armed {}×", o.sheds, o.rearms)
+    } else {
+        String::new()
+    };
+    format!(
+        "overhead ≈ {:.2} % of the target's CPU ({:.0} % of a core; {budget}); probes: {}{shed}",
+        o.estimated_pct,
+        o.target_cpu_pct,
+        if probes.is_empty() {
+            "none".to_string()
+        } else {
+            probes.join(", ")
+        }
+    )
 }
 
 #[cfg(test)]

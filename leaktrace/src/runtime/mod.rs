@@ -128,6 +128,20 @@ pub struct TaskCounts {
     pub extra: Vec<Counter>,
 }
 
+/// One probe as the overhead budget (`crate::budget`) sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BudgetProbe {
+    /// As reports name it: `spawn`, `park`, `poll`…
+    pub name: &'static str,
+    /// Its counters in the probes' `PROBE_STATS` map
+    /// (`leaktrace_common::stats::slot`).
+    pub slot: u32,
+    /// The shedding step that detaches it (1 is shed first); 0: never shed.
+    pub shed_at: u8,
+    /// What becomes approximate while it is shed, for the reports.
+    pub when_shed: &'static str,
+}
+
 /// How the user asked to trace.
 #[derive(Clone, Debug, Default)]
 pub struct Options {
@@ -175,6 +189,22 @@ pub trait Runtime: Send {
     }
     /// Notes that arose since the last call (said once).
     fn take_notes(&mut self) -> Vec<String>;
+    /// The probes the overhead budget counts, and which it may shed.
+    fn budget_probes(&self) -> Vec<BudgetProbe> {
+        Vec::new()
+    }
+    /// Shedding step `step` of the overhead budget: detach the probes with
+    /// `0 < shed_at <= step`, (re)attach the others, and follow what the
+    /// detached ones saw by reading memory instead.
+    fn shed(&mut self, _probes: &mut Probes, _step: u8) -> Result<()> {
+        Ok(())
+    }
+    /// Hits per second the shed probes would have, as the memory reads
+    /// observe them (by [`BudgetProbe::name`]); the budget estimates the
+    /// rest.
+    fn memory_rates(&self) -> Vec<(&'static str, f64)> {
+        Vec::new()
+    }
     /// After the process exited: its tasks as they were at the moment of
     /// exit, when the runtime could capture them (Go: the exit probe's walk
     /// of `allgs`). `None`: only the last refresh is known.

@@ -16,6 +16,7 @@ use super::{
 };
 use crate::{
     aggregate::verdict::{Rules, Verdict},
+    budget::Budget,
     cli::Args,
     probes::{Probes, ring::RingReader},
     report::{
@@ -130,16 +131,18 @@ pub(super) async fn trace(
 
     let globals = rt.probe_globals();
     let ring = super::ring_bytes(args);
+    let max_overhead = args.max_overhead;
     let attach = off_thread(&mut stop, move || -> Result<_> {
-        let mut work = Work {
-            rt,
-            probes: Probes::load_sized(&globals, ring)?,
-        };
-        let attached = work
-            .rt
-            .attach(&mut work.probes, &attach_path, pid)
+        let mut rt = rt;
+        let mut probes = Probes::load_sized(&globals, ring)?;
+        // Before the target's probes: it probes leaktrace itself.
+        let hit = crate::probes::calibrate::hit_cost(&mut probes);
+        let attached = rt
+            .attach(&mut probes, &attach_path, pid)
             .map_err(|e| attach_failure(pid, e))?;
-        Ok((work, attached))
+        let mut budget = Budget::new(rt.as_ref(), max_overhead, hit, pid);
+        budget.start(rt.as_mut(), &mut probes)?;
+        Ok((Work { rt, probes, budget }, attached))
     })
     .await;
     let (mut w, attached) = match attach {
@@ -499,6 +502,7 @@ impl Refresh {
             counts,
             lifetimes,
             lost,
+            overhead,
         } = self.totals.clone();
         let lifetimes: HashMap<_, _> = lifetimes.into_iter().collect();
         let mut report = self.builder.build(
@@ -508,6 +512,7 @@ impl Refresh {
             &self.views,
             &lifetimes,
         );
+        report.overhead = overhead;
         match (moment, &self.read_at) {
             // The exit walk is the state at the exit, just now.
             (Moment::AtExit { .. }, _) => report.data_age_s = Some(0.0),

@@ -10,6 +10,7 @@ use tokio::{sync::watch, time::Instant};
 
 use super::stops::End;
 use crate::{
+    budget::{Budget, Overhead},
     probes::Probes,
     runtime::{Lifetimes, Runtime, TaskCounts, TaskView},
     symbols::Frame,
@@ -20,6 +21,8 @@ use crate::{
 pub(super) struct Work {
     pub rt: Box<dyn Runtime>,
     pub probes: Probes,
+    /// `--max-overhead`: checked at each read, before it.
+    pub budget: Budget,
 }
 
 /// Run `f` on a blocking thread; `Err(end)` as soon as `stop` says to end
@@ -67,10 +70,15 @@ pub(super) struct Totals {
     pub counts: TaskCounts,
     pub lifetimes: Vec<(Frame, Lifetimes)>,
     pub lost: u64,
+    pub overhead: Option<Overhead>,
 }
 
 impl Work {
     pub(super) fn read(&mut self, pid: u32) -> Read {
+        // First: shedding the spawn probe makes this read walk allgs.
+        if let Err(e) = self.budget.check(self.rt.as_mut(), &mut self.probes) {
+            log::debug!("overhead budget: {e:#}");
+        }
         let started = (Instant::now(), self.rt.counts());
         // A fresh list, not the session's: if the read is cut short, the
         // report still has the previous one.
@@ -92,6 +100,7 @@ impl Work {
             counts: self.rt.counts(),
             lifetimes: self.rt.lifetimes(),
             lost: self.probes.lost(),
+            overhead: Some(self.budget.report()),
         }
     }
 

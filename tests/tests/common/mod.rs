@@ -747,3 +747,48 @@ pub fn objcopy(args: &[&str], dir: &std::path::Path) {
         .expect("objcopy (binutils) runs");
     assert!(st.success(), "objcopy {args:?} failed");
 }
+
+/// The BPF programs and links a running leaktrace holds, by kernel id, read
+/// from its own fds (exact, even with other tracers loaded meanwhile).
+pub fn held_bpf_objects(pid: u32) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return out;
+    };
+    for fd in fds.flatten() {
+        let Ok(target) = std::fs::read_link(fd.path()) else {
+            continue;
+        };
+        let target = target.to_string_lossy();
+        let (kind, key) = if target.contains("bpf-prog") {
+            ("prog", "prog_id:")
+        } else if target.contains("bpf_link") {
+            ("link", "link_id:")
+        } else {
+            continue;
+        };
+        let info = std::fs::read_to_string(format!(
+            "/proc/{pid}/fdinfo/{}",
+            fd.file_name().to_string_lossy()
+        ))
+        .unwrap_or_default();
+        if let Some(id) = info.lines().find_map(|l| l.strip_prefix(key)) {
+            out.push((kind, id.trim().to_string()));
+        }
+    }
+    out
+}
+
+/// Which of those objects the kernel still has.
+pub fn still_loaded(objects: &[(&'static str, String)]) -> Vec<String> {
+    objects
+        .iter()
+        .filter(|(kind, id)| {
+            Command::new("bpftool")
+                .args([kind, "show", "id", id])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .map(|(kind, id)| format!("{kind} {id}"))
+        .collect()
+}

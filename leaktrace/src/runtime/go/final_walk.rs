@@ -370,6 +370,7 @@ impl FinalSnapshot {
                 let ws = u64::try_from(g.waitsince).unwrap_or(0);
                 let blocked_since = match seen.and_then(|t| t.parked_ns()) {
                     Some(t) => Since::Exact(t),
+                    None if let Some(t) = seen.and_then(|t| t.seen_parked_ns()) => Since::AtMost(t),
                     None if ws != 0 && ws < self.probe_ns => Since::AtMost(ws),
                     None => Since::AtMost(self.probe_ns),
                 };
@@ -398,7 +399,9 @@ impl FinalSnapshot {
                     blocked_since: waiting.then_some(blocked_since),
                     alive_since: match seen.and_then(|t| t.spawned_ns()) {
                         Some(t) => Since::Exact(t),
-                        None => Since::AtMost(self.probe_ns),
+                        None => {
+                            Since::AtMost(seen.and_then(|t| t.found_ns()).unwrap_or(self.probe_ns))
+                        }
                     },
                     stack_unstable: g.flags & final_flags::BROKEN != 0,
                     // The walk at exit reads no channels.

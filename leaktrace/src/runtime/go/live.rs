@@ -30,6 +30,12 @@ pub struct LiveTask {
     /// arrived yet; if it is still like this at the next refresh, it is
     /// dropped as a correction.
     pub seen_dead: bool,
+    /// `spawned_ns` is when a walk of `runtime.allgs` first found it (the
+    /// spawn probe was shed by the overhead budget): born at most then.
+    spawn_bound: bool,
+    /// `parked_ns` is when a refresh first saw it blocked where it is (the
+    /// park probe was shed): blocked at most since then.
+    park_bound: bool,
 }
 
 /// A task's `go` statement (gopc) and the return addresses of the
@@ -52,13 +58,46 @@ impl LiveTask {
         }
     }
 
-    /// None: the task existed before leaktrace attached.
-    pub fn spawned_ns(&self) -> Option<u64> {
-        (self.spawned_ns != 0).then_some(self.spawned_ns)
+    /// A task a walk of `runtime.allgs` found at `now_ns`, while no spawn
+    /// probe was armed.
+    pub fn found(key: u64, id: u64, now_ns: u64) -> Self {
+        Self {
+            key,
+            id,
+            spawned_ns: now_ns.max(1),
+            spawn_bound: true,
+            ..Self::default()
+        }
     }
 
+    /// When the spawn probe saw it. None: it existed before leaktrace
+    /// attached, or a walk found it (see [`Self::found_ns`]).
+    pub fn spawned_ns(&self) -> Option<u64> {
+        (self.spawned_ns != 0 && !self.spawn_bound).then_some(self.spawned_ns)
+    }
+
+    /// When a walk of `runtime.allgs` found it (born at most then).
+    pub fn found_ns(&self) -> Option<u64> {
+        (self.spawned_ns != 0 && self.spawn_bound).then_some(self.spawned_ns)
+    }
+
+    /// When the park probe saw it park. None: not seen, or only a refresh
+    /// saw it blocked (see [`Self::seen_parked_ns`]).
     pub fn parked_ns(&self) -> Option<u64> {
-        (self.parked_ns != 0).then_some(self.parked_ns)
+        (self.parked_ns != 0 && !self.park_bound).then_some(self.parked_ns)
+    }
+
+    /// When a refresh first saw it blocked where it is, while the park
+    /// probe was shed (blocked at most since then).
+    pub fn seen_parked_ns(&self) -> Option<u64> {
+        (self.parked_ns != 0 && self.park_bound).then_some(self.parked_ns)
+    }
+
+    /// A refresh (no park probe armed) found it blocked at a new place at
+    /// `now_ns`, or not blocked (`now_ns` 0).
+    pub fn set_seen_parked(&mut self, now_ns: u64) {
+        self.parked_ns = now_ns;
+        self.park_bound = now_ns != 0;
     }
 
     /// The g was reused behind our back (events lost): what we knew about
@@ -66,6 +105,8 @@ impl LiveTask {
     pub fn forget_history(&mut self) {
         self.spawned_ns = 0;
         self.parked_ns = 0;
+        self.spawn_bound = false;
+        self.park_bound = false;
         self.origin = 0;
         self.walk_digest = 0;
     }
@@ -94,6 +135,9 @@ pub struct LiveTable {
     /// Tasks a memory read found dead although no exit event arrived (lost
     /// events or a path the probes do not cover); removed and counted.
     pub corrected: u64,
+    /// Tasks walks of `runtime.allgs` found without a spawn event (while
+    /// the overhead budget had shed the spawn probe).
+    pub found: u64,
     /// How long the goroutines that finished lived, per `go` statement
     /// (gopc), for those seen from spawn to exit.
     lifetimes: HashMap<u64, LifetimeStats>,
@@ -193,6 +237,7 @@ impl LiveTable {
                     task.id = ev.id;
                 }
                 task.parked_ns = ev.ts_ns.max(1);
+                task.park_bound = false;
             }
             TaskEventKind::Exit => {
                 self.counts.exit += 1;
@@ -275,6 +320,26 @@ impl LiveTable {
         if !self.index.contains_key(&task.key) {
             let key = task.key;
             *self.row_mut(key) = task;
+        }
+    }
+
+    /// A task a walk of `runtime.allgs` found (spawn probe shed): added
+    /// and counted as found if the table did not know it.
+    pub fn insert_found(&mut self, task: LiveTask) -> bool {
+        if self.index.contains_key(&task.key) {
+            return false;
+        }
+        let key = task.key;
+        *self.row_mut(key) = task;
+        self.found += 1;
+        true
+    }
+
+    /// The park probe is being shed: every park time the probe saw becomes
+    /// a bound (the goroutine may park again, unseen, at the same place).
+    pub fn parks_become_bounds(&mut self) {
+        for t in self.tasks_mut() {
+            t.park_bound = t.parked_ns != 0;
         }
     }
 

@@ -21,8 +21,17 @@ use super::{
 use crate::{
     runtime::{Place, Since, TaskState, TaskView, no_chan_waits, no_frames},
     symbols::Frame,
-    target::memory::Memory,
+    target::{clock::monotonic_ns, memory::Memory},
 };
+
+/// What a walk of `runtime.allgs` saw.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AllgsWalk {
+    /// Live goroutines (the runtime's own included).
+    pub live: usize,
+    /// The highest goid of any g, live or dead.
+    pub max_goid: u64,
+}
 
 /// Frames deeper than this are not unwound (Go's own tracebacks stop at 100).
 const MAX_FRAMES: usize = 64;
@@ -55,6 +64,9 @@ pub struct GoReader {
     vias: HashMap<(u64, [u64; 2]), Option<Frame>>,
     /// Per creation site (`go` statement line): the callers seen so far.
     site_callers: HashMap<Frame, SiteCallers>,
+    /// The park probe is shed (overhead budget): blocked-since times come
+    /// from the refreshes (see `LiveTask::seen_parked_ns`).
+    pub parks_by_memory: bool,
     /// `go` statements the spawn probe was told to walk only now and then
     /// (one caller after many spawns), with their site.
     plain: HashMap<u64, Frame>,
@@ -265,6 +277,7 @@ impl GoReader {
             vias: HashMap::new(),
             site_callers: HashMap::new(),
             plain: HashMap::new(),
+            parks_by_memory: false,
         }
     }
 
@@ -334,6 +347,27 @@ impl GoReader {
     /// g structs are never freed, so a stale pointer reads a dead g at worst),
     /// into `table`. Returns how many.
     pub fn snapshot(&mut self, at: &AllgsLocation, table: &mut LiveTable) -> Result<usize> {
+        let walk = self.walk_allgs(at, &mut |key, goid| {
+            table.insert_existing(LiveTask::existing(key, goid));
+        })?;
+        Ok(walk.live)
+    }
+
+    /// A walk of `runtime.allgs` while the spawn probe is shed (overhead
+    /// budget): goroutines the table does not know are added as found now.
+    pub fn rescan(&mut self, at: &AllgsLocation, table: &mut LiveTable) -> Result<AllgsWalk> {
+        let now = monotonic_ns();
+        self.walk_allgs(at, &mut |key, goid| {
+            table.insert_found(LiveTask::found(key, goid, now));
+        })
+    }
+
+    /// Call `live(g address, goid)` for every live goroutine of `allgs`.
+    fn walk_allgs(
+        &mut self,
+        at: &AllgsLocation,
+        live: &mut dyn FnMut(u64, u64),
+    ) -> Result<AllgsWalk> {
         let slice = at.allgs + self.bias;
         let ptr = self.mem.read_u64(slice).context("reading runtime.allgs")?;
         let len = match at.allglen {
@@ -355,19 +389,23 @@ impl GoReader {
             .collect();
         drop(gptrs);
         let layout = &self.bin.layout;
-        let mut n = 0;
+        let mut walk = AllgsWalk::default();
         let g_len = self.g_len();
         self.mem.read_each(&addrs, g_len, &mut |i, bytes| {
             let Some(h) = bytes.and_then(|b| GHeader::parse(b, layout)) else {
                 return;
             };
+            // A dead g keeps the goid it last had: the highest goid counts
+            // the goroutines created so far (to within the runtime's
+            // per-P batches of goids).
+            walk.max_goid = walk.max_goid.max(h.goid);
             if h.is_gone() || h.goid == 0 {
                 return;
             }
-            n += 1;
-            table.insert_existing(LiveTask::existing(addrs[i], h.goid));
+            walk.live += 1;
+            live(addrs[i], h.goid);
         });
-        Ok(n)
+        Ok(walk)
     }
 
     /// Read every task in the table into `views` (emptied first, its
@@ -419,7 +457,7 @@ impl GoReader {
                             sp: h.sched_sp,
                             pc: h.sched_pc,
                             bp: h.sched_bp,
-                            parked_ns: task.parked_ns().unwrap_or(0),
+                            parked_ns: task.parked_ns().or(task.seen_parked_ns()).unwrap_or(0),
                         }
                         .digest(),
                     });
@@ -472,6 +510,23 @@ impl GoReader {
             }
             task.id = h.goid;
             task.seen_dead = false;
+        }
+        if self.parks_by_memory {
+            // No park probe: a goroutine blocked somewhere new since the
+            // last validated walk parked at most now.
+            let now = monotonic_ns();
+            for (task, h) in chunk.iter_mut().zip(&headers) {
+                match h {
+                    Some(h) if is_waiting(h) => {
+                        let known = task.parked_ns().is_some() || task.seen_parked_ns().is_some();
+                        if !known || task.walk_digest != walk_digest(task.key, h) {
+                            task.set_seen_parked(now);
+                        }
+                    }
+                    Some(_) => task.set_seen_parked(0),
+                    None => {}
+                }
+            }
         }
         let mut walks: Vec<(Option<u32>, bool)> = vec![(None, false); keys.len()];
         let mut pending: Vec<usize> = (0..keys.len())
@@ -594,6 +649,8 @@ impl GoReader {
         };
         let blocked_since = waiting.then(|| match task.parked_ns() {
             Some(t) => Since::Exact(t),
+            // Seen blocked here by a refresh, the park probe shed.
+            None if let Some(t) = task.seen_parked_ns() => Since::AtMost(t),
             None => {
                 // Blocked since before we looked: at the latest at the
                 // snapshot, or at the GC cycle that stamped waitsince.
@@ -607,7 +664,7 @@ impl GoReader {
         });
         let alive_since = match task.spawned_ns() {
             Some(t) => Since::Exact(t),
-            None => Since::AtMost(snapshot_ns),
+            None => Since::AtMost(task.found_ns().unwrap_or(snapshot_ns)),
         };
         TaskView {
             key: task.key,

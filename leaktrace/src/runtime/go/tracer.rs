@@ -4,9 +4,10 @@
 use std::{io::IsTerminal, path::Path, sync::Arc};
 
 use anyhow::{Context as _, Result};
-use leaktrace_common::go::GoEvent;
+use leaktrace_common::{go::GoEvent, stats::slot};
 
 use super::{
+    allgs_locate::AllgsLocation,
     attach::{find_allgs, place_probes},
     binary::{GoBinary, InspectError},
     events::{decode, probe_config},
@@ -18,8 +19,8 @@ use super::{
 use crate::{
     probes::{Global, Probes, ring::decode_record},
     runtime::{
-        AtExit, Attached, Counter, Description, LifetimeStats, Lifetimes, PlannedProbe, Runtime,
-        RuntimeKind, Shown, TaskCounts, TaskView,
+        AtExit, Attached, BudgetProbe, Counter, Description, LifetimeStats, Lifetimes,
+        PlannedProbe, Runtime, RuntimeKind, Shown, TaskCounts, TaskView,
     },
     symbols::{Frame, debuginfo::Search},
     target::{
@@ -54,7 +55,56 @@ pub struct GoRuntime {
     stranded: StrandedCheck,
     /// The exit walk's ring size, when not its default.
     exit_ring_bytes: Option<u32>,
+    /// The overhead budget's shedding step (see [`GO_BUDGET_PROBES`]).
+    step: u8,
+    /// Walk `runtime.allgs` at the next refresh even with the spawn probe
+    /// armed: it was just re-attached, and goroutines born before it was
+    /// in are in no event.
+    rescan_pending: bool,
+    /// Goroutines created per second as the walks of `allgs` saw it (goid
+    /// deltas), and the last walk's time and highest goid.
+    walk_rate: Option<f64>,
+    last_walk: Option<(u64, u64)>,
+    /// Where `runtime.allgs` is, once looked up for those walks.
+    allgs_at: Option<AllgsLocation>,
 }
+
+/// The Go probes, costliest first: park fires at every block (often tens
+/// of times per goroutine), spawn and exit once per goroutine each.
+const GO_BUDGET_PROBES: [(&str, BudgetProbe); 3] = [
+    (
+        "go_park",
+        BudgetProbe {
+            name: "park",
+            slot: slot::GO_PARK,
+            shed_at: 1,
+            when_shed: "park probe shed: blocked durations are known to a refresh (≥), and a \
+                        goroutine that woke and blocked again at the same place between two \
+                        refreshes counts as blocked since the first",
+        },
+    ),
+    (
+        "go_spawn",
+        BudgetProbe {
+            name: "spawn",
+            slot: slot::GO_SPAWN,
+            shed_at: 2,
+            when_shed: "spawn and exit probes shed: goroutines are found by walking \
+                        runtime.allgs at each refresh, so spawned and exited counts are lower \
+                        bounds, ages are known to a refresh (≥), goroutines shorter than a \
+                        refresh are unseen and lifetimes are not recorded",
+        },
+    ),
+    (
+        "go_exit",
+        BudgetProbe {
+            name: "exit",
+            slot: slot::GO_EXIT,
+            shed_at: 2,
+            when_shed: "",
+        },
+    ),
+];
 
 impl GoRuntime {
     pub fn open(path: &Path, debug: &Search) -> Result<Self, InspectError> {
@@ -68,6 +118,11 @@ impl GoRuntime {
             snapshot_ns: 0,
             final_walk: None,
             exit_ring_bytes: None,
+            step: 0,
+            rescan_pending: false,
+            walk_rate: None,
+            last_walk: None,
+            allgs_at: None,
         })
     }
 
@@ -191,6 +246,24 @@ impl Runtime for GoRuntime {
         let Some(reader) = self.reader.as_mut() else {
             return Ok(false);
         };
+        if self.step >= 2 || std::mem::take(&mut self.rescan_pending) {
+            // No spawn probe: new goroutines are found in allgs.
+            let at = match self.allgs_at.take() {
+                Some(at) => at,
+                None => find_allgs(&self.bin)?,
+            };
+            let walk = reader.rescan(&at, &mut self.table);
+            self.allgs_at = Some(at);
+            let walk = walk?;
+            let now = monotonic_ns();
+            if let Some((then, goid)) = self.last_walk
+                && now > then
+            {
+                let created = walk.max_goid.saturating_sub(goid) as f64;
+                self.walk_rate = Some(created / ((now - then) as f64 / 1e9));
+            }
+            self.last_walk = Some((now, walk.max_goid));
+        }
         reader.views(&mut self.table, self.snapshot_ns, views);
         update_plain_sites(probes, reader.plain_sites(&self.table));
         let bias = self.bias.unwrap_or(0);
@@ -200,17 +273,65 @@ impl Runtime for GoRuntime {
     }
 
     fn counts(&self) -> TaskCounts {
+        let mut extra = vec![Counter {
+            name: "park",
+            label: "parks",
+            value: self.table.counts.park,
+            shown: Shown::Headline,
+        }];
+        if self.table.found > 0 {
+            extra.push(Counter {
+                name: "found",
+                label: "goroutines found by walking allgs (spawn probe shed)",
+                value: self.table.found,
+                shown: Shown::Detail,
+            });
+        }
         TaskCounts {
             spawn: self.table.counts.spawn,
             exit: self.table.counts.exit,
             corrected: self.table.corrected,
-            extra: vec![Counter {
-                name: "park",
-                label: "parks",
-                value: self.table.counts.park,
-                shown: Shown::Headline,
-            }],
+            extra,
         }
+    }
+
+    fn budget_probes(&self) -> Vec<BudgetProbe> {
+        GO_BUDGET_PROBES.iter().map(|(_, p)| *p).collect()
+    }
+
+    fn shed(&mut self, probes: &mut Probes, step: u8) -> Result<()> {
+        if step >= 1 && self.step == 0 {
+            self.table.parks_become_bounds();
+        }
+        for (program, p) in GO_BUDGET_PROBES {
+            let was = self.step >= p.shed_at;
+            let now = step >= p.shed_at;
+            if now && !was {
+                probes.detach_program(program);
+            } else if was && !now {
+                probes.reattach_program(program)?;
+                if p.name == "spawn" {
+                    self.rescan_pending = true;
+                }
+            }
+        }
+        if step < 2 {
+            self.walk_rate = None;
+            self.last_walk = None;
+        }
+        if let Some(reader) = self.reader.as_mut() {
+            reader.parks_by_memory = step >= 1;
+        }
+        self.step = step;
+        Ok(())
+    }
+
+    fn memory_rates(&self) -> Vec<(&'static str, f64)> {
+        // Every goroutine created also exits, in the long run: the walks
+        // count creations (goid deltas) and the exit rate follows them.
+        self.walk_rate
+            .map(|r| vec![("spawn", r), ("exit", r)])
+            .unwrap_or_default()
     }
 
     fn take_notes(&mut self) -> Vec<String> {

@@ -5,14 +5,17 @@
 use std::path::Path;
 
 use anyhow::Result;
-use leaktrace_common::tokio::{TokioEvent, TokioEventKind};
+use leaktrace_common::{
+    stats::slot,
+    tokio::{TokioEvent, TokioEventKind},
+};
 
 use super::{binary::TokioError, spawn_sites::SpawnSites, tracer::TokioTracer};
 use crate::{
     probes::{Global, Probes, ring::decode_record},
     runtime::{
-        Attached, Counter, Description, Lifetimes, Options, PlannedProbe, Runtime, RuntimeKind,
-        Shown, TaskCounts, TaskView,
+        Attached, BudgetProbe, Counter, Description, Lifetimes, Options, PlannedProbe, Runtime,
+        RuntimeKind, Shown, TaskCounts, TaskView,
     },
     symbols::Frame,
     target::clock::monotonic_ns,
@@ -194,6 +197,27 @@ impl Runtime for TokioRuntime {
 
     fn take_notes(&mut self) -> Vec<String> {
         std::mem::take(&mut self.tracer.notes)
+    }
+
+    /// Counted and estimated, never shed: one program serves every tokio
+    /// point (the cookie says which event), so shedding polls and wakes
+    /// would need links of their own (not done yet).
+    fn budget_probes(&self) -> Vec<BudgetProbe> {
+        [
+            ("spawn", TokioEventKind::Spawn),
+            ("complete", TokioEventKind::Complete),
+            ("shutdown", TokioEventKind::Shutdown),
+            ("poll", TokioEventKind::Poll),
+            ("wake", TokioEventKind::Wake),
+        ]
+        .into_iter()
+        .map(|(name, kind)| BudgetProbe {
+            name,
+            slot: slot::TOKIO_BASE + (kind as u32 & 7),
+            shed_at: 0,
+            when_shed: "",
+        })
+        .collect()
     }
 
     fn lifetimes(&self) -> Vec<(Frame, Lifetimes)> {
