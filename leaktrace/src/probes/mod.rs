@@ -7,7 +7,15 @@ pub mod multi;
 pub mod ring;
 pub mod tracefs;
 
-use std::{io::IsTerminal as _, num::NonZeroU32, path::Path};
+use std::{
+    io::IsTerminal as _,
+    num::NonZeroU32,
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
@@ -66,6 +74,9 @@ pub struct Probes {
     logger: Option<Logger>,
     /// Uprobe-multi links (issue #14): one per program instead of one per point.
     multi: multi::MultiLinks,
+    /// Records leaktrace itself dropped: the ring reader's queue was full
+    /// ([`ring::MAX_QUEUED_RECORDS`]). Part of [`Probes::lost`].
+    overflowed: Arc<AtomicU64>,
 }
 
 pub type Logger = aya_log::EbpfLogger<&'static dyn log::Log>;
@@ -96,6 +107,7 @@ impl Probes {
             tracepoint_links: Vec::new(),
             logger,
             multi: multi::MultiLinks::default(),
+            overflowed: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -236,18 +248,26 @@ impl Probes {
         Ok(RingBuf::try_from(map)?)
     }
 
-    /// Records dropped because the ring was full, summed over CPUs.
+    /// Where the ring reader counts the records it had no room for.
+    pub fn overflow_counter(&self) -> Arc<AtomicU64> {
+        self.overflowed.clone()
+    }
+
+    /// Records dropped because the ring was full, summed over CPUs, and
+    /// those leaktrace's own queue had no room for.
     pub fn lost(&self) -> u64 {
+        let ours = self.overflowed.load(Ordering::Relaxed);
         let Some(map) = self.ebpf.map("LOST") else {
-            return 0;
+            return ours;
         };
         let Ok(array) = PerCpuArray::<_, u64>::try_from(map) else {
-            return 0;
+            return ours;
         };
         array
             .get(&0, 0)
-            .map(|per_cpu| per_cpu.iter().sum())
+            .map(|per_cpu| per_cpu.iter().sum::<u64>())
             .unwrap_or(0)
+            + ours
     }
 }
 

@@ -6,3 +6,4 @@ pub mod maps;
 pub mod memory;
 pub mod privileges;
 pub mod process;
+pub mod procfs;

@@ -6,12 +6,15 @@
 //! The program keeps running while we read, so every read is validated: a g
 //! whose status or stack moved under us is read again, and reported as
 //! unstable rather than as truth if it keeps moving.
-use std::{collections::HashMap, sync::Arc, time::Instant};
+use std::{collections::HashMap, num::NonZeroUsize, sync::Arc, time::Instant};
 
-use anyhow::{Context as _, Result, bail};
+use lru::LruCache;
+
+use anyhow::{Context as _, Result};
 
 use super::{
     allgs_locate::AllgsLocation,
+    allgs_read,
     binary::GoBinary,
     channels::{ChanReader, ParkKey, ReadMem, Target, WaitOp, Waiter, digest},
     layout::{ChanLayout, GLayout},
@@ -36,8 +39,9 @@ pub struct GoReader {
     mem: Memory,
     /// Runtime address = link-time VA + bias (non-zero for PIE).
     bias: u64,
-    /// pc (VA) → frames; None outside Go code.
-    frames: HashMap<u64, Option<Arc<[Frame]>>>,
+    /// pc (VA) → frames; None outside Go code. The pcs come from the
+    /// target's stacks and g's: bounded, least recently used out.
+    frames: LruCache<u64, Option<Arc<[Frame]>>>,
     /// Identical stacks (the common case in a leak) share one
     /// symbolization, numbered: a goroutine's row remembers the number of
     /// its last validated walk and a digest of the saved registers it was
@@ -49,14 +53,16 @@ pub struct GoReader {
     walks_stale: bool,
     /// What the tasks at one place share, made once per place.
     places: HashMap<PlaceKey, Arc<Place>>,
-    /// Per (gopc, startpc): who created it and what it runs.
-    origins: HashMap<(u64, u64), Arc<OriginNames>>,
-    /// Per (gopc, the creator's caller pcs): the caller shown as `via`.
-    vias: HashMap<(u64, [u64; 2]), Option<Frame>>,
-    /// Per creation site (`go` statement line): the callers seen so far.
-    site_callers: HashMap<Frame, SiteCallers>,
+    /// Per (gopc, startpc): who created it and what it runs (LRU).
+    origins: LruCache<(u64, u64), Arc<OriginNames>>,
+    /// Per (gopc, the creator's caller pcs): the caller shown as `via` (LRU).
+    vias: LruCache<(u64, [u64; 2]), Option<Frame>>,
+    /// Per creation site (`go` statement line): the callers seen so far
+    /// (LRU: a site evicted learns again whether it is a spawn helper).
+    site_callers: LruCache<Frame, SiteCallers>,
     /// `go` statements the spawn probe was told to walk only now and then
-    /// (one caller after many spawns), with their site.
+    /// (one caller after many spawns), with their site. At most one per
+    /// site the live table counts (`live::MAX_LIFETIME_SITES`).
     plain: HashMap<u64, Frame>,
     /// What goroutines blocked on channels wait on; `None` when the
     /// channel structures' layout is unknown (see `chan_note`).
@@ -165,9 +171,20 @@ const CHUNK: usize = 1024;
 /// Stack bytes read per goroutine in a batch, from its saved SP; a walk
 /// that goes further reads the rest on its own.
 const STACK_WINDOW: u64 = 1024;
-/// Distinct walks, and places, kept before starting over.
+/// Distinct walks, and places, kept before starting over: generation
+/// caches, emptied at the start of a refresh once over the bound (rows refer
+/// to walks by number, so they cannot be evicted one by one mid-refresh;
+/// one refresh adds at most one of each per goroutine it reads).
 const MAX_STACKS: usize = 100_000;
 const MAX_PLACES: usize = 100_000;
+/// Entries of each cache keyed by pcs read from the target (frames,
+/// origins, `via` callers, sites' callers), least recently used evicted
+/// first. A program's distinct pcs that matter (go statements, start
+/// functions, return addresses of parked stacks) number in the thousands;
+/// 2¹⁶ entries of a few dozen bytes each keep each cache under ~10 MiB
+/// whatever pcs a hostile target shows, and eviction only costs a
+/// symbolization again.
+const MAX_PC_CACHE: NonZeroUsize = NonZeroUsize::new(1 << 16).expect("non-zero");
 
 /// The fields of a `runtime.g` we use, decoded.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -256,14 +273,14 @@ impl GoReader {
             bin,
             mem: Memory::new(pid),
             bias,
-            frames: HashMap::new(),
+            frames: LruCache::new(MAX_PC_CACHE),
             stack_ids: HashMap::new(),
             stack_list: Vec::new(),
             walks_stale: false,
             places: HashMap::new(),
-            origins: HashMap::new(),
-            vias: HashMap::new(),
-            site_callers: HashMap::new(),
+            origins: LruCache::new(MAX_PC_CACHE),
+            vias: LruCache::new(MAX_PC_CACHE),
+            site_callers: LruCache::new(MAX_PC_CACHE),
             plain: HashMap::new(),
         }
     }
@@ -333,41 +350,40 @@ impl GoReader {
     /// runtime's own `forEachGRace` does: read the length, then the array;
     /// g structs are never freed, so a stale pointer reads a dead g at worst),
     /// into `table`. Returns how many.
-    pub fn snapshot(&mut self, at: &AllgsLocation, table: &mut LiveTable) -> Result<usize> {
-        let slice = at.allgs + self.bias;
-        let ptr = self.mem.read_u64(slice).context("reading runtime.allgs")?;
-        let len = match at.allglen {
-            Some(allglen) => self.mem.read_u64(allglen + self.bias)?,
-            None => self.mem.read_u64(slice + 8)?,
-        };
-        let cap = self.mem.read_u64(slice + 16)?;
-        if ptr == 0 || len > cap || len > 50_000_000 {
-            bail!("runtime.allgs looks wrong (ptr {ptr:#x}, len {len}, cap {cap}); not reading it");
-        }
-        let mut gptrs = vec![0u8; len as usize * 8];
-        self.mem
-            .read(ptr, &mut gptrs)
-            .context("reading the allgs array")?;
-        let addrs: Vec<u64> = gptrs
-            .chunks_exact(8)
-            .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
-            .filter(|&a| a != 0)
-            .collect();
-        drop(gptrs);
+    pub fn snapshot(
+        &mut self,
+        at: &AllgsLocation,
+        pid: u32,
+        table: &mut LiveTable,
+    ) -> Result<(usize, Option<String>)> {
+        let slice = allgs_read::read_slice(
+            &self.mem,
+            at.allgs + self.bias,
+            at.allglen.map(|a| a + self.bias),
+            self.bin.layout.sizeof_g,
+            allgs_read::mapped_bytes(pid),
+        )
+        .context("reading runtime.allgs")?;
         let layout = &self.bin.layout;
         let mut n = 0;
         let g_len = self.g_len();
-        self.mem.read_each(&addrs, g_len, &mut |i, bytes| {
-            let Some(h) = bytes.and_then(|b| GHeader::parse(b, layout)) else {
-                return;
-            };
-            if h.is_gone() || h.goid == 0 {
-                return;
-            }
-            n += 1;
-            table.insert_existing(LiveTask::existing(addrs[i], h.goid));
-        });
-        Ok(n)
+        let read = allgs_read::for_each_g(
+            &self.mem,
+            &slice,
+            g_len,
+            allgs_read::MAX_ALLGLEN,
+            &mut |addr, bytes| {
+                let Some(h) = bytes.and_then(|b| GHeader::parse(b, layout)) else {
+                    return;
+                };
+                if h.is_gone() || h.goid == 0 {
+                    return;
+                }
+                n += 1;
+                table.insert_existing(LiveTask::existing(addr, h.goid));
+            },
+        )?;
+        Ok((n, read.note(allgs_read::MAX_ALLGLEN)))
     }
 
     /// Read every task in the table into `views` (emptied first, its
@@ -702,7 +718,7 @@ impl GoReader {
         match self.site_callers.get_mut(&site) {
             Some(s) => s.helper |= s.first != via,
             None => {
-                self.site_callers.insert(
+                self.site_callers.put(
                     site,
                     SiteCallers {
                         first: via,
@@ -718,7 +734,8 @@ impl GoReader {
     /// be a helper). Call after [`Self::views`], which takes in the callers.
     pub fn plain_sites(&mut self, table: &LiveTable) -> PlainSites {
         let mut changes = PlainSites::default();
-        let is_helper = |r: &Self, site: &Frame| r.site_callers.get(site).is_some_and(|s| s.helper);
+        let is_helper =
+            |r: &Self, site: &Frame| r.site_callers.peek(site).is_some_and(|s| s.helper);
         let candidates: Vec<u64> = table
             .spawns_by_site()
             .filter(|&(gopc, n)| n >= PLAIN_AFTER && !self.plain.contains_key(&gopc))
@@ -750,7 +767,7 @@ impl GoReader {
         if origin.via_pcs[0] == 0 || origin.created_pc != gopc {
             return None;
         }
-        if !self.site_callers.get(site).is_some_and(|s| s.helper) {
+        if !self.site_callers.peek(site).is_some_and(|s| s.helper) {
             return None;
         }
         self.via_frame(gopc, origin.via_pcs, site)
@@ -781,10 +798,7 @@ impl GoReader {
                 && &*f.file != "<autogenerated>"
                 && self.bin.own_code.is_own(&f.function)
         });
-        if self.vias.len() > 100_000 {
-            self.vias.clear();
-        }
-        self.vias.insert((gopc, pcs), via.clone());
+        self.vias.put((gopc, pcs), via.clone());
         via
     }
 
@@ -808,7 +822,7 @@ impl GoReader {
             start,
             system,
         });
-        self.origins.insert((gopc, startpc), o.clone());
+        self.origins.put((gopc, startpc), o.clone());
         o
     }
 
@@ -903,7 +917,7 @@ impl GoReader {
             return f.clone();
         }
         let frames: Option<Arc<[Frame]>> = self.bin.symbols.try_frames(va).map(Into::into);
-        self.frames.insert(va, frames.clone());
+        self.frames.put(va, frames.clone());
         frames
     }
 }

@@ -154,14 +154,18 @@ impl Runtime for GoRuntime {
                 at.how
             );
         }
-        let n = reader.snapshot(&at, &mut self.table)?;
+        let (n, capped) = reader.snapshot(&at, pid, &mut self.table)?;
         if show_progress {
             crate::say_partial!("\x1b[2K");
         }
-        Ok(Some(format!(
+        let existed = format!(
             "{n} goroutines (the runtime's included) existed at attach: their blocked \
              durations are lower bounds (≥)"
-        )))
+        );
+        Ok(Some(match capped {
+            Some(c) => format!("{existed}; {c}"),
+            None => existed,
+        }))
     }
 
     fn refresh(
