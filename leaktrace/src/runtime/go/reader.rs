@@ -94,6 +94,38 @@ struct SiteCallers {
     helper: bool,
 }
 
+/// The walks of one batch's parked goroutines, [`MAX_FRAMES`] slots each
+/// in one buffer (a batch is at most [`CHUNK`] goroutines: 512 KiB), not
+/// one `Vec` per goroutine.
+struct Walks {
+    pcs: Vec<u64>,
+    lens: Vec<u8>,
+}
+
+impl Walks {
+    /// Each walk starts as its goroutine's saved pc alone.
+    fn new(hs: &[GHeader]) -> Self {
+        let mut pcs = vec![0; hs.len() * MAX_FRAMES];
+        for (j, h) in hs.iter().enumerate() {
+            pcs[j * MAX_FRAMES] = h.sched_pc;
+        }
+        Self {
+            pcs,
+            lens: vec![1; hs.len()],
+        }
+    }
+
+    fn set(&mut self, j: usize, pcs: &[u64]) {
+        let n = pcs.len().min(MAX_FRAMES);
+        self.pcs[j * MAX_FRAMES..j * MAX_FRAMES + n].copy_from_slice(&pcs[..n]);
+        self.lens[j] = n as u8;
+    }
+
+    fn get(&self, j: usize) -> &[u64] {
+        &self.pcs[j * MAX_FRAMES..j * MAX_FRAMES + usize::from(self.lens[j])]
+    }
+}
+
 /// One batch of rows as read (see [`GoReader::read_chunk`]).
 struct ChunkRead {
     headers: Vec<Option<GHeader>>,
@@ -508,7 +540,7 @@ impl GoReader {
             if pending.is_empty() {
                 break;
             }
-            let pcs = self.unwind_all(&pending, &headers);
+            let walked = self.unwind_all(&pending, &headers);
             // Read the g again: if it moved (woke, or the GC moved its
             // stack) while we walked, the walk may mix two stacks.
             let again_keys: Vec<u64> = pending.iter().map(|&i| keys[i]).collect();
@@ -517,11 +549,11 @@ impl GoReader {
                 again[j] = b.and_then(|b| self.parse_header(b));
             });
             let mut next = Vec::new();
-            for ((&i, pcs), again) in pending.iter().zip(pcs).zip(again) {
+            for (j, (&i, again)) in pending.iter().zip(again).enumerate() {
                 let h = headers[i].expect("pending rows have headers");
                 match again {
                     Some(a) if a == h => {
-                        let id = self.intern(pcs);
+                        let id = self.intern(walked.get(j));
                         chunk[i].walk = id;
                         chunk[i].walk_digest = walk_digest(keys[i], &h);
                         walks[i] = (Some(id), false);
@@ -670,12 +702,12 @@ impl GoReader {
 
     /// Symbolize a walk, sharing the result among identical stacks: its
     /// number in `stack_list`.
-    fn intern(&mut self, pcs: Vec<u64>) -> u32 {
-        if let Some(&id) = self.stack_ids.get(&pcs) {
+    fn intern(&mut self, pcs: &[u64]) -> u32 {
+        if let Some(&id) = self.stack_ids.get(pcs) {
             return id;
         }
         let mut frames: Vec<Frame> = Vec::new();
-        for &pc in &pcs {
+        for &pc in pcs {
             // Hidden wrappers (`gowrapN`) vanish, as in Go's tracebacks;
             // only a pc outside Go code shows as a bare address.
             match self.frames_at(pc.wrapping_sub(1)) {
@@ -694,7 +726,7 @@ impl GoReader {
         });
         let id = self.stack_list.len() as u32;
         self.stack_list.push(stack);
-        self.stack_ids.insert(pcs, id);
+        self.stack_ids.insert(pcs.to_vec(), id);
         id
     }
 
@@ -831,7 +863,7 @@ impl GoReader {
     /// `gp.sched` inside the goroutine's own stack. The first
     /// `STACK_WINDOW` bytes of every stack come in one batch; a chain
     /// leaving them reads its whole stack alone.
-    fn unwind_all(&self, pending: &[usize], headers: &[Option<GHeader>]) -> Vec<Vec<u64>> {
+    fn unwind_all(&self, pending: &[usize], headers: &[Option<GHeader>]) -> Walks {
         let hs: Vec<GHeader> = pending
             .iter()
             .map(|&i| headers[i].expect("pending rows have headers"))
@@ -843,7 +875,9 @@ impl GoReader {
                 None => (0, 0),
             })
             .collect();
-        let mut out: Vec<Vec<u64>> = hs.iter().map(|h| vec![h.sched_pc]).collect();
+        let mut out = Walks::new(&hs);
+        // One scratch walk for all: no allocation per goroutine.
+        let mut pcs = Vec::with_capacity(MAX_FRAMES);
         let mut deeper = Vec::new();
         self.mem.read_spans(&spans, &mut |j, b| {
             let (Some(b), Some((lo, len))) = (b, stack_span(&hs[j])) else {
@@ -852,19 +886,27 @@ impl GoReader {
             if b.is_empty() {
                 return;
             }
-            if !walk_frames(&hs[j], lo, b, &mut out[j]) && (b.len() as u64) < len {
+            pcs.clear();
+            pcs.push(hs[j].sched_pc);
+            if !walk_frames(&hs[j], lo, b, &mut pcs) && (b.len() as u64) < len {
                 deeper.push(j);
             }
+            out.set(j, &pcs);
         });
+        // Stacks deeper than the window, one at a time, into one buffer.
+        let mut buf = Vec::new();
         for j in deeper {
             let Some((lo, len)) = stack_span(&hs[j]) else {
                 continue;
             };
-            let mut buf = vec![0u8; len as usize];
-            out[j].truncate(1);
+            buf.clear();
+            buf.resize(len as usize, 0);
+            pcs.clear();
+            pcs.push(hs[j].sched_pc);
             if self.mem.read(lo, &mut buf).is_ok() {
-                walk_frames(&hs[j], lo, &buf, &mut out[j]);
+                walk_frames(&hs[j], lo, &buf, &mut pcs);
             }
+            out.set(j, &pcs);
         }
         out
     }
@@ -974,7 +1016,7 @@ fn walk_frames(h: &GHeader, lo: u64, buf: &[u8], pcs: &mut Vec<u64>) -> bool {
     };
     let mut fp = h.sched_bp;
     while pcs.len() < MAX_FRAMES && fp >= lo {
-        if fp + 16 > end {
+        if fp.saturating_add(16) > end {
             return false;
         }
         let (Some(next), Some(ret)) = (word(fp), word(fp + 8)) else {
