@@ -13,6 +13,11 @@ use leaktrace::{
     target::elf::ElfFile,
 };
 
+/// The fuzz targets' bodies (`fuzz/harness.rs`), the same code libFuzzer
+/// runs.
+#[path = "../../fuzz/harness.rs"]
+mod harness;
+
 fn inputs(target: &str) -> Vec<(String, Vec<u8>)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../fuzz/regressions")
@@ -52,4 +57,37 @@ fn go_binary_regressions() {
         eprintln!("{name}");
         let _ = GoBinary::from_bytes(Path::new("fuzzed"), Arc::from(data));
     }
+}
+
+/// Every input under `fuzz/regressions/<target>/` through `run`.
+fn replay(target: &str, run: fn(&[u8])) {
+    for (name, data) in inputs(target) {
+        eprintln!("{name}");
+        run(&data);
+    }
+}
+
+#[test]
+fn proc_files_regressions() {
+    replay("proc_files", harness::proc_files);
+}
+
+#[test]
+fn tracefs_format_regressions() {
+    replay("tracefs_format", harness::tracefs_format);
+}
+
+#[test]
+fn eh_frame_unwind_regressions() {
+    replay("eh_frame_unwind", harness::eh_frame_unwind);
+}
+
+#[test]
+fn heap_cells_regressions() {
+    replay("heap_cells", harness::heap_cells);
+}
+
+#[test]
+fn await_points_regressions() {
+    replay("await_points", harness::await_points);
 }
