@@ -59,35 +59,21 @@ fn go_binary_regressions() {
     }
 }
 
-/// Every input under `fuzz/regressions/<target>/` through `run`.
-fn replay(target: &str, run: fn(&[u8])) {
-    for (name, data) in inputs(target) {
-        eprintln!("{name}");
-        run(&data);
+/// Every input under `fuzz/regressions/<target>/` of the targets that
+/// share `fuzz/harness.rs`, through that target's body.
+#[test]
+fn harness_regressions() {
+    let targets: [(&str, fn(&[u8])); 5] = [
+        ("proc_files", harness::proc_files),
+        ("tracefs_format", harness::tracefs_format),
+        ("eh_frame_unwind", harness::eh_frame_unwind),
+        ("heap_cells", harness::heap_cells),
+        ("await_points", harness::await_points),
+    ];
+    for (target, run) in targets {
+        for (name, data) in inputs(target) {
+            eprintln!("{name}");
+            run(&data);
+        }
     }
-}
-
-#[test]
-fn proc_files_regressions() {
-    replay("proc_files", harness::proc_files);
-}
-
-#[test]
-fn tracefs_format_regressions() {
-    replay("tracefs_format", harness::tracefs_format);
-}
-
-#[test]
-fn eh_frame_unwind_regressions() {
-    replay("eh_frame_unwind", harness::eh_frame_unwind);
-}
-
-#[test]
-fn heap_cells_regressions() {
-    replay("heap_cells", harness::heap_cells);
-}
-
-#[test]
-fn await_points_regressions() {
-    replay("await_points", harness::await_points);
 }

@@ -315,10 +315,13 @@ fn list_neighbours(
         mem.read(at, &mut b).ok()?;
         Some([word(&b, 0)?, word(&b, 8)?])
     };
-    let neighbours = pair(header + vt.trailer_offset)?;
+    // The neighbours are words of the target's memory: any value, so the
+    // addresses wrap (and then do not read) rather than overflow.
+    let neighbours = pair(header.wrapping_add(vt.trailer_offset))?;
     let points_back = |n: u64| {
-        let nvt = &vtables[*by_addr.get(&mem.read_u64(n + HEADER_VTABLE).ok()?)?];
-        pair(n + nvt.trailer_offset).map(|p| p.contains(&header))
+        let vtable = mem.read_u64(n.wrapping_add(HEADER_VTABLE)).ok()?;
+        let nvt = &vtables[*by_addr.get(&vtable)?];
+        pair(n.wrapping_add(nvt.trailer_offset)).map(|p| p.contains(&header))
     };
     neighbours
         .iter()

@@ -8,8 +8,8 @@
 //! including stripped release builds. Where a PC has no CFI (Go, hand-written
 //! assembly), one frame-pointer step is tried instead.
 use gimli::{
-    BaseAddresses, CfaRule, EhFrame, EhFrameHdr, LittleEndian, Register, RegisterRule,
-    UnwindContext, UnwindSection, X86_64,
+    BaseAddresses, CfaRule, EhFrame, EhFrameHdr, EhFrameOffset, LittleEndian, Register,
+    RegisterRule, UnwindContext, UnwindSection, X86_64,
 };
 
 /// A snapshot of the top of a user stack: the registers at the moment of
@@ -118,10 +118,17 @@ fn cfi_step(
         Some((hdr, hdr_addr)) => {
             bases = bases.set_eh_frame_hdr(hdr_addr);
             let parsed = EhFrameHdr::new(hdr, LittleEndian).parse(&bases, 8).ok()?;
-            parsed
-                .table()?
-                .fde_for_address(&eh, &bases, svma, EhFrame::cie_from_offset)
-                .ok()?
+            // gimli's `fde_for_address` subtracts `.eh_frame`'s address
+            // from the table's entry unchecked (an overflow panic in a
+            // debug build when the table points before it): do that step
+            // here, checked.
+            let entry = parsed.table()?.lookup(svma, &bases).ok()?.direct().ok()?;
+            let start = parsed.eh_frame_ptr().direct().ok()?;
+            let offset = EhFrameOffset(usize::try_from(entry.checked_sub(start)?).ok()?);
+            let fde = eh
+                .fde_from_offset(&bases, offset, EhFrame::cie_from_offset)
+                .ok()?;
+            fde.contains(svma).then_some(fde)?
         }
         None => eh
             .fde_for_address(&bases, svma, EhFrame::cie_from_offset)
