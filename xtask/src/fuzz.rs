@@ -1,8 +1,10 @@
 //! `cargo xtask fuzz`: run every fuzz target under `fuzz/` (cargo-fuzz:
 //! libFuzzer with AddressSanitizer, on rustup's nightly) for a while each,
 //! from a corpus seeded with real inputs: the fixtures' Go binaries (plain,
-//! stripped, PIE) and the tokio fixture for the binary parsers, a
-//! goroutine's memory read from a live fixture for the memory parsers.
+//! stripped, PIE) and the tokio fixture for the binary parsers (and their
+//! `.eh_frame` for the unwinder), this machine's `/proc` files and
+//! tracepoint formats, and tokio task cells as a tokio 1.4x heap holds
+//! them.
 //! Inputs that crashed once live in `fuzz/regressions/<target>/` and are run
 //! first, every time. Prints one line per target: seconds, executions,
 //! coverage, crashes.
