@@ -59,11 +59,14 @@ fn go_binary_regressions() {
     }
 }
 
+/// One fuzz target's body.
+type Harness = fn(&[u8]);
+
 /// Every input under `fuzz/regressions/<target>/` of the targets that
 /// share `fuzz/harness.rs`, through that target's body.
 #[test]
 fn harness_regressions() {
-    let targets: [(&str, fn(&[u8])); 5] = [
+    let targets: [(&str, Harness); 5] = [
         ("proc_files", harness::proc_files),
         ("tracefs_format", harness::tracefs_format),
         ("eh_frame_unwind", harness::eh_frame_unwind),

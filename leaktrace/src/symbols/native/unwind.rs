@@ -114,7 +114,7 @@ fn cfi_step(
         .set_eh_frame(t.eh_frame_addr)
         .set_text(t.text_addr);
     let svma = pc.wrapping_sub(bias);
-    let fde = match t.eh_frame_hdr {
+    let fde = match t.eh_frame_hdr.filter(|(hdr, _)| usable_hdr(hdr)) {
         Some((hdr, hdr_addr)) => {
             bases = bases.set_eh_frame_hdr(hdr_addr);
             let parsed = EhFrameHdr::new(hdr, LittleEndian).parse(&bases, 8).ok()?;
@@ -159,6 +159,23 @@ fn cfi_step(
         rule => recover(rule, regs.bp),
     };
     Some(Regs { ip, sp: cfa, bp })
+}
+
+/// `.eh_frame_hdr` as every linker writes it (version 1, `.eh_frame`'s
+/// address pc-relative sdata4, the count udata4, the table datarel sdata4)
+/// with a table as long as its count says. gimli's binary search multiplies
+/// the count unchecked (an overflow panic in a debug build for a count near
+/// 2⁶⁴), so any other header is left aside: the FDE is then searched in
+/// `.eh_frame` itself, slower but the same.
+fn usable_hdr(hdr: &[u8]) -> bool {
+    let [1, 0x1b, 0x03, 0x3b, ..] = hdr else {
+        return false;
+    };
+    let Some(count) = hdr.get(8..12) else {
+        return false;
+    };
+    let count = u32::from_le_bytes(count.try_into().expect("4 bytes")) as usize;
+    count.checked_mul(8).is_some_and(|n| n <= hdr.len() - 12)
 }
 
 /// A function that has pushed nothing: its return address is at `[sp]`.
