@@ -27,7 +27,7 @@ const POLL_MS: i32 = 50;
 /// applies them between reads of the target; a read of a million goroutines
 /// takes seconds, and a program spawning 100,000 goroutines a second fills
 /// this in ten. Past it, records are dropped and counted as lost (like the
-/// kernel's, `events.lost`): 2²⁰ records of ≤ 128 bytes are ≤ 128 MiB.
+/// kernel's, `events.lost`): 2²⁰ records of ≤ 72 bytes (`GoEvent`) are ≤ 72 MiB.
 pub const MAX_QUEUED_RECORDS: usize = 1 << 20;
 /// Records per batch at most, so one batch is a small part of the bound.
 const MAX_BATCH_RECORDS: usize = 4096;
