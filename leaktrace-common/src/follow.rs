@@ -22,10 +22,19 @@ pub struct FollowConfig {
     /// the leader (Go's syscall.Exec) first ends the old leader thread, and
     /// that must not hide the exec that follows.
     pub exit_group_dead: u32,
+    /// Non-zero (`--all`): report every exec on the host, not only the
+    /// followed set's, and hold none of them.
+    pub all: u32,
+    /// `--cgroup`: with `all`, only execs in this cgroup v2 (its id, the
+    /// directory's inode number) or below it; 0 for any.
+    pub cgroup_id: u64,
+    /// The cgroup's depth below the cgroup v2 root (the root is 0): its
+    /// id is the exec'ing task's ancestor at this level.
+    pub cgroup_level: u32,
     pub _pad: u32,
 }
 
-const _: () = assert!(size_of::<FollowConfig>() == 24);
+const _: () = assert!(size_of::<FollowConfig>() == 40);
 
 /// A followed process executed a new program (`sched_process_exec`).
 #[repr(C)]

@@ -2,10 +2,15 @@
 //! grows with every fork of one of them (`task:task_newtask`, which carries
 //! the clone flags, so threads are not mistaken for processes), shrinks at
 //! each exit, and every exec of a followed process is reported — held
-//! stopped when asked, so its probes can go in before it runs.
+//! stopped when asked, so its probes can go in before it runs. For the host
+//! agent (`--all`) every exec is reported (never held), optionally only
+//! those in one cgroup subtree.
 use aya_ebpf::{
     bindings::BPF_RB_FORCE_WAKEUP,
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::bpf_send_signal},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        generated::{bpf_get_current_ancestor_cgroup_id, bpf_send_signal},
+    },
     macros::{map, tracepoint},
     maps::{Array, HashMap, RingBuf},
     programs::TracePointContext,
@@ -68,10 +73,19 @@ pub fn follow_exec(_ctx: TracePointContext) -> u32 {
     };
     // After exec the task is its process's leader: pid == tgid.
     let pid = current_tgid();
-    if unsafe { FOLLOWED.get(&pid) }.is_none() {
+    if cfg.all != 0 {
+        // The cgroup subtree: the task's ancestor at the cgroup's level is
+        // the cgroup itself exactly when the task is in it or below.
+        if cfg.cgroup_id != 0
+            && unsafe { bpf_get_current_ancestor_cgroup_id(cfg.cgroup_level as i32) }
+                != cfg.cgroup_id
+        {
+            return 0;
+        }
+    } else if unsafe { FOLLOWED.get(&pid) }.is_none() {
         return 0;
     }
-    let held = cfg.hold != 0 && unsafe { bpf_send_signal(SIGSTOP) } == 0;
+    let held = cfg.all == 0 && cfg.hold != 0 && unsafe { bpf_send_signal(SIGSTOP) } == 0;
     let ev = ExecEvent {
         ts_ns: unsafe { bpf_ktime_get_ns() },
         pid,

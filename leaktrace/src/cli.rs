@@ -18,6 +18,7 @@ EXAMPLES:
   sudo leaktrace -c ./server --port 8080       start the program with probes already attached
   sudo leaktrace -p 1234 --listen 127.0.0.1:9091   Prometheus /metrics and /debug/pprof/goroutine
   sudo leaktrace -f --fail-on leak -c go test ./...   each test binary, judged when it exits
+  sudo leaktrace --all --listen :9091          every Go and tokio process on the host
 
 Verdicts (README §Verdicts): `leak` = blocked on something that can never
 happen, a blocked group that grows (or grew and stays blocked), tasks blocked
@@ -43,7 +44,7 @@ pub struct Args {
         short,
         long,
         conflicts_with = "command",
-        required_unless_present_any = ["command", "explain_probes"]
+        required_unless_present_any = ["command", "explain_probes", "all"]
     )]
     pub pid: Option<u32>,
 
@@ -187,6 +188,30 @@ pub struct Args {
     #[arg(long, value_enum, value_name = "VERDICT")]
     pub fail_on: Option<FailOn>,
 
+    /// Trace every Go and tokio process on the host, those running now and
+    /// each new one as it starts (attached right after its exec, never
+    /// stopped), each reported on its own; a process leaves the reports and
+    /// /metrics when it exits. leaktrace and its own children are never
+    /// traced.
+    #[arg(long, conflicts_with_all = ["pid", "command", "tui"])]
+    pub all: bool,
+
+    /// With --all: only processes in this cgroup v2 or below it (a
+    /// container, a pod): a directory under /sys/fs/cgroup, or the path
+    /// /proc/PID/cgroup shows.
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
+
+    /// With --all: only processes whose executable has this file name
+    /// (repeatable).
+    #[arg(long = "exe", value_name = "NAME")]
+    pub exes: Vec<String>,
+
+    /// With --all: trace at most this many processes at once (default 64);
+    /// others wait for a slot (named on stderr and /metrics).
+    #[arg(long, value_name = "N")]
+    pub max_processes: Option<usize>,
+
     /// Start this command with the probes attached before it runs, so nothing
     /// is missed; its output passes through. Everything after -c is the command.
     #[arg(short = 'c', long = "command", num_args = 1.., allow_hyphen_values = true, value_name = "CMD")]
@@ -224,6 +249,29 @@ impl Args {
         self.interval
             .or(self.interval_pos)
             .unwrap_or(Duration::from_secs(5))
+    }
+
+    /// `--max-processes`, or its default.
+    pub fn max_processes(&self) -> usize {
+        self.max_processes.unwrap_or(64).max(1)
+    }
+
+    /// `--cgroup`, `--exe` and `--max-processes` shape `--all` and mean
+    /// nothing without it. (clap's `requires` takes `--all`'s default
+    /// `false` for presence, so this is checked here.)
+    pub fn check_all_options(&self) -> Result<(), String> {
+        let given = [
+            ("--cgroup", self.cgroup.is_some()),
+            ("--exe", !self.exes.is_empty()),
+            ("--max-processes", self.max_processes.is_some()),
+        ];
+        match given.iter().find(|(_, given)| *given) {
+            Some((name, _)) if !self.all => Err(format!(
+                "{name} narrows --all (every Go and tokio process on the host); add --all, \
+                 or drop {name} to trace one process"
+            )),
+            _ => Ok(()),
+        }
     }
 
     pub fn report_count(&self) -> Option<u64> {
@@ -274,6 +322,35 @@ mod tests {
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
         assert!(parse_duration("soon").unwrap_err().contains("30s"));
+    }
+
+    #[test]
+    fn all_stands_alone_and_takes_its_narrowing_options() {
+        let a = Args::try_parse_from([
+            "leaktrace",
+            "--all",
+            "--exe",
+            "api",
+            "--exe",
+            "worker",
+            "--cgroup",
+            "/pod",
+        ])
+        .unwrap();
+        assert_eq!((a.all, a.exes.len(), a.max_processes()), (true, 2, 64));
+        assert_eq!(a.check_all_options(), Ok(()));
+        assert!(Args::try_parse_from(["leaktrace", "--all", "-p", "1"]).is_err());
+        assert!(Args::try_parse_from(["leaktrace", "--all", "-c", "x"]).is_err());
+        for narrowing in [
+            ["--exe", "api"],
+            ["--cgroup", "/pod"],
+            ["--max-processes", "3"],
+        ] {
+            let a =
+                Args::try_parse_from(["leaktrace", "-p", "1", narrowing[0], narrowing[1]]).unwrap();
+            let e = a.check_all_options().unwrap_err();
+            assert!(e.contains(narrowing[0]) && e.contains("add --all"), "{e}");
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@ use leaktrace::{
     session::{self, Launch, Target},
     target::{
         elf::ElfFile,
+        host::{Cgroup, HostFilter},
         launch::{HeldChild, resolve},
         privileges::{ChildRights, Credentials, check_may_trace, check_privileges, refuse_setuid},
         process::{Process, check_kernel},
@@ -46,9 +47,22 @@ fn run(args: &Args) -> Result<i32> {
     let creds = Credentials::current();
     refuse_setuid(&creds)?;
     let child_rights = ChildRights::for_caller(&creds);
+    args.check_all_options().map_err(anyhow::Error::msg)?;
     // Everything that can be checked before touching the kernel is checked
     // first, so bad input fails fast and clearly.
     let launch = match (args.pid, args.command.first()) {
+        _ if args.all => {
+            let cgroup = args.cgroup.as_deref().map(Cgroup::resolve).transpose()?;
+            check_privileges(&creds)?;
+            check_kernel()?;
+            Launch::All {
+                filter: HostFilter {
+                    cgroup,
+                    exes: args.exes.clone(),
+                    own_pid: std::process::id(),
+                },
+            }
+        }
         (None, Some(cmd)) if args.follow => {
             let program = resolve(cmd)?;
             check_privileges(&creds)?;
@@ -86,7 +100,7 @@ fn run(args: &Args) -> Result<i32> {
                 target: Target::Command(child),
             }
         }
-        (None, None) => bail!("nothing to trace: give --pid PID or -c COMMAND (see --help)"),
+        (None, None) => bail!("nothing to trace: give --pid PID, -c COMMAND or --all (see --help)"),
     };
     // While single-threaded: a tracefs leaktrace has to mount goes into a
     // mount namespace of its own (`probes/tracefs.rs`). A failure is said

@@ -27,6 +27,7 @@ fn frame(function: &str, line: u32) -> Frame {
 fn group(count: u64, start: &str, state: &str, verdict: Verdict) -> GroupReport {
     GroupReport {
         count,
+        kind: None,
         state: state.into(),
         created_by: frame("main.main", 10),
         created_via: None,
@@ -70,6 +71,7 @@ fn report(groups: Vec<GroupReport>, omitted: Vec<GroupReport>) -> Report {
         live,
         data_age_s: Some(0.0),
         system: 0,
+        blocking: 0,
         window_s: 3.0,
         groups_omitted: omitted.len(),
         groups,

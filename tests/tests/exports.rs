@@ -16,14 +16,16 @@ mod common;
 
 use std::{
     collections::BTreeMap,
-    net::TcpListener,
     path::Path,
     process::{Child, Command, Stdio},
     sync::{Mutex, MutexGuard},
     time::{Duration, Instant},
 };
 
-use common::{prometheus::Server, *};
+use common::{
+    prometheus::{Server, free_port, query},
+    *,
+};
 use leaktrace_e2e::{BuildMode, Expect, Fixture, GoToolchain, GroundTruth};
 
 const FIXTURE: &str = "chan_send";
@@ -458,46 +460,6 @@ impl Drop for Leaktrace {
             let _ = self.child.wait();
         }
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
-/// Percent-encoding for a query string value.
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-/// A PromQL instant query through Prometheus' HTTP API: each series'
-/// labels and value.
-fn query(prom: &Server, promql: &str) -> Vec<(serde_json::Value, f64)> {
-    let path = format!("/api/v1/query?query={}", encode(promql));
-    let Some((200, body)) = common::prometheus::get(prom.port, &path) else {
-        return Vec::new();
-    };
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-    v["data"]["result"]
-        .as_array()
-        .map(|rs| {
-            rs.iter()
-                .filter_map(|r| {
-                    let value = r["value"][1].as_str()?.parse().ok()?;
-                    Some((r["metric"].clone(), value))
-                })
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 #[test]

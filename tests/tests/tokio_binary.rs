@@ -107,15 +107,78 @@ fn check_profile(profile: &str, v0: bool, source: NameSource) {
             assert_eq!(n, 2, "{profile}: {want} once per scheduler in {names:?}");
         }
     } else {
+        // No name survives stripping; the panic locations of the poll code
+        // give the source file of the fixture's own futures, and never a
+        // dependency's file. Which vtables are the fixture's own comes from
+        // the same source built with symbols (the release profile).
+        let named = binary::detect(&ElfFile::open(&tokio_fixture("release", false)).unwrap())
+            .expect("release build");
+        // The file each of the fixture's own futures is defined in: its
+        // module (`tokio_fixture::runtimes::…` is src/runtimes.rs).
+        let mut want: Vec<String> = named
+            .vtables
+            .iter()
+            .map(|v| v.display_name())
+            .filter_map(|n| {
+                let path = n.strip_prefix("tokio_fixture::")?;
+                Some(match path.split_once("::") {
+                    Some((module, _)) => format!("src/{module}.rs"),
+                    None => "src/main.rs".to_string(),
+                })
+            })
+            .collect();
+        let hinted: Vec<&TaskVtable> = bin
+            .vtables
+            .iter()
+            .filter(|v| v.name.source == NameSource::PanicLocation)
+            .collect();
         assert!(
-            bin.vtables
-                .iter()
-                .all(|v| v.name.source == NameSource::Address
-                    && v.name
-                        .reason
-                        .as_deref()
-                        .is_some_and(|r| r.contains("stripped"))),
-            "{profile}: stripped binary names nothing"
+            bin.vtables.iter().all(|v| v.name.future.is_none()
+                && matches!(
+                    v.name.source,
+                    NameSource::Address | NameSource::PanicLocation
+                )),
+            "{profile}: a stripped binary names no type"
+        );
+        let mut got: Vec<String> = hinted
+            .iter()
+            .map(|v| {
+                let h = v.name.hint.as_ref().unwrap();
+                assert!(
+                    v.display_name().ends_with(&format!(" in {}", h.file)),
+                    "{v}"
+                );
+                h.file.clone()
+            })
+            .collect();
+        want.sort();
+        got.sort();
+        // Never a wrong file: what is placed is among the fixture's own
+        // futures' files, as many times as there are futures there.
+        let mut left = want.clone();
+        for f in &got {
+            let i = left.iter().position(|w| w == f).unwrap_or_else(|| {
+                panic!("{profile}: more futures placed in {f} than it defines: {got:?} vs {want:?}")
+            });
+            left.remove(i);
+        }
+        // Every async one is placed; a `spawn_blocking` closure may not be
+        // (one that never panics has no location: the fixture's
+        // blocking_waiter only waits on a std channel).
+        let own_blocking = named
+            .vtables
+            .iter()
+            .filter(|v| v.display_name().starts_with("tokio_fixture::") && v.is_blocking())
+            .count();
+        eprintln!(
+            "[{profile}] placed {} of the fixture's {} own futures ({own_blocking} blocking); \
+             unplaced: {left:?}",
+            got.len(),
+            want.len()
+        );
+        assert!(
+            left.len() <= own_blocking,
+            "{profile}: async futures left unplaced: {left:?}"
         );
         assert!(bin.naming_warning().is_some_and(|w| w.contains("stripped")));
     }
@@ -197,7 +260,11 @@ fn check_profile(profile: &str, v0: bool, source: NameSource) {
                     assert_eq!(v.display_name(), format!("tokio_fixture::{f}"));
                     assert!(v.name.source >= source, "{profile}: {v}");
                 }
-                _ => assert_eq!(v.display_name(), format!("vtable@{:#x}", v.va)),
+                (Some(_), false) => assert_eq!(
+                    v.display_name(),
+                    format!("vtable@{:#x} in src/main.rs", v.va)
+                ),
+                _ => assert!(v.display_name().starts_with(&format!("vtable@{:#x}", v.va))),
             }
             assert_eq!(
                 t.state.activity(),
@@ -250,8 +317,8 @@ fn fat_lto() {
 }
 
 #[test]
-fn stripped_names_by_address() {
-    check_profile("stripped", false, NameSource::Address);
+fn stripped_names_by_panic_location() {
+    check_profile("stripped", false, NameSource::PanicLocation);
 }
 
 #[test]
@@ -345,6 +412,32 @@ fn plan_per_build_profile() {
         assert_eq!(p.sees_completions, symbols, "{profile}");
         assert!(kinds(TokioEventKind::Shutdown) > 0 && p.polls, "{profile}");
         assert_eq!(kinds(TokioEventKind::Wake) == 2, symbols, "{profile}");
+
+        // Default mode polls only blocking-pool tasks (once each), found
+        // by layout, so stripped builds too; never an async task's poll.
+        let d = probe_points::plan(&elf, &bin.vtables, false);
+        let async_polls: Vec<u64> = bin
+            .vtables
+            .iter()
+            .filter(|v| !v.runs_on_blocking_pool())
+            .map(|v| v.poll())
+            .collect();
+        let polled: Vec<u64> = d
+            .points
+            .iter()
+            .filter(|a| a.cookie as u8 == TokioEventKind::Poll as u8)
+            .map(|a| a.va)
+            .collect();
+        println!("  default: {} blocking-task poll probes", polled.len());
+        assert!(!d.polls && d.blocking_starts, "{profile}");
+        assert!(
+            polled.iter().all(|va| !async_polls.contains(va)
+                && bin
+                    .vtables
+                    .iter()
+                    .any(|v| v.runs_on_blocking_pool() && v.poll() == *va)),
+            "{profile}"
+        );
     }
 }
 

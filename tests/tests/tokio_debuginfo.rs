@@ -6,7 +6,8 @@
 //! downloaded from a real debuginfod (elfutils', started here over a
 //! directory holding the debug file). Each must give the same groups (future
 //! type, spawn site, state, await point) as the unstripped build; without
-//! any of them the stripped build has vtable addresses only, which shows the
+//! any of them the stripped build has vtable addresses only (with the source
+//! file panic locations give, no type), which shows the
 //! names really come from the debug file.
 mod common;
 

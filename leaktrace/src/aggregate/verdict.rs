@@ -194,6 +194,16 @@ fn judge_by_evidence(g: &Group, e: &Evidence, rules: &Rules) -> (Verdict, String
         );
     }
     let reason = match &g.key.state {
+        // Its state word says running for as long as its closure runs,
+        // whether that computes or waits in a call tokio cannot see.
+        TaskState::Running if g.blocking => {
+            return (
+                Verdict::Ok,
+                "a spawn_blocking closure, running on a blocking-pool thread (computing, or \
+                 waiting in a call tokio does not see; the thread table shows the pool)"
+                    .into(),
+            );
+        }
         TaskState::Running => {
             return (
                 Verdict::Ok,

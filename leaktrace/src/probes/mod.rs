@@ -85,7 +85,24 @@ impl Probes {
     /// Load the object into the kernel, attaching nothing yet. `globals`
     /// are what the traced runtime's programs read (others keep zeros).
     pub fn load(globals: &[Global]) -> Result<Self> {
+        Self::load_sized(globals, None)
+    }
+
+    /// [`Probes::load`] on a budget (the host agent's, many objects at
+    /// once): the events ring and tokio's spawn-stack ring of `ring_bytes`
+    /// (a power of two, a multiple of the page size) instead of 8 and
+    /// 4 MiB, and the follow set (`FOLLOWED`, 5 MiB of kernel memory) of
+    /// one entry, since only a `-f` exec watch fills it. Records a full
+    /// ring drops are counted as lost and corrected at the next memory
+    /// refresh.
+    pub fn load_sized(globals: &[Global], ring_bytes: Option<u32>) -> Result<Self> {
         let mut loader = EbpfLoader::new();
+        if let Some(bytes) = ring_bytes {
+            loader
+                .map_max_entries("EVENTS", bytes)
+                .map_max_entries("TOKIO_SPAWN_STACKS", bytes)
+                .map_max_entries("FOLLOWED", 1);
+        }
         for g in globals {
             loader.override_global(g.name, g.bytes.as_slice(), true);
         }

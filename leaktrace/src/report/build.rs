@@ -158,8 +158,12 @@ impl ReportBuilder {
         views: &[TaskView],
         lifetimes: &HashMap<Frame, Lifetimes>,
     ) -> Report {
-        let live = views.iter().filter(|v| !v.system()).count() as u64;
-        let system = views.len() as u64 - live;
+        let system = views.iter().filter(|v| v.system()).count() as u64;
+        let blocking = views
+            .iter()
+            .filter(|v| !v.system() && v.place.blocking)
+            .count() as u64;
+        let live = views.len() as u64 - system - blocking;
         let now = monotonic_ns();
         let kept = views.iter().filter(|v| self.ignore.keeps(v));
         let all = group(kept.clone(), now, self.older_ns());
@@ -269,6 +273,7 @@ impl ReportBuilder {
             // The session knows when its data was read (`session/trace.rs`).
             data_age_s: None,
             system,
+            blocking,
             window_s,
             groups: reports,
             groups_omitted: omitted.len(),
@@ -331,6 +336,7 @@ fn group_report(
         cause: cause.map(|c| c.name),
         fix: cause.map(|c| c.fix),
         channels,
+        kind: g.blocking.then_some("blocking"),
         count: g.count,
         state: g.key.state.label().to_string(),
         created_by: g.key.created_by,

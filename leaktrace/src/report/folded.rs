@@ -2,7 +2,8 @@
 //! line per stack, `root;…;leaf COUNT`, weighted by the number of tasks,
 //! with the group's state (`chan send`, `idle`) as the leaf so the graph
 //! shows where tasks wait. Every group is there, so the counts add up to
-//! `live` (plus the runtime's own with `--system`).
+//! `live` (plus tokio's `blocking` tasks, and the runtime's own with
+//! `--system`).
 use std::{collections::BTreeMap, fmt::Write};
 
 use super::{

@@ -64,6 +64,12 @@ pub fn metrics(processes: &[Traced<'_>]) -> String {
             "The runtime's own goroutines (GC workers and the like), not in leaktrace_live_tasks.",
             r.system as f64,
         );
+        gauge(
+            &mut m,
+            "leaktrace_blocking_tasks",
+            "tokio: the program's blocking-pool tasks (spawn_blocking), not in leaktrace_live_tasks.",
+            r.blocking as f64,
+        );
         counter(
             &mut m,
             "leaktrace_spawned_total",
@@ -209,12 +215,12 @@ fn rank(v: Verdict) -> u8 {
 
 /// Metric families in order of first use, each with its samples.
 #[derive(Default)]
-struct Exposition {
+pub(super) struct Exposition {
     families: Vec<(&'static str, &'static str, &'static str, Vec<String>)>,
 }
 
 impl Exposition {
-    fn add(
+    pub(super) fn add(
         &mut self,
         name: &'static str,
         kind: &'static str,
@@ -240,7 +246,7 @@ impl Exposition {
         }
     }
 
-    fn render(&self) -> String {
+    pub(super) fn render(&self) -> String {
         let mut out = String::new();
         for (name, kind, help, lines) in &self.families {
             let _ = writeln!(out, "# HELP {name} {}", escape_help(help));

@@ -1,5 +1,6 @@
 //! What a report says (the JSON contract), how it is built from task views,
 //! and how it is shown.
+pub mod agent_metrics;
 pub mod build;
 pub mod folded;
 pub mod json;

@@ -24,6 +24,9 @@ pub struct Report {
     pub data_age_s: Option<f64>,
     /// The runtime's own goroutines (GC workers, finalizer…), not in `live`.
     pub system: u64,
+    /// tokio: the program's blocking-pool tasks (`spawn_blocking`), not in
+    /// `live` (0 for Go).
+    pub blocking: u64,
     /// The span the growth figures cover.
     pub window_s: f64,
     pub groups: Vec<GroupReport>,
@@ -120,6 +123,10 @@ impl Serialize for EventTotals {
 #[derive(Clone, Debug, Serialize)]
 pub struct GroupReport {
     pub count: u64,
+    /// `blocking` for tokio blocking-pool tasks (`spawn_blocking`); absent
+    /// for async tasks and goroutines.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
     pub state: String,
     pub created_by: Frame,
     /// When `created_by` is a spawn helper: the caller these came through.

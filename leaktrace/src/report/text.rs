@@ -45,7 +45,7 @@ pub fn write(out: &mut dyn Write, report: &Report, style: &TextStyle) -> Result<
     let exited = kind.ended;
     writeln!(
         out,
-        "{} {} {tasks} live in pid {} ({} {}), {} runtime; after {}: {} spawned, {} {exited}{headline}, {} lost",
+        "{} {} {tasks} live in pid {} ({} {}), {}{} runtime; after {}: {} spawned, {} {exited}{headline}, {} lost",
         paint(
             "1",
             if report.is_final {
@@ -58,6 +58,11 @@ pub fn write(out: &mut dyn Write, report: &Report, style: &TextStyle) -> Result<
         t.pid,
         t.exe,
         t.runtime_version,
+        if report.blocking > 0 {
+            format!("{} blocking, ", report.blocking)
+        } else {
+            String::new()
+        },
         report.system,
         human_secs(report.elapsed_s),
         e.spawn,
@@ -176,7 +181,10 @@ fn write_group(
         })
         .unwrap_or_else(|| "-".into());
     // Padded to the plural's width, so counts line up.
-    let noun = if g.count == 1 {
+    let noun = if let Some(label) = g.kind {
+        // tokio `spawn_blocking` closures: not async tasks.
+        label.to_string()
+    } else if g.count == 1 {
         format!("{:<width$}", kind.task, width = kind.tasks.len())
     } else {
         kind.tasks.to_string()

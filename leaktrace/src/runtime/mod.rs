@@ -135,6 +135,10 @@ pub struct Options {
     pub detailed: bool,
     /// Where a stripped program's separate debug info may be.
     pub debuginfo: debuginfo::Search,
+    /// The host agent's budget (`--all`): Go's exit-walk ring takes this
+    /// many bytes instead of its default (a smaller ring costs the exiting
+    /// program a few ms of waiting for the reader, not goroutines).
+    pub exit_ring_bytes: Option<u32>,
 }
 
 /// A runtime, as one session drives it: attach → snapshot → (apply,
@@ -183,7 +187,7 @@ pub trait Runtime: Send {
 /// what it is not and why.
 pub fn open(path: &Path, options: Options) -> Result<Box<dyn Runtime>> {
     match go::GoRuntime::open(path, &options.debuginfo) {
-        Ok(rt) => Ok(Box::new(rt)),
+        Ok(rt) => Ok(Box::new(rt.with_exit_ring(options.exit_ring_bytes))),
         Err(not_go @ go::binary::InspectError::NotGo { .. }) => {
             match tokio::TokioRuntime::open(path, options) {
                 Ok(rt) => Ok(Box::new(rt)),

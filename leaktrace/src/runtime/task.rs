@@ -41,6 +41,10 @@ pub struct Place {
     /// The runtime's own bookkeeping task (Go: `isSystemGoroutine`); not
     /// counted as the program's, like `runtime.NumGoroutine()`.
     pub system: bool,
+    /// A tokio blocking-pool task (`spawn_blocking`): the program's, but a
+    /// thread's closure rather than an async task, so reported apart and not
+    /// in `live` (`num_alive_tasks()` does not count it either).
+    pub blocking: bool,
     /// Where the task was created (the `go` statement).
     pub created_by: Frame,
     /// When `created_by` is a spawn helper (one `go` statement that starts

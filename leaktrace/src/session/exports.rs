@@ -12,11 +12,13 @@ use anyhow::{Context as _, Result, bail};
 use crate::{
     cli::Args,
     report::{
+        agent_metrics::{AgentStatus, agent_metrics},
         folded::folded,
         metrics::{Traced, metrics},
         model::Report,
         pprof::profile,
     },
+    target::usage::own_usage,
 };
 
 pub(super) struct Exports {
@@ -83,13 +85,28 @@ struct Entry {
 }
 
 /// The latest report of each traced process (a final one stays until
-/// leaktrace exits), shared with the HTTP server's tasks.
+/// leaktrace exits, except with `--all`, which forgets a process once its
+/// trace ended), shared with the HTTP server's tasks; and with `--all`,
+/// the agent's status.
 #[derive(Clone, Default)]
-pub(super) struct Latest(Arc<Mutex<BTreeMap<u32, Entry>>>);
+pub(super) struct Latest {
+    reports: Arc<Mutex<BTreeMap<u32, Entry>>>,
+    agent: Arc<Mutex<Option<AgentStatus>>>,
+}
 
 impl Latest {
     fn lock(&self) -> MutexGuard<'_, BTreeMap<u32, Entry>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.reports.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `--all`: a process no longer traced leaves `/metrics` and the
+    /// profiles.
+    pub(super) fn forget(&self, pid: u32) {
+        self.lock().remove(&pid);
+    }
+
+    pub(super) fn set_agent(&self, status: AgentStatus) {
+        *self.agent.lock().unwrap_or_else(|e| e.into_inner()) = Some(status);
     }
 
     pub(super) fn metrics(&self) -> String {
@@ -101,7 +118,12 @@ impl Latest {
                 probes_armed: e.probes_armed,
             })
             .collect();
-        metrics(&traced)
+        let mut text = metrics(&traced);
+        drop(latest);
+        if let Some(status) = &*self.agent.lock().unwrap_or_else(|e| e.into_inner()) {
+            text.push_str(&agent_metrics(status, own_usage()));
+        }
+        text
     }
 
     /// The goroutine profile of one process, or of all of them; `Err` says

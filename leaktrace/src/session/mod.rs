@@ -1,16 +1,20 @@
 //! A tracing session: one process across the programs it executes
 //! (`--pid`, `-c`; [`one`]) or a command and every Go or tokio program it
-//! starts (`-f`). Each program is traced by the same loop ([`trace`]); this
+//! starts (`-f`), or every Go and tokio process on the host (`--all`;
+//! [`agent`]). Each program is traced by the same loop ([`trace`]); this
 //! module starts them, tells them when to stop (signals, `--duration`), and
 //! turns their outcomes into leaktrace's exit status. Every way out ends
 //! each trace with a final report and drops its probes, which detaches
 //! them; an error drops them on its way out too.
+mod agent;
+mod execs;
 mod exports;
 mod follow;
 mod one;
 mod serve;
 mod stops;
 mod trace;
+mod traces;
 mod work;
 
 use std::{cell::RefCell, fs::File, io::IsTerminal, rc::Rc};
@@ -31,7 +35,7 @@ use crate::{
     },
     runtime::{Options, Runtime},
     symbols::debuginfo::Search,
-    target::launch::HeldChild,
+    target::{host::HostFilter, launch::HeldChild},
 };
 
 /// What to trace.
@@ -43,13 +47,30 @@ pub enum Launch {
     },
     /// `-f -c CMD`: the command (held before its exec) and its descendants.
     Follow { child: HeldChild },
+    /// `--all`: every Go and tokio process the filter admits.
+    All { filter: HostFilter },
+}
+
+/// The host agent's rings (`--all`): each traced process's events ring
+/// and Go exit-walk ring, instead of 8 and 16 MiB. leaktrace maps them, so
+/// they count in its RSS (twice: a ring's data pages are mapped twice).
+const AGENT_RING_BYTES: u32 = 2 << 20;
+
+/// Ring sizes other than the defaults, for `--all`'s budget.
+fn ring_bytes(args: &Args) -> Option<u32> {
+    args.all.then_some(AGENT_RING_BYTES)
 }
 
 /// How the runtimes are to open each program traced.
 pub fn runtime_options(args: &Args) -> Options {
     Options {
+        exit_ring_bytes: ring_bytes(args),
         detailed: args.detailed,
-        debuginfo: Search::from_env(args.debuginfo.clone(), args.debug_dir.clone(), !args.follow),
+        debuginfo: Search::from_env(
+            args.debuginfo.clone(),
+            args.debug_dir.clone(),
+            !args.follow && !args.all,
+        ),
     }
 }
 
@@ -64,13 +85,17 @@ pub async fn run(args: &Args, launch: Launch) -> Result<i32> {
         out: RefCell::new(output(args)?),
         exports,
         deadline: signals.deadline,
-        show_cmdline: matches!(launch, Launch::Follow { .. }),
+        show_cmdline: !matches!(launch, Launch::One { .. }),
     });
     match launch {
         Launch::One { rt, target } => one::run(ctx, signals, rt, target).await,
         Launch::Follow { child } => {
             let local = tokio::task::LocalSet::new();
             local.run_until(follow::run(ctx, child, signals)).await
+        }
+        Launch::All { filter } => {
+            let local = tokio::task::LocalSet::new();
+            local.run_until(agent::run(ctx, signals, filter)).await
         }
     }
 }

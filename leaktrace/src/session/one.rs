@@ -14,8 +14,8 @@ use anyhow::Result;
 use tokio::sync::watch;
 
 use super::{
+    execs::{FollowProbes, Watch, traceable},
     exit_code,
-    follow::{FollowProbes, Watch, traceable},
     stops::{End, Signals},
     trace::{Ctx, Outcome, Target, trace},
 };
@@ -37,7 +37,7 @@ pub(super) async fn run(
     let pid = target.pid();
     let started_ns = monotonic_ns();
     let child = matches!(target, Target::Command(_));
-    let mut execs = match FollowProbes::attach(pid, Watch::Execs) {
+    let mut execs = match FollowProbes::attach(Watch::Execs(pid)) {
         Ok(w) => Some(w),
         Err(e) => {
             crate::say!(
@@ -93,11 +93,11 @@ pub(super) async fn run(
         }
         let options = super::runtime_options(&ctx.args);
         let rt = match traceable(pid, options.clone()) {
-            Some((rt, _)) => {
+            Ok((rt, _)) => {
                 note.push_str("; traced anew from there");
                 rt
             }
-            None => {
+            Err(_) => {
                 let why = crate::runtime::open(&proc.exe_link, options)
                     .err()
                     .map(|e| format!("{e:#}"))

@@ -132,10 +132,11 @@ pub(super) async fn trace(
         pidfd(pid).map_err(|_| anyhow::Error::from(TargetError::ExitedDuringAttach(pid)))?;
 
     let globals = rt.probe_globals();
+    let ring = super::ring_bytes(args);
     let attach = off_thread(&mut stop, move || -> Result<_> {
         let mut work = Work {
             rt,
-            probes: Probes::load(&globals)?,
+            probes: Probes::load_sized(&globals, ring)?,
         };
         let attached = work
             .rt

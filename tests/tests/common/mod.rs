@@ -121,22 +121,76 @@ impl Run {
 
 /// `leaktrace -c FIXTURE`: probes attached before the fixture runs. The
 /// fixture leaks for `leak_for`, goes quiescent and prints its truth; the
-/// final report comes after that, at `duration`. leaktrace passes the
-/// fixture's stdout through, so the truth block is read from leaktrace's.
+/// final report comes after that, at `duration` at the earliest (see
+/// [`run_command_with`]). leaktrace passes the fixture's stdout through, so
+/// the truth block is read from leaktrace's.
 pub fn run_command_mode(fixture: &std::path::Path, fixture_args: &[&str], duration: &str) -> Run {
     run_command_with(fixture, fixture_args, &["--duration", duration])
 }
 
+/// After the fixture printed its truth, the final report waits this long,
+/// so that at least one refresh sees the quiescent program.
+const AFTER_TRUTH: Duration = Duration::from_millis(1500);
+
 /// [`run_command_mode`] with any leaktrace options (`extra`, which must
 /// end the run: `--duration`, or `--interval` with `--count`).
+///
+/// `--duration D` is not handed to leaktrace: the run is ended by SIGINT
+/// (leaktrace's Ctrl-C, which prints the final report) once D has passed
+/// *and* the fixture printed its truth [`AFTER_TRUTH`] ago. A fixed
+/// duration raced the fixture on a loaded machine: its leak phase could
+/// still be running at the final report, and leaktrace's count was then
+/// compared with a truth taken later (CI saw 41 vs 44).
 pub fn run_command_with(fixture: &std::path::Path, fixture_args: &[&str], extra: &[&str]) -> Run {
     use std::io::{BufRead, BufReader};
     let out = tempfile_path("reports.jsonl");
-    let (mut child, stdout, err_reader) = start_command_mode(fixture, fixture_args, extra, &out);
-    let lines: Vec<String> = BufReader::new(stdout)
-        .lines()
-        .map_while(Result::ok)
-        .collect();
+    let at = extra.iter().position(|a| *a == "--duration");
+    let duration = at.map(|i| {
+        let d = extra.get(i + 1).expect("--duration needs a value");
+        parse_duration(d)
+    });
+    let mut args: Vec<&str> = extra.to_vec();
+    if let Some(i) = at {
+        args.drain(i..i + 2);
+    }
+    let started = Instant::now();
+    let (mut child, stdout, err_reader) = start_command_mode(fixture, fixture_args, &args, &out);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    let mut truth_at: Option<Instant> = None;
+    let mut interrupted = duration.is_none();
+    // 60 s is the whole run's limit, as before (wait_exit below).
+    let limit = started + Duration::from_secs(60);
+    loop {
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(line) => {
+                if truth_at.is_none() && line == "--- end ---" {
+                    truth_at = Some(Instant::now());
+                }
+                lines.push(line);
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        let due = match (duration, truth_at) {
+            (Some(d), Some(t)) => Instant::now() >= (started + d).max(t + AFTER_TRUTH),
+            // No truth yet: wait for it, up to the run's limit.
+            _ => Instant::now() >= limit,
+        };
+        if !interrupted && due {
+            interrupted = true;
+            // SAFETY: kill(2) on our own child's pid; no memory involved.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+        }
+    }
+    let _ = reader.join();
     let status = wait_exit(&mut child, Duration::from_secs(60));
     let stderr = err_reader.join().unwrap_or_default();
     let reports = final_reports(status, &out, &stderr);
@@ -150,6 +204,21 @@ pub fn run_command_with(fixture: &std::path::Path, fixture_args: &[&str], extra:
         reports,
         truth,
         stderr,
+    }
+}
+
+/// "4s", "500ms", "2m" (the forms the tests pass to `--duration`).
+fn parse_duration(s: &str) -> Duration {
+    let (n, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map(|i| s.split_at(i))
+        .unwrap_or((s, "s"));
+    let n: u64 = n.parse().unwrap_or_else(|_| panic!("duration {s:?}"));
+    match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(60 * n),
+        _ => panic!("duration {s:?}: unit ms, s or m"),
     }
 }
 

@@ -34,10 +34,7 @@ impl Server {
         std::fs::create_dir_all(dir.join("data")).expect("temp dir");
         let config_file = dir.join("prometheus.yml");
         std::fs::write(&config_file, config).expect("config");
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let port = free_port();
         let log = std::fs::File::create(dir.join("log")).expect("log file");
         let mut cmd = Command::new(PROMETHEUS);
         cmd.arg(format!("--config.file={}", config_file.display()))
@@ -88,4 +85,45 @@ pub fn get(port: u16, path: &str) -> Option<(u16, String)> {
     let (head, body) = text.split_once("\r\n\r\n")?;
     let status = head.split_whitespace().nth(1)?.parse().ok()?;
     Some((status, body.to_string()))
+}
+
+/// A port nothing listens on now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// Percent-encoding for a query string value.
+pub fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A PromQL instant query through Prometheus' HTTP API: each series'
+/// labels and value.
+pub fn query(prom: &Server, promql: &str) -> Vec<(serde_json::Value, f64)> {
+    let path = format!("/api/v1/query?query={}", encode(promql));
+    let Some((200, body)) = get(prom.port, &path) else {
+        return Vec::new();
+    };
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    v["data"]["result"]
+        .as_array()
+        .map(|rs| {
+            rs.iter()
+                .filter_map(|r| {
+                    let value = r["value"][1].as_str()?.parse().ok()?;
+                    Some((r["metric"].clone(), value))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }

@@ -1,5 +1,8 @@
-//! Section 2: a Go net/http server on loopback under wrk, untraced and
-//! with leaktrace attached by pid: requests/s and p99 latency.
+//! Section 2: Go HTTP servers on loopback under wrk, untraced and with
+//! leaktrace attached by pid: requests/s and p99 latency. Two servers: the
+//! bundled bench/http (a small JSON handler) and a real one nobody here
+//! wrote, Debian 12's `prometheus` release binary (pinned by `cargo xtask
+//! setup`), answering its own `/api/v1/status/buildinfo`.
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
@@ -48,24 +51,82 @@ fn parse_wrk(out: &str) -> Result<(f64, f64, f64)> {
     Ok((rps, ms, total))
 }
 
-fn http_once(t: &Tools, tracer: Option<&Path>, secs: u32) -> Result<HttpRun> {
-    let port = free_port()?;
-    let addr = format!("127.0.0.1:{port}");
-    let url = format!("http://{addr}/item?id=42");
-    let mut server = Proc::spawn(Command::new(&t.http).args(["-addr", &addr]), "bench/http")?;
-    server
-        .out
-        .wait_for("listening", Duration::from_secs(20), |l| {
-            l.starts_with("listening")
-        })?;
+/// The server under load.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Server {
+    Bundled,
+    Prometheus,
+}
+
+impl Server {
+    fn name(self) -> &'static str {
+        match self {
+            Server::Bundled => "bench/http",
+            Server::Prometheus => "prometheus",
+        }
+    }
+
+    /// Started on a free loopback port, ready for requests: the process and
+    /// the URL wrk asks for.
+    fn start(self, t: &Tools) -> Result<(Proc, String)> {
+        let port = free_port()?;
+        let addr = format!("127.0.0.1:{port}");
+        match self {
+            Server::Bundled => {
+                let mut server =
+                    Proc::spawn(Command::new(&t.http).args(["-addr", &addr]), "bench/http")?;
+                server
+                    .out
+                    .wait_for("listening", Duration::from_secs(20), |l| {
+                        l.starts_with("listening")
+                    })?;
+                Ok((server, format!("http://{addr}/item?id=42")))
+            }
+            Server::Prometheus => {
+                // Our own idle instance, never the package's service: a
+                // config with nothing to scrape, a fresh data directory.
+                let dir = t.scratch.join("prometheus");
+                let _ = std::fs::remove_dir_all(&dir);
+                std::fs::create_dir_all(dir.join("data"))?;
+                let config = dir.join("prometheus.yml");
+                std::fs::write(
+                    &config,
+                    "global:\n  scrape_interval: 1m\n  evaluation_interval: 1m\n",
+                )?;
+                let mut server = Proc::spawn(
+                    Command::new(PROMETHEUS)
+                        .arg(format!("--config.file={}", config.display()))
+                        .arg(format!(
+                            "--storage.tsdb.path={}",
+                            dir.join("data").display()
+                        ))
+                        .arg(format!("--web.listen-address={addr}")),
+                    "prometheus",
+                )?;
+                server.err.wait_for("ready", Duration::from_secs(60), |l| {
+                    l.contains("Server is ready to receive web requests")
+                })?;
+                Ok((server, format!("http://{addr}/api/v1/status/buildinfo")))
+            }
+        }
+    }
+}
+
+/// Installed by `cargo xtask setup` (Debian's prometheus 2.42.0+ds-5+deb12u1,
+/// go1.19, stripped).
+const PROMETHEUS: &str = "/usr/bin/prometheus";
+
+fn http_once(t: &Tools, which: Server, tracer: Option<&Tracer>, secs: u32) -> Result<HttpRun> {
+    let (mut server, url) = which.start(t)?;
     let report = t.scratch.join("http-report.jsonl");
     let _ = std::fs::remove_file(&report);
     let mut lt = match tracer {
-        Some(bin) => {
+        Some(tr) => {
             let mut p = Proc::spawn(
-                Command::new(bin)
+                Command::new(&tr.bin)
                     .args(["--format", "json", "--output"])
                     .arg(&report)
+                    .args(&tr.args)
                     .args(["--pid", &server.pid().to_string()]),
                 "leaktrace --pid bench/http",
             )?;
@@ -117,21 +178,69 @@ fn http_once(t: &Tools, tracer: Option<&Path>, secs: u32) -> Result<HttpRun> {
     })
 }
 
+/// A leaktrace build and the options it runs with.
+struct Tracer {
+    bin: PathBuf,
+    args: Vec<String>,
+}
+
 pub(super) fn section(md: &mut Markdown, plan: &Plan, t: &Tools) -> Result<()> {
-    let mut cfgs: Vec<(String, Option<PathBuf>)> = vec![
+    md.h2("2. Service: Go HTTP servers under load");
+    md.line(&format!(
+        "Each server on 127.0.0.1, driven by `wrk -t2 -c32 -d{}s --latency` after a 1 s \
+         warm-up; leaktrace attaches by pid before the warm-up and stays attached. wrk shares \
+         the 2 CPUs with the server (and the tracer), as a loopback test must. bench/http is \
+         net/http with a small JSON handler; prometheus is Debian 12's release binary \
+         (2.42.0+ds-5+deb12u1, go1.19, stripped), unmodified, answering \
+         `/api/v1/status/buildinfo` from an idle instance.",
+        plan.http_secs
+    ));
+    let prometheus = Path::new(PROMETHEUS).exists();
+    for which in [Server::Bundled, Server::Prometheus] {
+        if which == Server::Prometheus && !prometheus {
+            md.line(&format!(
+                "_prometheus: {PROMETHEUS} is not installed (`cargo xtask setup` installs it); \
+                 not measured._"
+            ));
+            continue;
+        }
+        server_table(md, plan, t, which)?;
+    }
+    Ok(())
+}
+
+fn server_table(md: &mut Markdown, plan: &Plan, t: &Tools, which: Server) -> Result<()> {
+    let mut cfgs: Vec<(String, Option<Tracer>)> = vec![
         ("untraced".into(), None),
-        ("leaktrace --pid".into(), Some(t.leaktrace.clone())),
+        (
+            "leaktrace --pid".into(),
+            Some(Tracer {
+                bin: t.leaktrace.clone(),
+                args: Vec::new(),
+            }),
+        ),
     ];
     for (name, bin) in &t.candidates {
-        cfgs.push((format!("{name} --pid"), Some(bin.clone())));
+        cfgs.push((
+            format!("{name} --pid"),
+            Some(Tracer {
+                bin: bin.clone(),
+                args: Vec::new(),
+            }),
+        ));
     }
     let mut runs: BTreeMap<usize, Vec<HttpRun>> = BTreeMap::new();
     for round in 0..plan.runs {
         for (i, (name, tracer)) in cfgs.iter().enumerate() {
-            eprintln!("bench: http round {}/{}: {name}", round + 1, plan.runs);
-            match http_once(t, tracer.as_deref(), plan.http_secs) {
+            eprintln!(
+                "bench: http {} round {}/{}: {name}",
+                which.name(),
+                round + 1,
+                plan.runs
+            );
+            match http_once(t, which, tracer.as_ref(), plan.http_secs) {
                 Ok(r) => runs.entry(i).or_default().push(r),
-                Err(e) => eprintln!("bench: http {name}: {e:#}"),
+                Err(e) => eprintln!("bench: http {} {name}: {e:#}", which.name()),
             }
         }
     }
@@ -174,14 +283,7 @@ pub(super) fn section(md: &mut Markdown, plan: &Plan, t: &Tools) -> Result<()> {
             ]
         })
         .collect();
-    md.h2("2. Service: a Go HTTP server under load");
-    md.line(&format!(
-        "bench/http (net/http, a small JSON handler) on 127.0.0.1, driven by `wrk -t2 -c32 \
-         -d{}s --latency` after a 1 s warm-up; leaktrace attaches by pid before the warm-up and \
-         stays attached. wrk shares the 2 CPUs with the server (and the tracer), as a loopback \
-         test must.",
-        plan.http_secs
-    ));
+    md.line(&format!("**{}**", which.name()));
     md.table(
         &[
             "configuration",

@@ -377,6 +377,7 @@ impl FinalSnapshot {
                 let place = Place {
                     never_ends: waiting && bin.wait_reasons.never_ends(g.wait_reason_code),
                     system: g.system,
+                    blocking: false,
                     // Filled from the live table by the caller (GoRuntime).
                     via: None,
                     created_by: frame_at(g.gopc),

@@ -690,6 +690,7 @@ impl GoReader {
             never_ends: state.is_waiting() && self.bin.wait_reasons.never_ends(key.reason),
             state,
             system: key.names.system,
+            blocking: false,
             created_by: key.names.created_by.clone(),
             via: key.via.clone(),
             start: stack

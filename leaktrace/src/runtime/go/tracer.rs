@@ -52,6 +52,8 @@ pub struct GoRuntime {
     final_walk: Option<FinalWalk>,
     /// Goroutines nothing can wake: partial deadlocks while the rest runs.
     stranded: StrandedCheck,
+    /// The exit walk's ring size, when not its default.
+    exit_ring_bytes: Option<u32>,
 }
 
 impl GoRuntime {
@@ -65,7 +67,16 @@ impl GoRuntime {
             bias: None,
             snapshot_ns: 0,
             final_walk: None,
+            exit_ring_bytes: None,
         })
+    }
+
+    /// The exit walk's ring takes `bytes` (the host agent's budget).
+    pub fn with_exit_ring(self, bytes: Option<u32>) -> Self {
+        Self {
+            exit_ring_bytes: bytes,
+            ..self
+        }
     }
 
     /// The load bias, found once the process runs the binary (with `-c`,
@@ -117,8 +128,12 @@ impl Runtime for GoRuntime {
         let mut warnings = self.bin.warnings();
         warnings.extend(placement.warnings);
         // Before a `-c` child runs, like the other probes.
+        let mut walk_options = FinalWalkOptions::default();
+        if let Some(bytes) = self.exit_ring_bytes {
+            walk_options.ring_bytes = bytes;
+        }
         match find_allgs(&self.bin)
-            .and_then(|at| FinalWalk::attach(&self.bin, exe, pid, &at, FinalWalkOptions::default()))
+            .and_then(|at| FinalWalk::attach(&self.bin, exe, pid, &at, walk_options))
         {
             Ok(walk) => self.final_walk = Some(walk),
             Err(e) => warnings.push(format!(

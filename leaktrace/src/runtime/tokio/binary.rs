@@ -88,6 +88,10 @@ impl RustBinary {
     /// A warning about what this build cannot show, with the fix; `None`
     /// when every task type is named exactly.
     pub fn naming_warning(&self) -> Option<String> {
+        let hinted = self
+            .vtables
+            .iter()
+            .any(|v| v.name.source == NameSource::PanicLocation);
         match self.naming_quality()? {
             NameSource::V0Symbol | NameSource::Dwarf => None,
             NameSource::DropGlue => Some(
@@ -96,7 +100,32 @@ impl RustBinary {
                  `-C symbol-mangling-version=v0`) for exact types."
                     .into(),
             ),
-            NameSource::Address => Some(if self.has_symtab {
+            NameSource::Address | NameSource::PanicLocation if hinted => {
+                let named = self
+                    .vtables
+                    .iter()
+                    .filter(|v| v.name.source == NameSource::PanicLocation)
+                    .count();
+                let bare = self
+                    .vtables
+                    .iter()
+                    .filter(|v| v.name.source == NameSource::Address)
+                    .count();
+                Some(format!(
+                    "binary is stripped: {named} of {} task types are placed only by the source \
+                     file their code panics in (`vtable@… in FILE`, from panic locations: a hint, \
+                     the file may be an async fn the task awaits){}. Give the separate debug info \
+                     (--debuginfo, a build-id directory, DEBUGINFOD_URLS) or keep symbols for \
+                     exact names.",
+                    self.vtables.len(),
+                    if bare > 0 {
+                        format!("; {bare} by vtable address only")
+                    } else {
+                        String::new()
+                    }
+                ))
+            }
+            NameSource::PanicLocation | NameSource::Address => Some(if self.has_symtab {
                 "some task types could not be named (their drop glue was inlined away); they are \
                  shown by vtable address. Rebuild with `debug = \"line-tables-only\"` to name them."
                     .into()

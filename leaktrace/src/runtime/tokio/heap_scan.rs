@@ -192,8 +192,9 @@ pub fn scan_regions(
     // Second read of each hit, whole header and id at once: a cell that
     // was freed or reused in between shows a different vtable or id.
     let mut ids = HashSet::new();
-    // (header, id, list neighbours) of every bound task kept.
-    let mut listed: Vec<(u64, u64, [u64; 2])> = Vec::new();
+    // (header, id, list neighbours) of every bound task kept, per owner
+    // list (runtime or LocalSet): each list has its own shard count.
+    let mut listed: HashMap<u64, Vec<(u64, u64, [u64; 2])>> = HashMap::new();
     for (header, i) in hits {
         let vt = &vtables[i];
         let Some(first) = read_task(mem, header, vt, i, load_bias) else {
@@ -231,7 +232,10 @@ pub fn scan_regions(
                 };
                 if ids.insert(again.id) {
                     if let Some(n) = neighbours {
-                        listed.push((header, again.id, n));
+                        listed
+                            .entry(again.owner_id)
+                            .or_default()
+                            .push((header, again.id, n));
                     }
                     out.tasks.push(again);
                 } else {
@@ -243,7 +247,7 @@ pub fn scan_regions(
             _ => out.unstable += 1,
         }
     }
-    let lone = lone_impostors(&listed);
+    let lone: HashSet<u64> = listed.values().flat_map(|l| lone_impostors(l)).collect();
     if !lone.is_empty() {
         out.stale_cells += lone.len();
         out.tasks.retain(|t| !lone.contains(&t.id));
@@ -254,7 +258,9 @@ pub fn scan_regions(
 
 /// Ids of cells that claim to be alone in their list shard (no neighbours)
 /// although other tasks share that shard: a freed cell whose task was alone
-/// when it left, since reused by data that left its header intact.
+/// when it left, since reused by data that left its header intact. `listed`
+/// holds one owner list's tasks: runtimes differ in shard count (a
+/// 2-worker runtime's tasks would otherwise be judged by a 1-worker one's).
 ///
 /// tokio picks a task's shard as `id & (shards - 1)`, and the tasks of one
 /// shard are linked to each other, so every difference between linked ids

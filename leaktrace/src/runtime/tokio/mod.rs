@@ -12,6 +12,7 @@
 pub mod await_points;
 pub mod binary;
 pub mod heap_scan;
+pub mod panic_locations;
 pub mod probe_points;
 mod seam;
 pub mod spawn_sites;

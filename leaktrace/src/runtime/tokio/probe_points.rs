@@ -4,12 +4,15 @@
 //! Default mode is once per task: spawn at `OwnedTasks<S>::bind_inner`,
 //! completion at `<Arc<Handle> as Schedule>::release` (or, where LTO removed
 //! it, each `Harness<T, S>::complete`), cancellation at each vtable's
-//! `raw::shutdown`. Detailed mode adds every poll (`raw::poll`, through the
-//! vtables, so stripped binaries too) and every wake (`waker::wake_by_*`).
+//! `raw::shutdown`, and the start of each blocking-pool task (its only
+//! `raw::poll`, through the vtables). Detailed mode adds every poll
+//! (`raw::poll`, through the vtables, so stripped binaries too) and every
+//! wake (`waker::wake_by_*`).
 //!
 //! `bind_inner`, `release` and `complete` exist only as symbols: a stripped
-//! binary gets shutdown (and, detailed, poll) probes only, and the session
-//! falls back to heap scans for spawns and completions.
+//! binary gets shutdown and blocking-task probes (and, detailed, every
+//! poll) only, and the session falls back to heap scans for spawns and
+//! completions.
 use std::collections::BTreeSet;
 
 use leaktrace_common::tokio::{TokioEventKind, tokio_cookie};
@@ -26,6 +29,9 @@ pub struct TokioPlan {
     /// Completions are seen.
     pub sees_completions: bool,
     pub polls: bool,
+    /// Blocking-pool tasks are seen when their closure starts: their one
+    /// poll is probed (also without `polls`).
+    pub blocking_starts: bool,
     /// What the plan could not cover and why, for the attach warnings.
     pub notes: Vec<String>,
 }
@@ -155,6 +161,34 @@ pub fn plan(elf: &ElfFile, vtables: &[TaskVtable], detailed: bool) -> TokioPlan 
         }
         for (va, d) in functions(elf, is_wake) {
             add(&mut plan, va, TokioEventKind::Wake, 0, false, d);
+        }
+        plan.blocking_starts = plan.polls;
+    } else {
+        // A blocking-pool task is polled once, for its whole closure: a
+        // probe there costs one hit per task, and sees it start (they are
+        // never bound, so the spawn probe does not). Not where identical
+        // code folding shares the function with an async task's poll, which
+        // would fire at every poll of that task.
+        let async_polls: BTreeSet<u64> = vtables
+            .iter()
+            .filter(|v| !v.runs_on_blocking_pool())
+            .map(TaskVtable::poll)
+            .collect();
+        let blocking_polls: BTreeSet<u64> = vtables
+            .iter()
+            .filter(|v| v.runs_on_blocking_pool())
+            .map(TaskVtable::poll)
+            .filter(|va| !async_polls.contains(va))
+            .collect();
+        for va in blocking_polls {
+            plan.blocking_starts |= add(
+                &mut plan,
+                va,
+                TokioEventKind::Poll,
+                0,
+                false,
+                "tokio::runtime::task::raw::poll (blocking task)".into(),
+            );
         }
     }
     if !plan.sees_spawns {

@@ -29,7 +29,8 @@ use super::{
     heap_scan::{LiveTask, MAX_CANDIDATES, cell_align, exe_load_bias, parse_task, scan, task_span},
     probe_points::{TokioPlan, plan},
     spawn_sites::SpawnSites,
-    state::StateWord,
+    state::{Activity, StateWord},
+    vtables::short_future_name,
 };
 use crate::{
     runtime::{LifetimeStats, Lifetimes, Place, Since, TaskView, no_chan_waits},
@@ -47,6 +48,15 @@ const RESCAN_EVERY: Duration = Duration::from_secs(10);
 const FIRST_RESCAN: Duration = Duration::from_secs(2);
 /// See [`TokioTracer::check_missed`].
 const MISSES_BEFORE_SCANNING: u32 = 3;
+/// How much of an idle task's cell (header, then the future) is compared
+/// from one refresh to the next: enough for the state of most async fns.
+const IDLE_PEEK: usize = 4096;
+/// Bytes compared per refresh in all: with many idle tasks a newly idle
+/// one is compared on a shorter prefix (kept while it stays idle, so its
+/// fingerprint stays comparable), never shorter than [`IDLE_PEEK_MIN`]
+/// (its header, scheduler, id and the start of its future).
+const IDLE_BUDGET: usize = 32 << 20;
+const IDLE_PEEK_MIN: usize = 128;
 
 /// What the probes of this session see.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -54,6 +64,9 @@ pub struct Coverage {
     pub spawns: bool,
     pub completions: bool,
     pub polls: bool,
+    /// Blocking-pool tasks are seen when their closure starts (their one
+    /// poll).
+    pub blocking_starts: bool,
 }
 
 impl Coverage {
@@ -78,6 +91,16 @@ pub struct TokioTotals {
     pub corrected: u64,
 }
 
+/// An idle task as the refreshes have seen it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct IdleSeen {
+    /// The first refresh that found it as it still is.
+    since: u64,
+    /// A hash of the first `len` bytes of its cell.
+    fingerprint: u64,
+    len: usize,
+}
+
 #[derive(Clone, Debug)]
 struct Tracked {
     id: u64,
@@ -91,6 +114,9 @@ struct Tracked {
     /// Where the program spawned it, when its spawn was probed and its
     /// stack unwound to the program's code.
     site: Option<Frame>,
+    /// Without poll probes: since when every refresh has found it idle and
+    /// unchanged.
+    idle_seen: Option<IdleSeen>,
 }
 
 impl Tracked {
@@ -103,6 +129,7 @@ impl Tracked {
             state: None,
             owner_id: 0,
             site: None,
+            idle_seen: None,
         }
     }
 }
@@ -155,6 +182,12 @@ pub struct TokioTracer {
     pub sites: Option<SpawnSites>,
     /// Per vtable (future type), the spawn sites seen.
     vtable_sites: HashMap<usize, HashSet<Frame>>,
+    /// Async (bound) vtables by future type as spawn sites name code.
+    by_future: HashMap<String, Vec<usize>>,
+    /// Per vtable, when one of its tasks last ran for certain: it spawned
+    /// a task (the spawn site was its code). Which one is unknown, so every
+    /// idle task of the type starts its idle duration again.
+    ran_at: HashMap<usize, u64>,
     /// The note about spawn stacks lost was given.
     stacks_lost_said: bool,
     /// The note about sampled spawn stacks was given.
@@ -192,6 +225,7 @@ impl TokioTracer {
         bin: RustBinary,
         awaits: Option<AwaitDecoder>,
     ) -> Self {
+        let by_future = futures_by_name(&bin.vtables);
         Self {
             bin,
             elf,
@@ -217,6 +251,8 @@ impl TokioTracer {
             lifetimes: HashMap::new(),
             sites: None,
             vtable_sites: HashMap::new(),
+            by_future,
+            ran_at: HashMap::new(),
             stacks_lost_said: false,
             sampled_said: false,
             debuginfo: Outcome::NotNeeded,
@@ -256,6 +292,7 @@ impl TokioTracer {
             spawns: plan.sees_spawns || plan.polls,
             completions: plan.sees_completions,
             polls: plan.polls,
+            blocking_starts: plan.polls || plan.blocking_starts,
         };
         self.probes_since = now_ns;
     }
@@ -272,8 +309,25 @@ impl TokioTracer {
         }
         if !self.coverage.polls {
             w.push(
-                "tokio: idle durations need per-poll probes (--detailed); without them the \
-                 report gives each task's age"
+                "tokio: idle durations (≥) are the time since the first refresh that found the \
+                 task idle and unchanged (state word and future) and since a task of its type \
+                 last spawned one; a poll between refreshes that changed neither and spawned \
+                 nothing is not seen (a stateless consumer or accept loop may show ≥ its whole \
+                 life). --detailed probes every poll for exact ones"
+                    .to_string(),
+            );
+        }
+        if self
+            .bin
+            .vtables
+            .iter()
+            .any(|v| v.runs_on_blocking_pool() && v.name.future.is_none())
+        {
+            w.push(
+                "tokio: blocking-pool tasks have no names in this binary, so a multi-thread \
+                 runtime's worker launchers (one per worker thread, running as long as the \
+                 runtime) cannot be told from the program's spawn_blocking tasks: both count \
+                 as `blocking`"
                     .to_string(),
             );
         }
@@ -339,15 +393,13 @@ impl TokioTracer {
         let Some(&vtable) = self.by_vtable.get(&ev.vtable) else {
             return;
         };
-        let vt = &self.bin.vtables[vtable];
-        if !vt.has_bound_scheduler() || vt.is_blocking() {
-            // Blocking-pool tasks (seen through `Harness::complete`): the
-            // runtime's, never bound, and not what the table follows.
-            return;
-        }
         let Some(kind) = TokioEventKind::from_raw(ev.kind) else {
             return;
         };
+        if self.bin.vtables[vtable].runs_on_blocking_pool() {
+            self.apply_blocking(ev, kind, vtable);
+            return;
+        }
         match kind {
             TokioEventKind::Spawn => {
                 self.totals.spawn += 1;
@@ -364,6 +416,7 @@ impl TokioTracer {
                         .entry(vtable)
                         .or_default()
                         .insert(site.clone());
+                    self.note_running(&site.function, ev.ts_ns);
                 }
                 self.tasks.insert(ev.header, t);
             }
@@ -400,6 +453,38 @@ impl TokioTracer {
                 t.last_poll = Some(ev.ts_ns);
             }
             TokioEventKind::Wake => self.totals.wake += 1,
+        }
+    }
+
+    /// Code of `function` ran at `ts_ns` (it spawned a task): if it is an
+    /// async fn that tasks run, one of them was being polled then.
+    fn note_running(&mut self, function: &str, ts_ns: u64) {
+        if let Some(vtables) = self.by_future.get(&short_future_name(function)) {
+            for &v in vtables {
+                self.ran_at.insert(v, ts_ns);
+            }
+        }
+    }
+
+    /// Blocking-pool tasks: never bound, so no spawn event; their one poll
+    /// is their closure starting (it was queued no later), and their
+    /// completion comes through `Harness::complete` where that is the
+    /// completion probe, else a refresh finds it finished.
+    fn apply_blocking(&mut self, ev: &TokioEvent, kind: TokioEventKind, vtable: usize) {
+        match kind {
+            TokioEventKind::Poll => {
+                let fresh = || Tracked::new(ev.id, vtable, Since::AtMost(ev.ts_ns));
+                let t = self.tasks.entry(ev.header).or_insert_with(fresh);
+                if t.id != ev.id {
+                    *t = fresh();
+                }
+            }
+            TokioEventKind::Complete
+                if self.tasks.get(&ev.header).is_some_and(|t| t.id == ev.id) =>
+            {
+                self.tasks.remove(&ev.header);
+            }
+            _ => {}
         }
     }
 
@@ -542,7 +627,62 @@ impl TokioTracer {
         } else {
             self.reread(pid, bias);
         }
+        self.observe_idle(pid, now_ns);
         Ok(self.build_views(pid))
+    }
+
+    /// Without poll probes, how long each idle task has looked the same: a
+    /// task found idle whose state word and cell (header and future, up to
+    /// [`IDLE_PEEK`] bytes, see [`IDLE_BUDGET`]) read as at the last
+    /// refresh keeps its idle start; any other is idle since now. A poll
+    /// between two refreshes that left both unchanged goes unseen, which
+    /// the warnings say.
+    fn observe_idle(&mut self, pid: u32, now_ns: u64) {
+        if self.coverage.polls {
+            return;
+        }
+        let vtables = &self.bin.vtables;
+        let idle = |t: &Tracked| {
+            t.state.is_some_and(|s| s.activity() == Activity::Idle)
+                && !vtables[t.vtable].runs_on_blocking_pool()
+        };
+        let count = self.tasks.values().filter(|t| idle(t)).count();
+        let share = (IDLE_BUDGET / count.max(1)).clamp(IDLE_PEEK_MIN, IDLE_PEEK);
+        let mut spans = Vec::with_capacity(count);
+        for (&header, t) in self.tasks.iter_mut() {
+            if idle(t) {
+                let cell = vtables[t.vtable].trailer_offset as usize;
+                let len = t.idle_seen.map_or(share.min(cell), |s| s.len);
+                spans.push((header, len));
+            } else {
+                t.idle_seen = None;
+            }
+        }
+        let mem = Memory::new(pid);
+        let tasks = &mut self.tasks;
+        let ran_at = &self.ran_at;
+        mem.read_spans(&spans, &mut |i, bytes| {
+            let Some(t) = tasks.get_mut(&spans[i].0) else {
+                return;
+            };
+            let ran = ran_at.get(&t.vtable).copied();
+            t.idle_seen = bytes.map(|b| {
+                let fingerprint = fingerprint(b);
+                match t.idle_seen {
+                    Some(seen)
+                        if seen.fingerprint == fingerprint
+                            && ran.is_none_or(|ts| ts <= seen.since) =>
+                    {
+                        seen
+                    }
+                    _ => IdleSeen {
+                        since: now_ns,
+                        fingerprint,
+                        len: b.len(),
+                    },
+                }
+            });
+        });
     }
 
     fn merge_scan(&mut self, pid: u32, bias: u64, now_ns: u64) -> Result<()> {
@@ -569,24 +709,29 @@ impl TokioTracer {
         // Tasks the table has but the scan did not find have finished,
         // unless a probe saw them start while the scan was reading.
         let probes = self.coverage.follows_lifecycle();
-        let before = self.tasks.len();
+        let vtables = &self.bin.vtables;
+        // Blocking-pool tasks are no probe's to announce or end (without
+        // `Harness::complete` probes): finding them is no correction.
+        let followed = |vtable: usize| !vtables[vtable].runs_on_blocking_pool();
+        let mut ended = 0;
         self.dropped.swap(0, 1);
         let dropped = &mut self.dropped[0];
         dropped.clear();
         self.tasks.retain(|header, t| {
             let alive = found.get(header).is_some_and(|live| live.id == t.id);
-            if !alive {
+            if !alive && followed(t.vtable) {
                 dropped.insert(t.id);
+                ended += 1;
             }
             alive
         });
         if probes && !first {
-            self.totals.corrected += (before - self.tasks.len()) as u64;
+            self.totals.corrected += ended;
         }
         let mut unseen = Vec::new();
         for (header, live) in found.drain() {
             let t = self.tasks.entry(header).or_insert_with(|| {
-                if probes && !first {
+                if probes && !first && followed(live.vtable) {
                     // Alive, yet no probe saw it start: a LocalSet task, an
                     // inlined spawn path, or a lost event.
                     self.totals.corrected += 1;
@@ -620,7 +765,7 @@ impl TokioTracer {
         let span = vtables.iter().map(task_span).max().unwrap_or(0);
         let headers: Vec<u64> = self.tasks.keys().copied().collect();
         let reads = mem.read_many(&headers, span);
-        let before = self.tasks.len();
+        let mut ended = 0;
         self.dropped.swap(0, 1);
         let dropped = &mut self.dropped[0];
         dropped.clear();
@@ -638,12 +783,16 @@ impl TokioTracer {
                 // Finished (its completion event is on its way, or was lost),
                 // or the cell was freed and reused.
                 _ => {
-                    dropped.insert(t.id);
+                    // Blocking-pool tasks end unannounced (see merge_scan).
+                    if !vtables[t.vtable].runs_on_blocking_pool() {
+                        dropped.insert(t.id);
+                        ended += 1;
+                    }
                     self.tasks.remove(&header);
                 }
             }
         }
-        self.totals.corrected += (before - self.tasks.len()) as u64;
+        self.totals.corrected += ended;
     }
 
     fn build_views(&mut self, pid: u32) -> Vec<TaskView> {
@@ -664,6 +813,8 @@ impl TokioTracer {
                 (true, true, None) => {
                     Some(Since::AtMost(self.probes_since.max(t.alive_since.ns())))
                 }
+                // Idle and unchanged at every refresh since then.
+                (true, false, _) => t.idle_seen.map(|s| Since::AtMost(s.since)),
                 _ => None,
             };
             let mut stack: Vec<Frame> = Vec::new();
@@ -693,9 +844,10 @@ impl TokioTracer {
                 .clone();
             let place = Place {
                 never_ends: state.lost_waker(),
-                // Blocking-pool tasks: the runtime's, and not what
-                // num_alive_tasks() counts.
-                system: t.owner_id == 0 || vt.is_blocking(),
+                // Neither is what num_alive_tasks() counts; only the worker
+                // launchers are the runtime's.
+                system: vt.is_runtime_own(),
+                blocking: vt.runs_on_blocking_pool() && !vt.is_runtime_own(),
                 created_by,
                 via: None,
                 start: name,
@@ -717,6 +869,29 @@ impl TokioTracer {
         }
         views
     }
+}
+
+/// Async (bound) vtables by the future type their names give, as
+/// [`short_future_name`] spells code paths; folded names count for each.
+fn futures_by_name(vtables: &[super::vtables::TaskVtable]) -> HashMap<String, Vec<usize>> {
+    let mut by: HashMap<String, Vec<usize>> = HashMap::new();
+    for (i, v) in vtables.iter().enumerate() {
+        if v.runs_on_blocking_pool() {
+            continue;
+        }
+        for name in v.name.future.iter().chain(&v.name.also) {
+            by.entry(short_future_name(name)).or_default().push(i);
+        }
+    }
+    by
+}
+
+/// A hash of what an idle task looked like.
+fn fingerprint(bytes: &[u8]) -> u64 {
+    use std::hash::{DefaultHasher, Hasher};
+    let mut h = DefaultHasher::new();
+    h.write(bytes);
+    h.finish()
 }
 
 /// Frames of tokio and the standard library, skipped when naming where a
@@ -748,34 +923,119 @@ mod tests {
     /// build of tests/fixtures/rust has such vtables, which
     /// tests/tests/tokio_binary.rs checks), and no await decoder.
     fn tracer_with_one_task_vtable() -> TokioTracer {
-        let exe = std::env::current_exe().expect("the test binary");
-        let elf = ElfFile::open(&exe).expect("an ELF file");
-        let vtable = TaskVtable {
-            va: 0x5000,
+        tracer_with(vec![vtable(0x5000, 8, "app::job::{{closure}}", BOUND)])
+    }
+
+    const BOUND: &str = "alloc::sync::Arc<tokio::runtime::scheduler::multi_thread::handle::Handle>";
+    const BLOCKING: &str = "tokio::runtime::blocking::schedule::BlockingSchedule";
+
+    /// A vtable whose id is `id_gap` bytes after the scheduler (8: an
+    /// `Arc` scheduler; more: the blocking pool's whole handle).
+    fn vtable(va: u64, id_gap: u64, future: &str, scheduler: &str) -> TaskVtable {
+        TaskVtable {
+            va,
             fns: [0; 7],
             trailer_offset: 80,
             scheduler_offset: 32,
-            id_offset: 40,
+            id_offset: 32 + id_gap,
             name: TaskName {
-                future: Some("app::job::{{closure}}".into()),
-                scheduler: Some(
-                    "alloc::sync::Arc<tokio::runtime::scheduler::multi_thread::handle::Handle>"
-                        .into(),
-                ),
+                future: Some(future.into()),
+                scheduler: Some(scheduler.into()),
                 source: NameSource::DropGlue,
                 reason: None,
                 also: Vec::new(),
+                hint: None,
             },
-        };
+        }
+    }
+
+    fn tracer_with(vtables: Vec<TaskVtable>) -> TokioTracer {
+        let exe = std::env::current_exe().expect("the test binary");
+        let elf = ElfFile::open(&exe).expect("an ELF file");
         let bin = RustBinary {
             rustc: None,
             tokio_version: None,
             has_symtab: true,
             has_dwarf: false,
             mangling: Default::default(),
-            vtables: vec![vtable],
+            vtables,
         };
         TokioTracer::with_binary(&exe, elf, bin, None)
+    }
+
+    /// Blocking-pool tasks start at their one poll and end at a
+    /// completion, apart from async tasks: the program's closures are
+    /// `blocking`, the worker launchers the runtime's own.
+    #[test]
+    fn blocking_tasks_are_followed_apart() {
+        let mut t = tracer_with(vec![
+            vtable(0x5000, 8, "app::job::{{closure}}", BOUND),
+            vtable(
+                0x6000,
+                24,
+                "tokio::runtime::blocking::task::BlockingTask<app::hash_file::{{closure}}>",
+                BLOCKING,
+            ),
+            vtable(
+                0x7000,
+                24,
+                "tokio::runtime::blocking::task::BlockingTask<tokio::runtime::scheduler::multi_thread::worker::Launch::launch::{{closure}}>",
+                BLOCKING,
+            ),
+        ]);
+        t.set_bias(0);
+        t.apply(&event(TokioEventKind::Poll, 0xa000, 3, 0x6000, 100));
+        t.apply(&event(TokioEventKind::Poll, 0xb000, 1, 0x7000, 90));
+        assert_eq!(t.totals.spawn, 0, "not async spawns");
+        assert_eq!(t.tasks[&0xa000].alive_since, Since::AtMost(100));
+        for h in [0xa000, 0xb000] {
+            t.tasks.get_mut(&h).unwrap().state = Some(StateWord(0x81));
+        }
+        let views = t.build_views(std::process::id());
+        let place = |key| &views.iter().find(|v| v.key == key).unwrap().place;
+        assert!(place(0xa000).blocking && !place(0xa000).system);
+        assert!(place(0xb000).system && !place(0xb000).blocking);
+        t.apply(&event(TokioEventKind::Complete, 0xa000, 3, 0x6000, 200));
+        assert!(!t.tasks.contains_key(&0xa000));
+        assert_eq!(t.totals.complete, 0);
+    }
+
+    /// Without poll probes, an idle task's idle start is the first refresh
+    /// that found it so, for as long as its cell reads the same; a change
+    /// starts it again. Its view says the duration is a lower bound.
+    #[test]
+    fn idle_durations_come_from_unchanged_cells() {
+        let mut t = tracer_with_one_task_vtable();
+        t.set_bias(0);
+        // A task cell in this process's own memory, read like a target's.
+        let mut cell = vec![0u8; 80];
+        cell[..8].copy_from_slice(&0x80u64.to_le_bytes());
+        let header = cell.as_ptr() as u64;
+        let mut tracked = Tracked::new(7, 0, Since::Exact(50));
+        tracked.state = Some(StateWord(0x80));
+        t.tasks.insert(header, tracked);
+        let pid = std::process::id();
+        t.observe_idle(pid, 1_000);
+        t.observe_idle(pid, 2_000);
+        assert_eq!(t.tasks[&header].idle_seen.map(|s| s.since), Some(1_000));
+        let views = t.build_views(pid);
+        assert_eq!(views[0].blocked_since, Some(Since::AtMost(1_000)));
+        // A task of its type spawned one: one of them ran.
+        t.note_running("app::job::{{closure}}", 2_500);
+        t.observe_idle(pid, 2_600);
+        assert_eq!(t.tasks[&header].idle_seen.map(|s| s.since), Some(2_600));
+        t.observe_idle(pid, 2_700);
+        assert_eq!(t.tasks[&header].idle_seen.map(|s| s.since), Some(2_600));
+        // Polled in between: its future changed.
+        cell[40] = 1;
+        std::hint::black_box(&cell);
+        t.observe_idle(pid, 3_000);
+        assert_eq!(t.tasks[&header].idle_seen.map(|s| s.since), Some(3_000));
+        // Not idle: no idle start.
+        t.tasks.get_mut(&header).unwrap().state = Some(StateWord(0x84));
+        t.observe_idle(pid, 4_000);
+        assert_eq!(t.tasks[&header].idle_seen, None);
+        assert_eq!(t.build_views(pid)[0].blocked_since, None);
     }
 
     /// The table follows spawn and completion events; a completion that
@@ -789,7 +1049,7 @@ mod tests {
         t.coverage = Coverage {
             spawns: true,
             completions: true,
-            polls: false,
+            ..Coverage::default()
         };
         let vt = t
             .bin

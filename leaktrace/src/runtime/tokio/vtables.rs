@@ -24,6 +24,7 @@ use std::fmt;
 use iced_x86::{Decoder, DecoderOptions, FlowControl};
 use object::{Object as _, ObjectSymbol as _, SymbolKind};
 
+use super::panic_locations::{CodeView, SourceHint};
 use crate::{
     symbols::dwarf::{self, Slice},
     target::elf::{ElfFile, Machine},
@@ -59,6 +60,9 @@ const R_AARCH64_RELATIVE: u32 = 1027;
 pub enum NameSource {
     /// Nothing names it: stripped, or the drop glue was inlined.
     Address,
+    /// Only a source file: from the panic `Location`s its poll code
+    /// references (stripped binaries; see `panic_locations`).
+    PanicLocation,
     /// Heuristic: from `drop_in_place<…Stage<T>>`-style symbols that the
     /// vtable's functions call (legacy mangling carries T only there).
     DropGlue,
@@ -72,6 +76,7 @@ impl NameSource {
     pub fn label(self) -> &'static str {
         match self {
             Self::Address => "vtable address",
+            Self::PanicLocation => "panic locations",
             Self::DropGlue => "drop-glue symbol",
             Self::Dwarf => "DWARF",
             Self::V0Symbol => "v0 symbol",
@@ -94,6 +99,9 @@ pub struct TaskName {
     /// linker folded into the same function, so the name may be any of
     /// them (sorted; `future` is the first).
     pub also: Vec<String>,
+    /// For [`NameSource::PanicLocation`]: the source files its code
+    /// panics in.
+    pub hint: Option<SourceHint>,
 }
 
 /// One task vtable. Addresses are link-time (add the load bias for PIE).
@@ -129,7 +137,11 @@ impl TaskVtable {
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
-            None => format!("vtable@{:#x}", self.va),
+            // File only: the vtable keeps telling tasks apart.
+            None => match &self.name.hint {
+                Some(h) => format!("vtable@{:#x} in {}", self.va, h.file),
+                None => format!("vtable@{:#x}", self.va),
+            },
         }
     }
 
@@ -149,6 +161,27 @@ impl TaskVtable {
         let in_name = |s: &Option<String>, pat: &str| s.as_deref().is_some_and(|s| s.contains(pat));
         in_name(&self.name.scheduler, "BlockingSchedule")
             || in_name(&self.name.future, "blocking::task::BlockingTask<")
+    }
+}
+
+impl TaskVtable {
+    /// Runs on a blocking-pool thread (`spawn_blocking`, the worker
+    /// launchers): never bound to an owner list, so not counted by
+    /// `num_alive_tasks()`. Told by layout, so stripped binaries too.
+    pub fn runs_on_blocking_pool(&self) -> bool {
+        !self.has_bound_scheduler() || self.is_blocking()
+    }
+
+    /// The runtime's own blocking-pool work: a multi-thread runtime's
+    /// worker launchers (`Launch::launch`, and the hand-over of
+    /// `block_in_place`), which run as long as the runtime. Known by name
+    /// only: in a binary without names they count as the program's
+    /// blocking tasks.
+    pub fn is_runtime_own(&self) -> bool {
+        let own = |n: &str| short_future_name(n).starts_with("tokio::runtime::scheduler::");
+        self.runs_on_blocking_pool()
+            && self.name.future.as_deref().is_some_and(own)
+            && self.name.also.iter().all(|a| own(a))
     }
 }
 
@@ -303,6 +336,19 @@ pub fn find_vtables(elf: &ElfFile) -> Vec<TaskVtable> {
     for vt in &mut found {
         vt.name = name_vtable(elf, machine, vt, &symbols, &dwarf_names);
     }
+    if machine == Machine::X86_64 && found.iter().any(|v| v.name.source == NameSource::Address) {
+        let word = |va: u64| relocs.word(elf, va).map(|(w, _)| w);
+        let code = CodeView::new(elf, &word);
+        for vt in found
+            .iter_mut()
+            .filter(|v| v.name.source == NameSource::Address)
+        {
+            if let Some(hint) = code.source_of(vt.poll()) {
+                vt.name.source = NameSource::PanicLocation;
+                vt.name.hint = Some(hint);
+            }
+        }
+    }
     found
 }
 
@@ -359,6 +405,7 @@ impl TaskVtable {
                 source: NameSource::Address,
                 reason: None,
                 also: Vec::new(),
+                hint: None,
             },
         })
     }
@@ -493,6 +540,7 @@ fn name_vtable(
             source,
             reason: None,
             also: Vec::new(),
+            hint: None,
         })
     };
     if let Some(names) = symbols.names_at(vt.poll()) {
@@ -562,6 +610,7 @@ fn address_only(reason: &str) -> TaskName {
         source: NameSource::Address,
         reason: Some(reason.into()),
         also: Vec::new(),
+        hint: None,
     }
 }
 
@@ -654,6 +703,7 @@ fn task_drop_glue(demangled: &str) -> Option<TaskName> {
         source: NameSource::DropGlue,
         reason: None,
         also: Vec::new(),
+        hint: None,
     })
 }
 
@@ -769,6 +819,7 @@ mod tests {
                 source: NameSource::DropGlue,
                 reason: None,
                 also: vec!["app::poll_bench::{{closure}}".into()],
+                hint: None,
             },
         };
         assert_eq!(
