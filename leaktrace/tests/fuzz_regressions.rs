@@ -13,6 +13,11 @@ use leaktrace::{
     target::elf::ElfFile,
 };
 
+/// The fuzz targets' bodies (`fuzz/harness.rs`), the same code libFuzzer
+/// runs.
+#[path = "../../fuzz/harness.rs"]
+mod harness;
+
 fn inputs(target: &str) -> Vec<(String, Vec<u8>)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../fuzz/regressions")
@@ -51,5 +56,27 @@ fn go_binary_regressions() {
     for (name, data) in inputs("go_binary") {
         eprintln!("{name}");
         let _ = GoBinary::from_bytes(Path::new("fuzzed"), Arc::from(data));
+    }
+}
+
+/// One fuzz target's body.
+type Harness = fn(&[u8]);
+
+/// Every input under `fuzz/regressions/<target>/` of the targets that
+/// share `fuzz/harness.rs`, through that target's body.
+#[test]
+fn harness_regressions() {
+    let targets: [(&str, Harness); 5] = [
+        ("proc_files", harness::proc_files),
+        ("tracefs_format", harness::tracefs_format),
+        ("eh_frame_unwind", harness::eh_frame_unwind),
+        ("heap_cells", harness::heap_cells),
+        ("await_points", harness::await_points),
+    ];
+    for (target, run) in targets {
+        for (name, data) in inputs(target) {
+            eprintln!("{name}");
+            run(&data);
+        }
     }
 }

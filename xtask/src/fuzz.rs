@@ -1,8 +1,10 @@
 //! `cargo xtask fuzz`: run every fuzz target under `fuzz/` (cargo-fuzz:
 //! libFuzzer with AddressSanitizer, on rustup's nightly) for a while each,
 //! from a corpus seeded with real inputs: the fixtures' Go binaries (plain,
-//! stripped, PIE) and the tokio fixture for the binary parsers, a
-//! goroutine's memory read from a live fixture for the memory parsers.
+//! stripped, PIE) and the tokio fixture for the binary parsers (and their
+//! `.eh_frame` for the unwinder), this machine's `/proc` files and
+//! tracepoint formats, and tokio task cells as a tokio 1.4x heap holds
+//! them.
 //! Inputs that crashed once live in `fuzz/regressions/<target>/` and are run
 //! first, every time. Prints one line per target: seconds, executions,
 //! coverage, crashes.
@@ -19,7 +21,17 @@ use anyhow::{Context, Result, bail};
 
 use crate::util;
 
-pub const TARGETS: &[&str] = &["go_binary", "rust_binary", "go_memory", "records"];
+pub const TARGETS: &[&str] = &[
+    "go_binary",
+    "rust_binary",
+    "go_memory",
+    "records",
+    "proc_files",
+    "tracefs_format",
+    "eh_frame_unwind",
+    "heap_cells",
+    "await_points",
+];
 /// The largest seed is a Go binary of a few MiB.
 const MAX_LEN: &str = "-max_len=8388608";
 
@@ -212,19 +224,48 @@ fn seed(corpus: &Path) -> Result<()> {
             }
         }
     }
-    for (t, bin) in binaries {
-        let dir = corpus.join(t);
-        fs::create_dir_all(&dir)?;
-        let name = bin
-            .strip_prefix(&target)
-            .unwrap_or(&bin)
-            .to_string_lossy()
-            .replace('/', "_");
-        let dest = dir.join(name);
-        if !dest.exists() {
-            fs::copy(&bin, &dest).with_context(|| format!("seeding {}", bin.display()))?;
+    for (t, bin) in &binaries {
+        copy_seed(&target, bin, &corpus.join(t))?;
+    }
+    for (t, bin) in &binaries {
+        if *t == "rust_binary" {
+            copy_seed(&target, bin, &corpus.join("await_points"))?;
+        }
+        if let Some(seed) = unwind_seed(bin) {
+            write_seed(
+                &corpus.join("eh_frame_unwind"),
+                &seed_name(&target, bin),
+                &seed,
+            )?;
         }
     }
+    // This machine's own /proc files and tracepoint formats.
+    for pid in ["self", "1"] {
+        for f in ["stat", "status", "maps"] {
+            if let Ok(text) = fs::read(format!("/proc/{pid}/{f}")) {
+                write_seed(&corpus.join("proc_files"), &format!("{pid}-{f}"), &text)?;
+            }
+        }
+    }
+    for event in [
+        "task/task_newtask",
+        "task/task_rename",
+        "sched/sched_process_exit",
+        "sched/sched_process_exec",
+        "sched/sched_process_fork",
+    ] {
+        for root in ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"] {
+            if let Ok(text) = fs::read(format!("{root}/events/{event}/format")) {
+                write_seed(
+                    &corpus.join("tracefs_format"),
+                    &event.replace('/', "_"),
+                    &text,
+                )?;
+                break;
+            }
+        }
+    }
+    write_seed(&corpus.join("heap_cells"), "four-cells", &heap_cells_seed())?;
     let records = corpus.join("records");
     fs::create_dir_all(&records)?;
     for size in [8usize, 16, 24, 32, 40, 48, 56, 64, 96, 128, 256] {
@@ -234,4 +275,93 @@ fn seed(corpus: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn seed_name(target: &Path, bin: &Path) -> String {
+    bin.strip_prefix(target)
+        .unwrap_or(bin)
+        .to_string_lossy()
+        .replace('/', "_")
+}
+
+fn copy_seed(target: &Path, bin: &Path, dir: &Path) -> Result<()> {
+    fs::create_dir_all(dir)?;
+    let dest = dir.join(seed_name(target, bin));
+    if !dest.exists() {
+        fs::copy(bin, &dest).with_context(|| format!("seeding {}", bin.display()))?;
+    }
+    Ok(())
+}
+
+fn write_seed(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    fs::create_dir_all(dir)?;
+    let dest = dir.join(name);
+    if !dest.exists() {
+        fs::write(&dest, bytes).with_context(|| format!("seeding {}", dest.display()))?;
+    }
+    Ok(())
+}
+
+/// An `eh_frame_unwind` input (its layout is in the target's doc) from a
+/// real binary: its `.eh_frame` and `.eh_frame_hdr` at their addresses,
+/// the registers at its entry point, and a stack whose words are return
+/// addresses into its `.text`.
+fn unwind_seed(bin: &Path) -> Option<Vec<u8>> {
+    use object::{Object, ObjectSection};
+    let data = fs::read(bin).ok()?;
+    let file = object::File::parse(&*data).ok()?;
+    let eh = file.section_by_name(".eh_frame")?;
+    let text = file.section_by_name(".text")?;
+    let hdr = file.section_by_name(".eh_frame_hdr");
+    let eh_bytes = eh.data().ok()?;
+    let hdr_bytes = hdr.as_ref().and_then(|h| h.data().ok()).unwrap_or_default();
+    let sp: u64 = 0x7ffe_0000_0000;
+    let mut out = Vec::new();
+    for w in [
+        file.entry(),
+        sp,
+        sp + 0x40,
+        eh.address(),
+        text.address(),
+        hdr.as_ref().map_or(0, |h| h.address()),
+    ] {
+        out.extend_from_slice(&w.to_le_bytes());
+    }
+    out.extend_from_slice(&u32::try_from(eh_bytes.len()).ok()?.to_le_bytes());
+    out.extend_from_slice(&u32::try_from(hdr_bytes.len()).ok()?.to_le_bytes());
+    out.extend_from_slice(eh_bytes);
+    out.extend_from_slice(hdr_bytes);
+    for i in 0..64u64 {
+        let word = if i % 4 == 1 {
+            text.address() + (i * 0x91) % text.size().max(1)
+        } else {
+            sp + 8 * (i + 8)
+        };
+        out.extend_from_slice(&word.to_le_bytes());
+    }
+    Some(out)
+}
+
+/// A `heap_cells` input: a vtable with tokio 1.4x's offsets (trailer 80,
+/// scheduler 32, id 40), a 128-byte stride, and four live-looking cells
+/// linked into one owned-task list, as the heap scan sees them.
+fn heap_cells_seed() -> Vec<u8> {
+    const VTABLE: u64 = 0x5555_5555_a000;
+    let mut out = Vec::new();
+    for w in [VTABLE, 80, 32, 40] {
+        out.extend_from_slice(&w.to_le_bytes());
+    }
+    out.push(7); // 1 << 7 = 128
+    for i in 0..4u64 {
+        let mut cell = [0u64; 16];
+        cell[0] = (2 << 6) | 0b1000; // two refs, JOIN_INTEREST
+        cell[2] = VTABLE;
+        cell[3] = 1; // owner id
+        cell[4] = 0x5555_5556_0000; // scheduler
+        cell[5] = 1 + 4 * i; // task id
+        for w in cell {
+            out.extend_from_slice(&w.to_le_bytes());
+        }
+    }
+    out
 }

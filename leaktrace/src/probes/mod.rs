@@ -13,6 +13,10 @@ use std::{
     io::IsTerminal as _,
     num::NonZeroU32,
     path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use anyhow::{Context as _, Result, anyhow};
@@ -76,6 +80,9 @@ pub struct Probes {
     /// Where each uprobe program was attached, to attach it again after
     /// [`Probes::detach_program`] (the overhead budget's shedding).
     placed: HashMap<String, Placed>,
+    /// Records leaktrace itself dropped: the ring reader's queue was full
+    /// ([`ring::MAX_QUEUED_RECORDS`]). Part of [`Probes::lost`].
+    overflowed: Arc<AtomicU64>,
 }
 
 /// One program's attachment, as [`Probes::attach`] was asked for it.
@@ -131,6 +138,7 @@ impl Probes {
             logger,
             multi: multi::MultiLinks::default(),
             placed: HashMap::new(),
+            overflowed: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -341,18 +349,26 @@ impl Probes {
         Ok(RingBuf::try_from(map)?)
     }
 
-    /// Records dropped because the ring was full, summed over CPUs.
+    /// Where the ring reader counts the records it had no room for.
+    pub fn overflow_counter(&self) -> Arc<AtomicU64> {
+        self.overflowed.clone()
+    }
+
+    /// Records dropped because the ring was full, summed over CPUs, and
+    /// those leaktrace's own queue had no room for.
     pub fn lost(&self) -> u64 {
+        let ours = self.overflowed.load(Ordering::Relaxed);
         let Some(map) = self.ebpf.map("LOST") else {
-            return 0;
+            return ours;
         };
         let Ok(array) = PerCpuArray::<_, u64>::try_from(map) else {
-            return 0;
+            return ours;
         };
         array
             .get(&0, 0)
-            .map(|per_cpu| per_cpu.iter().sum())
+            .map(|per_cpu| per_cpu.iter().sum::<u64>())
             .unwrap_or(0)
+            + ours
     }
 }
 

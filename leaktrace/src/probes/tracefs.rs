@@ -115,7 +115,9 @@ pub fn field(tracefs: &Path, event: &str, field: &str) -> Result<Field> {
 
 /// Parses lines like
 /// `field:char newcomm[16];<TAB>offset:28;<TAB>size:16;<TAB>signed:0;`.
-fn find_field(format: &str, name: &str) -> Option<Field> {
+/// Public for the fuzz target (`fuzz/fuzz_targets/tracefs_format.rs`).
+#[doc(hidden)]
+pub fn find_field(format: &str, name: &str) -> Option<Field> {
     format.lines().find_map(|line| {
         let mut decl = None;
         let mut offset = None;

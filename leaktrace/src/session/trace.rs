@@ -18,7 +18,10 @@ use crate::{
     aggregate::verdict::{Rules, Verdict},
     budget::Budget,
     cli::Args,
-    probes::{Probes, ring::RingReader},
+    probes::{
+        Probes,
+        ring::{self, RingReader},
+    },
     report::{
         build::{Ignore, Moment, ReportBuilder, Shape},
         model::{EventTotals, Report, TargetInfo},
@@ -160,7 +163,7 @@ pub(super) async fn trace(
             });
         }
     };
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (tx, mut rx) = ring::record_channel(w.probes.overflow_counter());
     let logger = w.probes.take_logger();
     let mut ring = RingReader::spawn(w.probes.take_ring()?, logger, w.rt.record_size(), tx);
     let mut warnings = attached.warnings;

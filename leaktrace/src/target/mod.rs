@@ -7,4 +7,5 @@ pub mod maps;
 pub mod memory;
 pub mod privileges;
 pub mod process;
+pub mod procfs;
 pub mod usage;

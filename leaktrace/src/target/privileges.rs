@@ -6,6 +6,7 @@
 //! rights a `-c` command starts with (never leaktrace's granted ones).
 use std::fs;
 
+use super::procfs::{status_hex, status_ids};
 use anyhow::{Result, bail};
 
 pub const CAP_DAC_READ_SEARCH: u32 = 2;
@@ -64,23 +65,6 @@ impl Credentials {
     fn may_trace_anyone(&self) -> bool {
         self.ruid == 0 || (self.has(CAP_SYS_PTRACE) && !self.granted_by_file)
     }
-}
-
-fn status_hex(status: &str, key: &str) -> Option<u64> {
-    let v = status.lines().find_map(|l| l.strip_prefix(key))?;
-    u64::from_str_radix(v.trim(), 16).ok()
-}
-
-/// The four ids (real, effective, saved, filesystem) of a `Uid:` or `Gid:`
-/// line of /proc/PID/status.
-fn status_ids(status: &str, key: &str) -> Option<[u32; 4]> {
-    let line = status.lines().find_map(|l| l.strip_prefix(key))?;
-    let ids: Vec<u32> = line
-        .split_whitespace()
-        .map(str::parse)
-        .collect::<Result<_, _>>()
-        .ok()?;
-    ids.try_into().ok()
 }
 
 /// Refuse a setuid or setgid install: it would run with the file owner's

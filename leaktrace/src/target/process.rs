@@ -90,10 +90,7 @@ impl Process {
     pub fn is_alive(&self) -> bool {
         // A zombie still has /proc/PID but state Z; treat it as gone.
         match fs::read_to_string(format!("/proc/{}/stat", self.pid)) {
-            Ok(stat) => stat
-                .rsplit_once(')')
-                .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
-                .unwrap_or(false),
+            Ok(stat) => super::procfs::stat_state(&stat).is_some_and(|s| s != 'Z'),
             Err(_) => false,
         }
     }

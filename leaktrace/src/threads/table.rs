@@ -21,6 +21,7 @@ use crate::{
         verdict::human_secs,
     },
     symbols::Frame,
+    target::procfs::start_ticks,
 };
 
 /// Samples a trend keeps: one per refresh (at most every 500 ms, so about
@@ -454,13 +455,6 @@ fn list_tids(pid: u32) -> std::io::Result<Vec<u32>> {
         .collect();
     tids.sort_unstable();
     Ok(tids)
-}
-
-/// Field 22 of /proc/.../stat: start time in clock ticks after boot. The
-/// name (field 2) may hold spaces and parentheses, so count from its end.
-fn start_ticks(stat: &str) -> Option<u64> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// The probes stamp CLOCK_MONOTONIC; /proc's start times count from boot

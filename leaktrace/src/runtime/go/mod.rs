@@ -2,6 +2,7 @@
 //! pclntab symbols, `runtime.g` layout, wait reasons), where the probes go,
 //! the live goroutine table and the memory reader, behind [`GoRuntime`].
 pub mod allgs_locate;
+pub mod allgs_read;
 pub mod attach;
 pub mod binary;
 pub mod chan_layout;

@@ -6,12 +6,15 @@
 //! The program keeps running while we read, so every read is validated: a g
 //! whose status or stack moved under us is read again, and reported as
 //! unstable rather than as truth if it keeps moving.
-use std::{collections::HashMap, sync::Arc, time::Instant};
+use std::{collections::HashMap, num::NonZeroUsize, sync::Arc, time::Instant};
 
-use anyhow::{Context as _, Result, bail};
+use lru::LruCache;
+
+use anyhow::{Context as _, Result};
 
 use super::{
     allgs_locate::AllgsLocation,
+    allgs_read,
     binary::GoBinary,
     channels::{ChanReader, ParkKey, ReadMem, Target, WaitOp, Waiter, digest},
     layout::{ChanLayout, GLayout},
@@ -25,12 +28,14 @@ use crate::{
 };
 
 /// What a walk of `runtime.allgs` saw.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AllgsWalk {
     /// Live goroutines (the runtime's own included).
     pub live: usize,
     /// The highest goid of any g, live or dead.
     pub max_goid: u64,
+    /// Said when `allgs` was longer than leaktrace reads (`allgs_read`).
+    pub note: Option<String>,
 }
 
 /// Frames deeper than this are not unwound (Go's own tracebacks stop at 100).
@@ -45,8 +50,9 @@ pub struct GoReader {
     mem: Memory,
     /// Runtime address = link-time VA + bias (non-zero for PIE).
     bias: u64,
-    /// pc (VA) → frames; None outside Go code.
-    frames: HashMap<u64, Option<Arc<[Frame]>>>,
+    /// pc (VA) → frames; None outside Go code. The pcs come from the
+    /// target's stacks and g's: bounded, least recently used out.
+    frames: LruCache<u64, Option<Arc<[Frame]>>>,
     /// Identical stacks (the common case in a leak) share one
     /// symbolization, numbered: a goroutine's row remembers the number of
     /// its last validated walk and a digest of the saved registers it was
@@ -58,17 +64,19 @@ pub struct GoReader {
     walks_stale: bool,
     /// What the tasks at one place share, made once per place.
     places: HashMap<PlaceKey, Arc<Place>>,
-    /// Per (gopc, startpc): who created it and what it runs.
-    origins: HashMap<(u64, u64), Arc<OriginNames>>,
-    /// Per (gopc, the creator's caller pcs): the caller shown as `via`.
-    vias: HashMap<(u64, [u64; 2]), Option<Frame>>,
-    /// Per creation site (`go` statement line): the callers seen so far.
-    site_callers: HashMap<Frame, SiteCallers>,
+    /// Per (gopc, startpc): who created it and what it runs (LRU).
+    origins: LruCache<(u64, u64), Arc<OriginNames>>,
+    /// Per (gopc, the creator's caller pcs): the caller shown as `via` (LRU).
+    vias: LruCache<(u64, [u64; 2]), Option<Frame>>,
+    /// Per creation site (`go` statement line): the callers seen so far
+    /// (LRU: a site evicted learns again whether it is a spawn helper).
+    site_callers: LruCache<Frame, SiteCallers>,
     /// The park probe is shed (overhead budget): blocked-since times come
     /// from the refreshes (see `LiveTask::seen_parked_ns`).
     pub parks_by_memory: bool,
     /// `go` statements the spawn probe was told to walk only now and then
-    /// (one caller after many spawns), with their site.
+    /// (one caller after many spawns), with their site. At most one per
+    /// site the live table counts (`live::MAX_LIFETIME_SITES`).
     plain: HashMap<u64, Frame>,
     /// What goroutines blocked on channels wait on; `None` when the
     /// channel structures' layout is unknown (see `chan_note`).
@@ -98,6 +106,38 @@ pub struct PlainSites {
 struct SiteCallers {
     first: Frame,
     helper: bool,
+}
+
+/// The walks of one batch's parked goroutines, [`MAX_FRAMES`] slots each
+/// in one buffer (a batch is at most [`CHUNK`] goroutines: 512 KiB), not
+/// one `Vec` per goroutine.
+struct Walks {
+    pcs: Vec<u64>,
+    lens: Vec<u8>,
+}
+
+impl Walks {
+    /// Each walk starts as its goroutine's saved pc alone.
+    fn new(hs: &[GHeader]) -> Self {
+        let mut pcs = vec![0; hs.len() * MAX_FRAMES];
+        for (j, h) in hs.iter().enumerate() {
+            pcs[j * MAX_FRAMES] = h.sched_pc;
+        }
+        Self {
+            pcs,
+            lens: vec![1; hs.len()],
+        }
+    }
+
+    fn set(&mut self, j: usize, pcs: &[u64]) {
+        let n = pcs.len().min(MAX_FRAMES);
+        self.pcs[j * MAX_FRAMES..j * MAX_FRAMES + n].copy_from_slice(&pcs[..n]);
+        self.lens[j] = n as u8;
+    }
+
+    fn get(&self, j: usize) -> &[u64] {
+        &self.pcs[j * MAX_FRAMES..j * MAX_FRAMES + usize::from(self.lens[j])]
+    }
 }
 
 /// One batch of rows as read (see [`GoReader::read_chunk`]).
@@ -177,9 +217,20 @@ const CHUNK: usize = 1024;
 /// Stack bytes read per goroutine in a batch, from its saved SP; a walk
 /// that goes further reads the rest on its own.
 const STACK_WINDOW: u64 = 1024;
-/// Distinct walks, and places, kept before starting over.
+/// Distinct walks, and places, kept before starting over: generation
+/// caches, emptied at the start of a refresh once over the bound (rows refer
+/// to walks by number, so they cannot be evicted one by one mid-refresh;
+/// one refresh adds at most one of each per goroutine it reads).
 const MAX_STACKS: usize = 100_000;
 const MAX_PLACES: usize = 100_000;
+/// Entries of each cache keyed by pcs read from the target (frames,
+/// origins, `via` callers, sites' callers), least recently used evicted
+/// first. A program's distinct pcs that matter (go statements, start
+/// functions, return addresses of parked stacks) number in the thousands;
+/// 2¹⁶ entries of a few dozen bytes each keep each cache under ~10 MiB
+/// whatever pcs a hostile target shows, and eviction only costs a
+/// symbolization again.
+const MAX_PC_CACHE: NonZeroUsize = NonZeroUsize::new(1 << 16).expect("non-zero");
 
 /// The fields of a `runtime.g` we use, decoded.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -268,14 +319,14 @@ impl GoReader {
             bin,
             mem: Memory::new(pid),
             bias,
-            frames: HashMap::new(),
+            frames: LruCache::new(MAX_PC_CACHE),
             stack_ids: HashMap::new(),
             stack_list: Vec::new(),
             walks_stale: false,
             places: HashMap::new(),
-            origins: HashMap::new(),
-            vias: HashMap::new(),
-            site_callers: HashMap::new(),
+            origins: LruCache::new(MAX_PC_CACHE),
+            vias: LruCache::new(MAX_PC_CACHE),
+            site_callers: LruCache::new(MAX_PC_CACHE),
             plain: HashMap::new(),
             parks_by_memory: false,
         }
@@ -346,65 +397,72 @@ impl GoReader {
     /// runtime's own `forEachGRace` does: read the length, then the array;
     /// g structs are never freed, so a stale pointer reads a dead g at worst),
     /// into `table`. Returns how many.
-    pub fn snapshot(&mut self, at: &AllgsLocation, table: &mut LiveTable) -> Result<usize> {
-        let walk = self.walk_allgs(at, &mut |key, goid| {
+    pub fn snapshot(
+        &mut self,
+        at: &AllgsLocation,
+        pid: u32,
+        table: &mut LiveTable,
+    ) -> Result<(usize, Option<String>)> {
+        let walk = self.walk_allgs(at, pid, &mut |key, goid| {
             table.insert_existing(LiveTask::existing(key, goid));
         })?;
-        Ok(walk.live)
+        Ok((walk.live, walk.note))
     }
 
     /// A walk of `runtime.allgs` while the spawn probe is shed (overhead
     /// budget): goroutines the table does not know are added as found now.
-    pub fn rescan(&mut self, at: &AllgsLocation, table: &mut LiveTable) -> Result<AllgsWalk> {
+    pub fn rescan(
+        &mut self,
+        at: &AllgsLocation,
+        pid: u32,
+        table: &mut LiveTable,
+    ) -> Result<AllgsWalk> {
         let now = monotonic_ns();
-        self.walk_allgs(at, &mut |key, goid| {
+        self.walk_allgs(at, pid, &mut |key, goid| {
             table.insert_found(LiveTask::found(key, goid, now));
         })
     }
 
-    /// Call `live(g address, goid)` for every live goroutine of `allgs`.
+    /// Call `live(g address, goid)` for every live goroutine of `allgs`
+    /// (read in bounded batches, its length checked: `allgs_read`).
     fn walk_allgs(
         &mut self,
         at: &AllgsLocation,
+        pid: u32,
         live: &mut dyn FnMut(u64, u64),
     ) -> Result<AllgsWalk> {
-        let slice = at.allgs + self.bias;
-        let ptr = self.mem.read_u64(slice).context("reading runtime.allgs")?;
-        let len = match at.allglen {
-            Some(allglen) => self.mem.read_u64(allglen + self.bias)?,
-            None => self.mem.read_u64(slice + 8)?,
-        };
-        let cap = self.mem.read_u64(slice + 16)?;
-        if ptr == 0 || len > cap || len > 50_000_000 {
-            bail!("runtime.allgs looks wrong (ptr {ptr:#x}, len {len}, cap {cap}); not reading it");
-        }
-        let mut gptrs = vec![0u8; len as usize * 8];
-        self.mem
-            .read(ptr, &mut gptrs)
-            .context("reading the allgs array")?;
-        let addrs: Vec<u64> = gptrs
-            .chunks_exact(8)
-            .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
-            .filter(|&a| a != 0)
-            .collect();
-        drop(gptrs);
+        let slice = allgs_read::read_slice(
+            &self.mem,
+            at.allgs + self.bias,
+            at.allglen.map(|a| a + self.bias),
+            self.bin.layout.sizeof_g,
+            allgs_read::mapped_bytes(pid),
+        )
+        .context("reading runtime.allgs")?;
         let layout = &self.bin.layout;
         let mut walk = AllgsWalk::default();
         let g_len = self.g_len();
-        self.mem.read_each(&addrs, g_len, &mut |i, bytes| {
-            let Some(h) = bytes.and_then(|b| GHeader::parse(b, layout)) else {
-                return;
-            };
-            // A dead g keeps the goid it last had: the highest goid counts
-            // the goroutines created so far (to within the runtime's
-            // per-P batches of goids).
-            walk.max_goid = walk.max_goid.max(h.goid);
-            if h.is_gone() || h.goid == 0 {
-                return;
-            }
-            walk.live += 1;
-            live(addrs[i], h.goid);
-        });
+        let read = allgs_read::for_each_g(
+            &self.mem,
+            &slice,
+            g_len,
+            allgs_read::MAX_ALLGLEN,
+            &mut |addr, bytes| {
+                let Some(h) = bytes.and_then(|b| GHeader::parse(b, layout)) else {
+                    return;
+                };
+                // A dead g keeps the goid it last had: the highest goid
+                // counts the goroutines created so far (to within the
+                // runtime's per-P batches of goids).
+                walk.max_goid = walk.max_goid.max(h.goid);
+                if h.is_gone() || h.goid == 0 {
+                    return;
+                }
+                walk.live += 1;
+                live(addr, h.goid);
+            },
+        )?;
+        walk.note = read.note(allgs_read::MAX_ALLGLEN);
         Ok(walk)
     }
 
@@ -547,7 +605,7 @@ impl GoReader {
             if pending.is_empty() {
                 break;
             }
-            let pcs = self.unwind_all(&pending, &headers);
+            let walked = self.unwind_all(&pending, &headers);
             // Read the g again: if it moved (woke, or the GC moved its
             // stack) while we walked, the walk may mix two stacks.
             let again_keys: Vec<u64> = pending.iter().map(|&i| keys[i]).collect();
@@ -556,11 +614,11 @@ impl GoReader {
                 again[j] = b.and_then(|b| self.parse_header(b));
             });
             let mut next = Vec::new();
-            for ((&i, pcs), again) in pending.iter().zip(pcs).zip(again) {
+            for (j, (&i, again)) in pending.iter().zip(again).enumerate() {
                 let h = headers[i].expect("pending rows have headers");
                 match again {
                     Some(a) if a == h => {
-                        let id = self.intern(pcs);
+                        let id = self.intern(walked.get(j));
                         chunk[i].walk = id;
                         chunk[i].walk_digest = walk_digest(keys[i], &h);
                         walks[i] = (Some(id), false);
@@ -712,12 +770,12 @@ impl GoReader {
 
     /// Symbolize a walk, sharing the result among identical stacks: its
     /// number in `stack_list`.
-    fn intern(&mut self, pcs: Vec<u64>) -> u32 {
-        if let Some(&id) = self.stack_ids.get(&pcs) {
+    fn intern(&mut self, pcs: &[u64]) -> u32 {
+        if let Some(&id) = self.stack_ids.get(pcs) {
             return id;
         }
         let mut frames: Vec<Frame> = Vec::new();
-        for &pc in &pcs {
+        for &pc in pcs {
             // Hidden wrappers (`gowrapN`) vanish, as in Go's tracebacks;
             // only a pc outside Go code shows as a bare address.
             match self.frames_at(pc.wrapping_sub(1)) {
@@ -736,7 +794,7 @@ impl GoReader {
         });
         let id = self.stack_list.len() as u32;
         self.stack_list.push(stack);
-        self.stack_ids.insert(pcs, id);
+        self.stack_ids.insert(pcs.to_vec(), id);
         id
     }
 
@@ -760,7 +818,7 @@ impl GoReader {
         match self.site_callers.get_mut(&site) {
             Some(s) => s.helper |= s.first != via,
             None => {
-                self.site_callers.insert(
+                self.site_callers.put(
                     site,
                     SiteCallers {
                         first: via,
@@ -776,7 +834,8 @@ impl GoReader {
     /// be a helper). Call after [`Self::views`], which takes in the callers.
     pub fn plain_sites(&mut self, table: &LiveTable) -> PlainSites {
         let mut changes = PlainSites::default();
-        let is_helper = |r: &Self, site: &Frame| r.site_callers.get(site).is_some_and(|s| s.helper);
+        let is_helper =
+            |r: &Self, site: &Frame| r.site_callers.peek(site).is_some_and(|s| s.helper);
         let candidates: Vec<u64> = table
             .spawns_by_site()
             .filter(|&(gopc, n)| n >= PLAIN_AFTER && !self.plain.contains_key(&gopc))
@@ -808,7 +867,7 @@ impl GoReader {
         if origin.via_pcs[0] == 0 || origin.created_pc != gopc {
             return None;
         }
-        if !self.site_callers.get(site).is_some_and(|s| s.helper) {
+        if !self.site_callers.peek(site).is_some_and(|s| s.helper) {
             return None;
         }
         self.via_frame(gopc, origin.via_pcs, site)
@@ -839,10 +898,7 @@ impl GoReader {
                 && &*f.file != "<autogenerated>"
                 && self.bin.own_code.is_own(&f.function)
         });
-        if self.vias.len() > 100_000 {
-            self.vias.clear();
-        }
-        self.vias.insert((gopc, pcs), via.clone());
+        self.vias.put((gopc, pcs), via.clone());
         via
     }
 
@@ -866,7 +922,7 @@ impl GoReader {
             start,
             system,
         });
-        self.origins.insert((gopc, startpc), o.clone());
+        self.origins.put((gopc, startpc), o.clone());
         o
     }
 
@@ -875,7 +931,7 @@ impl GoReader {
     /// `gp.sched` inside the goroutine's own stack. The first
     /// `STACK_WINDOW` bytes of every stack come in one batch; a chain
     /// leaving them reads its whole stack alone.
-    fn unwind_all(&self, pending: &[usize], headers: &[Option<GHeader>]) -> Vec<Vec<u64>> {
+    fn unwind_all(&self, pending: &[usize], headers: &[Option<GHeader>]) -> Walks {
         let hs: Vec<GHeader> = pending
             .iter()
             .map(|&i| headers[i].expect("pending rows have headers"))
@@ -887,7 +943,9 @@ impl GoReader {
                 None => (0, 0),
             })
             .collect();
-        let mut out: Vec<Vec<u64>> = hs.iter().map(|h| vec![h.sched_pc]).collect();
+        let mut out = Walks::new(&hs);
+        // One scratch walk for all: no allocation per goroutine.
+        let mut pcs = Vec::with_capacity(MAX_FRAMES);
         let mut deeper = Vec::new();
         self.mem.read_spans(&spans, &mut |j, b| {
             let (Some(b), Some((lo, len))) = (b, stack_span(&hs[j])) else {
@@ -896,19 +954,27 @@ impl GoReader {
             if b.is_empty() {
                 return;
             }
-            if !walk_frames(&hs[j], lo, b, &mut out[j]) && (b.len() as u64) < len {
+            pcs.clear();
+            pcs.push(hs[j].sched_pc);
+            if !walk_frames(&hs[j], lo, b, &mut pcs) && (b.len() as u64) < len {
                 deeper.push(j);
             }
+            out.set(j, &pcs);
         });
+        // Stacks deeper than the window, one at a time, into one buffer.
+        let mut buf = Vec::new();
         for j in deeper {
             let Some((lo, len)) = stack_span(&hs[j]) else {
                 continue;
             };
-            let mut buf = vec![0u8; len as usize];
-            out[j].truncate(1);
+            buf.clear();
+            buf.resize(len as usize, 0);
+            pcs.clear();
+            pcs.push(hs[j].sched_pc);
             if self.mem.read(lo, &mut buf).is_ok() {
-                walk_frames(&hs[j], lo, &buf, &mut out[j]);
+                walk_frames(&hs[j], lo, &buf, &mut pcs);
             }
+            out.set(j, &pcs);
         }
         out
     }
@@ -961,7 +1027,7 @@ impl GoReader {
             return f.clone();
         }
         let frames: Option<Arc<[Frame]>> = self.bin.symbols.try_frames(va).map(Into::into);
-        self.frames.insert(va, frames.clone());
+        self.frames.put(va, frames.clone());
         frames
     }
 }
@@ -1018,7 +1084,7 @@ fn walk_frames(h: &GHeader, lo: u64, buf: &[u8], pcs: &mut Vec<u64>) -> bool {
     };
     let mut fp = h.sched_bp;
     while pcs.len() < MAX_FRAMES && fp >= lo {
-        if fp + 16 > end {
+        if fp.saturating_add(16) > end {
             return false;
         }
         let (Some(next), Some(ret)) = (word(fp), word(fp + 8)) else {

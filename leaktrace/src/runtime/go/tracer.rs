@@ -67,6 +67,9 @@ pub struct GoRuntime {
     last_walk: Option<(u64, u64)>,
     /// Where `runtime.allgs` is, once looked up for those walks.
     allgs_at: Option<AllgsLocation>,
+    /// Said once when a rescan of `allgs` was cut at leaktrace's bound.
+    rescan_note: Option<String>,
+    said_rescan_capped: bool,
 }
 
 /// The Go probes, costliest first: park fires at every block (often tens
@@ -123,6 +126,8 @@ impl GoRuntime {
             walk_rate: None,
             last_walk: None,
             allgs_at: None,
+            rescan_note: None,
+            said_rescan_capped: false,
         })
     }
 
@@ -224,14 +229,18 @@ impl Runtime for GoRuntime {
                 at.how
             );
         }
-        let n = reader.snapshot(&at, &mut self.table)?;
+        let (n, capped) = reader.snapshot(&at, pid, &mut self.table)?;
         if show_progress {
             crate::say_partial!("\x1b[2K");
         }
-        Ok(Some(format!(
+        let existed = format!(
             "{n} goroutines (the runtime's included) existed at attach: their blocked \
              durations are lower bounds (≥)"
-        )))
+        );
+        Ok(Some(match capped {
+            Some(c) => format!("{existed}; {c}"),
+            None => existed,
+        }))
     }
 
     fn refresh(
@@ -252,9 +261,14 @@ impl Runtime for GoRuntime {
                 Some(at) => at,
                 None => find_allgs(&self.bin)?,
             };
-            let walk = reader.rescan(&at, &mut self.table);
+            let walk = reader.rescan(&at, pid, &mut self.table);
             self.allgs_at = Some(at);
             let walk = walk?;
+            if let Some(note) = &walk.note
+                && !std::mem::replace(&mut self.said_rescan_capped, true)
+            {
+                self.rescan_note = Some(note.clone());
+            }
             let now = monotonic_ns();
             if let Some((then, goid)) = self.last_walk
                 && now > then
@@ -340,6 +354,7 @@ impl Runtime for GoRuntime {
             .and_then(GoReader::take_chan_note)
             .into_iter()
             .chain(self.stranded.take_note())
+            .chain(self.rescan_note.take())
             .collect()
     }
 

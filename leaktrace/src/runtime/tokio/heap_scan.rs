@@ -40,6 +40,11 @@ pub fn cell_align(version: Option<super::binary::TokioVersion>) -> u64 {
 
 /// Read mappings in pieces this big: bounded memory on multi-GB heaps.
 const CHUNK: u64 = 1 << 20;
+/// Cells whose vtable word matches, kept for the second read, at most:
+/// 2²² (4 million tasks, 64 MiB of candidates). A heap of task-vtable
+/// addresses (a hostile program, or one that stores many copies) would
+/// otherwise make this list as large as the heap over the stride.
+pub const MAX_CANDIDATES: usize = 1 << 22;
 
 /// One live task.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,6 +93,8 @@ pub struct HeapScan {
     pub bytes_scanned: u64,
     /// Mapped but unreadable (e.g. guard pages inside an anonymous range).
     pub bytes_unreadable: u64,
+    /// The scan stopped at [`MAX_CANDIDATES`] cells with a vtable word.
+    pub capped: bool,
 }
 
 impl HeapScan {
@@ -160,9 +167,13 @@ pub fn scan_regions(
     };
     let mut hits = Vec::new();
     let mut buf = Vec::new();
-    for r in regions {
+    'regions: for r in regions {
         let mut at = r.start.next_multiple_of(align);
         while at < r.end {
+            if hits.len() >= MAX_CANDIDATES {
+                out.capped = true;
+                break 'regions;
+            }
             let len = CHUNK.min(r.end - at);
             buf.resize(len as usize, 0);
             if read_tolerant(mem, at, &mut buf, &mut out) {
@@ -321,10 +332,13 @@ fn list_neighbours(
         mem.read(at, &mut b).ok()?;
         Some([word(&b, 0)?, word(&b, 8)?])
     };
-    let neighbours = pair(header + vt.trailer_offset)?;
+    // The neighbours are words of the target's memory: any value, so the
+    // addresses wrap (and then do not read) rather than overflow.
+    let neighbours = pair(header.wrapping_add(vt.trailer_offset))?;
     let points_back = |n: u64| {
-        let nvt = &vtables[*by_addr.get(&mem.read_u64(n + HEADER_VTABLE).ok()?)?];
-        pair(n + nvt.trailer_offset).map(|p| p.contains(&header))
+        let vtable = mem.read_u64(n.wrapping_add(HEADER_VTABLE)).ok()?;
+        let nvt = &vtables[*by_addr.get(&vtable)?];
+        pair(n.wrapping_add(nvt.trailer_offset)).map(|p| p.contains(&header))
     };
     neighbours
         .iter()

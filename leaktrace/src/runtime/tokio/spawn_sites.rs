@@ -12,12 +12,14 @@
 //! has neither, and its tasks keep their future type alone.
 use std::{
     collections::HashMap,
+    num::NonZeroUsize,
     time::{Duration, Instant},
 };
 
 use anyhow::{Result, anyhow};
 use aya::maps::{MapData, PerCpuArray, RingBuf};
 use leaktrace_common::tokio::TokioSpawnStack;
+use lru::LruCache;
 
 use crate::{
     probes::{Probes, ring::decode_record},
@@ -34,6 +36,10 @@ use crate::{
 /// The spawn path inside tokio is under ten frames; the program's frame
 /// comes right after it.
 const MAX_FRAMES: usize = 32;
+/// Return addresses whose spawn site is remembered: a program's spawn call
+/// sites number in the hundreds; 2¹⁴ bounds what a target showing ever new
+/// pcs can make leaktrace keep (least recently used out).
+const MAX_PCS: NonZeroUsize = NonZeroUsize::new(1 << 14).expect("non-zero");
 
 pub struct SpawnSites {
     ring: RingBuf<MapData>,
@@ -42,8 +48,9 @@ pub struct SpawnSites {
     module: Option<Module>,
     /// Return address → the first frame outside tokio there (`None`: all
     /// tokio's, or nothing names it). The same few call sites spawn every
-    /// task, so each is symbolized once.
-    by_pc: HashMap<u64, Option<Frame>>,
+    /// task, so each is symbolized once. The pcs come from the target's
+    /// stacks: an LRU of at most [`MAX_PCS`].
+    by_pc: LruCache<u64, Option<Frame>>,
     /// Task id → its spawn site, from stacks not yet claimed by their spawn
     /// event (sent just before it).
     pending: HashMap<u64, Frame>,
@@ -66,7 +73,7 @@ impl SpawnSites {
             ring: RingBuf::try_from(take("TOKIO_SPAWN_STACKS")?)?,
             lost: PerCpuArray::try_from(take("TOKIO_STACKS_LOST")?)?,
             module: None,
-            by_pc: HashMap::new(),
+            by_pc: LruCache::new(MAX_PCS),
             pending: HashMap::new(),
             unwound: 0,
             unwind_time: Duration::ZERO,
@@ -151,8 +158,7 @@ impl SpawnSites {
             }
             let site = self
                 .by_pc
-                .entry(pc)
-                .or_insert_with(|| {
+                .get_or_insert(pc, || {
                     module
                         .frames(pc.wrapping_sub(1).wrapping_sub(module.bias()))
                         .into_iter()

@@ -26,7 +26,7 @@ use leaktrace_common::tokio::{TokioEvent, TokioEventKind};
 use super::{
     await_points::AwaitDecoder,
     binary::{RustBinary, TokioError, detect},
-    heap_scan::{LiveTask, cell_align, exe_load_bias, parse_task, scan, task_span},
+    heap_scan::{LiveTask, MAX_CANDIDATES, cell_align, exe_load_bias, parse_task, scan, task_span},
     probe_points::{TokioPlan, plan},
     spawn_sites::SpawnSites,
     state::{Activity, StateWord},
@@ -168,6 +168,8 @@ pub struct TokioTracer {
     unannounced: HashMap<u64, u64>,
     /// Said once, in the report's notes.
     pub notes: Vec<String>,
+    /// Whether a scan that hit its bound was said.
+    scan_capped_said: bool,
     /// Where idle tasks await (full DWARF only).
     awaits: Option<AwaitDecoder>,
     /// Interned await stacks, so equal stacks are shared (grouping relies on it).
@@ -243,6 +245,7 @@ impl TokioTracer {
             dropped: Default::default(),
             unannounced: HashMap::new(),
             notes: Vec::new(),
+            scan_capped_said: false,
             awaits,
             stacks: HashMap::new(),
             lifetimes: HashMap::new(),
@@ -693,6 +696,14 @@ impl TokioTracer {
             self.first_scan = Some((max_id, crate::target::clock::monotonic_ns()));
         }
         self.last_unstable = heap.unstable;
+        if heap.capped && !self.scan_capped_said {
+            self.scan_capped_said = true;
+            self.notes.push(format!(
+                "the heap scan stopped at {MAX_CANDIDATES} cells that look like task headers \
+                 (its bound, README §Bounds): tasks further in the heap are seen only as the \
+                 probes report them"
+            ));
+        }
         let mut found: HashMap<u64, LiveTask> =
             heap.tasks.into_iter().map(|t| (t.header, t)).collect();
         // Tasks the table has but the scan did not find have finished,

@@ -375,28 +375,40 @@ fn vtable_at(
         }
         *o = v;
     }
-    let [trailer_offset, scheduler_offset, id_offset] = offs;
-    let aligned = offs.iter().all(|o| o % 8 == 0);
-    let ordered = (MIN_SCHEDULER_OFFSET..MAX_ID_OFFSET).contains(&scheduler_offset)
-        && id_offset > scheduler_offset
-        && id_offset < MAX_ID_OFFSET
-        && trailer_offset > id_offset
-        && trailer_offset < MAX_TRAILER_OFFSET;
-    (aligned && ordered).then_some(TaskVtable {
-        va,
-        fns,
-        trailer_offset,
-        scheduler_offset,
-        id_offset,
-        name: TaskName {
-            future: None,
-            scheduler: None,
-            source: NameSource::Address,
-            reason: None,
-            also: Vec::new(),
-            hint: None,
-        },
-    })
+    TaskVtable::from_words(va, fns, offs)
+}
+
+impl TaskVtable {
+    /// A vtable at `va` from its seven function pointers and its three
+    /// offsets (trailer, scheduler, id), if the offsets are what tokio's
+    /// are: 8-aligned, ordered, and within the bounds above. Everything
+    /// that reads task cells relies on that. Public for the fuzz target
+    /// (`fuzz/fuzz_targets/heap_cells.rs`).
+    #[doc(hidden)]
+    pub fn from_words(va: u64, fns: [u64; 7], offs: [u64; 3]) -> Option<TaskVtable> {
+        let [trailer_offset, scheduler_offset, id_offset] = offs;
+        let aligned = offs.iter().all(|o| o % 8 == 0);
+        let ordered = (MIN_SCHEDULER_OFFSET..MAX_ID_OFFSET).contains(&scheduler_offset)
+            && id_offset > scheduler_offset
+            && id_offset < MAX_ID_OFFSET
+            && trailer_offset > id_offset
+            && trailer_offset < MAX_TRAILER_OFFSET;
+        (aligned && ordered).then_some(TaskVtable {
+            va,
+            fns,
+            trailer_offset,
+            scheduler_offset,
+            id_offset,
+            name: TaskName {
+                future: None,
+                scheduler: None,
+                source: NameSource::Address,
+                reason: None,
+                also: Vec::new(),
+                hint: None,
+            },
+        })
+    }
 }
 
 /// Link-time words of the data sections as the loader will see them.

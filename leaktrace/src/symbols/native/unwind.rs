@@ -8,8 +8,8 @@
 //! including stripped release builds. Where a PC has no CFI (Go, hand-written
 //! assembly), one frame-pointer step is tried instead.
 use gimli::{
-    BaseAddresses, CfaRule, EhFrame, EhFrameHdr, LittleEndian, Register, RegisterRule,
-    UnwindContext, UnwindSection, X86_64,
+    BaseAddresses, CfaRule, EhFrame, EhFrameHdr, EhFrameOffset, LittleEndian, Register,
+    RegisterRule, UnwindContext, UnwindSection, X86_64,
 };
 
 /// A snapshot of the top of a user stack: the registers at the moment of
@@ -114,14 +114,21 @@ fn cfi_step(
         .set_eh_frame(t.eh_frame_addr)
         .set_text(t.text_addr);
     let svma = pc.wrapping_sub(bias);
-    let fde = match t.eh_frame_hdr {
+    let fde = match t.eh_frame_hdr.filter(|(hdr, _)| usable_hdr(hdr)) {
         Some((hdr, hdr_addr)) => {
             bases = bases.set_eh_frame_hdr(hdr_addr);
             let parsed = EhFrameHdr::new(hdr, LittleEndian).parse(&bases, 8).ok()?;
-            parsed
-                .table()?
-                .fde_for_address(&eh, &bases, svma, EhFrame::cie_from_offset)
-                .ok()?
+            // gimli's `fde_for_address` subtracts `.eh_frame`'s address
+            // from the table's entry unchecked (an overflow panic in a
+            // debug build when the table points before it): do that step
+            // here, checked.
+            let entry = parsed.table()?.lookup(svma, &bases).ok()?.direct().ok()?;
+            let start = parsed.eh_frame_ptr().direct().ok()?;
+            let offset = EhFrameOffset(usize::try_from(entry.checked_sub(start)?).ok()?);
+            let fde = eh
+                .fde_from_offset(&bases, offset, EhFrame::cie_from_offset)
+                .ok()?;
+            fde.contains(svma).then_some(fde)?
         }
         None => eh
             .fde_for_address(&bases, svma, EhFrame::cie_from_offset)
@@ -152,6 +159,23 @@ fn cfi_step(
         rule => recover(rule, regs.bp),
     };
     Some(Regs { ip, sp: cfa, bp })
+}
+
+/// `.eh_frame_hdr` as every linker writes it (version 1, `.eh_frame`'s
+/// address pc-relative sdata4, the count udata4, the table datarel sdata4)
+/// with a table as long as its count says. gimli's binary search multiplies
+/// the count unchecked (an overflow panic in a debug build for a count near
+/// 2⁶⁴), so any other header is left aside: the FDE is then searched in
+/// `.eh_frame` itself, slower but the same.
+fn usable_hdr(hdr: &[u8]) -> bool {
+    let [1, 0x1b, 0x03, 0x3b, ..] = hdr else {
+        return false;
+    };
+    let Some(count) = hdr.get(8..12) else {
+        return false;
+    };
+    let count = u32::from_le_bytes(count.try_into().expect("4 bytes")) as usize;
+    count.checked_mul(8).is_some_and(|n| n <= hdr.len() - 12)
 }
 
 /// A function that has pushed nothing: its return address is at `[sp]`.
