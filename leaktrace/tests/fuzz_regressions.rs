@@ -59,6 +59,27 @@ fn go_binary_regressions() {
     }
 }
 
+/// The go_binary input whose compressed section claimed terabytes: the
+/// claim is refused before anything is allocated (under ASan the
+/// allocation itself was the crash; here it would only fail or overcommit,
+/// so the refusal is what is checked).
+#[test]
+fn compressed_size_claims_are_refused() {
+    let (_, data) = inputs("go_binary")
+        .into_iter()
+        .find(|(n, _)| n.ends_with("/compressed-size-claim"))
+        .expect("fuzz/regressions/go_binary/compressed-size-claim");
+    let elf = leaktrace::target::elf::ElfFile::parse(Arc::from(data)).expect("parses as ELF");
+    let names: Vec<String> = elf.sections().iter().map(|s| s.name.clone()).collect();
+    let refused: Vec<String> = names
+        .iter()
+        .filter_map(|n| elf.uncompressed_section(n).err())
+        .map(|e| e.to_string())
+        .filter(|e| e.contains("bytes uncompressed from"))
+        .collect();
+    assert!(!refused.is_empty(), "sections {names:?}: no claim refused");
+}
+
 /// One fuzz target's body.
 type Harness = fn(&[u8]);
 

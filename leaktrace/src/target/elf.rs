@@ -19,6 +19,13 @@ use object::elf;
 use object::read::elf::{ElfFile64, FileHeader, ProgramHeader, SectionHeader};
 use object::{Endianness, Object, ObjectSection, ObjectSymbol, SymbolKind};
 
+/// zlib cannot inflate more than ~1,032 bytes per byte; real DWARF
+/// compresses 3–10×. A larger claim is a damaged or forged header.
+const MAX_INFLATE_RATIO: u64 = 1100;
+/// No section leaktrace reads is this large uncompressed (a 100 MB Go
+/// binary's `.debug_info` is a few hundred MB).
+const MAX_UNCOMPRESSED: u64 = 4 << 30;
+
 /// Why a file could not be read as a (supported) ELF file.
 #[derive(Debug)]
 pub enum ElfError {
@@ -440,15 +447,35 @@ impl ElfFile {
 
     /// Section contents with SHF_COMPRESSED / `.zdebug_` compression undone.
     /// Go compresses its DWARF sections by default.
+    ///
+    /// The uncompressed size is the file's claim, and the buffer is
+    /// allocated from it before a byte is inflated: a claim beyond
+    /// [`MAX_INFLATE_RATIO`] times the compressed bytes, or beyond
+    /// [`MAX_UNCOMPRESSED`], is refused (found by fuzzing: a 1 KiB section
+    /// claiming terabytes).
     pub fn uncompressed_section(&self, name: &str) -> Result<Option<Cow<'_, [u8]>>, ElfError> {
         let parsed = parse_object(self.bytes())?;
         let Some(section) = parsed.section_by_name(name) else {
             return Ok(None);
         };
-        section
-            .uncompressed_data()
-            .map(Some)
-            .map_err(|e| ElfError::Malformed(format!("section {name}: {e}")))
+        let malformed = |e: &dyn fmt::Display| ElfError::Malformed(format!("section {name}: {e}"));
+        let compressed = section.compressed_data().map_err(|e| malformed(&e))?;
+        if compressed.format != object::CompressionFormat::None {
+            let from = compressed.data.len() as u64;
+            let claimed = compressed.uncompressed_size;
+            let most = from
+                .saturating_mul(MAX_INFLATE_RATIO)
+                .saturating_add(64 << 10)
+                .min(MAX_UNCOMPRESSED);
+            if claimed > most {
+                return Err(malformed(&format!(
+                    "claims {claimed} bytes uncompressed from {from} compressed (at most \
+                     {MAX_INFLATE_RATIO}× and {MAX_UNCOMPRESSED} bytes are believed); the file \
+                     is damaged"
+                )));
+            }
+        }
+        compressed.decompress().map(Some).map_err(|e| malformed(&e))
     }
 
     /// File offset for a link-time virtual address; this is what a uprobe
