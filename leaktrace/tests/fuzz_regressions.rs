@@ -69,7 +69,7 @@ fn compressed_size_claims_are_refused() {
         .into_iter()
         .find(|(n, _)| n.ends_with("/compressed-size-claim"))
         .expect("fuzz/regressions/go_binary/compressed-size-claim");
-    let elf = leaktrace::target::elf::ElfFile::parse(Arc::from(data)).expect("parses as ELF");
+    let elf = ElfFile::parse(Arc::from(data)).expect("parses as ELF");
     let names: Vec<String> = elf.sections().iter().map(|s| s.name.clone()).collect();
     let refused: Vec<String> = names
         .iter()
