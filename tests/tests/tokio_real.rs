@@ -136,6 +136,47 @@ fn source(i: usize) -> String {
         .collect()
 }
 
+/// What leaktrace can say about the stripped binary before attaching: its
+/// task types, how many the panic locations place, and what that costs.
+#[test]
+fn sccache_task_types() {
+    use leaktrace::runtime::tokio::{binary, vtables::NameSource};
+    let elf = leaktrace::target::elf::ElfFile::open(&sccache()).expect("sccache is an ELF file");
+    let t0 = Instant::now();
+    let bin = binary::detect(&elf).expect("sccache uses tokio");
+    let took = t0.elapsed();
+    let placed = bin
+        .vtables
+        .iter()
+        .filter(|v| v.name.source == NameSource::PanicLocation)
+        .count();
+    let mut files: Vec<String> = bin
+        .vtables
+        .iter()
+        .filter_map(|v| v.name.hint.as_ref().map(|h| h.file.clone()))
+        .collect();
+    files.sort();
+    files.dedup();
+    println!(
+        "sccache {VERSION}: {} task types, {placed} placed by panic locations in {} files \
+         ({files:?}); tokio {:?}; detect took {took:?}",
+        bin.vtables.len(),
+        files.len(),
+        bin.tokio_version
+    );
+    assert!(
+        !bin.has_symtab && !bin.has_dwarf,
+        "the wheel's binary is stripped"
+    );
+    assert!(placed > 0, "no task type placed");
+    assert!(
+        files
+            .iter()
+            .all(|f| !leaktrace::runtime::tokio::panic_locations::is_dependency(f)),
+        "{files:?}"
+    );
+}
+
 #[test]
 fn sccache_server_under_compile_load() {
     if !ebpf_available("sccache_server_under_compile_load") {

@@ -15,7 +15,9 @@
 //! This is a hint, not a type name: the code of one future inlines its
 //! callees, so a file may be that of an async fn the task awaits. The
 //! report says "in FILE (panic locations)" and keeps the vtable address.
-use std::collections::{HashSet, VecDeque};
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::rc::Rc;
 
 use gimli::{BaseAddresses, EhFrame, LittleEndian, UnwindSection};
 use iced_x86::{Decoder, DecoderOptions, FlowControl};
@@ -53,6 +55,16 @@ pub struct CodeView<'a> {
     /// addend when the file holds zeros there).
     word: &'a dyn Fn(u64) -> Option<u64>,
     fdes: Vec<(u64, u64)>,
+    /// Functions already decoded (`None`: no extent or no bytes).
+    decoded: RefCell<HashMap<u64, Option<Rc<Function>>>>,
+}
+
+/// One function's own locations (the program's files only) and the
+/// functions it calls or jumps to directly.
+#[derive(Default)]
+struct Function {
+    locations: Vec<(String, u32)>,
+    calls: Vec<u64>,
 }
 
 impl<'a> CodeView<'a> {
@@ -61,6 +73,7 @@ impl<'a> CodeView<'a> {
             elf,
             word,
             fdes: fde_ranges(elf),
+            decoded: RefCell::new(HashMap::new()),
         }
     }
 
@@ -89,6 +102,44 @@ impl<'a> CodeView<'a> {
         file.ends_with(".rs").then(|| (file.to_string(), line))
     }
 
+    /// What the function at `addr` references and calls, decoded once per
+    /// binary: the task types' polls share most of tokio's code, which
+    /// would otherwise be decoded again for every vtable.
+    fn function(&self, addr: u64) -> Option<Rc<Function>> {
+        if let Some(f) = self.decoded.borrow().get(&addr) {
+            return f.clone();
+        }
+        let f = self.decode(addr).map(Rc::new);
+        self.decoded.borrow_mut().insert(addr, f.clone());
+        f
+    }
+
+    fn decode(&self, addr: u64) -> Option<Function> {
+        let (start, end) = self.extent(addr)?;
+        let code = self.elf.read_va(start, (end - start) as usize)?;
+        let mut f = Function::default();
+        let mut decoder = Decoder::with_ip(64, code, start, DecoderOptions::NONE);
+        while decoder.can_decode() {
+            let insn = decoder.decode();
+            if insn.is_ip_rel_memory_operand()
+                && let Some((file, line)) = self.location(insn.ip_rel_memory_address())
+                && !is_dependency(&file)
+            {
+                f.locations.push((file, line));
+            }
+            let direct = matches!(
+                insn.flow_control(),
+                FlowControl::Call | FlowControl::UnconditionalBranch
+            ) && (insn.is_call_near() || insn.is_jmp_near());
+            let target = insn.near_branch_target();
+            // A jump inside the function is control flow, not a call.
+            if direct && !(start..end).contains(&target) && !f.calls.contains(&target) {
+                f.calls.push(target);
+            }
+        }
+        Some(f)
+    }
+
     /// The source files `poll`'s code references through panic locations.
     pub fn source_of(&self, poll: u64) -> Option<SourceHint> {
         let mut queue: VecDeque<(u64, usize)> = VecDeque::from([(poll, 0)]);
@@ -99,32 +150,16 @@ impl<'a> CodeView<'a> {
             if seen.len() >= MAX_FUNCTIONS || !seen.insert(addr) {
                 continue;
             }
-            let Some((start, end)) = self.extent(addr) else {
+            let Some(f) = self.function(addr) else {
                 continue;
             };
-            let Some(code) = self.elf.read_va(start, (end - start) as usize) else {
-                continue;
-            };
-            let mut decoder = Decoder::with_ip(64, code, start, DecoderOptions::NONE);
-            while decoder.can_decode() {
-                let insn = decoder.decode();
-                if insn.is_ip_rel_memory_operand()
-                    && let Some((file, line)) = self.location(insn.ip_rel_memory_address())
-                    && !is_dependency(&file)
-                {
-                    found.push((depth, file, line));
-                }
-                let direct = matches!(
-                    insn.flow_control(),
-                    FlowControl::Call | FlowControl::UnconditionalBranch
-                ) && (insn.is_call_near() || insn.is_jmp_near());
-                if direct && depth < MAX_DEPTH {
-                    let target = insn.near_branch_target();
-                    // A jump inside the function is control flow, not a call.
-                    if !(start..end).contains(&target) {
-                        queue.push_back((target, depth + 1));
-                    }
-                }
+            found.extend(
+                f.locations
+                    .iter()
+                    .map(|(file, line)| (depth, file.clone(), *line)),
+            );
+            if depth < MAX_DEPTH {
+                queue.extend(f.calls.iter().map(|&c| (c, depth + 1)));
             }
         }
         choose(found)
