@@ -88,7 +88,17 @@ pub struct ReportBuilder {
     /// The latest thread sample, when threads are tracked.
     pub threads: Option<ThreadsReport>,
     pub ignore: Ignore,
+    /// Every function seen on the stack of a goroutine blocked accepting
+    /// connections, this session: a report taken while the accept loop is
+    /// between two accepts (running, or its stack moving while read) must
+    /// still know its connections for what they are. CI once saw a server's
+    /// 32 keep-alive connections called a leak at 2 s for want of this.
+    accept_loops: std::collections::HashSet<String>,
 }
+
+/// Functions remembered as accept loops at most (their stacks' functions;
+/// a program has a handful of listeners).
+const MAX_ACCEPT_LOOP_FNS: usize = 4096;
 
 /// Samples kept per trend at most (one per refresh, at most every 100 ms).
 const TREND_TICKS: usize = 6000;
@@ -107,6 +117,7 @@ impl ReportBuilder {
             notes,
             threads: None,
             ignore: Ignore::default(),
+            accept_loops: std::collections::HashSet::new(),
         }
     }
 
@@ -124,7 +135,11 @@ impl ReportBuilder {
         let now = monotonic_ns();
         let mut sites: HashMap<SiteKey, (u32, u32)> = HashMap::new();
         let mut groups: HashMap<GroupTrendKey, (u32, u32)> = HashMap::new();
-        for g in group(views, now, self.older_ns()) {
+        let all = group(views, now, self.older_ns());
+        if self.accept_loops.len() < MAX_ACCEPT_LOOP_FNS {
+            self.accept_loops.extend(accept_loops(&all));
+        }
+        for g in all {
             let count = g.count.min(u32::MAX as u64) as u32;
             let e = sites.entry(site_of(&g.key)).or_default();
             e.0 = e.0.saturating_add(count);
@@ -183,7 +198,8 @@ impl ReportBuilder {
         } else {
             Vec::new()
         };
-        let accepting = accept_loops(&all);
+        let mut accepting = accept_loops(&all);
+        accepting.extend(self.accept_loops.iter().cloned());
         let shown = kept.filter(|v| self.shape.system || !v.system());
         let mut channels = summarize(shown.clone());
         let mut window_s: f64 = 0.0;
