@@ -716,7 +716,12 @@ fn exit_walk_delivers_ten_thousand_goroutines() {
         let truth = out.truth.as_ref().unwrap();
         assert_eq!(snap.live, snap.emitted + snap.dropped, "{what}");
         assert_eq!(snap.goroutines.len() as u64, snap.emitted, "{what}");
-        if opts.wait_budget.is_zero() && snap.dropped > 0 {
+        // A small ring can drop when the reader falls behind the walk's
+        // waiting on a loaded machine (CI saw 1 of 10,008 dropped in a
+        // 406 ms walk), and always with no time allowed for waiting: drops
+        // must then be counted and said, never silent. The default ring
+        // never needs to drop.
+        if snap.dropped > 0 && opts.ring_bytes < FinalWalkOptions::default().ring_bytes {
             assert!(!snap.is_complete(), "{what}: {}", snap.summary());
         } else {
             assert!(snap.is_complete(), "{what}: {}", snap.summary());
