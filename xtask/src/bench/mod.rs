@@ -54,6 +54,7 @@ mod tools;
 mod attach;
 mod budget;
 mod churn;
+mod detach;
 mod http;
 mod memory;
 mod throughput;
@@ -72,6 +73,7 @@ pub enum Section {
     Memory,
     Tokio,
     Budget,
+    Detach,
 }
 
 impl Section {
@@ -199,6 +201,7 @@ pub fn run(o: &Options) -> Result<()> {
             Section::Memory,
             Section::Tokio,
             Section::Budget,
+            Section::Detach,
         ]
     } else {
         o.only.clone()
@@ -250,6 +253,7 @@ pub fn run(o: &Options) -> Result<()> {
             Section::Memory => memory::section(&mut sec, &plan, &tools),
             Section::Tokio => tokio::section(&mut sec, &plan, &tools),
             Section::Budget => budget::section(&mut sec, &plan, &tools),
+            Section::Detach => detach::section(&mut sec, &plan, &tools),
         };
         if let Err(e) = r {
             sec.line(&format!("**This section failed:** {e:#}"));

@@ -182,7 +182,7 @@ fn bpftrace_script(bin: &Path, p: &Points, detailed: bool) -> String {
 /// then run a private copy: bpftrace's uprobes are per file, so a test
 /// running the shared binary meanwhile would be counted (and slowed), and a
 /// rebuild could swap the file in the middle of a round.
-fn fixture(t: &Tools) -> Result<PathBuf> {
+pub(super) fn fixture(t: &Tools) -> Result<PathBuf> {
     let target = util::target_dir().join("tokio-fixtures");
     util::run(
         Command::new("nice")
