@@ -355,6 +355,7 @@ fn group_report(
         fix: cause.map(|c| c.fix),
         channels,
         kind: g.blocking.then_some("blocking"),
+        main: g.main,
         count: g.count,
         state: g.key.state.label().to_string(),
         created_by: g.key.created_by,

@@ -132,6 +132,10 @@ pub struct GroupReport {
     /// for async tasks and goroutines.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kind: Option<&'static str>,
+    /// The program's main task is in this group: created by the runtime
+    /// itself, not by a `go` statement or a spawn.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub main: bool,
     pub state: String,
     pub created_by: Frame,
     /// When `created_by` is a spawn helper: the caller these came through.

@@ -4,7 +4,10 @@ use std::io::Write;
 
 use anyhow::Result;
 
-use super::model::{GroupReport, Overhead, Report, ThreadVerdict, ThreadsReport};
+use super::{
+    labels,
+    model::{GroupReport, Overhead, Report, ThreadVerdict, ThreadsReport},
+};
 use crate::{
     aggregate::verdict::{Verdict, human_secs},
     runtime::{RuntimeKind, Shown},
@@ -203,7 +206,7 @@ fn write_group(
             g.start.function,
             site(&g.created_by)
         ),
-        _ => format!("{} {}", kind.origin, site(&g.created_by)),
+        _ => format!("{} {}", kind.origin, labels::creator(g)),
     };
     let mark = match trend_mark(&g.trend) {
         Some(m) if style.trend => format!(" {m}"),
