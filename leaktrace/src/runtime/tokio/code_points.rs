@@ -119,13 +119,36 @@ pub fn find(
         .iter()
         .map(|vt| (vt.va, code.releases_for(vt, word)))
         .collect();
-    out.spawns = agreed(&spawns, "OwnedTasks::bind_inner", "spawns", &mut out.notes);
-    out.releases = agreed(
-        &releases,
-        "Schedule::release",
-        "completions",
-        &mut out.notes,
-    );
+    out.spawns = agreed(&spawns, "OwnedTasks::bind_inner", &mut out.notes);
+    out.releases = agreed(&releases, "Schedule::release", &mut out.notes);
+    let missed = |found: &[(u64, BTreeSet<u64>)]| -> Vec<String> {
+        found
+            .iter()
+            .filter(|f| f.1.is_empty())
+            .map(|f| format!("vtable@{:#x}", f.0))
+            .collect()
+    };
+    let (no_spawn, no_release) = (missed(&spawns), missed(&releases));
+    if !out.spawns.is_empty() || !out.releases.is_empty() {
+        // One copy per scheduler type serves all its task types, so a task
+        // type whose own code did not show the pattern (inlined, or a
+        // future that never returns) is still seen if it shares the
+        // scheduler; LocalSet tasks are bound by another list
+        // (`LocalOwnedTasks`, no `bind_inner`): their spawns come from heap
+        // scans, as with symbols.
+        let mut note = format!("spawn and completion points found by code shape: {out}");
+        if !no_spawn.is_empty() {
+            note += &format!("; not led to bind_inner: {}", no_spawn.join(", "));
+        }
+        if !no_release.is_empty() {
+            note += &format!("; not led to release: {}", no_release.join(", "));
+        }
+        if !no_spawn.is_empty() || !no_release.is_empty() {
+            note += " (covered where they share a scheduler type with the others; LocalSet \
+                     spawns are found by heap scans)";
+        }
+        out.notes.push(note);
+    }
     out
 }
 
@@ -134,7 +157,6 @@ pub fn find(
 fn agreed(
     found: &[(u64, BTreeSet<u64>)],
     what: &str,
-    events: &str,
     notes: &mut Vec<String>,
 ) -> BTreeMap<u64, usize> {
     let mut targets: BTreeMap<u64, usize> = BTreeMap::new();
@@ -143,29 +165,12 @@ fn agreed(
     }
     if targets.len() > MAX_TARGETS {
         notes.push(format!(
-            "{what}: the {} task types lead to {} different functions, not the few one per \
-             scheduler: none probed",
+            "{what}: the {} task types lead to {} different functions by code shape, not the \
+             few of one per scheduler type: not probed",
             found.len(),
             targets.len()
         ));
         return BTreeMap::new();
-    }
-    let missed: Vec<String> = found
-        .iter()
-        .filter(|f| f.1.is_empty())
-        .map(|f| format!("vtable@{:#x}", f.0))
-        .collect();
-    if !targets.is_empty() && !missed.is_empty() {
-        // LocalSet tasks are bound by another list (`LocalOwnedTasks`, no
-        // `bind_inner`), and LTO may inline a copy: their events come from
-        // heap scans, as for symbol-based plans.
-        notes.push(format!(
-            "{what} found by code shape through {} of {} task types; {events} of {} are found \
-             by heap scans (LocalSet tasks, or code inlined differently)",
-            found.len() - missed.len(),
-            found.len(),
-            missed.join(", ")
-        ));
     }
     targets
 }

@@ -9,10 +9,15 @@
 //! (`raw::poll`, through the vtables, so stripped binaries too) and every
 //! wake (`waker::wake_by_*`).
 //!
-//! `bind_inner`, `release` and `complete` exist only as symbols: a stripped
-//! binary gets shutdown and blocking-task probes (and, detailed, every
-//! poll) only, and the session falls back to heap scans for spawns and
-//! completions.
+//! `bind_inner`, `release` and `complete` are found by demangled symbol
+//! name. A stripped binary has none: there [`by_code`] finds `bind_inner`
+//! and `release` by the code that reaches them from the task vtables
+//! (`code_points`, x86-64), checked against this symbol plan on unstripped
+//! builds of the same source (`tests/tests/tokio_binary.rs`). Where that
+//! finds nothing either, the plan says so in its notes, the binary gets
+//! shutdown and blocking-task probes (and, detailed, every poll) only, and
+//! the session falls back to heap scans for spawns and completions. Wakes
+//! are probed by symbol only.
 use std::collections::BTreeSet;
 
 use leaktrace_common::tokio::{TokioEventKind, tokio_cookie};
