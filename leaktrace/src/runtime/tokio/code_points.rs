@@ -176,13 +176,14 @@ fn agreed(
 }
 
 /// The binary's functions (from `.eh_frame`), the code references to the
-/// vtables, and every direct call.
+/// vtables, and the direct calls to the functions that hold them.
 struct Code<'a> {
     elf: &'a ElfFile,
     fdes: Vec<(u64, u64)>,
     /// vtable → (function start, instruction address) of each reference.
     refs: HashMap<u64, Vec<(u64, u64)>>,
-    /// (target, function start, call address), sorted.
+    /// (target, function start, call address) of the calls to functions
+    /// in `refs`, sorted.
     calls: Vec<(u64, u64, u64)>,
 }
 
@@ -206,7 +207,15 @@ impl<'a> Code<'a> {
                         .or_default()
                         .push((start, insn.ip()));
                 }
-                if insn.is_call_near() {
+            }
+        }
+        // A second pass for the calls to the functions that hold the
+        // references (`Cell::new` copies) only: every call of a large
+        // binary would be millions of entries.
+        let holders: HashSet<u64> = code.refs.values().flatten().map(|r| r.0).collect();
+        for &(start, end) in &code.fdes {
+            for insn in code.decode(start, end) {
+                if insn.is_call_near() && holders.contains(&insn.near_branch_target()) {
                     code.calls
                         .push((insn.near_branch_target(), start, insn.ip()));
                 }

@@ -128,31 +128,9 @@ pub fn plan(elf: &ElfFile, vtables: &[TaskVtable], detailed: bool) -> TokioPlan 
     } else {
         Vec::new()
     };
-    // Without those symbols, the same functions by the code that reaches
-    // them (x86-64).
-    let by_code = (bind_inners.is_empty() || (releases.is_empty() && completes.is_empty()))
-        .then(|| by_code(elf, vtables));
-    let by_code = by_code.flatten();
+    let need_code = bind_inners.is_empty() || (releases.is_empty() && completes.is_empty());
     for (va, d) in bind_inners {
         plan.sees_spawns |= add(&mut plan, va, TokioEventKind::Spawn, 1, false, d);
-    }
-    if !plan.sees_spawns
-        && let Some(found) = &by_code
-    {
-        for (&va, &n) in &found.spawns {
-            plan.sees_spawns |= add(
-                &mut plan,
-                va,
-                TokioEventKind::Spawn,
-                1,
-                false,
-                format!(
-                    "tokio::runtime::task::list::OwnedTasks::bind_inner (by code shape, \
-                     {n} of {} task types)",
-                    found.vtables
-                ),
-            );
-        }
     }
     // release(&self, task: &Task<S>): `&Task` in the 2nd argument, or the
     // header itself after LTO's argument promotion; the probe tries both.
@@ -171,25 +149,38 @@ pub fn plan(elf: &ElfFile, vtables: &[TaskVtable], detailed: bool) -> TokioPlan 
     for (va, d, arg, by_ref) in completes {
         plan.sees_completions |= add(&mut plan, va, TokioEventKind::Complete, arg, by_ref, d);
     }
-    if !plan.sees_completions
-        && let Some(found) = &by_code
-    {
-        for (&va, &n) in &found.releases {
-            plan.sees_completions |= add(
-                &mut plan,
-                va,
+    // Without those symbols, the same functions by the code that reaches
+    // them (x86-64), with the same arguments.
+    if need_code && let Some(found) = by_code(elf, vtables) {
+        let by_shape = [
+            (
+                !plan.sees_spawns,
+                &found.spawns,
+                TokioEventKind::Spawn,
+                false,
+                "tokio::runtime::task::list::OwnedTasks::bind_inner",
+            ),
+            (
+                !plan.sees_completions,
+                &found.releases,
                 TokioEventKind::Complete,
-                1,
                 true,
-                format!(
-                    "tokio::runtime::task::Schedule::release (by code shape, {n} of {} task \
-                     types)",
+                "tokio::runtime::task::Schedule::release",
+            ),
+        ];
+        for (missing, points, kind, by_ref, name) in by_shape {
+            for (&va, &n) in points.iter().filter(|_| missing) {
+                let what = format!(
+                    "{name} (by code shape, {n} of {} task types)",
                     found.vtables
-                ),
-            );
+                );
+                let seen = add(&mut plan, va, kind, 1, by_ref, what);
+                match kind {
+                    TokioEventKind::Spawn => plan.sees_spawns |= seen,
+                    _ => plan.sees_completions |= seen,
+                }
+            }
         }
-    }
-    if let Some(found) = by_code {
         plan.notes.extend(found.notes);
     }
 
