@@ -196,7 +196,8 @@ impl<'a> Code<'a> {
             refs: HashMap::new(),
             calls: Vec::new(),
         };
-        for &(start, end) in &code.fdes {
+        let functions = code.disjoint();
+        for &(start, end) in &functions {
             for insn in code.decode(start, end) {
                 if insn.mnemonic() == Mnemonic::Lea
                     && insn.is_ip_rel_memory_operand()
@@ -213,7 +214,7 @@ impl<'a> Code<'a> {
         // references (`Cell::new` copies) only: every call of a large
         // binary would be millions of entries.
         let holders: HashSet<u64> = code.refs.values().flatten().map(|r| r.0).collect();
-        for &(start, end) in &code.fdes {
+        for &(start, end) in &functions {
             for insn in code.decode(start, end) {
                 if insn.is_call_near() && holders.contains(&insn.near_branch_target()) {
                     code.calls
@@ -223,6 +224,21 @@ impl<'a> Code<'a> {
         }
         code.calls.sort_unstable();
         code
+    }
+
+    /// The functions to read in full, without overlaps: whatever the
+    /// file's `.eh_frame` claims, the code is decoded at most once.
+    fn disjoint(&self) -> Vec<(u64, u64)> {
+        let mut covered = 0;
+        let mut out = Vec::new();
+        for &(start, end) in &self.fdes {
+            if start >= covered {
+                let end = end.min(start.saturating_add(MAX_FN_BYTES));
+                out.push((start, end));
+                covered = end;
+            }
+        }
+        out
     }
 
     fn decode(&self, start: u64, end: u64) -> Vec<Instruction> {
