@@ -18,12 +18,14 @@
 //! of a stack slot holding the header (or, after LTO's argument promotion,
 //! the header itself). The call is direct or through a GOT slot.
 //!
-//! A target counts only if the task vtables agree on it: each bound task
-//! type must lead to at most a few targets, and the same targets. Each
-//! scheduler type (multi-thread, current-thread, LocalSet) has its own
-//! `bind_inner`/`release` copy, so a binary has a few of each at most.
-//! Checked against the symbol-based plan on unstripped builds of the same
-//! source (`tests/tests/tokio_binary.rs`).
+//! The targets are trusted only as a set the task types share: `bind_inner`
+//! has one copy per runtime flavor (multi-thread, current-thread), and
+//! `release` one per scheduler type (those two and LocalSet's), so all the
+//! task types together may lead to at most [`MAX_TARGETS`] of each, else
+//! none is probed and the notes say why. Checked against the symbol-based
+//! plan on unstripped builds of the same source (release, v0 mangling, fat
+//! LTO: the same addresses; `tests/tests/tokio_binary.rs`), and end to end
+//! on the stripped build (`tests/tests/tokio_live.rs`).
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 
