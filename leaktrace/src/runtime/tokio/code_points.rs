@@ -21,7 +21,7 @@
 //! The targets are trusted only as a set the task types share: `bind_inner`
 //! has one copy per runtime flavor (multi-thread, current-thread), and
 //! `release` one per scheduler type (those two and LocalSet's), so all the
-//! task types together may lead to at most [`MAX_TARGETS`] of each, else
+//! task types together may lead to at most `MAX_TARGETS` (4) of each, else
 //! none is probed and the notes say why. Checked against the symbol-based
 //! plan on unstripped builds of the same source (release, v0 mangling, fat
 //! LTO: the same addresses; `tests/tests/tokio_binary.rs`), and end to end
