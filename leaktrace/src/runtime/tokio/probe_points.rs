@@ -243,15 +243,17 @@ pub fn plan(elf: &ElfFile, vtables: &[TaskVtable], detailed: bool) -> TokioPlan 
     }
     if !plan.sees_spawns {
         plan.notes.push(
-            "no `OwnedTasks::bind_inner` symbol, and its code not found by shape: new tasks \
-             are found by heap scans at each refresh, or at their first poll with --detailed"
+            "no `OwnedTasks::bind_inner` symbol, and the code search (x86-64 only) did not \
+             find it: new tasks are found by heap scans at each refresh, or at their first \
+             poll with --detailed"
                 .into(),
         );
     }
     if !plan.sees_completions {
         plan.notes.push(
-            "no `Schedule::release` or `Harness::complete` symbol, and `release` not found by \
-             code shape: finished tasks are noticed when a refresh reads them"
+            "no `Schedule::release` or `Harness::complete` symbol, and the code search \
+             (x86-64 only) did not find `release`: finished tasks are noticed when a refresh \
+             reads them"
                 .into(),
         );
     }
