@@ -690,4 +690,28 @@ fn code_shape_finds_the_symbol_plans_spawn_and_completion_points() {
             "{profile_name}: Schedule::release"
         );
     }
+
+    // Where the search finds nothing, the stripped build falls back to
+    // scans and says so: here vtables that no code references (moved by
+    // 8 bytes), so no `bind_inner` is found through them.
+    let elf = ElfFile::open(&tokio_fixture("stripped", false)).expect("fixture");
+    let bin = binary::detect(&elf).expect("tokio");
+    let moved: Vec<TaskVtable> = bin
+        .vtables
+        .iter()
+        .map(|v| TaskVtable {
+            va: v.va + 8,
+            ..v.clone()
+        })
+        .collect();
+    let p = probe_points::plan(&elf, &moved, false);
+    println!("stripped, vtables moved: notes {:?}", p.notes);
+    assert!(!p.sees_spawns, "nothing found, nothing probed");
+    assert!(
+        p.notes
+            .iter()
+            .any(|n| n.contains("bind_inner") && n.contains("did not find")),
+        "{:?}",
+        p.notes
+    );
 }

@@ -130,7 +130,17 @@ pub fn find(
             .map(|f| format!("vtable@{:#x}", f.0))
             .collect()
     };
-    let (no_spawn, no_release) = (missed(&spawns), missed(&releases));
+    // (Where nothing was found at all, the plan's own note says so.)
+    let no_spawn = if out.spawns.is_empty() {
+        Vec::new()
+    } else {
+        missed(&spawns)
+    };
+    let no_release = if out.releases.is_empty() {
+        Vec::new()
+    } else {
+        missed(&releases)
+    };
     if !out.spawns.is_empty() || !out.releases.is_empty() {
         // One copy per scheduler type serves all its task types, so a task
         // type whose own code did not show the pattern (inlined, or a
