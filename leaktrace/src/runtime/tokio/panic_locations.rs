@@ -211,7 +211,7 @@ pub fn is_dependency(file: &str) -> bool {
 }
 
 /// Every FDE's `[start, end)`, sorted by start.
-fn fde_ranges(elf: &ElfFile) -> Vec<(u64, u64)> {
+pub(super) fn fde_ranges(elf: &ElfFile) -> Vec<(u64, u64)> {
     let Some(section) = elf.section(".eh_frame") else {
         return Vec::new();
     };

@@ -9,16 +9,25 @@
 //! (`raw::poll`, through the vtables, so stripped binaries too) and every
 //! wake (`waker::wake_by_*`).
 //!
-//! `bind_inner`, `release` and `complete` exist only as symbols: a stripped
-//! binary gets shutdown and blocking-task probes (and, detailed, every
-//! poll) only, and the session falls back to heap scans for spawns and
-//! completions.
+//! `bind_inner`, `release` and `complete` are found by demangled symbol
+//! name. A stripped binary has none: there [`by_code`] finds `bind_inner`
+//! and `release` by the code that reaches them from the task vtables
+//! (`code_points`, x86-64), checked against this symbol plan on unstripped
+//! builds of the same source (`tests/tests/tokio_binary.rs`). Where that
+//! finds nothing either, the plan says so in its notes, the binary gets
+//! shutdown and blocking-task probes (and, detailed, every poll) only, and
+//! the session falls back to heap scans for spawns and completions. Wakes
+//! are probed by symbol only.
 use std::collections::BTreeSet;
 
 use leaktrace_common::tokio::{TokioEventKind, tokio_cookie};
 
-use super::vtables::{POLL, SHUTDOWN, TaskVtable};
-use crate::{probes::AttachPoint, target::elf::ElfFile};
+use super::code_points::{self, CodePoints};
+use super::vtables::{POLL, Relocs, SHUTDOWN, TaskVtable};
+use crate::{
+    probes::AttachPoint,
+    target::elf::{ElfFile, Machine},
+};
 
 /// Which probes a session gets, and what they cover.
 #[derive(Clone, Debug, Default)]
@@ -112,15 +121,22 @@ pub fn plan(elf: &ElfFile, vtables: &[TaskVtable], detailed: bool) -> TokioPlan 
 
     // bind_inner(&self, task: Task<S>, notified): the header is the 2nd
     // argument by value.
-    for (va, d) in functions(elf, is_bind_inner) {
+    let bind_inners = functions(elf, is_bind_inner);
+    let releases = functions(elf, is_schedule_release);
+    let completes = if releases.is_empty() {
+        functions(elf, is_harness_complete)
+    } else {
+        Vec::new()
+    };
+    let need_code = bind_inners.is_empty() || (releases.is_empty() && completes.is_empty());
+    for (va, d) in bind_inners {
         plan.sees_spawns |= add(&mut plan, va, TokioEventKind::Spawn, 1, false, d);
     }
     // release(&self, task: &Task<S>): `&Task` in the 2nd argument, or the
     // header itself after LTO's argument promotion; the probe tries both.
-    let releases = functions(elf, is_schedule_release);
     let completes = if releases.is_empty() {
         // Harness::complete(self): the header, 1st argument.
-        functions(elf, is_harness_complete)
+        completes
             .into_iter()
             .map(|(va, d)| (va, d, 0, false))
             .collect::<Vec<_>>()
@@ -132,6 +148,40 @@ pub fn plan(elf: &ElfFile, vtables: &[TaskVtable], detailed: bool) -> TokioPlan 
     };
     for (va, d, arg, by_ref) in completes {
         plan.sees_completions |= add(&mut plan, va, TokioEventKind::Complete, arg, by_ref, d);
+    }
+    // Without those symbols, the same functions by the code that reaches
+    // them (x86-64), with the same arguments.
+    if need_code && let Some(found) = by_code(elf, vtables) {
+        let by_shape = [
+            (
+                !plan.sees_spawns,
+                &found.spawns,
+                TokioEventKind::Spawn,
+                false,
+                "tokio::runtime::task::list::OwnedTasks::bind_inner",
+            ),
+            (
+                !plan.sees_completions,
+                &found.releases,
+                TokioEventKind::Complete,
+                true,
+                "tokio::runtime::task::Schedule::release",
+            ),
+        ];
+        for (missing, points, kind, by_ref, name) in by_shape {
+            for (&va, &n) in points.iter().filter(|_| missing) {
+                let what = format!(
+                    "{name} (by code shape, {n} of {} task types)",
+                    found.vtables
+                );
+                let seen = add(&mut plan, va, kind, 1, by_ref, what);
+                match kind {
+                    TokioEventKind::Spawn => plan.sees_spawns |= seen,
+                    _ => plan.sees_completions |= seen,
+                }
+            }
+        }
+        plan.notes.extend(found.notes);
     }
 
     // The vtable functions exist in every build (their addresses are
@@ -193,19 +243,33 @@ pub fn plan(elf: &ElfFile, vtables: &[TaskVtable], detailed: bool) -> TokioPlan 
     }
     if !plan.sees_spawns {
         plan.notes.push(
-            "no `OwnedTasks::bind_inner` symbol (stripped binary?): new tasks are found by \
-             heap scans at each refresh, or at their first poll with --detailed"
+            "no `OwnedTasks::bind_inner` symbol, and the code search (x86-64 only) did not \
+             find it: new tasks are found by heap scans at each refresh, or at their first \
+             poll with --detailed"
                 .into(),
         );
     }
     if !plan.sees_completions {
         plan.notes.push(
-            "no `Schedule::release` or `Harness::complete` symbol (stripped binary?): \
-             finished tasks are noticed when a refresh reads them"
+            "no `Schedule::release` or `Harness::complete` symbol, and the code search \
+             (x86-64 only) did not find `release`: finished tasks are noticed when a refresh \
+             reads them"
                 .into(),
         );
     }
     plan
+}
+
+/// The spawn and completion points found by code shape alone, ignoring any
+/// symbols (what a stripped build of the same source gets). `None` where
+/// the search does not apply (not x86-64).
+pub fn by_code(elf: &ElfFile, vtables: &[TaskVtable]) -> Option<CodePoints> {
+    if elf.machine() != Machine::X86_64 {
+        return None;
+    }
+    let relocs = Relocs::read(elf);
+    let word = |va: u64| relocs.word(elf, va).map(|(w, _)| w);
+    Some(code_points::find(elf, vtables, &word))
 }
 
 #[cfg(test)]

@@ -9,8 +9,9 @@
 //!   completions whose event was lost;
 //! - heap scans ([`super::heap_scan`]): once at attach, for tasks that were
 //!   alive before, and then only now and again, for tasks no probe can see
-//!   (LocalSet tasks are never bound; stripped binaries have no spawn or
-//!   completion symbols, and then every refresh is a scan).
+//!   (LocalSet tasks are never bound; where neither symbols nor the code
+//!   search of `code_points` finds the spawn and completion points, every
+//!   refresh is a scan).
 //!
 //! Reads go through `process_vm_readv`; the target never stops.
 use std::{

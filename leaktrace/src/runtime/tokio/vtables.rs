@@ -412,7 +412,7 @@ impl TaskVtable {
 }
 
 /// Link-time words of the data sections as the loader will see them.
-struct Relocs {
+pub(super) struct Relocs {
     /// RELA `R_*_RELATIVE`: target → addend (the file holds zeros there).
     rela: HashMap<u64, u64>,
     /// RELR-packed relative relocations: the file holds the value.
@@ -421,7 +421,7 @@ struct Relocs {
 }
 
 impl Relocs {
-    fn read(elf: &ElfFile) -> Self {
+    pub(super) fn read(elf: &ElfFile) -> Self {
         let relative = match elf.machine() {
             Machine::Aarch64 => R_AARCH64_RELATIVE,
             _ => R_X86_64_RELATIVE,
@@ -451,7 +451,7 @@ impl Relocs {
         }
     }
 
-    fn word(&self, elf: &ElfFile, va: u64) -> Option<(u64, bool)> {
+    pub(super) fn word(&self, elf: &ElfFile, va: u64) -> Option<(u64, bool)> {
         if let Some(&addend) = self.rela.get(&va) {
             return Some((addend, true));
         }
