@@ -15,7 +15,7 @@
 //!
 //! Reads go through `process_vm_readv`; the target never stops.
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{HashMap, HashSet, VecDeque},
     path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant},
@@ -49,6 +49,9 @@ const RESCAN_EVERY: Duration = Duration::from_secs(10);
 const FIRST_RESCAN: Duration = Duration::from_secs(2);
 /// See [`TokioTracer::check_missed`].
 const MISSES_BEFORE_SCANNING: u32 = 3;
+/// Completed task ids remembered against late polls: a late poll follows
+/// its task's completion within a scheduler tick.
+const COMPLETED_REMEMBERED: usize = 4096;
 /// How much of an idle task's cell (header, then the future) is compared
 /// from one refresh to the next: enough for the state of most async fns.
 const IDLE_PEEK: usize = 4096;
@@ -167,6 +170,14 @@ pub struct TokioTracer {
     /// Tasks a rescan found that no spawn event had announced yet: the
     /// event may still be in the ring. Id → when found.
     unannounced: HashMap<u64, u64>,
+    /// Ids of tasks whose completion was seen, most recent last: tokio
+    /// still calls `raw::poll` on a task notified while it completed (the
+    /// poll finds it complete and only drops a reference), and that poll
+    /// must not bring the task back (sccache under `--detailed` showed
+    /// `corrected` 2 for want of this). Ids are never reused, so a poll of
+    /// a listed id is always a finished task's.
+    completed: VecDeque<u64>,
+    completed_set: HashSet<u64>,
     /// Said once, in the report's notes.
     pub notes: Vec<String>,
     /// Whether a scan that hit its bound was said.
@@ -245,6 +256,8 @@ impl TokioTracer {
             first_announced: None,
             dropped: Default::default(),
             unannounced: HashMap::new(),
+            completed: VecDeque::new(),
+            completed_set: HashSet::new(),
             notes: Vec::new(),
             scan_capped_said: false,
             awaits,
@@ -423,6 +436,7 @@ impl TokioTracer {
             }
             TokioEventKind::Complete => {
                 self.totals.complete += 1;
+                self.remember_completed(ev.id);
                 if self.tasks.get(&ev.header).is_some_and(|t| t.id == ev.id) {
                     if let Some(t) = self.tasks.remove(&ev.header)
                         && let Since::Exact(born) = t.alive_since
@@ -444,6 +458,9 @@ impl TokioTracer {
             TokioEventKind::Shutdown => self.totals.shutdown += 1,
             TokioEventKind::Poll => {
                 self.totals.poll += 1;
+                if self.completed_set.contains(&ev.id) {
+                    return;
+                }
                 // First poll of a task never seen (or of a reused header):
                 // spawned no later than now.
                 let fresh = || Tracked::new(ev.id, vtable, Since::AtMost(ev.ts_ns));
@@ -454,6 +471,17 @@ impl TokioTracer {
                 t.last_poll = Some(ev.ts_ns);
             }
             TokioEventKind::Wake => self.totals.wake += 1,
+        }
+    }
+
+    fn remember_completed(&mut self, id: u64) {
+        if self.completed.len() >= COMPLETED_REMEMBERED
+            && let Some(old) = self.completed.pop_front()
+        {
+            self.completed_set.remove(&old);
+        }
+        if self.completed_set.insert(id) {
+            self.completed.push_back(id);
         }
     }
 
@@ -999,6 +1027,24 @@ mod tests {
         t.apply(&event(TokioEventKind::Complete, 0xa000, 3, 0x6000, 200));
         assert!(!t.tasks.contains_key(&0xa000));
         assert_eq!(t.totals.complete, 0);
+    }
+
+    /// tokio polls a task notified while it completed (the poll finds it
+    /// complete and drops a reference): with --detailed that poll comes
+    /// after the completion event and must not bring the task back, while a
+    /// new task in the same cell (a new id) is followed as usual.
+    #[test]
+    fn a_poll_after_completion_does_not_revive_the_task() {
+        let mut t = tracer_with_one_task_vtable();
+        t.set_bias(0);
+        t.apply(&event(TokioEventKind::Spawn, 0xa000, 7, 0x5000, 100));
+        t.apply(&event(TokioEventKind::Poll, 0xa000, 7, 0x5000, 110));
+        t.apply(&event(TokioEventKind::Complete, 0xa000, 7, 0x5000, 120));
+        t.apply(&event(TokioEventKind::Poll, 0xa000, 7, 0x5000, 130));
+        assert!(t.tasks.is_empty(), "the late poll revived task 7");
+        assert_eq!(t.totals.poll, 2, "the late poll is still a poll");
+        t.apply(&event(TokioEventKind::Poll, 0xa000, 8, 0x5000, 140));
+        assert_eq!(t.tasks[&0xa000].id, 8);
     }
 
     /// Without poll probes, an idle task's idle start is the first refresh
