@@ -223,6 +223,7 @@ fn metrics_say_which_probes_are_armed() {
         target_cpu_pct: 80.0,
         nearly_idle: false,
         trap_ns: Some(1000.0),
+        not_armed: Vec::new(),
         calibration: "measured at start".into(),
         probes: vec![probe("park", false, 40_000.0), probe("spawn", true, 120.0)],
         sheds: 1,
