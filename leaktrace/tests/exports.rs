@@ -252,4 +252,17 @@ fn metrics_say_which_probes_are_armed() {
         header.contains("park shed (≈ 40k/s)") && header.contains("spawn 120/s"),
         "{header}"
     );
+    // Not armed by choice (no --detailed) is said as such, not as shed.
+    let o = r.overhead.as_mut().unwrap();
+    o.probes.retain(|p| p.name != "park");
+    o.not_armed = vec![leaktrace::runtime::NotArmed {
+        name: "park",
+        armed_by: "--detailed",
+        approximate: "blocked durations are known to a refresh (≥)",
+    }];
+    let header = leaktrace::report::text::overhead_line(o);
+    assert!(
+        header.contains("park not armed (--detailed arms it)") && !header.contains("park shed"),
+        "{header}"
+    );
 }

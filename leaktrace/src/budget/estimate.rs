@@ -161,8 +161,11 @@ impl Estimator {
             let hits = w.hits.get(i).copied().unwrap_or(0);
             let p = &mut self.probes[i];
             if armed {
-                if hits > 0 {
-                    p.program_ns = w.program_ns.get(i).copied().unwrap_or(0) as f64 / hits as f64;
+                // The probes time one hit in 16 (per CPU): a window with
+                // none timed keeps the last figure.
+                let ns = w.program_ns.get(i).copied().unwrap_or(0);
+                if hits > 0 && ns > 0 {
+                    p.program_ns = ns as f64 / hits as f64;
                 }
                 p.rate = hits as f64 / secs;
                 p.rate_estimated = false;
