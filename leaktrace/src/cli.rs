@@ -145,10 +145,12 @@ pub struct Args {
     #[arg(long)]
     pub no_snapshot: bool,
 
-    /// tokio: also probe every poll and wake (exact idle durations, tasks of
-    /// stripped binaries seen at their first poll), at ~2.4 µs per poll
-    /// (bench/RESULTS.md §6).
-    /// Default is once per task (spawn, completion, cancellation).
+    /// Also probe every block: Go, every park (exact blocked-since times;
+    /// ~1 µs per park, bench/RESULTS.md §1); tokio, every poll and wake
+    /// (exact idle durations, tasks of stripped binaries seen at their
+    /// first poll; ~2.4 µs per poll, §6). Default is once per task (spawn
+    /// and exit or completion): blocked and idle durations are then known
+    /// to a refresh (≥).
     #[arg(long)]
     pub detailed: bool,
 

@@ -225,6 +225,7 @@ fn metrics_say_which_probes_are_armed() {
         target_cpu_pct: 80.0,
         nearly_idle: false,
         trap_ns: Some(1000.0),
+        not_armed: Vec::new(),
         calibration: "measured at start".into(),
         probes: vec![probe("park", false, 40_000.0), probe("spawn", true, 120.0)],
         sheds: 1,
@@ -251,6 +252,19 @@ fn metrics_say_which_probes_are_armed() {
     let header = leaktrace::report::text::overhead_line(r.overhead.as_ref().unwrap());
     assert!(
         header.contains("park shed (≈ 40k/s)") && header.contains("spawn 120/s"),
+        "{header}"
+    );
+    // Not armed by choice (no --detailed) is said as such, not as shed.
+    let o = r.overhead.as_mut().unwrap();
+    o.probes.retain(|p| p.name != "park");
+    o.not_armed = vec![leaktrace::runtime::NotArmed {
+        name: "park",
+        armed_by: "--detailed",
+        approximate: "blocked durations are known to a refresh (≥)",
+    }];
+    let header = leaktrace::report::text::overhead_line(o);
+    assert!(
+        header.contains("park not armed (--detailed arms it)") && !header.contains("park shed"),
         "{header}"
     );
 }

@@ -1,6 +1,7 @@
 //! The overhead budget (`--max-overhead`): a burst of goroutine churn makes
-//! leaktrace shed its costly probes (park, then spawn and exit) and follow
-//! the goroutines by reading memory; after the burst it re-arms them. At
+//! leaktrace shed its costly probes (park with `--detailed`, then spawn and
+//! exit) and follow the goroutines by reading memory; after the burst it
+//! re-arms them. At
 //! every budget the live count still equals the program's own
 //! `runtime.NumGoroutine()`, the reports say which probes are armed and what
 //! is approximate, and every link leaktrace made (re-arming makes new ones)
@@ -28,14 +29,15 @@ struct BudgetRun {
     stderr: String,
 }
 
-fn run(budget: &str, calm: &str) -> BudgetRun {
+/// `detailed`: arm the park probe too (the budget sheds it first).
+fn run(budget: &str, calm: &str, detailed: bool) -> BudgetRun {
     let go = one_go("1.26");
     let fixture = build("budget/burst", &go, BuildMode::Plain);
     let fixture = fixture.to_string_lossy().into_owned();
     // Reports to a file: the fixture's lines share leaktrace's stdout.
     let out = tempfile_path("budget-reports.jsonl");
     let out_arg = out.to_string_lossy().into_owned();
-    let mut lt = Traced::start(&[
+    let args = [
         "--output",
         &out_arg,
         "--format",
@@ -52,7 +54,9 @@ fn run(budget: &str, calm: &str) -> BudgetRun {
         calm,
         "-hold",
         "60s",
-    ]);
+    ];
+    let detailed = detailed.then_some("--detailed");
+    let mut lt = Traced::start(&detailed.into_iter().chain(args).collect::<Vec<_>>());
     let mut links = BTreeSet::new();
     let mut last_links = BTreeSet::new();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -139,7 +143,8 @@ fn sheds_under_a_burst_and_rearms_after() {
     if !ebpf_available("sheds_under_a_burst_and_rearms_after") {
         return;
     }
-    let run = run("0.5", "10s");
+    // --detailed: park is the first step.
+    let run = run("0.5", "10s", true);
     check_live(&run, "0.5");
     for r in &run.reports {
         let o = overhead(r);
@@ -207,7 +212,7 @@ fn live_is_exact_at_every_budget() {
         return;
     }
     // 0: memory reads only, from the start.
-    let run0 = run("0", "2s");
+    let run0 = run("0", "2s", true);
     check_live(&run0, "0");
     for r in &run0.reports {
         for probe in ["park", "spawn", "exit"] {
@@ -220,13 +225,32 @@ fn live_is_exact_at_every_budget() {
         "goroutines found by walking allgs: {}",
         run0.reports.last().unwrap().0["events"]
     );
-    // off: never shed, still estimated.
-    let off = run("off", "2s");
+    // off, default probes: never shed, still estimated; park not armed,
+    // by choice, and said so (not as shed).
+    let off = run("off", "2s", false);
     check_live(&off, "off");
     for r in &off.reports {
         assert_eq!(overhead(r)["budget_pct"], Value::Null);
-        for probe in ["park", "spawn", "exit"] {
+        for probe in ["spawn", "exit"] {
             assert!(armed(r, probe), "{probe}: {}", overhead(r));
         }
+        let probes = overhead(r)["probes"].as_array().expect("probes");
+        assert!(
+            probes.iter().all(|p| p["name"] != "park"),
+            "{}",
+            overhead(r)
+        );
+        assert_eq!(
+            overhead(r)["not_armed"][0]["name"],
+            "park",
+            "{}",
+            overhead(r)
+        );
+        assert_eq!(overhead(r)["not_armed"][0]["armed_by"], "--detailed");
+        assert!(approximate(r).is_empty(), "{}", overhead(r));
     }
+    // A default session under the budget: spawn and exit are the first
+    // step, the count still the program's own.
+    let default = run("0.5", "2s", false);
+    check_live(&default, "0.5 (default probes)");
 }

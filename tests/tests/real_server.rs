@@ -284,7 +284,8 @@ fn check(phase: &str, version: &str, server: &Server, t: &Traced) -> String {
         t.after.total,
         t.after.fetch,
         last.events("spawn"),
-        last.events("park"),
+        // Counted with --detailed only (null otherwise).
+        last.0["events"]["park"],
         last.events("exit"),
         last.events("lost"),
     );

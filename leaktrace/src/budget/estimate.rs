@@ -24,13 +24,23 @@ use serde::Serialize;
 
 use crate::runtime::BudgetProbe;
 
-/// The shortest span an estimate covers: the budget's reaction time, during
-/// which a burst costs what every armed probe costs (`/proc/PID/stat`
-/// counts CPU time in 10 ms ticks: 2 % of a core over this).
+/// The shortest span an estimate covers once probes have been armed a
+/// while: the budget's reaction time to a burst, during which it costs what
+/// every armed probe costs.
 pub const WINDOW: Duration = Duration::from_millis(500);
+/// The windows in the first [`FIRST_SPAN`] after attach and after each
+/// re-arm: a program that is busy when probed (or still busy when a step
+/// comes back) pays full cost for one of these, not for a [`WINDOW`]
+/// (bench/RESULTS.md §7). Short windows are exact enough: hits are counted
+/// in-kernel and the target's CPU comes from schedstat in nanoseconds
+/// (`super::target_cpu_ns`).
+pub const FIRST_WINDOW: Duration = Duration::from_millis(50);
+pub const FIRST_SPAN: Duration = Duration::from_secs(1);
 /// A target using less CPU than this (cores) is judged against this.
 pub const FLOOR_CORES: f64 = 0.1;
-/// Windows in a row under half the budget before a step is re-armed.
+/// Windows in a row under half the budget before a step is re-armed, and
+/// at least this many [`WINDOW`]s' worth of time (short windows do not make
+/// re-arming hastier).
 pub const CALM_WINDOWS: u32 = 3;
 /// The least time between two changes of step the other way round.
 pub const DWELL: Duration = Duration::from_secs(3);
@@ -91,7 +101,10 @@ pub struct Estimator {
     pub judged: f64,
     pub own_cores: f64,
     calm: u32,
+    calm_span: Duration,
     since_change: Duration,
+    /// Since attach or the last re-arm: what makes windows short.
+    since_arm: Duration,
     pub sheds: u32,
     pub rearms: u32,
 }
@@ -118,7 +131,9 @@ impl Estimator {
             judged: 0.0,
             own_cores: 0.0,
             calm: 0,
+            calm_span: Duration::ZERO,
             since_change: Duration::ZERO,
+            since_arm: Duration::ZERO,
             sheds: 0,
             rearms: 0,
         }
@@ -139,14 +154,18 @@ impl Estimator {
             return None;
         }
         self.since_change += w.span;
+        self.since_arm += w.span;
         let mut probe_ns = 0.0;
         for i in 0..self.probes.len() {
             let armed = self.armed(&self.probes[i].probe);
             let hits = w.hits.get(i).copied().unwrap_or(0);
             let p = &mut self.probes[i];
             if armed {
-                if hits > 0 {
-                    p.program_ns = w.program_ns.get(i).copied().unwrap_or(0) as f64 / hits as f64;
+                // The probes time one hit in 16 (per CPU): a window with
+                // none timed keeps the last figure.
+                let ns = w.program_ns.get(i).copied().unwrap_or(0);
+                if hits > 0 && ns > 0 {
+                    p.program_ns = ns as f64 / hits as f64;
                 }
                 p.rate = hits as f64 / secs;
                 p.rate_estimated = false;
@@ -176,12 +195,12 @@ impl Estimator {
                 None => p.per_core.map_or(p.rate, |k| k * own_cores),
             };
         }
-        self.decide(probe_ns / secs, base_ns / secs)
+        self.decide(probe_ns / secs, base_ns / secs, w.span)
     }
 
     /// `probe_ns_per_s` of the armed probes against `base_ns_per_s`; the
     /// rates of every probe are this window's (measured or estimated).
-    fn decide(&mut self, probe_ns_per_s: f64, base_ns_per_s: f64) -> Option<u8> {
+    fn decide(&mut self, probe_ns_per_s: f64, base_ns_per_s: f64, span: Duration) -> Option<u8> {
         let limit = self.limit?;
         if self.judged > limit && self.step < self.max_step {
             // Straight to the first step whose armed probes fit, by the
@@ -199,6 +218,7 @@ impl Estimator {
                 .find(|&s| fits(s))
                 .unwrap_or(self.max_step);
             self.calm = 0;
+            self.calm_span = Duration::ZERO;
             return Some(self.change(to, true));
         }
         if self.step == 0 {
@@ -214,11 +234,17 @@ impl Estimator {
         let with = (probe_ns_per_s + back) / base_ns_per_s;
         if with < limit / 2.0 {
             self.calm += 1;
+            self.calm_span += span;
         } else {
             self.calm = 0;
+            self.calm_span = Duration::ZERO;
         }
-        if self.calm >= CALM_WINDOWS && self.since_change >= DWELL {
+        if self.calm >= CALM_WINDOWS
+            && self.calm_span >= WINDOW * CALM_WINDOWS
+            && self.since_change >= DWELL
+        {
             self.calm = 0;
+            self.calm_span = Duration::ZERO;
             return Some(self.change(self.step - 1, false));
         }
         None
@@ -231,8 +257,20 @@ impl Estimator {
             self.rearms += 1;
         }
         self.since_change = Duration::ZERO;
+        if !shed {
+            self.since_arm = Duration::ZERO;
+        }
         self.step = step;
         step
+    }
+
+    /// How long the current window is to last (see [`FIRST_WINDOW`]).
+    pub fn window(&self) -> Duration {
+        if self.since_arm < FIRST_SPAN {
+            FIRST_WINDOW
+        } else {
+            WINDOW
+        }
     }
 
     /// Start at `step` (`--max-overhead 0`: everything shed).
@@ -369,6 +407,51 @@ mod tests {
             assert_eq!(e.update(&second(&e, [10_000, 0, 0], 1.0, 0.0)), None);
         }
         assert_eq!(e.step, 1);
+    }
+
+    #[test]
+    fn windows_are_short_after_attach_and_after_a_rearm_only() {
+        let mut e = Estimator::new(&PROBES, Some(0.02), 1000.0);
+        assert_eq!(e.window(), FIRST_WINDOW);
+        let burst = [50_000, 20_000, 20_000];
+        assert_eq!(e.update(&second(&e, burst, 1.0, 0.0)), Some(2));
+        // Past the first second, a shed does not shorten them again.
+        assert_eq!(e.window(), WINDOW);
+        let idle = [10, 1, 1];
+        let mut steps = Vec::new();
+        for _ in 0..6 {
+            steps.extend(e.update(&second(&e, idle, 0.001, 1.0)));
+        }
+        assert_eq!(steps, [1, 0]);
+        assert_eq!(e.window(), FIRST_WINDOW);
+    }
+
+    #[test]
+    fn short_windows_do_not_rearm_sooner() {
+        let mut e = Estimator::new(&PROBES, Some(0.02), 1000.0);
+        e.start_at(2);
+        e.since_change = DWELL;
+        let idle = Window {
+            span: FIRST_WINDOW,
+            target_cpu_ns: 1e6,
+            hits: vec![0; 3],
+            program_ns: vec![0; 3],
+            memory_rates: Vec::new(),
+        };
+        // Calm for CALM_WINDOWS windows but not for CALM_WINDOWS × WINDOW.
+        for _ in 0..CALM_WINDOWS {
+            assert_eq!(e.update(&idle), None);
+        }
+        let enough = (WINDOW * CALM_WINDOWS).as_millis() / FIRST_WINDOW.as_millis();
+        let steps: Vec<u8> = (CALM_WINDOWS as u128..enough)
+            .filter_map(|_| e.update(&idle))
+            .collect();
+        assert_eq!(
+            steps,
+            [1],
+            "re-armed once calm for {:?}",
+            WINDOW * CALM_WINDOWS
+        );
     }
 
     #[test]

@@ -15,10 +15,10 @@ use std::time::Instant;
 use anyhow::{Context as _, Result};
 use serde::Serialize;
 
-use self::estimate::{Estimator, ProbeOverhead, WINDOW, Window};
+use self::estimate::{Estimator, ProbeOverhead, Window};
 use crate::{
     probes::{Probes, calibrate::HitCost},
-    runtime::Runtime,
+    runtime::{NotArmed, Runtime},
 };
 
 /// `--max-overhead`: a fraction of the target's own CPU, or none (`off`).
@@ -64,6 +64,9 @@ pub struct Overhead {
     pub rearms: u32,
     /// What is approximate while probes are shed.
     pub approximate: Vec<&'static str>,
+    /// Probes not armed by choice (no `--detailed`): never shed, never
+    /// estimated, and what is approximate without them.
+    pub not_armed: Vec<NotArmed>,
     /// Whether this runtime's probes can be shed at all (tokio's cannot
     /// yet: its estimate is reported, the budget not enforced).
     pub sheddable: bool,
@@ -91,6 +94,9 @@ pub struct Budget {
     mark: Option<Mark>,
     calibration: String,
     trap_ns: Option<f64>,
+    not_armed: Vec<NotArmed>,
+    /// Reading the counters failed (the target exiting): not before this.
+    retry_at: Option<Instant>,
 }
 
 impl Budget {
@@ -119,34 +125,59 @@ impl Budget {
             mark: None,
             calibration,
             trap_ns,
+            not_armed: rt.not_armed(),
+            retry_at: None,
         }
     }
 
-    /// After attach: `--max-overhead 0` sheds everything at once.
+    /// After attach: `--max-overhead 0` sheds everything at once; the
+    /// first window starts now.
     pub fn start(&mut self, rt: &mut dyn Runtime, probes: &mut Probes) -> Result<()> {
         if self.est.limit == Some(0.0) && self.est.max_step > 0 {
             self.est.start_at(self.est.max_step);
             rt.shed(probes, self.est.step)?;
         }
+        // Unreadable now (the process exiting): the first check starts it.
+        self.mark = self.counters(probes).ok();
         Ok(())
     }
 
-    /// At each refresh, before the memory read: close a window once it is
-    /// long enough, and shed or re-arm as it says.
-    pub fn check(&mut self, rt: &mut dyn Runtime, probes: &mut Probes) -> Result<()> {
-        let at = Instant::now();
+    /// When [`Self::check`] would close the current window (the session
+    /// calls it then, between its refreshes).
+    pub fn due(&self) -> Instant {
+        let at = self
+            .mark
+            .as_ref()
+            .map_or_else(Instant::now, |m| m.at + self.est.window());
+        self.retry_at.map_or(at, |r| r.max(at))
+    }
+
+    fn counters(&self, probes: &Probes) -> Result<Mark> {
         let stats = probes.probe_stats();
-        let mark = Mark {
-            at,
+        Ok(Mark {
+            at: Instant::now(),
             hits: self.slots.iter().map(|&s| stats[s as usize].hits).collect(),
             ns: self.slots.iter().map(|&s| stats[s as usize].ns).collect(),
             cpu_ns: target_cpu_ns(self.pid)?,
+        })
+    }
+
+    /// At [`Self::due`] and at each refresh, before the memory read: close
+    /// a window once it is long enough, and shed or re-arm as it says.
+    pub fn check(&mut self, rt: &mut dyn Runtime, probes: &mut Probes) -> Result<()> {
+        let mark = match self.counters(probes) {
+            Ok(m) => m,
+            Err(e) => {
+                self.retry_at = Some(Instant::now() + estimate::WINDOW);
+                return Err(e);
+            }
         };
+        let at = mark.at;
         let Some(last) = &self.mark else {
             self.mark = Some(mark);
             return Ok(());
         };
-        if at.duration_since(last.at) < WINDOW {
+        if at.duration_since(last.at) < self.est.window() {
             return Ok(());
         }
         let delta = |a: &[u64], b: &[u64]| -> Vec<u64> {
@@ -162,11 +193,18 @@ impl Budget {
         self.mark = Some(mark);
         let before = self.est.step;
         if let Some(step) = self.est.update(&window) {
-            log::info!(
-                "overhead {:.2} % of the target's CPU: probe step {before} → {step}",
-                self.est.judged * 100.0
-            );
+            let t0 = Instant::now();
             rt.shed(probes, step)?;
+            log::info!(
+                "overhead {:.2} % of the target's CPU over {:?}: probe step {before} → {step} \
+                 in {:?}",
+                self.est.judged * 100.0,
+                window.span,
+                t0.elapsed()
+            );
+            // The next window starts after the change: the probes' links
+            // are in or out by now.
+            self.mark = Some(self.counters(probes)?);
         }
         Ok(())
     }
@@ -183,6 +221,7 @@ impl Budget {
             sheds: self.est.sheds,
             rearms: self.est.rearms,
             approximate: self.est.approximate(),
+            not_armed: self.not_armed.clone(),
             sheddable: self.est.max_step > 0,
         }
     }

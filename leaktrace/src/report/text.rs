@@ -365,6 +365,11 @@ pub fn overhead_line(o: &Overhead) -> String {
                 format!("{} shed (≈ {})", p.name, rate(p.hits_per_s))
             }
         })
+        .chain(
+            o.not_armed
+                .iter()
+                .map(|n| format!("{} not armed ({} arms it)", n.name, n.armed_by)),
+        )
         .collect();
     let shed = if o.sheds + o.rearms > 0 {
         format!("; shed {}×, re-armed {}×", o.sheds, o.rearms)

@@ -142,10 +142,22 @@ pub struct BudgetProbe {
     pub when_shed: &'static str,
 }
 
+/// A probe the runtime has but did not arm, by the user's choice (it takes
+/// `--detailed`): every report's `overhead` says so, and what is
+/// approximate without it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct NotArmed {
+    pub name: &'static str,
+    /// The flag that arms it.
+    pub armed_by: &'static str,
+    pub approximate: &'static str,
+}
+
 /// How the user asked to trace.
 #[derive(Clone, Debug, Default)]
 pub struct Options {
-    /// Probe every poll and wake too (tokio), at a per-poll cost.
+    /// Probe every poll and wake too (tokio), every park (Go), at a cost
+    /// per poll or park.
     pub detailed: bool,
     /// Where a stripped program's separate debug info may be.
     pub debuginfo: debuginfo::Search,
@@ -193,6 +205,10 @@ pub trait Runtime: Send {
     fn budget_probes(&self) -> Vec<BudgetProbe> {
         Vec::new()
     }
+    /// Probes left unarmed by choice (see [`NotArmed`]).
+    fn not_armed(&self) -> Vec<NotArmed> {
+        Vec::new()
+    }
     /// Shedding step `step` of the overhead budget: detach the probes with
     /// `0 < shed_at <= step`, (re)attach the others, and follow what the
     /// detached ones saw by reading memory instead.
@@ -217,7 +233,10 @@ pub trait Runtime: Send {
 /// what it is not and why.
 pub fn open(path: &Path, options: Options) -> Result<Box<dyn Runtime>> {
     match go::GoRuntime::open(path, &options.debuginfo) {
-        Ok(rt) => Ok(Box::new(rt.with_exit_ring(options.exit_ring_bytes))),
+        Ok(rt) => Ok(Box::new(
+            rt.with_exit_ring(options.exit_ring_bytes)
+                .with_detailed(options.detailed),
+        )),
         Err(not_go @ go::binary::InspectError::NotGo { .. }) => {
             match tokio::TokioRuntime::open(path, options) {
                 Ok(rt) => Ok(Box::new(rt)),

@@ -281,6 +281,7 @@ pub(super) async fn trace(
         };
         tokio::select! {
             Some(batch) = rx.recv() => w.apply(&batch),
+            _ = sleep_until(w.budget_due()) => w.check_budget(),
             _ = sleep_until(next_sample) => {
                 let t0 = Instant::now();
                 while let Ok(batch) = rx.try_recv() {

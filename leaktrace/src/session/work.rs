@@ -74,11 +74,23 @@ pub(super) struct Totals {
 }
 
 impl Work {
-    pub(super) fn read(&mut self, pid: u32) -> Read {
-        // First: shedding the spawn probe makes this read walk allgs.
+    /// Close the budget's window if it is due, shedding or re-arming as it
+    /// says.
+    pub(super) fn check_budget(&mut self) {
         if let Err(e) = self.budget.check(self.rt.as_mut(), &mut self.probes) {
             log::debug!("overhead budget: {e:#}");
         }
+    }
+
+    /// When the budget's window closes (between refreshes too: the first
+    /// windows are shorter than a refresh).
+    pub(super) fn budget_due(&self) -> Instant {
+        Instant::from_std(self.budget.due())
+    }
+
+    pub(super) fn read(&mut self, pid: u32) -> Read {
+        // First: shedding the spawn probe makes this read walk allgs.
+        self.check_budget();
         let started = (Instant::now(), self.rt.counts());
         // A fresh list, not the session's: if the read is cut short, the
         // report still has the previous one.

@@ -100,7 +100,7 @@ pub(super) fn points(listing: &Listing, churn: &Path) -> Result<Points> {
         park,
         exit,
         described: format!(
-            "{} (as `leaktrace --explain-probes` lists them{})",
+            "{} (as `leaktrace --explain-probes --detailed` lists them{})",
             described.join("; "),
             listing
                 .runtime_version
@@ -114,7 +114,8 @@ pub(super) fn points(listing: &Listing, churn: &Path) -> Result<Points> {
 #[derive(Clone)]
 enum ChurnCfg {
     Untraced,
-    Leaktrace(PathBuf),
+    /// leaktrace with these options besides `-c`.
+    Leaktrace(PathBuf, &'static [&'static str]),
     /// leaktrace attached by pid, stopped (SIGSTOP) while the program runs:
     /// the probes still fire but nobody reads the ring.
     LeaktraceStopped(PathBuf),
@@ -145,11 +146,12 @@ fn churn_once(t: &Tools, cfg: &ChurnCfg, n: u64) -> Result<ChurnRun> {
             let (_, out, _) = capture(Command::new(&t.churn).args(["-n", &n_s]), "churn", limit)?;
             (ns_per_goroutine(&out)?, 0.0, 0.0)
         }
-        ChurnCfg::Leaktrace(bin) => {
+        ChurnCfg::Leaktrace(bin, options) => {
             let report = t.scratch.join("churn-report.jsonl");
             let _ = std::fs::remove_file(&report);
             let (status, out, err) = capture(
                 Command::new(bin)
+                    .args(*options)
                     .args(["--format", "json", "--output"])
                     .arg(&report)
                     .arg("-c")
@@ -262,23 +264,36 @@ pub(super) fn section(md: &mut Markdown, plan: &Plan, t: &Tools) -> Result<()> {
         ("untraced".into(), ChurnCfg::Untraced),
         (
             "leaktrace -c".into(),
-            ChurnCfg::Leaktrace(t.leaktrace.clone()),
+            ChurnCfg::Leaktrace(t.leaktrace.clone(), &[]),
+        ),
+        (
+            "leaktrace --detailed -c".into(),
+            ChurnCfg::Leaktrace(t.leaktrace.clone(), &["--detailed"]),
         ),
     ];
     for (name, bin) in &t.candidates {
-        cfgs.push((format!("{name} -c"), ChurnCfg::Leaktrace(bin.clone())));
+        cfgs.push((format!("{name} -c"), ChurnCfg::Leaktrace(bin.clone(), &[])));
     }
     cfgs.push((
         "bpftrace count(), function entries".into(),
         ChurnCfg::BpftraceEntry,
     ));
     if t.churn_points.is_some() {
+        let default = ChurnCfg::BpftracePoints {
+            spawn: true,
+            park: false,
+            exit: true,
+        };
+        cfgs.push(("bpftrace count(), leaktrace's points".into(), default));
         let all = ChurnCfg::BpftracePoints {
             spawn: true,
             park: true,
             exit: true,
         };
-        cfgs.push(("bpftrace count(), leaktrace's points".into(), all));
+        cfgs.push((
+            "bpftrace count(), leaktrace's --detailed points".into(),
+            all,
+        ));
     }
     let main_cfgs = cfgs.len();
     // The breakdown: which probe costs what, and what the ring's reader costs.
@@ -361,8 +376,10 @@ pub(super) fn section(md: &mut Markdown, plan: &Plan, t: &Tools) -> Result<()> {
     md.line(&format!(
         "bench/churn spawns a goroutine, parks once on an unbuffered channel and ends it, {} \
          times back to back, and times only that loop (`ns_per_goroutine`). One goroutine = one \
-         spawn, one park, one exit = 3 probe hits. bpftrace runs `count()` in each probe, with \
-         `-c` like leaktrace; \"leaktrace's points\" are {}.",
+         spawn, one park, one exit; leaktrace probes spawn and exit by default (2 probe hits), \
+         and park too with `--detailed` (3). bpftrace runs `count()` in each probe, with `-c` \
+         like leaktrace; \"leaktrace's points\" are its spawn and exit points, \"--detailed \
+         points\" add park: {}.",
         plan.churn_n,
         t.churn_points
             .as_ref()
@@ -375,13 +392,14 @@ pub(super) fn section(md: &mut Markdown, plan: &Plan, t: &Tools) -> Result<()> {
             .map(|i| row(i, &cfgs[i].0))
             .collect::<Vec<_>>(),
     );
-    let bt_points = (main_cfgs >= 2)
-        .then(|| {
-            cfgs.iter()
-                .position(|(n, _)| n.contains("leaktrace's points"))
-        })
-        .flatten()
-        .map(|i| median(&col(i, |r| r.ns)));
+    let bt_of = |name: &str| {
+        cfgs.iter()
+            .position(|(n, _)| n == name)
+            .map(|i| median(&col(i, |r| r.ns)))
+    };
+    let bt_points = bt_of("bpftrace count(), leaktrace's points");
+    let bt_detailed = bt_of("bpftrace count(), leaktrace's --detailed points");
+    let detailed = median(&col(2, |r| r.ns));
     let bt_entry = cfgs
         .iter()
         .position(|(_, c)| matches!(c, ChurnCfg::BpftraceEntry))
@@ -389,8 +407,8 @@ pub(super) fn section(md: &mut Markdown, plan: &Plan, t: &Tools) -> Result<()> {
     md.line(&format!(
         "Headline: leaktrace {:.2} µs vs untraced {:.2} µs per goroutine ({}); bpftrace at \
          function entries {} ({} of leaktrace's time); bpftrace at leaktrace's own points {} \
-         (leaktrace takes {} of that). The floor for 3 emulated probe hits is about 3 × 0.7 µs \
-         over untraced.",
+         (leaktrace takes {} of that). With `--detailed` {:.2} µs, bpftrace at the same three \
+         points {} ({}). The floor is about 0.7 µs over untraced per emulated probe hit.",
         lt / 1000.0,
         base / 1000.0,
         ratio(lt, base),
@@ -398,6 +416,9 @@ pub(super) fn section(md: &mut Markdown, plan: &Plan, t: &Tools) -> Result<()> {
         bt_entry.map_or("–".into(), |v| ratio(v, lt)),
         bt_points.map_or("–".into(), |v| format!("{:.2} µs", v / 1000.0)),
         bt_points.map_or("–".into(), |v| ratio(lt, v)),
+        detailed / 1000.0,
+        bt_detailed.map_or("–".into(), |v| format!("{:.2} µs", v / 1000.0)),
+        bt_detailed.map_or("–".into(), |v| ratio(detailed, v)),
     ));
     md.line(
         "Breakdown (same rounds): leaktrace attached by pid but stopped, so its probes run and \

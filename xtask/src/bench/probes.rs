@@ -52,12 +52,7 @@ impl Probe {
 }
 
 /// The points the leaktrace binary `leaktrace` would probe in `program`
-/// in its default mode.
-pub(super) fn explain(leaktrace: &Path, program: &Path) -> Result<Listing> {
-    explain_with(leaktrace, program, &[])
-}
-
-/// The same with more of leaktrace's options (e.g. `--detailed`).
+/// with these options (e.g. `--detailed`; none: its default mode).
 pub(super) fn explain_with(leaktrace: &Path, program: &Path, options: &[&str]) -> Result<Listing> {
     let (status, out, err) = capture(
         Command::new(leaktrace)

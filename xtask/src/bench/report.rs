@@ -31,8 +31,11 @@ pub(super) struct Events {
 }
 
 impl Events {
+    /// Go's records: spawns, exits and (with `--detailed`, else absent)
+    /// parks.
     pub(super) fn delivered(&self) -> f64 {
-        self.spawn + self.park + self.exit
+        let park = if self.park.is_nan() { 0.0 } else { self.park };
+        self.spawn + park + self.exit
     }
 }
 

@@ -81,7 +81,8 @@ pub(super) fn build_tools(
     // is measured; a listing this benchmark cannot use (or no objcopy)
     // only drops those rows, as the text of the results says.
     let churn_points = if sections.contains(&Section::Churn) {
-        let listing = probes::explain(&leaktrace, &churn)?;
+        // Every point, park's too (armed with --detailed only).
+        let listing = probes::explain_with(&leaktrace, &churn, &["--detailed"])?;
         match churn::points(&listing, &churn) {
             Ok(p) => Some(p),
             Err(e) => {

@@ -14,7 +14,8 @@ pub struct Placement {
     pub warnings: Vec<String>,
 }
 
-pub fn place_probes(bin: &GoBinary) -> Result<Placement> {
+/// The spawn and exit probes, and the park probe when `detailed`.
+pub fn place_probes(bin: &GoBinary, detailed: bool) -> Result<Placement> {
     let code_at = |va: u64, len: usize| bin.elf.read_va(va, len).map(<[u8]>::to_vec);
     let func = |name: &str| bin.symbols.function(name).map(|f| (f.entry, f.end));
     let plan = plan_probes(&code_at, &func)
@@ -47,7 +48,8 @@ pub fn place_probes(bin: &GoBinary) -> Result<Placement> {
             },
         })
     };
-    for p in [&plan.park, &plan.exit] {
+    let park = detailed.then_some(&plan.park);
+    for p in park.into_iter().chain([&plan.exit]) {
         if !p.emulated {
             warnings.push(format!(
                 "{}: no emulated instruction in the prologue; this probe is single-stepped (slower)",
@@ -60,7 +62,9 @@ pub fn place_probes(bin: &GoBinary) -> Result<Placement> {
         .iter()
         .map(|p| planned(p, "go_spawn", "spawn", cookie))
         .collect::<Result<Vec<_>>>()?;
-    probes.push(planned(&plan.park, "go_park", "park", 0)?);
+    if let Some(park) = park {
+        probes.push(planned(park, "go_park", "park", 0)?);
+    }
     probes.push(planned(&plan.exit, "go_exit", "exit", 0)?);
     Ok(Placement { probes, warnings })
 }

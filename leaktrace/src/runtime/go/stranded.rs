@@ -210,7 +210,8 @@ impl StrandedCheck {
             .iter()
             .filter_map(|g| Some((*g, (*parks.get(g)?, Stranded::Unreachable))))
             .collect();
-        // When each blocked, as the park probe saw it.
+        // When each blocked, as the park probe saw it (`--detailed`), and
+        // when each was created, as the spawn probe saw it.
         let parked_at: HashMap<u64, u64> = views
             .iter()
             .filter_map(|v| match v.blocked_since {
@@ -218,6 +219,22 @@ impl StrandedCheck {
                 _ => None,
             })
             .collect();
+        let spawned_at: HashMap<u64, u64> = views
+            .iter()
+            .filter_map(|v| match v.alive_since {
+                Since::Exact(t) => Some((v.key, t)),
+                Since::AtMost(_) => None,
+            })
+            .collect();
+        let together = |at: &HashMap<u64, u64>, cycle: &[u64]| {
+            let times: Option<Vec<u64>> = cycle.iter().map(|g| at.get(g).copied()).collect();
+            times.is_some_and(|t| {
+                t.iter()
+                    .max()
+                    .zip(t.iter().min())
+                    .is_some_and(|(hi, lo)| hi - lo <= CYCLE_WINDOW_NS)
+            })
+        };
         for cycle in &found.cycles {
             // "Holds the channel" comes from a conservative scan, and a
             // stack reused from a goroutine that died keeps that one's
@@ -225,14 +242,14 @@ impl StrandedCheck {
             // separate calls can seem to hold each other's channels. Goroutines
             // that block each other block together, so a cycle is only
             // called a deadlock when every member was seen parking within
-            // CYCLE_WINDOW_NS of the others.
-            let times: Option<Vec<u64>> = cycle.iter().map(|g| parked_at.get(g).copied()).collect();
-            let together = times.is_some_and(|t| {
-                t.iter()
-                    .max()
-                    .zip(t.iter().min())
-                    .is_some_and(|(hi, lo)| hi - lo <= CYCLE_WINDOW_NS)
-            });
+            // CYCLE_WINDOW_NS of the others; or, the park probe not armed
+            // (no `--detailed`), seen created within it of the others (one
+            // call's goroutines, like the two halves of a transfer). A cycle
+            // whose members were made apart is then left unreachable, not
+            // called a deadlock: a miss rather than a guess.
+            let unparked = cycle.iter().all(|g| !parked_at.contains_key(g));
+            let together =
+                together(&parked_at, cycle) || (unparked && together(&spawned_at, cycle));
             if !together {
                 continue;
             }

@@ -19,7 +19,7 @@ use super::{
 use crate::{
     probes::{Global, Probes, ring::decode_record},
     runtime::{
-        AtExit, Attached, BudgetProbe, Counter, Description, LifetimeStats, Lifetimes,
+        AtExit, Attached, BudgetProbe, Counter, Description, LifetimeStats, Lifetimes, NotArmed,
         PlannedProbe, Runtime, RuntimeKind, Shown, TaskCounts, TaskView,
     },
     symbols::{Frame, debuginfo::Search},
@@ -55,7 +55,9 @@ pub struct GoRuntime {
     stranded: StrandedCheck,
     /// The exit walk's ring size, when not its default.
     exit_ring_bytes: Option<u32>,
-    /// The overhead budget's shedding step (see [`GO_BUDGET_PROBES`]).
+    /// `--detailed`: the park probe is armed (exact blocked-since times).
+    detailed: bool,
+    /// The overhead budget's shedding step (see [`go_budget_probes`]).
     step: u8,
     /// Walk `runtime.allgs` at the next refresh even with the spawn probe
     /// armed: it was just re-attached, and goroutines born before it was
@@ -72,42 +74,60 @@ pub struct GoRuntime {
     said_rescan_capped: bool,
 }
 
-/// The Go probes, costliest first: park fires at every block (often tens
-/// of times per goroutine), spawn and exit once per goroutine each.
-const GO_BUDGET_PROBES: [(&str, BudgetProbe); 3] = [
-    (
+/// What is approximate without the park probe (a macro: `concat!` takes
+/// it, for the shed and the not-armed wording).
+macro_rules! without_park {
+    () => {
+        "blocked durations are known to a refresh (≥), and a goroutine that woke and \
+         blocked again at the same place between two refreshes counts as blocked since the \
+         first"
+    };
+}
+
+/// The Go probes the budget may shed, costliest first: park fires at every
+/// block (often tens of times per goroutine), spawn and exit once per
+/// goroutine each. Park is one of them only with `--detailed` (armed by
+/// choice); spawn and exit are then the second step, else the first.
+fn go_budget_probes(detailed: bool) -> Vec<(&'static str, BudgetProbe)> {
+    let park = (
         "go_park",
         BudgetProbe {
             name: "park",
             slot: slot::GO_PARK,
             shed_at: 1,
-            when_shed: "park probe shed: blocked durations are known to a refresh (≥), and a \
-                        goroutine that woke and blocked again at the same place between two \
-                        refreshes counts as blocked since the first",
+            when_shed: concat!("park probe shed: ", without_park!()),
         },
-    ),
-    (
-        "go_spawn",
-        BudgetProbe {
-            name: "spawn",
-            slot: slot::GO_SPAWN,
-            shed_at: 2,
-            when_shed: "spawn and exit probes shed: goroutines are found by walking \
-                        runtime.allgs at each refresh, so spawned and exited counts are lower \
-                        bounds, ages are known to a refresh (≥), goroutines shorter than a \
-                        refresh are unseen and lifetimes are not recorded",
-        },
-    ),
-    (
-        "go_exit",
-        BudgetProbe {
-            name: "exit",
-            slot: slot::GO_EXIT,
-            shed_at: 2,
-            when_shed: "",
-        },
-    ),
-];
+    );
+    let step = u8::from(detailed) + 1;
+    let lifecycle = [
+        (
+            "go_spawn",
+            BudgetProbe {
+                name: "spawn",
+                slot: slot::GO_SPAWN,
+                shed_at: step,
+                when_shed: "spawn and exit probes shed: goroutines are found by walking \
+                            runtime.allgs at each refresh, so spawned and exited counts are \
+                            lower bounds, ages are known to a refresh (≥), goroutines shorter \
+                            than a refresh are unseen and lifetimes are not recorded",
+            },
+        ),
+        (
+            "go_exit",
+            BudgetProbe {
+                name: "exit",
+                slot: slot::GO_EXIT,
+                shed_at: step,
+                when_shed: "",
+            },
+        ),
+    ];
+    detailed
+        .then_some(park)
+        .into_iter()
+        .chain(lifecycle)
+        .collect()
+}
 
 impl GoRuntime {
     pub fn open(path: &Path, debug: &Search) -> Result<Self, InspectError> {
@@ -121,6 +141,7 @@ impl GoRuntime {
             snapshot_ns: 0,
             final_walk: None,
             exit_ring_bytes: None,
+            detailed: false,
             step: 0,
             rescan_pending: false,
             walk_rate: None,
@@ -137,6 +158,18 @@ impl GoRuntime {
             exit_ring_bytes: bytes,
             ..self
         }
+    }
+
+    /// `--detailed`: arm the park probe too.
+    pub fn with_detailed(self, detailed: bool) -> Self {
+        Self { detailed, ..self }
+    }
+
+    /// The budget has shed the spawn probe: goroutines are found in allgs.
+    fn spawn_shed(&self) -> bool {
+        go_budget_probes(self.detailed)
+            .iter()
+            .any(|(_, p)| p.name == "spawn" && self.step >= p.shed_at)
     }
 
     /// The load bias, found once the process runs the binary (with `-c`,
@@ -169,11 +202,11 @@ impl Runtime for GoRuntime {
     }
 
     fn plan(&self) -> Result<Vec<PlannedProbe>> {
-        Ok(place_probes(&self.bin)?.probes)
+        Ok(place_probes(&self.bin, self.detailed)?.probes)
     }
 
     fn attach(&mut self, probes: &mut Probes, exe: &Path, pid: u32) -> Result<Attached> {
-        let placement = place_probes(&self.bin)?;
+        let placement = place_probes(&self.bin, self.detailed)?;
         for program in ["go_spawn", "go_park", "go_exit"] {
             let points: Vec<_> = placement
                 .probes
@@ -181,12 +214,29 @@ impl Runtime for GoRuntime {
                 .filter(|p| p.program == program)
                 .map(|p| p.point.clone())
                 .collect();
+            if points.is_empty() {
+                // go_park without --detailed.
+                continue;
+            }
             probes.attach(program, &points, exe, pid)?;
         }
-        self.reader = Some(GoReader::new(self.bin.clone(), pid, 0));
+        let mut reader = GoReader::new(self.bin.clone(), pid, 0);
+        // No park probe by default: the refreshes date blocks (≥).
+        reader.parks_by_memory = !self.detailed;
+        self.reader = Some(reader);
         self.snapshot_ns = monotonic_ns();
         let mut warnings = self.bin.warnings();
         warnings.extend(placement.warnings);
+        if !self.detailed {
+            warnings.push(
+                concat!(
+                    "go: parks are not probed (--detailed probes each one for exact blocked-since \
+                     times): ",
+                    without_park!()
+                )
+                .to_string(),
+            );
+        }
         // Before a `-c` child runs, like the other probes.
         let mut walk_options = FinalWalkOptions::default();
         if let Some(bytes) = self.exit_ring_bytes {
@@ -252,10 +302,11 @@ impl Runtime for GoRuntime {
         if self.locate(pid).is_none() {
             return Ok(false);
         }
+        let walk_allgs = self.spawn_shed() || std::mem::take(&mut self.rescan_pending);
         let Some(reader) = self.reader.as_mut() else {
             return Ok(false);
         };
-        if self.step >= 2 || std::mem::take(&mut self.rescan_pending) {
+        if walk_allgs {
             // No spawn probe: new goroutines are found in allgs.
             let at = match self.allgs_at.take() {
                 Some(at) => at,
@@ -287,12 +338,18 @@ impl Runtime for GoRuntime {
     }
 
     fn counts(&self) -> TaskCounts {
-        let mut extra = vec![Counter {
-            name: "park",
-            label: "parks",
-            value: self.table.counts.park,
-            shown: Shown::Headline,
-        }];
+        // Parks are counted by the park probe only (`--detailed`): without
+        // it there is no count, rather than a zero.
+        let mut extra: Vec<Counter> = self
+            .detailed
+            .then_some(Counter {
+                name: "park",
+                label: "parks",
+                value: self.table.counts.park,
+                shown: Shown::Headline,
+            })
+            .into_iter()
+            .collect();
         if self.table.found > 0 {
             extra.push(Counter {
                 name: "found",
@@ -310,14 +367,28 @@ impl Runtime for GoRuntime {
     }
 
     fn budget_probes(&self) -> Vec<BudgetProbe> {
-        GO_BUDGET_PROBES.iter().map(|(_, p)| *p).collect()
+        go_budget_probes(self.detailed)
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect()
+    }
+
+    fn not_armed(&self) -> Vec<NotArmed> {
+        if self.detailed {
+            return Vec::new();
+        }
+        vec![NotArmed {
+            name: "park",
+            armed_by: "--detailed",
+            approximate: without_park!(),
+        }]
     }
 
     fn shed(&mut self, probes: &mut Probes, step: u8) -> Result<()> {
-        if step >= 1 && self.step == 0 {
+        if self.detailed && step >= 1 && self.step == 0 {
             self.table.parks_become_bounds();
         }
-        for (program, p) in GO_BUDGET_PROBES {
+        for (program, p) in go_budget_probes(self.detailed) {
             let was = self.step >= p.shed_at;
             let now = step >= p.shed_at;
             if now && !was {
@@ -329,14 +400,14 @@ impl Runtime for GoRuntime {
                 }
             }
         }
-        if step < 2 {
+        self.step = step;
+        if !self.spawn_shed() {
             self.walk_rate = None;
             self.last_walk = None;
         }
         if let Some(reader) = self.reader.as_mut() {
-            reader.parks_by_memory = step >= 1;
+            reader.parks_by_memory = !self.detailed || step >= 1;
         }
-        self.step = step;
         Ok(())
     }
 

@@ -14,8 +14,8 @@ use super::{binary::TokioError, spawn_sites::SpawnSites, tracer::TokioTracer};
 use crate::{
     probes::{Global, Probes, ring::decode_record},
     runtime::{
-        Attached, BudgetProbe, Counter, Description, Lifetimes, Options, PlannedProbe, Runtime,
-        RuntimeKind, Shown, TaskCounts, TaskView,
+        Attached, BudgetProbe, Counter, Description, Lifetimes, NotArmed, Options, PlannedProbe,
+        Runtime, RuntimeKind, Shown, TaskCounts, TaskView,
     },
     symbols::Frame,
     target::clock::monotonic_ns,
@@ -203,14 +203,17 @@ impl Runtime for TokioRuntime {
     /// point (the cookie says which event), so shedding polls and wakes
     /// would need links of their own (not done yet).
     fn budget_probes(&self) -> Vec<BudgetProbe> {
+        let detailed = [
+            ("poll", TokioEventKind::Poll),
+            ("wake", TokioEventKind::Wake),
+        ];
         [
             ("spawn", TokioEventKind::Spawn),
             ("complete", TokioEventKind::Complete),
             ("shutdown", TokioEventKind::Shutdown),
-            ("poll", TokioEventKind::Poll),
-            ("wake", TokioEventKind::Wake),
         ]
         .into_iter()
+        .chain(detailed.into_iter().filter(|_| self.options.detailed))
         .map(|(name, kind)| BudgetProbe {
             name,
             slot: slot::TOKIO_BASE + (kind as u32 & 7),
@@ -218,6 +221,19 @@ impl Runtime for TokioRuntime {
             when_shed: "",
         })
         .collect()
+    }
+
+    fn not_armed(&self) -> Vec<NotArmed> {
+        if self.options.detailed {
+            return Vec::new();
+        }
+        ["poll", "wake"]
+            .map(|name| NotArmed {
+                name,
+                armed_by: "--detailed",
+                approximate: "idle durations are known to a refresh (≥)",
+            })
+            .to_vec()
     }
 
     fn lifetimes(&self) -> Vec<(Frame, Lifetimes)> {
