@@ -1,6 +1,6 @@
 //! What every runtime hands the rest of leaktrace about one task: its view
 //! at a refresh. Aggregation and reports see only these types.
-use std::sync::Arc;
+use std::{num::NonZeroU64, sync::Arc};
 
 use crate::symbols::Frame;
 
@@ -88,6 +88,11 @@ pub struct TaskView {
     /// proven, or not looked at.
     pub stranded: Option<Stranded>,
 }
+
+// Two lists of views of every live task exist during a refresh (see
+// `Since`): every word here is 16 bytes per task.
+const _: () = assert!(size_of::<TaskView>() <= 80);
+const _: () = assert!(size_of::<Option<Since>>() == 8);
 
 /// What a heap walk proved about a blocked task.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -204,22 +209,55 @@ impl ChanTimer {
 
 /// A point in time (CLOCK_MONOTONIC ns) that is either exact or only an
 /// upper bound on the start (so durations derived from it are lower bounds).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Since {
-    /// Seen by a probe.
-    Exact(u64),
-    /// Known to have started no later than this.
-    AtMost(u64),
-}
+///
+/// One word, never zero: a view carries two of these (one optional), and a
+/// refresh of a million tasks keeps two lists of views (the session's and
+/// the one being read), so an enum's 16 bytes, 16 more for the `Option`,
+/// were 64 bytes per task. The top bit is always set (the niche that makes
+/// `Option<Since>` one word too), the next says "at most"; times are
+/// clamped to 2⁶² ns (146 years of uptime).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Since(NonZeroU64);
 
+const SINCE_SET: u64 = 1 << 63;
+const SINCE_AT_MOST: u64 = 1 << 62;
+const SINCE_NS: u64 = SINCE_AT_MOST - 1;
+
+// Named like the enum variants they stand for, so that building one reads
+// the same as matching on `is_lower_bound`.
+#[allow(non_snake_case)]
 impl Since {
+    /// Seen by a probe.
+    pub fn Exact(ns: u64) -> Self {
+        Self::pack(ns, 0)
+    }
+    /// Known to have started no later than this.
+    pub fn AtMost(ns: u64) -> Self {
+        Self::pack(ns, SINCE_AT_MOST)
+    }
+    fn pack(ns: u64, flag: u64) -> Self {
+        Self(NonZeroU64::new(SINCE_SET | flag | ns.min(SINCE_NS)).expect("top bit set"))
+    }
     pub fn ns(self) -> u64 {
-        match self {
-            Self::Exact(t) | Self::AtMost(t) => t,
-        }
+        self.0.get() & SINCE_NS
     }
     pub fn is_lower_bound(self) -> bool {
-        matches!(self, Self::AtMost(_))
+        self.0.get() & SINCE_AT_MOST != 0
+    }
+    /// The time when exact, None when only a bound.
+    pub fn exact(self) -> Option<u64> {
+        (!self.is_lower_bound()).then_some(self.ns())
+    }
+}
+
+impl std::fmt::Debug for Since {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = if self.is_lower_bound() {
+            "AtMost"
+        } else {
+            "Exact"
+        };
+        f.debug_tuple(name).field(&self.ns()).finish()
     }
 }
 

@@ -537,11 +537,25 @@ impl ChanReader {
         Some(&mut self.parks[i].1)
     }
 
-    /// What each waiter waits on, in `waiters` order. Blocked senders and
-    /// receivers are counted per channel over all the waiters given (all
-    /// live goroutines): exact for those read, where a select case's
-    /// direction is known.
+    /// What each waiter waits on, in `waiters` order (see [`Self::read_each`]).
     pub fn read(&mut self, mem: &dyn ReadMem, waiters: &[Waiter]) -> Vec<ChanRead> {
+        let mut out = Vec::with_capacity(waiters.len());
+        self.read_each(mem, waiters, &mut |_, r| out.push(r));
+        out
+    }
+
+    /// What each waiter waits on: `f(i, read)` for each, in `waiters`
+    /// order, and nothing kept per waiter meanwhile (the caller stores it
+    /// where it goes: a million waiters, no second list). Blocked senders
+    /// and receivers are counted per channel over all the waiters given
+    /// (all live goroutines): exact for those read, where a select case's
+    /// direction is known.
+    pub fn read_each(
+        &mut self,
+        mem: &dyn ReadMem,
+        waiters: &[Waiter],
+        f: &mut dyn FnMut(usize, ChanRead),
+    ) {
         let l = self.layout;
         self.stats = ReadStats {
             waiters: waiters.len(),
@@ -684,7 +698,6 @@ impl ChanReader {
             fresh[i] = true;
         }
         let mut nil: [Option<Arc<[ChanWait]>>; 2] = [None, None];
-        let mut out = Vec::with_capacity(waiters.len());
         // The parks not used now go; the new ones go at the end, exactly
         // as many as were read, and the list is sorted again.
         self.parks.retain(|p| p.1.used == generation);
@@ -759,10 +772,13 @@ impl ChanReader {
                 None if is_chan_op(w) => self.stats.dropped += 1,
                 None => {}
             }
-            out.push(ChanRead {
-                waits,
-                fresh: is_fresh,
-            });
+            f(
+                i,
+                ChanRead {
+                    waits,
+                    fresh: is_fresh,
+                },
+            );
         }
         if self.parks.len() > kept {
             self.parks.sort_unstable_by_key(|p| p.0);
@@ -770,7 +786,6 @@ impl ChanReader {
         if self.parks.capacity() > 2 * self.parks.len() + 4096 {
             self.parks.shrink_to_fit();
         }
-        out
     }
 
     /// The sudog addresses (the `g.waiting` list) of each of the waiters

@@ -14,7 +14,7 @@ use super::{
     reader::GHeader,
     wait_reason::gstatus,
 };
-use crate::runtime::task::{Since, Stranded, TaskState, TaskView};
+use crate::runtime::task::{Stranded, TaskState, TaskView};
 use crate::target::memory::Memory;
 
 /// Goroutines blocked on a channel for less than this are not candidates:
@@ -213,10 +213,7 @@ impl StrandedCheck {
         // When each blocked, as the park probe saw it.
         let parked_at: HashMap<u64, u64> = views
             .iter()
-            .filter_map(|v| match v.blocked_since {
-                Some(Since::Exact(t)) => Some((v.key, t)),
-                _ => None,
-            })
+            .filter_map(|v| Some((v.key, v.blocked_since?.exact()?)))
             .collect();
         for cycle in &found.cycles {
             // "Holds the channel" comes from a conservative scan, and a

@@ -424,7 +424,7 @@ impl TokioTracer {
                 self.totals.complete += 1;
                 if self.tasks.get(&ev.header).is_some_and(|t| t.id == ev.id) {
                     if let Some(t) = self.tasks.remove(&ev.header)
-                        && let Since::Exact(born) = t.alive_since
+                        && let Some(born) = t.alive_since.exact()
                     {
                         let site = self.created_by(&t);
                         self.lifetimes
