@@ -18,7 +18,7 @@ use anyhow::{Result, bail};
 
 pub use task::{
     ChanDir, ChanState, ChanTimer, ChanWait, LifetimeStats, Lifetimes, Place, Since, Stranded,
-    TaskState, TaskView, no_chan_waits, no_frames,
+    StrandedMark, TaskState, TaskView, no_chan_waits, no_frames,
 };
 
 use crate::{

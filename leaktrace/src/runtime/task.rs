@@ -84,14 +84,14 @@ pub struct TaskView {
     /// several). Empty when it waits on none, or they could not be read.
     pub waits_on: Arc<[ChanWait]>,
     /// Proven never to wake by a walk of the target's memory (Go: nothing
-    /// that can still run reaches the channels it waits on). `None`: not
-    /// proven, or not looked at.
-    pub stranded: Option<Stranded>,
+    /// that can still run reaches the channels it waits on). None (the
+    /// default): not proven, or not looked at.
+    pub stranded: StrandedMark,
 }
 
 // Two lists of views of every live task exist during a refresh (see
 // `Since`): every word here is 16 bytes per task.
-const _: () = assert!(size_of::<TaskView>() <= 80);
+const _: () = assert!(size_of::<TaskView>() <= 72);
 const _: () = assert!(size_of::<Option<Since>>() == 8);
 
 /// What a heap walk proved about a blocked task.
@@ -103,6 +103,32 @@ pub enum Stranded {
     /// waits on while they wait for it: a deadlock among them, named by one
     /// member's key.
     Deadlock(u64),
+}
+
+/// An `Option<Stranded>` in one word (an enum with a payload takes two):
+/// 0 none, `u64::MAX` unreachable, any other value the key naming the
+/// deadlock (keys are addresses or ids, never 0 or `u64::MAX`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct StrandedMark(u64);
+
+impl StrandedMark {
+    pub fn get(self) -> Option<Stranded> {
+        match self.0 {
+            0 => None,
+            u64::MAX => Some(Stranded::Unreachable),
+            key => Some(Stranded::Deadlock(key)),
+        }
+    }
+}
+
+impl From<Option<Stranded>> for StrandedMark {
+    fn from(s: Option<Stranded>) -> Self {
+        Self(match s {
+            None => 0,
+            Some(Stranded::Deadlock(key)) if key != 0 => key,
+            Some(_) => u64::MAX,
+        })
+    }
 }
 
 impl TaskView {

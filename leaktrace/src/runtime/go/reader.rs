@@ -742,7 +742,7 @@ impl GoReader {
             blocked_since,
             alive_since,
             waits_on: no_chan_waits(),
-            stranded: None,
+            stranded: Default::default(),
         }
     }
 

@@ -245,7 +245,7 @@ impl StrandedCheck {
                 (now.get(&v.key), self.previous.get(&v.key))
                 && park == before
             {
-                v.stranded = Some(*what);
+                v.stranded = Some(*what).into();
             }
         }
         self.previous = std::mem::take(&mut now);

@@ -864,7 +864,7 @@ impl TokioTracer {
                 alive_since: t.alive_since,
                 stack_unstable: false,
                 waits_on: no_chan_waits(),
-                stranded: None,
+                stranded: Default::default(),
             });
         }
         views
