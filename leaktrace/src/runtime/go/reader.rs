@@ -493,12 +493,22 @@ impl GoReader {
         views.reserve(table.len());
         // Channel waiters, and for each its view's index and a digest of
         // the header the view was made from (to see whether it moved).
-        let mut waiters: Vec<Waiter> = Vec::new();
-        let mut at: Vec<(u32, u64)> = Vec::new();
+        // Room for every task up front: pages never written are never
+        // resident, and growing by doubling would copy (and briefly hold
+        // twice) lists of a million.
+        let mut waiters: Vec<Waiter> = Vec::with_capacity(table.len());
+        let mut at: Vec<(u32, u64)> = Vec::with_capacity(table.len());
         let mut dead_twice = Vec::new();
-        let (tasks, origins) = table.tasks_and_origins();
-        let mut tasks: Vec<&mut LiveTask> = tasks.collect();
-        for chunk in tasks.chunks_mut(CHUNK) {
+        let (mut tasks, origins) = table.tasks_and_origins();
+        // One batch of rows at a time, not a list of all of them.
+        let mut chunk: Vec<&mut LiveTask> = Vec::with_capacity(CHUNK);
+        loop {
+            chunk.clear();
+            chunk.extend(tasks.by_ref().take(CHUNK));
+            if chunk.is_empty() {
+                break;
+            }
+            let chunk = &mut chunk[..];
             let read = self.read_chunk(chunk, &mut dead_twice);
             for ((task, h), (walk, unstable)) in chunk.iter().zip(read.headers).zip(read.walks) {
                 let Some(h) = h else { continue };
@@ -524,7 +534,7 @@ impl GoReader {
                 views.push(view);
             }
         }
-        drop(tasks);
+        drop((chunk, tasks));
         for key in dead_twice {
             table.remove_dead(key);
         }
