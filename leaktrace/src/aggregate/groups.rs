@@ -290,7 +290,7 @@ mod tests {
             blocked_since: since,
             alive_since: since.unwrap_or(Since::Exact(0)),
             stack_unstable: false,
-            waits_on: Arc::from([]),
+            waits_on: Default::default(),
             stranded: Default::default(),
         }
     }

@@ -82,7 +82,7 @@ pub struct TaskView {
     /// The channels a task blocked on a channel operation (Go: chan send,
     /// chan receive, select) waits on, one per operation (a select has
     /// several). Empty when it waits on none, or they could not be read.
-    pub waits_on: Arc<[ChanWait]>,
+    pub waits_on: ChanWaits,
     /// Proven never to wake by a walk of the target's memory (Go: nothing
     /// that can still run reaches the channels it waits on). None (the
     /// default): not proven, or not looked at.
@@ -91,7 +91,7 @@ pub struct TaskView {
 
 // Two lists of views of every live task exist during a refresh (see
 // `Since`): every word here is 16 bytes per task.
-const _: () = assert!(size_of::<TaskView>() <= 72);
+const _: () = assert!(size_of::<TaskView>() <= 64);
 const _: () = assert!(size_of::<Option<Since>>() == 8);
 
 /// What a heap walk proved about a blocked task.
@@ -142,9 +142,54 @@ impl TaskView {
 
 /// One empty channel list, shared: most views wait on no channel, and an
 /// empty `Arc<[_]>` of their own would cost an allocation each.
-pub fn no_chan_waits() -> Arc<[ChanWait]> {
-    static EMPTY: std::sync::OnceLock<Arc<[ChanWait]>> = std::sync::OnceLock::new();
-    EMPTY.get_or_init(|| Arc::from([])).clone()
+pub fn no_chan_waits() -> ChanWaits {
+    static EMPTY: std::sync::OnceLock<ChanWaits> = std::sync::OnceLock::new();
+    EMPTY.get_or_init(|| ChanWaits::from([])).clone()
+}
+
+/// The channel operations one task waits in, shared by the tasks that wait
+/// in the same (one list per channel and direction, built once a refresh).
+/// A thin pointer: a slice's `Arc` is two words, 16 bytes per task while
+/// a refresh holds two lists of views.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ChanWaits(Arc<Box<[ChanWait]>>);
+
+impl std::ops::Deref for ChanWaits {
+    type Target = [ChanWait];
+    fn deref(&self) -> &[ChanWait] {
+        &self.0
+    }
+}
+
+impl ChanWaits {
+    /// The same shared list (not only equal contents).
+    pub fn ptr_eq(a: &Self, b: &Self) -> bool {
+        Arc::ptr_eq(&a.0, &b.0)
+    }
+}
+
+impl Default for ChanWaits {
+    fn default() -> Self {
+        no_chan_waits()
+    }
+}
+
+impl FromIterator<ChanWait> for ChanWaits {
+    fn from_iter<I: IntoIterator<Item = ChanWait>>(iter: I) -> Self {
+        Self(Arc::new(iter.into_iter().collect()))
+    }
+}
+
+impl From<Vec<ChanWait>> for ChanWaits {
+    fn from(v: Vec<ChanWait>) -> Self {
+        Self(Arc::new(v.into_boxed_slice()))
+    }
+}
+
+impl<const N: usize> From<[ChanWait; N]> for ChanWaits {
+    fn from(a: [ChanWait; N]) -> Self {
+        Self(Arc::new(Box::new(a)))
+    }
 }
 
 /// One empty stack, shared, for the same reason.

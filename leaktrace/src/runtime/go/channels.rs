@@ -27,7 +27,7 @@ use std::{
 };
 
 use super::chan_layout::ChanLayout;
-use crate::runtime::{ChanDir, ChanState, ChanTimer, ChanWait};
+use crate::runtime::{ChanDir, ChanState, ChanTimer, ChanWait, ChanWaits};
 use crate::target::memory::Memory;
 
 /// Select cases followed per goroutine at most.
@@ -478,7 +478,7 @@ struct Slot {
     fresh: bool,
     timer: Option<ChanTimer>,
     /// By direction × select.
-    shared: [Option<Arc<[ChanWait]>>; 6],
+    shared: [Option<ChanWaits>; 6],
 }
 
 impl Slot {
@@ -501,7 +501,7 @@ impl Slot {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChanRead {
     /// `None` when its sudogs did not check out.
-    pub waits: Option<Arc<[ChanWait]>>,
+    pub waits: Option<ChanWaits>,
     /// Read from memory now (not from an earlier refresh): the caller must
     /// check that the goroutine did not move meanwhile, and
     /// [`ChanReader::reject`] it if it did.
@@ -743,7 +743,7 @@ impl ChanReader {
         for i in uncached {
             fresh[i] = true;
         }
-        let mut nil: [Option<Arc<[ChanWait]>>; 2] = [None, None];
+        let mut nil: [Option<ChanWaits>; 2] = [None, None];
         // The new parks go at the end, exactly as many as were read (the
         // entries `cases` names stay where they are meanwhile); then the
         // parks not used now go, and the list is sorted again.
@@ -753,7 +753,7 @@ impl ChanReader {
         for (i, w) in waiters.iter().enumerate() {
             let select = w.op == WaitOp::Select;
             let c = cases.get(&self.parks, i).cloned();
-            let waits: Option<Arc<[ChanWait]>> = match (w.op, &c) {
+            let waits: Option<ChanWaits> = match (w.op, &c) {
                 (WaitOp::NilSend | WaitOp::NilRecv, _) => {
                     let (k, dir) = if w.op == WaitOp::NilSend {
                         (0, ChanDir::Send)
@@ -763,7 +763,7 @@ impl ChanReader {
                     Some(
                         nil[k]
                             .get_or_insert_with(|| {
-                                Arc::from([ChanWait {
+                                ChanWaits::from([ChanWait {
                                     chan: 0,
                                     dir,
                                     select: false,
@@ -780,7 +780,7 @@ impl ChanReader {
                     Some(
                         slot.shared[k]
                             .get_or_insert_with(|| {
-                                Arc::from([ChanWait {
+                                ChanWaits::from([ChanWait {
                                     chan: c[0].chan,
                                     dir: c[0].dir,
                                     select,
@@ -1225,7 +1225,7 @@ mod tests {
                 assert_eq!((st.senders, st.receivers, st.counts_complete), (3, 0, true));
                 assert_eq!((st.cap, st.len, st.timer), (0, 0, ChanTimer::No));
             }
-            assert!(Arc::ptr_eq(
+            assert!(ChanWaits::ptr_eq(
                 out[0].waits.as_ref().unwrap(),
                 out[2].waits.as_ref().unwrap()
             ));
