@@ -84,8 +84,8 @@ impl Memory {
     }
 
     /// Like [`Self::read_each`], with a length per address (stacks of many
-    /// goroutines at once): at most `MAX_IOV` remote ranges and
-    /// `MAX_BATCH_BYTES` (or one larger piece) per `process_vm_readv`.
+    /// goroutines at once): at most `MAX_IOV` pieces and `MAX_BATCH_BYTES`
+    /// (or one larger piece) per `process_vm_readv`.
     ///
     /// Pieces that follow each other in the target within `MERGE_GAP`
     /// bytes are read as one range (the bytes between are read and
@@ -97,9 +97,9 @@ impl Memory {
     /// never makes a readable piece unreadable.
     pub fn read_spans(&self, spans: &[(u64, usize)], f: &mut dyn FnMut(usize, Option<&[u8]>)) {
         let mut buf: Vec<u8> = Vec::new();
-        let mut ranges: Vec<(u64, usize)> = Vec::new();
+        let mut ranges: Vec<(u64, usize)> = Vec::with_capacity(MAX_IOV.min(spans.len()));
         // Where each piece of the batch starts in `buf`.
-        let mut offs: Vec<usize> = Vec::new();
+        let mut offs: Vec<usize> = Vec::with_capacity(MAX_IOV.min(spans.len()));
         let mut start = 0;
         while start < spans.len() {
             ranges.clear();
@@ -113,9 +113,7 @@ impl Memory {
                     (gap <= MERGE_GAP).then_some(gap as usize)
                 });
                 let add = gap.map_or(len, |g| g + len);
-                if end > start
-                    && (bytes + add > MAX_BATCH_BYTES || (gap.is_none() && ranges.len() == MAX_IOV))
-                {
+                if end - start == MAX_IOV || (end > start && bytes + add > MAX_BATCH_BYTES) {
                     break;
                 }
                 match (gap, ranges.last_mut()) {
