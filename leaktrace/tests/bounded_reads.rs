@@ -220,6 +220,32 @@ fn an_array_that_ends_early_stops_the_read() {
 /// `process_vm_readv` batch, 1 MiB, or one g if larger), iovecs, slack.
 const ALLOC_BOUND: usize = BATCH * (8 + 8 + 16 + 32) + (1 << 20) + (64 << 10);
 
+/// g's allocated one after the other, as the runtime allocates them, are
+/// read as merged ranges (`Memory::read_spans`): every goid comes back
+/// once, and the reader stays under the same bound.
+#[test]
+fn side_by_side_gs_are_read_whole_within_the_bound() {
+    let l = layout();
+    let goids: Vec<u64> = (1..=20_000).collect();
+    let fake = FakeGs::new(&goids, &l);
+    let n = goids.len() as u64;
+    let header = [fake.array.as_ptr() as u64, n, n];
+    let (read, peak) = peak_during(|| {
+        let s = read_slice(&mem(), header.as_ptr() as u64, None, l.sizeof_g, None)?;
+        let mut sum = 0u64;
+        for_each_g(&mem(), &s, l.sizeof_g as usize, MAX_ALLGLEN, &mut |_, b| {
+            sum += b.and_then(|b| GHeader::parse(b, &l)).map_or(0, |h| h.goid);
+        })?;
+        anyhow::Ok(sum)
+    });
+    assert_eq!(read.unwrap(), n * (n + 1) / 2, "every goid, once");
+    assert!(
+        peak <= ALLOC_BOUND,
+        "allocated {peak} bytes at the peak, bound {ALLOC_BOUND}"
+    );
+    drop(fake.gs);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 

@@ -344,7 +344,7 @@ mod tests {
             alive_since: Since::Exact(0),
             stack_unstable: false,
             waits_on: waits.into(),
-            stranded: None,
+            stranded: Default::default(),
         }
     }
 

@@ -38,7 +38,7 @@ pub fn partial<'v>(
 ) -> Vec<PartialDeadlock> {
     let mut by_id: BTreeMap<u64, Vec<&TaskView>> = BTreeMap::new();
     for v in views {
-        if let Some(Stranded::Deadlock(id)) = v.stranded {
+        if let Some(Stranded::Deadlock(id)) = v.stranded.get() {
             by_id.entry(id).or_default().push(v);
         }
     }

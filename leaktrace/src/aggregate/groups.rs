@@ -173,8 +173,8 @@ pub fn group<'v>(
             .youngest_s
             .min(now_ns.saturating_sub(v.alive_since.ns()) as f64 / 1e9);
         g.unstable += v.stack_unstable as u32;
-        g.stranded += v.stranded.is_some() as u32;
-        g.deadlocked += matches!(v.stranded, Some(Stranded::Deadlock(_))) as u32;
+        g.stranded += v.stranded.get().is_some() as u32;
+        g.deadlocked += matches!(v.stranded.get(), Some(Stranded::Deadlock(_))) as u32;
         if g.sample_ids.len() < 5 && v.id != 0 {
             g.sample_ids.push(v.id);
         }
@@ -290,8 +290,8 @@ mod tests {
             blocked_since: since,
             alive_since: since.unwrap_or(Since::Exact(0)),
             stack_unstable: false,
-            waits_on: Arc::from([]),
-            stranded: None,
+            waits_on: Default::default(),
+            stranded: Default::default(),
         }
     }
 

@@ -17,8 +17,8 @@ use std::path::Path;
 use anyhow::{Result, bail};
 
 pub use task::{
-    ChanDir, ChanState, ChanTimer, ChanWait, LifetimeStats, Lifetimes, Place, Since, Stranded,
-    TaskState, TaskView, no_chan_waits, no_frames,
+    ChanDir, ChanState, ChanTimer, ChanWait, ChanWaits, LifetimeStats, Lifetimes, Place, Since,
+    Stranded, StrandedMark, TaskState, TaskView, no_chan_waits, no_frames,
 };
 
 use crate::{

@@ -1,6 +1,6 @@
 //! What every runtime hands the rest of leaktrace about one task: its view
 //! at a refresh. Aggregation and reports see only these types.
-use std::sync::Arc;
+use std::{num::NonZeroU64, sync::Arc};
 
 use crate::symbols::Frame;
 
@@ -82,12 +82,17 @@ pub struct TaskView {
     /// The channels a task blocked on a channel operation (Go: chan send,
     /// chan receive, select) waits on, one per operation (a select has
     /// several). Empty when it waits on none, or they could not be read.
-    pub waits_on: Arc<[ChanWait]>,
+    pub waits_on: ChanWaits,
     /// Proven never to wake by a walk of the target's memory (Go: nothing
-    /// that can still run reaches the channels it waits on). `None`: not
-    /// proven, or not looked at.
-    pub stranded: Option<Stranded>,
+    /// that can still run reaches the channels it waits on). None (the
+    /// default): not proven, or not looked at.
+    pub stranded: StrandedMark,
 }
+
+// Two lists of views of every live task exist during a refresh (see
+// `Since`): every word here is 16 bytes per task.
+const _: () = assert!(size_of::<TaskView>() <= 64);
+const _: () = assert!(size_of::<Option<Since>>() == 8);
 
 /// What a heap walk proved about a blocked task.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -98,6 +103,32 @@ pub enum Stranded {
     /// waits on while they wait for it: a deadlock among them, named by one
     /// member's key.
     Deadlock(u64),
+}
+
+/// An `Option<Stranded>` in one word (an enum with a payload takes two):
+/// 0 none, `u64::MAX` unreachable, any other value the key naming the
+/// deadlock (keys are addresses or ids, never 0 or `u64::MAX`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct StrandedMark(u64);
+
+impl StrandedMark {
+    pub fn get(self) -> Option<Stranded> {
+        match self.0 {
+            0 => None,
+            u64::MAX => Some(Stranded::Unreachable),
+            key => Some(Stranded::Deadlock(key)),
+        }
+    }
+}
+
+impl From<Option<Stranded>> for StrandedMark {
+    fn from(s: Option<Stranded>) -> Self {
+        Self(match s {
+            None => 0,
+            Some(Stranded::Deadlock(key)) if key != 0 => key,
+            Some(_) => u64::MAX,
+        })
+    }
 }
 
 impl TaskView {
@@ -111,9 +142,54 @@ impl TaskView {
 
 /// One empty channel list, shared: most views wait on no channel, and an
 /// empty `Arc<[_]>` of their own would cost an allocation each.
-pub fn no_chan_waits() -> Arc<[ChanWait]> {
-    static EMPTY: std::sync::OnceLock<Arc<[ChanWait]>> = std::sync::OnceLock::new();
-    EMPTY.get_or_init(|| Arc::from([])).clone()
+pub fn no_chan_waits() -> ChanWaits {
+    static EMPTY: std::sync::OnceLock<ChanWaits> = std::sync::OnceLock::new();
+    EMPTY.get_or_init(|| ChanWaits::from([])).clone()
+}
+
+/// The channel operations one task waits in, shared by the tasks that wait
+/// in the same (one list per channel and direction, built once a refresh).
+/// A thin pointer: a slice's `Arc` is two words, 16 bytes per task while
+/// a refresh holds two lists of views.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ChanWaits(Arc<Box<[ChanWait]>>);
+
+impl std::ops::Deref for ChanWaits {
+    type Target = [ChanWait];
+    fn deref(&self) -> &[ChanWait] {
+        &self.0
+    }
+}
+
+impl ChanWaits {
+    /// The same shared list (not only equal contents).
+    pub fn ptr_eq(a: &Self, b: &Self) -> bool {
+        Arc::ptr_eq(&a.0, &b.0)
+    }
+}
+
+impl Default for ChanWaits {
+    fn default() -> Self {
+        no_chan_waits()
+    }
+}
+
+impl FromIterator<ChanWait> for ChanWaits {
+    fn from_iter<I: IntoIterator<Item = ChanWait>>(iter: I) -> Self {
+        Self(Arc::new(iter.into_iter().collect()))
+    }
+}
+
+impl From<Vec<ChanWait>> for ChanWaits {
+    fn from(v: Vec<ChanWait>) -> Self {
+        Self(Arc::new(v.into_boxed_slice()))
+    }
+}
+
+impl<const N: usize> From<[ChanWait; N]> for ChanWaits {
+    fn from(a: [ChanWait; N]) -> Self {
+        Self(Arc::new(Box::new(a)))
+    }
 }
 
 /// One empty stack, shared, for the same reason.
@@ -204,22 +280,55 @@ impl ChanTimer {
 
 /// A point in time (CLOCK_MONOTONIC ns) that is either exact or only an
 /// upper bound on the start (so durations derived from it are lower bounds).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Since {
-    /// Seen by a probe.
-    Exact(u64),
-    /// Known to have started no later than this.
-    AtMost(u64),
-}
+///
+/// One word, never zero: a view carries two of these (one optional), and a
+/// refresh of a million tasks keeps two lists of views (the session's and
+/// the one being read), so an enum's 16 bytes, 16 more for the `Option`,
+/// were 64 bytes per task. The top bit is always set (the niche that makes
+/// `Option<Since>` one word too), the next says "at most"; times are
+/// clamped to 2⁶² ns (146 years of uptime).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Since(NonZeroU64);
 
+const SINCE_SET: u64 = 1 << 63;
+const SINCE_AT_MOST: u64 = 1 << 62;
+const SINCE_NS: u64 = SINCE_AT_MOST - 1;
+
+// Named like the enum variants they stand for, so that building one reads
+// the same as matching on `is_lower_bound`.
+#[allow(non_snake_case)]
 impl Since {
+    /// Seen by a probe.
+    pub fn Exact(ns: u64) -> Self {
+        Self::pack(ns, 0)
+    }
+    /// Known to have started no later than this.
+    pub fn AtMost(ns: u64) -> Self {
+        Self::pack(ns, SINCE_AT_MOST)
+    }
+    fn pack(ns: u64, flag: u64) -> Self {
+        Self(NonZeroU64::new(SINCE_SET | flag | ns.min(SINCE_NS)).expect("top bit set"))
+    }
     pub fn ns(self) -> u64 {
-        match self {
-            Self::Exact(t) | Self::AtMost(t) => t,
-        }
+        self.0.get() & SINCE_NS
     }
     pub fn is_lower_bound(self) -> bool {
-        matches!(self, Self::AtMost(_))
+        self.0.get() & SINCE_AT_MOST != 0
+    }
+    /// The time when exact, None when only a bound.
+    pub fn exact(self) -> Option<u64> {
+        (!self.is_lower_bound()).then_some(self.ns())
+    }
+}
+
+impl std::fmt::Debug for Since {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = if self.is_lower_bound() {
+            "AtMost"
+        } else {
+            "Exact"
+        };
+        f.debug_tuple(name).field(&self.ns()).finish()
     }
 }
 

@@ -27,7 +27,7 @@ use std::{
 };
 
 use super::chan_layout::ChanLayout;
-use crate::runtime::{ChanDir, ChanState, ChanTimer, ChanWait};
+use crate::runtime::{ChanDir, ChanState, ChanTimer, ChanWait, ChanWaits};
 use crate::target::memory::Memory;
 
 /// Select cases followed per goroutine at most.
@@ -435,6 +435,36 @@ impl FromIterator<Case> for Cases {
     }
 }
 
+/// Where each waiter's cases are during a read: nowhere, a cached park
+/// (its index in `ChanReader::parks`), or `own` (read now, or a copy to
+/// look select directions up in).
+struct CasesAt {
+    at: Vec<u32>,
+    own: Vec<Option<Cases>>,
+}
+
+impl CasesAt {
+    const NONE: u32 = u32::MAX;
+    const OWN: u32 = 1 << 31;
+
+    fn set_own(&mut self, i: usize, c: Option<Cases>) {
+        self.at[i] = Self::OWN | self.own.len() as u32;
+        self.own.push(c);
+    }
+
+    fn get<'a>(&'a self, parks: &'a [(u64, CachedPark)], i: usize) -> Option<&'a Cases> {
+        match self.at[i] {
+            Self::NONE => None,
+            k if k & Self::OWN != 0 => self.own[(k & !Self::OWN) as usize].as_ref(),
+            k => Some(&parks[k as usize].1.cases),
+        }
+    }
+
+    fn all<'a>(&'a self, parks: &'a [(u64, CachedPark)]) -> impl Iterator<Item = &'a Cases> {
+        (0..self.at.len()).filter_map(move |i| self.get(parks, i))
+    }
+}
+
 /// One channel during a refresh: as read, who waits on it, and the lists
 /// of waits on it that goroutines share.
 #[derive(Clone, Default)]
@@ -448,7 +478,7 @@ struct Slot {
     fresh: bool,
     timer: Option<ChanTimer>,
     /// By direction × select.
-    shared: [Option<Arc<[ChanWait]>>; 6],
+    shared: [Option<ChanWaits>; 6],
 }
 
 impl Slot {
@@ -471,7 +501,7 @@ impl Slot {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChanRead {
     /// `None` when its sudogs did not check out.
-    pub waits: Option<Arc<[ChanWait]>>,
+    pub waits: Option<ChanWaits>,
     /// Read from memory now (not from an earlier refresh): the caller must
     /// check that the goroutine did not move meanwhile, and
     /// [`ChanReader::reject`] it if it did.
@@ -537,11 +567,25 @@ impl ChanReader {
         Some(&mut self.parks[i].1)
     }
 
-    /// What each waiter waits on, in `waiters` order. Blocked senders and
-    /// receivers are counted per channel over all the waiters given (all
-    /// live goroutines): exact for those read, where a select case's
-    /// direction is known.
+    /// What each waiter waits on, in `waiters` order (see [`Self::read_each`]).
     pub fn read(&mut self, mem: &dyn ReadMem, waiters: &[Waiter]) -> Vec<ChanRead> {
+        let mut out = Vec::with_capacity(waiters.len());
+        self.read_each(mem, waiters, &mut |_, r| out.push(r));
+        out
+    }
+
+    /// What each waiter waits on: `f(i, read)` for each, in `waiters`
+    /// order, and nothing kept per waiter meanwhile (the caller stores it
+    /// where it goes: a million waiters, no second list). Blocked senders
+    /// and receivers are counted per channel over all the waiters given
+    /// (all live goroutines): exact for those read, where a select case's
+    /// direction is known.
+    pub fn read_each(
+        &mut self,
+        mem: &dyn ReadMem,
+        waiters: &[Waiter],
+        f: &mut dyn FnMut(usize, ChanRead),
+    ) {
         let l = self.layout;
         self.stats = ReadStats {
             waiters: waiters.len(),
@@ -551,18 +595,31 @@ impl ChanReader {
         let generation = self.generation;
         let is_chan_op = |w: &Waiter| matches!(w.op, WaitOp::Send | WaitOp::Recv | WaitOp::Select);
 
-        // Cases: from the park cache, else from memory.
-        let mut cases: Vec<Option<Cases>> = vec![None; waiters.len()];
+        // Cases: from the park cache, else from memory. Each waiter's are
+        // named by a `CasesAt`: a cached park's stay in the cache (the
+        // cache's entries do not move until the end), so a million cached
+        // waiters cost 4 bytes each here, not a copy of their cases.
+        let mut cases = CasesAt {
+            at: vec![CasesAt::NONE; waiters.len()],
+            own: Vec::new(),
+        };
         let mut uncached: Vec<usize> = Vec::new();
         for (i, w) in waiters.iter().enumerate() {
             if !is_chan_op(w) {
                 continue;
             }
-            match self.park_mut(w.g) {
+            let found = self.parks.binary_search_by_key(&w.g, |p| p.0).ok();
+            match found.map(|k| (k, &mut self.parks[k].1)) {
                 // `used` 0: rejected.
-                Some(p) if p.used != 0 && p.digest == park_digest(w) => {
+                Some((k, p)) if p.used != 0 && p.digest == park_digest(w) => {
                     p.used = generation;
-                    cases[i] = Some(p.cases.clone());
+                    // Select cases of unknown direction are looked up
+                    // again below, in a copy.
+                    if p.cases.iter().any(|c| c.dir == ChanDir::Unknown) {
+                        cases.set_own(i, Some(p.cases.clone()));
+                    } else {
+                        cases.at[i] = k as u32;
+                    }
                     self.stats.cached += 1;
                 }
                 _ => uncached.push(i),
@@ -582,15 +639,18 @@ impl ChanReader {
                     WaitOp::Recv => ChanDir::Recv,
                     _ => ChanDir::Unknown,
                 };
-                cases[i] = list.map(|list| {
-                    list.iter()
-                        .map(|a| Case {
-                            sudog: *a,
-                            chan: read[a].c,
-                            dir,
-                        })
-                        .collect()
-                });
+                cases.set_own(
+                    i,
+                    list.map(|list| {
+                        list.iter()
+                            .map(|a| Case {
+                                sudog: *a,
+                                chan: read[a].c,
+                                dir,
+                            })
+                            .collect()
+                    }),
+                );
             }
             sudogs.extend(read.into_iter().filter(|(_, s)| s.is_select));
         }
@@ -598,7 +658,7 @@ impl ChanReader {
         // Every channel once, in a slot of its own.
         let mut index: Map<u64, usize> = Map::default();
         let mut chans: Vec<u64> = Vec::new();
-        for c in cases.iter().flatten().flat_map(|c| c.iter()) {
+        for c in cases.all(&self.parks).flat_map(|c| c.iter()) {
             index.entry(c.chan).or_insert_with(|| {
                 chans.push(c.chan);
                 chans.len() - 1
@@ -614,7 +674,7 @@ impl ChanReader {
         // refreshes all the same.
         let full = generation % FULL_READ_EVERY == 1;
         for &i in &uncached {
-            for c in cases[i].iter().flat_map(|c| c.iter()) {
+            for c in cases.get(&self.parks, i).iter().flat_map(|c| c.iter()) {
                 slots[index[&c.chan]].fresh = true;
             }
         }
@@ -637,7 +697,7 @@ impl ChanReader {
         // Select cases of unknown direction: in which queue of their
         // channel is the sudog?
         let mut wanted: Map<u64, Set<u64>> = Map::default();
-        for c in cases.iter().flatten() {
+        for c in cases.own.iter().flatten() {
             for c in c.iter().filter(|c| c.dir == ChanDir::Unknown) {
                 wanted.entry(c.chan).or_default().insert(c.sudog);
             }
@@ -648,7 +708,7 @@ impl ChanReader {
                 .filter_map(|c| Some((*c, slots[index[c]].hchan?)))
                 .collect();
             let found = self.walk_queues(mem, &hchans, &mut sudogs, wanted);
-            for c in cases.iter_mut().flatten() {
+            for c in cases.own.iter_mut().flatten() {
                 if c.iter().any(|c| found.contains_key(&c.sudog)) {
                     *c = c
                         .iter()
@@ -662,7 +722,7 @@ impl ChanReader {
         }
 
         // Who is blocked on each channel.
-        for c in cases.iter().flatten().flat_map(|c| c.iter()) {
+        for c in cases.all(&self.parks).flat_map(|c| c.iter()) {
             let slot = &mut slots[index[&c.chan]];
             match c.dir {
                 ChanDir::Recv => slot.receivers += 1,
@@ -683,17 +743,17 @@ impl ChanReader {
         for i in uncached {
             fresh[i] = true;
         }
-        let mut nil: [Option<Arc<[ChanWait]>>; 2] = [None, None];
-        let mut out = Vec::with_capacity(waiters.len());
-        // The parks not used now go; the new ones go at the end, exactly
-        // as many as were read, and the list is sorted again.
-        self.parks.retain(|p| p.1.used == generation);
+        let mut nil: [Option<ChanWaits>; 2] = [None, None];
+        // The new parks go at the end, exactly as many as were read (the
+        // entries `cases` names stay where they are meanwhile); then the
+        // parks not used now go, and the list is sorted again.
         let kept = self.parks.len();
         self.parks
             .reserve_exact(fresh.iter().filter(|&&f| f).count());
-        for (i, (w, c)) in waiters.iter().zip(cases).enumerate() {
+        for (i, w) in waiters.iter().enumerate() {
             let select = w.op == WaitOp::Select;
-            let waits: Option<Arc<[ChanWait]>> = match (w.op, &c) {
+            let c = cases.get(&self.parks, i).cloned();
+            let waits: Option<ChanWaits> = match (w.op, &c) {
                 (WaitOp::NilSend | WaitOp::NilRecv, _) => {
                     let (k, dir) = if w.op == WaitOp::NilSend {
                         (0, ChanDir::Send)
@@ -703,7 +763,7 @@ impl ChanReader {
                     Some(
                         nil[k]
                             .get_or_insert_with(|| {
-                                Arc::from([ChanWait {
+                                ChanWaits::from([ChanWait {
                                     chan: 0,
                                     dir,
                                     select: false,
@@ -720,7 +780,7 @@ impl ChanReader {
                     Some(
                         slot.shared[k]
                             .get_or_insert_with(|| {
-                                Arc::from([ChanWait {
+                                ChanWaits::from([ChanWait {
                                     chan: c[0].chan,
                                     dir: c[0].dir,
                                     select,
@@ -759,18 +819,22 @@ impl ChanReader {
                 None if is_chan_op(w) => self.stats.dropped += 1,
                 None => {}
             }
-            out.push(ChanRead {
-                waits,
-                fresh: is_fresh,
-            });
+            f(
+                i,
+                ChanRead {
+                    waits,
+                    fresh: is_fresh,
+                },
+            );
         }
-        if self.parks.len() > kept {
+        let added = self.parks.len() > kept;
+        self.parks.retain(|p| p.1.used == generation);
+        if added {
             self.parks.sort_unstable_by_key(|p| p.0);
         }
         if self.parks.capacity() > 2 * self.parks.len() + 4096 {
             self.parks.shrink_to_fit();
         }
-        out
     }
 
     /// The sudog addresses (the `g.waiting` list) of each of the waiters
@@ -1161,7 +1225,7 @@ mod tests {
                 assert_eq!((st.senders, st.receivers, st.counts_complete), (3, 0, true));
                 assert_eq!((st.cap, st.len, st.timer), (0, 0, ChanTimer::No));
             }
-            assert!(Arc::ptr_eq(
+            assert!(ChanWaits::ptr_eq(
                 out[0].waits.as_ref().unwrap(),
                 out[2].waits.as_ref().unwrap()
             ));

@@ -406,7 +406,7 @@ impl FinalSnapshot {
                     stack_unstable: g.flags & final_flags::BROKEN != 0,
                     // The walk at exit reads no channels.
                     waits_on: no_chan_waits(),
-                    stranded: None,
+                    stranded: Default::default(),
                 }
             })
             .collect()

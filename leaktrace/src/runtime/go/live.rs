@@ -1,6 +1,11 @@
 //! Go's table of live goroutines, fed by probe events and the attach-time
 //! snapshot, refreshed from memory by the reader.
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    hash::{BuildHasher, RandomState},
+};
+
+use hashbrown::HashTable;
 
 use super::events::{TaskEvent, TaskEventKind};
 use crate::runtime::LifetimeStats;
@@ -23,20 +28,25 @@ pub struct LiveTask {
     /// number; 0 when none.
     pub walk_digest: u64,
     pub walk: u32,
-    /// Where it came from: an [`Origin`] of the table; 0 when not seen
-    /// (the snapshot reads the `go` statement from memory instead).
-    origin: u32,
-    /// A memory read found the task finished but its exit event has not
-    /// arrived yet; if it is still like this at the next refresh, it is
-    /// dropped as a correction.
-    pub seen_dead: bool,
-    /// `spawned_ns` is when a walk of `runtime.allgs` first found it (the
-    /// spawn probe was shed by the overhead budget): born at most then.
-    spawn_bound: bool,
-    /// `parked_ns` is when a refresh first saw it blocked where it is (the
-    /// park probe was shed): blocked at most since then.
-    park_bound: bool,
+    /// Where it came from, an [`Origin`] of the table (0 when not seen:
+    /// the snapshot reads the `go` statement from memory instead), in the
+    /// low bits ([`ORIGIN`]), and the flags above: the row stays 48 bytes
+    /// (56 with three `bool`s; a million goroutines, 8 MB more).
+    origin_flags: u32,
 }
+
+/// The origin's number in `origin_flags` (`MAX_ORIGINS` fits).
+const ORIGIN: u32 = (1 << 24) - 1;
+/// A memory read found the task finished but its exit event has not
+/// arrived yet; if it is still like this at the next refresh, it is
+/// dropped as a correction.
+const SEEN_DEAD: u32 = 1 << 29;
+/// `spawned_ns` is when a walk of `runtime.allgs` first found it (the
+/// spawn probe was shed by the overhead budget): born at most then.
+const SPAWN_BOUND: u32 = 1 << 30;
+/// `parked_ns` is when a refresh first saw it blocked where it is (the
+/// park probe was shed): blocked at most since then.
+const PARK_BOUND: u32 = 1 << 31;
 
 /// A task's `go` statement (gopc) and the return addresses of the
 /// creator's callers there (see `GoEvent::via_pcs`; zeros when not seen or
@@ -65,39 +75,64 @@ impl LiveTask {
             key,
             id,
             spawned_ns: now_ns.max(1),
-            spawn_bound: true,
+            origin_flags: SPAWN_BOUND,
             ..Self::default()
         }
+    }
+
+    fn flag(&self, f: u32) -> bool {
+        self.origin_flags & f != 0
+    }
+
+    fn set_flag(&mut self, f: u32, on: bool) {
+        if on {
+            self.origin_flags |= f;
+        } else {
+            self.origin_flags &= !f;
+        }
+    }
+
+    fn origin(&self) -> u32 {
+        self.origin_flags & ORIGIN
+    }
+
+    /// See [`SEEN_DEAD`].
+    pub fn seen_dead(&self) -> bool {
+        self.flag(SEEN_DEAD)
+    }
+
+    pub fn set_seen_dead(&mut self, on: bool) {
+        self.set_flag(SEEN_DEAD, on);
     }
 
     /// When the spawn probe saw it. None: it existed before leaktrace
     /// attached, or a walk found it (see [`Self::found_ns`]).
     pub fn spawned_ns(&self) -> Option<u64> {
-        (self.spawned_ns != 0 && !self.spawn_bound).then_some(self.spawned_ns)
+        (self.spawned_ns != 0 && !self.flag(SPAWN_BOUND)).then_some(self.spawned_ns)
     }
 
     /// When a walk of `runtime.allgs` found it (born at most then).
     pub fn found_ns(&self) -> Option<u64> {
-        (self.spawned_ns != 0 && self.spawn_bound).then_some(self.spawned_ns)
+        (self.spawned_ns != 0 && self.flag(SPAWN_BOUND)).then_some(self.spawned_ns)
     }
 
     /// When the park probe saw it park. None: not seen, or only a refresh
     /// saw it blocked (see [`Self::seen_parked_ns`]).
     pub fn parked_ns(&self) -> Option<u64> {
-        (self.parked_ns != 0 && !self.park_bound).then_some(self.parked_ns)
+        (self.parked_ns != 0 && !self.flag(PARK_BOUND)).then_some(self.parked_ns)
     }
 
     /// When a refresh first saw it blocked where it is, while the park
     /// probe was shed (blocked at most since then).
     pub fn seen_parked_ns(&self) -> Option<u64> {
-        (self.parked_ns != 0 && self.park_bound).then_some(self.parked_ns)
+        (self.parked_ns != 0 && self.flag(PARK_BOUND)).then_some(self.parked_ns)
     }
 
     /// A refresh (no park probe armed) found it blocked at a new place at
     /// `now_ns`, or not blocked (`now_ns` 0).
     pub fn set_seen_parked(&mut self, now_ns: u64) {
         self.parked_ns = now_ns;
-        self.park_bound = now_ns != 0;
+        self.set_flag(PARK_BOUND, now_ns != 0);
     }
 
     /// The g was reused behind our back (events lost): what we knew about
@@ -105,9 +140,8 @@ impl LiveTask {
     pub fn forget_history(&mut self) {
         self.spawned_ns = 0;
         self.parked_ns = 0;
-        self.spawn_bound = false;
-        self.park_bound = false;
-        self.origin = 0;
+        // Only whether it was seen dead stays: that is about the g.
+        self.origin_flags &= SEEN_DEAD;
         self.walk_digest = 0;
     }
 }
@@ -122,7 +156,7 @@ pub struct EventCounts {
 #[derive(Debug, Default)]
 pub struct LiveTable {
     /// g address → row in `rows`.
-    index: HashMap<u64, u32>,
+    index: RowIndex,
     /// The live tasks, and free rows (key 0) listed in `free`: a slab,
     /// so a million tasks cost one row each and no allocation apiece. It
     /// keeps its largest size (as the index, a hash map, does): free rows
@@ -148,6 +182,43 @@ pub struct LiveTable {
     sites: HashMap<u64, SiteSpawns>,
     /// (gopc, callers) pairs not seen before, for the reader to symbolize.
     new_callers: Vec<(u64, [u64; 2])>,
+}
+
+/// g address → row number. Only the number is kept (the key is in the
+/// row): 5 bytes a slot with the table's control byte, where a
+/// `HashMap<u64, u32>` takes 17; at a million goroutines (2²¹ slots), 10 MB
+/// rather than 36. Every entry's row holds its key while it is indexed.
+#[derive(Debug, Default)]
+struct RowIndex {
+    table: HashTable<u32>,
+    hasher: RandomState,
+}
+
+impl RowIndex {
+    fn get(&self, rows: &[LiveTask], key: u64) -> Option<u32> {
+        self.table
+            .find(self.hasher.hash_one(key), |&i| rows[i as usize].key == key)
+            .copied()
+    }
+
+    /// `key` must not be indexed yet, and `rows[i]` must hold it.
+    fn insert(&mut self, rows: &[LiveTask], key: u64, i: u32) {
+        let h = &self.hasher;
+        self.table
+            .insert_unique(h.hash_one(key), i, |&j| h.hash_one(rows[j as usize].key));
+    }
+
+    fn remove(&mut self, rows: &[LiveTask], key: u64) -> Option<u32> {
+        let entry = self
+            .table
+            .find_entry(self.hasher.hash_one(key), |&i| rows[i as usize].key == key)
+            .ok()?;
+        Some(entry.remove().0)
+    }
+
+    fn len(&self) -> usize {
+        self.table.len()
+    }
 }
 
 /// The distinct origins seen, numbered from 1.
@@ -179,7 +250,7 @@ impl Origins {
 
     /// The origin of a row; the default (all zeros) when not seen.
     pub fn of(&self, task: &LiveTask) -> Origin {
-        task.origin
+        task.origin()
             .checked_sub(1)
             .and_then(|i| self.list.get(i as usize))
             .copied()
@@ -188,6 +259,9 @@ impl Origins {
 }
 
 const MAX_ORIGINS: usize = 1 << 20;
+const _: () = assert!(MAX_ORIGINS as u32 <= ORIGIN && MAX_ORIGINS as u32 & SEEN_DEAD == 0);
+// One row per live goroutine, a million of them: keep it at six words.
+const _: () = assert!(size_of::<LiveTask>() <= 48);
 
 /// Creation sites whose lifetimes are kept; a program with more distinct
 /// `go` statements than this is not judged on lifetimes for the rest.
@@ -224,7 +298,7 @@ impl LiveTable {
                     key: ev.key,
                     id: ev.id,
                     spawned_ns: ev.ts_ns.max(1),
-                    origin,
+                    origin_flags: origin,
                     ..LiveTask::default()
                 };
             }
@@ -237,7 +311,7 @@ impl LiveTable {
                     task.id = ev.id;
                 }
                 task.parked_ns = ev.ts_ns.max(1);
-                task.park_bound = false;
+                task.set_flag(PARK_BOUND, false);
             }
             TaskEventKind::Exit => {
                 self.counts.exit += 1;
@@ -287,8 +361,8 @@ impl LiveTable {
 
     /// The row of `key`, a fresh one (key set, the rest empty) if none.
     fn row_mut(&mut self, key: u64) -> &mut LiveTask {
-        let i = match self.index.get(&key) {
-            Some(&i) => i,
+        let i = match self.index.get(&self.rows, key) {
+            Some(i) => i,
             None => {
                 let i = match self.free.pop() {
                     Some(i) => i,
@@ -301,7 +375,7 @@ impl LiveTable {
                     key,
                     ..LiveTask::default()
                 };
-                self.index.insert(key, i);
+                self.index.insert(&self.rows, key, i);
                 i
             }
         };
@@ -309,7 +383,7 @@ impl LiveTable {
     }
 
     fn remove(&mut self, key: u64) -> Option<LiveTask> {
-        let i = self.index.remove(&key)?;
+        let i = self.index.remove(&self.rows, key)?;
         self.free.push(i);
         Some(std::mem::take(&mut self.rows[i as usize]))
     }
@@ -317,7 +391,7 @@ impl LiveTable {
     /// A task found in the target's memory at attach. Probe events that
     /// arrived meanwhile win: they are newer.
     pub fn insert_existing(&mut self, task: LiveTask) {
-        if !self.index.contains_key(&task.key) {
+        if self.index.get(&self.rows, task.key).is_none() {
             let key = task.key;
             *self.row_mut(key) = task;
         }
@@ -326,7 +400,7 @@ impl LiveTable {
     /// A task a walk of `runtime.allgs` found (spawn probe shed): added
     /// and counted as found if the table did not know it.
     pub fn insert_found(&mut self, task: LiveTask) -> bool {
-        if self.index.contains_key(&task.key) {
+        if self.index.get(&self.rows, task.key).is_some() {
             return false;
         }
         let key = task.key;
@@ -339,7 +413,8 @@ impl LiveTable {
     /// a bound (the goroutine may park again, unseen, at the same place).
     pub fn parks_become_bounds(&mut self) {
         for t in self.tasks_mut() {
-            t.park_bound = t.parked_ns != 0;
+            let bound = t.parked_ns != 0;
+            t.set_flag(PARK_BOUND, bound);
         }
     }
 
@@ -355,7 +430,7 @@ impl LiveTable {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.index.is_empty()
+        self.index.len() == 0
     }
 
     pub fn tasks_mut(&mut self) -> impl Iterator<Item = &mut LiveTask> {
@@ -368,7 +443,9 @@ impl LiveTable {
     }
 
     pub fn get(&self, key: u64) -> Option<&LiveTask> {
-        self.index.get(&key).map(|&i| &self.rows[i as usize])
+        self.index
+            .get(&self.rows, key)
+            .map(|i| &self.rows[i as usize])
     }
 
     /// Where a task came from (zeros when not seen).

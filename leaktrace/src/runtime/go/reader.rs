@@ -493,12 +493,22 @@ impl GoReader {
         views.reserve(table.len());
         // Channel waiters, and for each its view's index and a digest of
         // the header the view was made from (to see whether it moved).
-        let mut waiters: Vec<Waiter> = Vec::new();
-        let mut at: Vec<(u32, u64)> = Vec::new();
+        // Room for every task up front: pages never written are never
+        // resident, and growing by doubling would copy (and briefly hold
+        // twice) lists of a million.
+        let mut waiters: Vec<Waiter> = Vec::with_capacity(table.len());
+        let mut at: Vec<(u32, u64)> = Vec::with_capacity(table.len());
         let mut dead_twice = Vec::new();
-        let (tasks, origins) = table.tasks_and_origins();
-        let mut tasks: Vec<&mut LiveTask> = tasks.collect();
-        for chunk in tasks.chunks_mut(CHUNK) {
+        let (mut tasks, origins) = table.tasks_and_origins();
+        // One batch of rows at a time, not a list of all of them.
+        let mut chunk: Vec<&mut LiveTask> = Vec::with_capacity(CHUNK);
+        loop {
+            chunk.clear();
+            chunk.extend(tasks.by_ref().take(CHUNK));
+            if chunk.is_empty() {
+                break;
+            }
+            let chunk = &mut chunk[..];
             let read = self.read_chunk(chunk, &mut dead_twice);
             for ((task, h), (walk, unstable)) in chunk.iter().zip(read.headers).zip(read.walks) {
                 let Some(h) = h else { continue };
@@ -524,7 +534,7 @@ impl GoReader {
                 views.push(view);
             }
         }
-        drop(tasks);
+        drop((chunk, tasks));
         for key in dead_twice {
             table.remove_dead(key);
         }
@@ -557,17 +567,17 @@ impl GoReader {
         });
         for (task, h) in chunk.iter_mut().zip(&headers) {
             let Some(h) = h else {
-                if task.seen_dead {
+                if task.seen_dead() {
                     dead_twice.push(task.key);
                 }
-                task.seen_dead = true;
+                task.set_seen_dead(true);
                 continue;
             };
             if task.id != 0 && h.goid != task.id {
                 task.forget_history();
             }
             task.id = h.goid;
-            task.seen_dead = false;
+            task.set_seen_dead(false);
         }
         if self.parks_by_memory {
             // No park probe: a goroutine blocked somewhere new since the
@@ -649,22 +659,30 @@ impl GoReader {
         if list.is_empty() {
             return;
         }
-        let reads = chans.read(&self.target, list);
-        let fresh: Vec<usize> = (0..reads.len()).filter(|&k| reads[k].fresh).collect();
+        // Each list goes straight to its view; the fresh ones are checked
+        // below, and a view whose goroutine moved loses its list again.
+        let mut fresh: Vec<usize> = Vec::new();
+        chans.read_each(&self.target, list, &mut |k, read| {
+            if read.fresh {
+                fresh.push(k);
+            }
+            if let Some(waits) = read.waits {
+                views[at[k].0 as usize].waits_on = waits;
+            }
+        });
         let keys: Vec<u64> = fresh.iter().map(|&k| list[k].g).collect();
-        let mut moved = vec![false; reads.len()];
+        let mut moved: Vec<usize> = Vec::new();
         self.target.read_each(&keys, self.g_len(), &mut |j, b| {
             let k = fresh[j];
             let again = b.and_then(|b| self.parse_header(b));
-            moved[k] = again.map(|h| header_digest(&h)) != Some(at[k].1);
+            if again.map(|h| header_digest(&h)) != Some(at[k].1) {
+                moved.push(k);
+            }
         });
         let chans = self.chans.as_mut().expect("checked above");
-        for (k, read) in reads.into_iter().enumerate() {
-            if moved[k] {
-                chans.reject(&list[k]);
-            } else if let Some(waits) = read.waits {
-                views[at[k].0 as usize].waits_on = waits;
-            }
+        for k in moved {
+            chans.reject(&list[k]);
+            views[at[k].0 as usize].waits_on = no_chan_waits();
         }
     }
 
@@ -734,7 +752,7 @@ impl GoReader {
             blocked_since,
             alive_since,
             waits_on: no_chan_waits(),
-            stranded: None,
+            stranded: Default::default(),
         }
     }
 

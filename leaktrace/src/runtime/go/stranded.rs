@@ -14,7 +14,7 @@ use super::{
     reader::GHeader,
     wait_reason::gstatus,
 };
-use crate::runtime::task::{Since, Stranded, TaskState, TaskView};
+use crate::runtime::task::{Stranded, TaskState, TaskView};
 use crate::target::memory::Memory;
 
 /// Goroutines blocked on a channel for less than this are not candidates:
@@ -214,10 +214,7 @@ impl StrandedCheck {
         // when each was created, as the spawn probe saw it.
         let parked_at: HashMap<u64, u64> = views
             .iter()
-            .filter_map(|v| match v.blocked_since {
-                Some(Since::Exact(t)) => Some((v.key, t)),
-                _ => None,
-            })
+            .filter_map(|v| Some((v.key, v.blocked_since?.exact()?)))
             .collect();
         let spawned_at: HashMap<u64, u64> = views
             .iter()
@@ -265,7 +262,7 @@ impl StrandedCheck {
                 (now.get(&v.key), self.previous.get(&v.key))
                 && park == before
             {
-                v.stranded = Some(*what);
+                v.stranded = Some(*what).into();
             }
         }
         self.previous = std::mem::take(&mut now);

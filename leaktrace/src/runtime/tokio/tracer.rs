@@ -439,7 +439,7 @@ impl TokioTracer {
                 self.remember_completed(ev.id);
                 if self.tasks.get(&ev.header).is_some_and(|t| t.id == ev.id) {
                     if let Some(t) = self.tasks.remove(&ev.header)
-                        && let Since::Exact(born) = t.alive_since
+                        && let Some(born) = t.alive_since.exact()
                     {
                         let site = self.created_by(&t);
                         self.lifetimes
@@ -893,7 +893,7 @@ impl TokioTracer {
                 alive_since: t.alive_since,
                 stack_unstable: false,
                 waits_on: no_chan_waits(),
-                stranded: None,
+                stranded: Default::default(),
             });
         }
         views
