@@ -168,7 +168,7 @@ pub fn group<'v>(
         g.count += 1;
         g.never_ends |= v.place.never_ends;
         g.main |= v.main;
-        g.before_attach += v.alive_since.is_lower_bound() as u32;
+        g.before_attach += v.alive_since.before_attach() as u32;
         g.youngest_s = g
             .youngest_s
             .min(now_ns.saturating_sub(v.alive_since.ns()) as f64 / 1e9);
@@ -210,11 +210,11 @@ pub fn group<'v>(
             let born = v
                 .blocked_since
                 .map_or(v.alive_since.ns(), |b| b.ns().min(v.alive_since.ns()));
-            if now_ns.saturating_sub(born) >= older_ns || v.alive_since.is_lower_bound() {
+            if now_ns.saturating_sub(born) >= older_ns || v.alive_since.before_attach() {
                 g.aged += 1;
             }
         }
-        if now_ns.saturating_sub(v.alive_since.ns()) >= older_ns || v.alive_since.is_lower_bound() {
+        if now_ns.saturating_sub(v.alive_since.ns()) >= older_ns || v.alive_since.before_attach() {
             g.old += 1;
         }
     }
@@ -335,6 +335,24 @@ mod tests {
         );
         ticker.alive_since = Since::Exact(0);
         assert_eq!(group(&[ticker], 10 * s, 2 * s)[0].aged, 1);
+        // Found by a walk after attach (spawn probe shed): old only once it
+        // has been seen for `older`, never just for being a bound.
+        let found = |at: u64| {
+            let mut v = view(
+                6,
+                TaskState::Waiting("sleep".into()),
+                Some(Since::Found(at)),
+            );
+            v.alive_since = Since::Found(at);
+            v
+        };
+        let young = group(&[found(10 * s - s / 100)], 10 * s, 2 * s);
+        assert_eq!(
+            (young[0].aged, young[0].old, young[0].before_attach),
+            (0, 0, 0)
+        );
+        let old = group(&[found(7 * s)], 10 * s, 2 * s);
+        assert_eq!((old[0].aged, old[0].old), (1, 1));
         assert_eq!(g.key.blocked_at.as_ref().unwrap().line, 12);
         assert_eq!(groups[1].key.state, TaskState::Running);
         assert_eq!(groups[1].blocked_s, None);

@@ -45,7 +45,7 @@ pub struct Ignore {
 
 impl Ignore {
     fn keeps(&self, v: &TaskView) -> bool {
-        if self.current && v.alive_since.is_lower_bound() {
+        if self.current && v.alive_since.before_attach() {
             return false;
         }
         if self.top.is_empty() {

@@ -285,14 +285,16 @@ impl ChanTimer {
 /// refresh of a million tasks keeps two lists of views (the session's and
 /// the one being read), so an enum's 16 bytes, 16 more for the `Option`,
 /// were 64 bytes per task. The top bit is always set (the niche that makes
-/// `Option<Since>` one word too), the next says "at most"; times are
-/// clamped to 2⁶² ns (146 years of uptime).
+/// `Option<Since>` one word too), the next says "at most", the third
+/// "found after attach" (see [`Since::Found`]); times are clamped to 2⁶¹ ns
+/// (73 years of uptime).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Since(NonZeroU64);
 
 const SINCE_SET: u64 = 1 << 63;
 const SINCE_AT_MOST: u64 = 1 << 62;
-const SINCE_NS: u64 = SINCE_AT_MOST - 1;
+const SINCE_FOUND: u64 = 1 << 61;
+const SINCE_NS: u64 = SINCE_FOUND - 1;
 
 // Named like the enum variants they stand for, so that building one reads
 // the same as matching on `is_lower_bound`.
@@ -302,9 +304,20 @@ impl Since {
     pub fn Exact(ns: u64) -> Self {
         Self::pack(ns, 0)
     }
-    /// Known to have started no later than this.
+    /// Known to have started no later than this: for tasks there when
+    /// leaktrace attached, any age.
     pub fn AtMost(ns: u64) -> Self {
         Self::pack(ns, SINCE_AT_MOST)
+    }
+    /// First seen after attach by a read of memory, not by a probe (the
+    /// spawn probe shed by the overhead budget, or missing): started no
+    /// later than this, and after the previous read, so its age is known to
+    /// a refresh. Unlike [`Since::AtMost`] it is no reason to count the
+    /// task as old: with the spawn probe shed on a busy server, every
+    /// short-lived goroutine is found this way, and counting them as old
+    /// made a growing "old" group of 5 ms handlers (a false `leak`).
+    pub fn Found(ns: u64) -> Self {
+        Self::pack(ns, SINCE_AT_MOST | SINCE_FOUND)
     }
     fn pack(ns: u64, flag: u64) -> Self {
         Self(NonZeroU64::new(SINCE_SET | flag | ns.min(SINCE_NS)).expect("top bit set"))
@@ -315,6 +328,11 @@ impl Since {
     pub fn is_lower_bound(self) -> bool {
         self.0.get() & SINCE_AT_MOST != 0
     }
+    /// Only a bound, and the task was there when leaktrace attached: its
+    /// true age is unknown and may be anything.
+    pub fn before_attach(self) -> bool {
+        self.is_lower_bound() && self.0.get() & SINCE_FOUND == 0
+    }
     /// The time when exact, None when only a bound.
     pub fn exact(self) -> Option<u64> {
         (!self.is_lower_bound()).then_some(self.ns())
@@ -323,8 +341,10 @@ impl Since {
 
 impl std::fmt::Debug for Since {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let name = if self.is_lower_bound() {
+        let name = if self.before_attach() {
             "AtMost"
+        } else if self.is_lower_bound() {
+            "Found"
         } else {
             "Exact"
         };

@@ -399,9 +399,10 @@ impl FinalSnapshot {
                     blocked_since: waiting.then_some(blocked_since),
                     alive_since: match seen.and_then(|t| t.spawned_ns()) {
                         Some(t) => Since::Exact(t),
-                        None => {
-                            Since::AtMost(seen.and_then(|t| t.found_ns()).unwrap_or(self.probe_ns))
-                        }
+                        None => match seen.and_then(|t| t.found_ns()) {
+                            Some(t) => Since::Found(t),
+                            None => Since::AtMost(self.probe_ns),
+                        },
                     },
                     stack_unstable: g.flags & final_flags::BROKEN != 0,
                     // The walk at exit reads no channels.

@@ -740,7 +740,10 @@ impl GoReader {
         });
         let alive_since = match task.spawned_ns() {
             Some(t) => Since::Exact(t),
-            None => Since::AtMost(task.found_ns().unwrap_or(snapshot_ns)),
+            None => match task.found_ns() {
+                Some(t) => Since::Found(t),
+                None => Since::AtMost(snapshot_ns),
+            },
         };
         TaskView {
             key: task.key,

@@ -218,10 +218,7 @@ impl StrandedCheck {
             .collect();
         let spawned_at: HashMap<u64, u64> = views
             .iter()
-            .filter_map(|v| match v.alive_since {
-                Since::Exact(t) => Some((v.key, t)),
-                Since::AtMost(_) => None,
-            })
+            .filter_map(|v| Some((v.key, v.alive_since.exact()?)))
             .collect();
         let together = |at: &HashMap<u64, u64>, cycle: &[u64]| {
             let times: Option<Vec<u64>> = cycle.iter().map(|g| at.get(g).copied()).collect();

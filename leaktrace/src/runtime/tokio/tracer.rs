@@ -463,7 +463,7 @@ impl TokioTracer {
                 }
                 // First poll of a task never seen (or of a reused header):
                 // spawned no later than now.
-                let fresh = || Tracked::new(ev.id, vtable, Since::AtMost(ev.ts_ns));
+                let fresh = || Tracked::new(ev.id, vtable, Since::Found(ev.ts_ns));
                 let t = self.tasks.entry(ev.header).or_insert_with(fresh);
                 if t.id != ev.id {
                     *t = fresh();
@@ -502,7 +502,7 @@ impl TokioTracer {
     fn apply_blocking(&mut self, ev: &TokioEvent, kind: TokioEventKind, vtable: usize) {
         match kind {
             TokioEventKind::Poll => {
-                let fresh = || Tracked::new(ev.id, vtable, Since::AtMost(ev.ts_ns));
+                let fresh = || Tracked::new(ev.id, vtable, Since::Found(ev.ts_ns));
                 let t = self.tasks.entry(ev.header).or_insert_with(fresh);
                 if t.id != ev.id {
                     *t = fresh();
@@ -1016,7 +1016,7 @@ mod tests {
         t.apply(&event(TokioEventKind::Poll, 0xa000, 3, 0x6000, 100));
         t.apply(&event(TokioEventKind::Poll, 0xb000, 1, 0x7000, 90));
         assert_eq!(t.totals.spawn, 0, "not async spawns");
-        assert_eq!(t.tasks[&0xa000].alive_since, Since::AtMost(100));
+        assert_eq!(t.tasks[&0xa000].alive_since, Since::Found(100));
         for h in [0xa000, 0xb000] {
             t.tasks.get_mut(&h).unwrap().state = Some(StateWord(0x81));
         }
