@@ -133,6 +133,11 @@ impl Schedule {
         }
     }
 
+    /// Time between two periodic reports.
+    pub(super) fn period(&self) -> Duration {
+        self.period
+    }
+
     /// The next report, or the end after COUNT of them. Pending forever
     /// when reports are not periodic.
     pub(super) async fn next(&mut self) -> Tick {

@@ -259,6 +259,8 @@ pub(super) async fn trace(
         builder,
         views: Vec::new(),
         read_at: None,
+        read_done: None,
+        reports: 0,
         read_error: None,
         fresh,
         pid,
@@ -295,14 +297,25 @@ pub(super) async fn trace(
             tick = schedule.next() => match tick {
                 Tick::Report => {
                     // Read the tasks now, not at the last sample: `live`
-                    // includes what was spawned since.
+                    // includes what was spawned since. Except for the
+                    // first report when the attach's first read has just
+                    // ended (it makes the tick late): reading a million
+                    // goroutines again would delay it by ~0.4 s for data
+                    // a few milliseconds fresher (its age is reported).
                     while let Ok(batch) = rx.try_recv() {
                         w.apply(&batch);
                     }
-                    cut = refresh.run(&mut work, &mut stop, threads.as_mut()).await.err();
-                    if cut.is_some() {
-                        continue;
+                    let just_read = refresh.reports == 0
+                        && refresh.read_done.is_some_and(|t| {
+                            t.elapsed() < (schedule.period() / 2).min(FIRST_REPORT_FRESH)
+                        });
+                    if !just_read {
+                        cut = refresh.run(&mut work, &mut stop, threads.as_mut()).await.err();
+                        if cut.is_some() {
+                            continue;
+                        }
                     }
+                    refresh.reports += 1;
                     next_sample = Instant::now() + sample_every;
                     let report = refresh.report(false, Moment::Live);
                     if let Err(e) = ctx.out.borrow_mut().write(&report) {
@@ -448,6 +461,10 @@ struct Refresh {
     /// When `views` were read, and the event totals then: a report says its
     /// data's age, and its `live` adds the spawns and exits since.
     read_at: Option<(Instant, TaskCounts)>,
+    /// When the last read of the tasks ended.
+    read_done: Option<Instant>,
+    /// Periodic reports written.
+    reports: u64,
     /// Why the last read of the tasks failed (said once, at the end).
     read_error: Option<String>,
     /// Held before its first instruction: a failed read may just be early.
@@ -490,6 +507,7 @@ impl Refresh {
             Ok(Some(views)) => {
                 self.views = views;
                 self.read_at = Some(read.started);
+                self.read_done = Some(Instant::now());
                 self.builder.record(&self.views, read.sockets);
             }
             Ok(None) => {}
@@ -539,6 +557,10 @@ fn live_since(read: u64, then: &TaskCounts, now: &TaskCounts) -> u64 {
 }
 
 /// Trends need several samples even in a short window.
+/// The first report uses the attach's first read when it ended at most
+/// this long ago (and within half a report interval).
+const FIRST_REPORT_FRESH: Duration = Duration::from_millis(250);
+
 fn sample_every(args: &Args) -> Duration {
     args.report_interval()
         .max(Duration::from_millis(100))
