@@ -26,6 +26,7 @@ use super::{
     Plan, Tools,
     markdown::Markdown,
     proc::{Proc, free_port},
+    report::attached_probes,
     stats::fmt_med,
     tokio::fixture,
 };
@@ -120,13 +121,7 @@ fn once(t: &Tools, target: Target, tokio: &Path, detailed: bool, multi: bool) ->
     let (_, line) = lt
         .err
         .wait_for("attach", limit, |l| l.starts_with("Attaching"))?;
-    // `…, 24 probes; Ctrl-C …`
-    let probes = line
-        .split(" probes;")
-        .next()
-        .and_then(|s| s.rsplit(' ').next())
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(f64::NAN);
+    let probes = attached_probes(&line);
     // One report written: the snapshot is done, the session is steady.
     let deadline = Instant::now() + limit;
     while std::fs::metadata(&report).map_or(0, |m| m.len()) == 0 {

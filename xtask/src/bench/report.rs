@@ -6,6 +6,16 @@ use std::path::Path;
 
 use anyhow::{Context as _, Result};
 
+/// The probe count of leaktrace's `Attaching …, 20 task types, 24 probes;
+/// Ctrl-C …` line (NaN when absent).
+pub(super) fn attached_probes(line: &str) -> f64 {
+    line.split(" probes;")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
 /// The number right after the first `key` in `text`.
 pub(super) fn num_after(text: &str, key: &str) -> Option<f64> {
     let at = text.find(key)? + key.len();
@@ -63,6 +73,14 @@ pub(super) fn last_report(path: &Path) -> Result<Events> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_the_probe_count_of_the_attach_line() {
+        let line = "Attaching to pid 7 (/bin/x, tokio 1.49.0, 1.90.0), 63 task types, 72 probes; \
+                    Ctrl-C for the final report.";
+        assert_eq!(attached_probes(line), 72.0);
+        assert!(attached_probes("Attaching to pid 7").is_nan());
+    }
 
     #[test]
     fn parses_numbers() {

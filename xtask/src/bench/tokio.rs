@@ -23,7 +23,7 @@ use anyhow::{Context as _, Result, bail};
 use super::{
     Markdown, Plan, Tools,
     proc::{Proc, capture},
-    report::{Events, last_report, num_after},
+    report::{Events, attached_probes, last_report, num_after},
     stats::{fmt_med, median, ratio},
 };
 use crate::util;
@@ -330,13 +330,7 @@ fn leaktrace_once(
             (attached - started).as_secs_f64()
         );
     }
-    // `…, 20 task types, 24 probes; …`
-    let probes = line
-        .split(" probes;")
-        .next()
-        .and_then(|s| s.rsplit(' ').next())
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(f64::NAN);
+    let probes = attached_probes(&line);
     sleep(measuring.saturating_duration_since(Instant::now()));
     let cpu0 = cpu_s(lt.pid())?;
     let (done, out) = fx
