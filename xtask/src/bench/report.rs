@@ -9,9 +9,8 @@ use anyhow::{Context as _, Result};
 /// The probe count of leaktrace's `Attaching …, 20 task types, 24 probes;
 /// Ctrl-C …` line (NaN when absent).
 pub(super) fn attached_probes(line: &str) -> f64 {
-    line.split(" probes;")
-        .next()
-        .and_then(|s| s.rsplit(' ').next())
+    line.split_once(" probes;")
+        .and_then(|(s, _)| s.rsplit(' ').next())
         .and_then(|s| s.parse().ok())
         .unwrap_or(f64::NAN)
 }
