@@ -154,8 +154,17 @@ fn a_capability_granted_copy_traces_its_users_processes_only() {
     let reports = parse_reports(&String::from_utf8_lossy(&ok.stdout));
     let last = reports.last().unwrap_or_else(|| panic!("{}", text(&ok)));
     assert_eq!(last.live(), truth, "{}", last.summary());
+    // The one warning every default Go session has (parks are probed
+    // with --detailed only) says nothing about privileges.
+    let warnings: Vec<&str> = last.0["target"]["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|w| w.as_str())
+        .filter(|w| !w.starts_with("go: parks are not probed"))
+        .collect();
     assert!(
-        last.0["target"]["warnings"].as_array().unwrap().is_empty(),
+        warnings.is_empty(),
         "threads and execs are tracked too: {}",
         last.0["target"]
     );
