@@ -556,11 +556,11 @@ fn live_since(read: u64, then: &TaskCounts, now: &TaskCounts) -> u64 {
     (read + spawned).saturating_sub(ended)
 }
 
-/// Trends need several samples even in a short window.
 /// The first report uses the attach's first read when it ended at most
 /// this long ago (and within half a report interval).
 const FIRST_REPORT_FRESH: Duration = Duration::from_millis(250);
 
+/// Trends need several samples even in a short window.
 fn sample_every(args: &Args) -> Duration {
     args.report_interval()
         .max(Duration::from_millis(100))
