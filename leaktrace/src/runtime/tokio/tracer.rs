@@ -15,7 +15,8 @@
 //!
 //! Reads go through `process_vm_readv`; the target never stops.
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::{HashMap, HashSet},
+    num::NonZeroUsize,
     path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant},
@@ -23,6 +24,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use leaktrace_common::tokio::{TokioEvent, TokioEventKind};
+use lru::LruCache;
 
 use super::{
     await_points::AwaitDecoder,
@@ -51,7 +53,7 @@ const FIRST_RESCAN: Duration = Duration::from_secs(2);
 const MISSES_BEFORE_SCANNING: u32 = 3;
 /// Completed task ids remembered against late polls: a late poll follows
 /// its task's completion within a scheduler tick.
-const COMPLETED_REMEMBERED: usize = 4096;
+const COMPLETED_REMEMBERED: NonZeroUsize = NonZeroUsize::new(4096).unwrap();
 /// How much of an idle task's cell (header, then the future) is compared
 /// from one refresh to the next: enough for the state of most async fns.
 const IDLE_PEEK: usize = 4096;
@@ -176,8 +178,7 @@ pub struct TokioTracer {
     /// must not bring the task back (sccache under `--detailed` showed
     /// `corrected` 2 for want of this). Ids are never reused, so a poll of
     /// a listed id is always a finished task's.
-    completed: VecDeque<u64>,
-    completed_set: HashSet<u64>,
+    completed: LruCache<u64, ()>,
     /// Said once, in the report's notes.
     pub notes: Vec<String>,
     /// Whether a scan that hit its bound was said.
@@ -256,8 +257,7 @@ impl TokioTracer {
             first_announced: None,
             dropped: Default::default(),
             unannounced: HashMap::new(),
-            completed: VecDeque::new(),
-            completed_set: HashSet::new(),
+            completed: LruCache::new(COMPLETED_REMEMBERED),
             notes: Vec::new(),
             scan_capped_said: false,
             awaits,
@@ -436,7 +436,7 @@ impl TokioTracer {
             }
             TokioEventKind::Complete => {
                 self.totals.complete += 1;
-                self.remember_completed(ev.id);
+                self.completed.put(ev.id, ());
                 if self.tasks.get(&ev.header).is_some_and(|t| t.id == ev.id) {
                     if let Some(t) = self.tasks.remove(&ev.header)
                         && let Some(born) = t.alive_since.exact()
@@ -458,7 +458,7 @@ impl TokioTracer {
             TokioEventKind::Shutdown => self.totals.shutdown += 1,
             TokioEventKind::Poll => {
                 self.totals.poll += 1;
-                if self.completed_set.contains(&ev.id) {
+                if self.completed.contains(&ev.id) {
                     return;
                 }
                 // First poll of a task never seen (or of a reused header):
@@ -471,17 +471,6 @@ impl TokioTracer {
                 t.last_poll = Some(ev.ts_ns);
             }
             TokioEventKind::Wake => self.totals.wake += 1,
-        }
-    }
-
-    fn remember_completed(&mut self, id: u64) {
-        if self.completed.len() >= COMPLETED_REMEMBERED
-            && let Some(old) = self.completed.pop_front()
-        {
-            self.completed_set.remove(&old);
-        }
-        if self.completed_set.insert(id) {
-            self.completed.push_back(id);
         }
     }
 
