@@ -388,11 +388,12 @@ impl Runtime for GoRuntime {
         if self.detailed && step >= 1 && self.step == 0 {
             self.table.parks_become_bounds();
         }
+        let mut shed = Vec::new();
         for (program, p) in go_budget_probes(self.detailed) {
             let was = self.step >= p.shed_at;
             let now = step >= p.shed_at;
             if now && !was {
-                probes.detach_program(program);
+                shed.push(program);
             } else if was && !now {
                 probes.reattach_program(program)?;
                 if p.name == "spawn" {
@@ -400,6 +401,7 @@ impl Runtime for GoRuntime {
                 }
             }
         }
+        probes.detach_programs(&shed);
         self.step = step;
         if !self.spawn_shed() {
             self.walk_rate = None;
