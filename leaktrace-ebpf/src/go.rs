@@ -84,17 +84,6 @@ fn spawn(ctx: &ProbeContext, t0: u64) {
     let walk = cfg.g_sched_bp != 0
         && (unsafe { GO_PLAIN_SITES.get(&gopc) }.is_none()
             || unsafe { bpf_get_prandom_u32() } % PLAIN_SAMPLE == 0);
-    // newproc1 runs on g0; g0.m.curg is the goroutine executing `go`.
-    let curg = if walk {
-        let m = read_u64(regs.r14 + cfg.g_m as u64);
-        if m != 0 {
-            read_u64(m + cfg.m_curg as u64)
-        } else {
-            0
-        }
-    } else {
-        0
-    };
     emit(GoEvent {
         ts_ns: t0,
         g,
@@ -106,7 +95,7 @@ fn spawn(ctx: &ProbeContext, t0: u64) {
         wait_reason: 0,
         _pad: [0; 6],
         via_pcs: if walk {
-            creator_callers(&cfg, curg, gopc)
+            creator_callers(regs.rbp, gopc)
         } else {
             [0; 2]
         },
@@ -123,18 +112,25 @@ static GO_PLAIN_SITES: HashMap<u64, u64> = HashMap::with_max_entries(8192, 0);
 
 const PLAIN_SAMPLE: u32 = 64;
 
-/// Words of the creator's `runtime.g` read in one go: its stack bounds and
-/// `sched.bp` all lie below this (`sched.bp` is at 104 or 96).
-const G_HEAD_WORDS: usize = 16;
-/// Words of the creator's stack read in one go from its saved frame
-/// pointer: systemstack's and newproc's frames, and usually the frame of
-/// the function holding `go`; frames beyond are read one by one.
+/// Words of g0's stack read in one go at newproc1's frame pointer: its
+/// saved frame pointer and return address, and newproc.func1's frame with
+/// the creator's frame pointer at its base (0x30 bytes above in go1.19 to
+/// 1.27). No more: newproc.func1 runs just below `g0.sched.sp`, and a
+/// g0 stack's top can be the end of its mapping (CI saw 4 spawns in 60
+/// lose their walk on go1.26 with 128 bytes).
+const G0_WORDS: usize = 8;
+/// Words of the creator's stack read in one go from its frame pointer:
+/// systemstack's and newproc's frames, and usually the frame of the
+/// function holding `go`; frames beyond are read one by one.
 const CHUNK_WORDS: usize = 32;
+/// The farthest one frame pointer may be above the one before it in the
+/// creator's stack (a frame larger than this is not followed).
+const MAX_FRAME: u64 = 1 << 20;
 
 /// Room for those two reads: too big for the 512-byte BPF stack.
 #[repr(C)]
 pub struct SpawnScratch {
-    head: [u64; G_HEAD_WORDS],
+    g0: [u64; G0_WORDS],
     chunk: [u64; CHUNK_WORDS],
 }
 
@@ -152,24 +148,28 @@ fn read_into<T>(dst: *mut T, src: u64) -> bool {
 
 /// The return addresses of the two frames above the `go` statement's in the
 /// creator's stack: who called the function that holds the `go` statement,
-/// and who called that. A fixed number of reads (about five: m, curg, the
-/// g's head, a chunk of stack, rarely one frame beyond it), no loop;
-/// measured ≈ 0.7 µs per spawn on the churn benchmark (≈ 3 µs traced
-/// without it), hence [`GO_PLAIN_SITES`].
+/// and who called that. Two reads of a chunk each (rarely one frame more),
+/// no loop. Each user-memory read costs ≈ 0.15 µs on these machines
+/// (bench/ANALYSIS.md §3), and this walk runs on every spawn of a spawn
+/// helper's `go` statement, hence [`GO_PLAIN_SITES`] for the others.
 ///
-/// `newproc` switched to g0 through `systemstack`, which saved the creator's
-/// frame pointer in `curg.sched.bp` (`gosave_systemstack_switch`). That is
-/// newproc's own frame on Go < 1.21, or systemstack's (an assembler-made
-/// frame) from 1.21; the frame whose return address is `gopc` (newproc's:
-/// gopc *is* newproc's return address) is therefore the first or the second
-/// one, and finding it there is what validates the chain. Every frame
-/// pointer must lie in the creator's stack `[stack.lo, stack.hi)` and above
-/// the previous one. Anything else (a `go` run on the system stack, a
-/// stale `sched.bp`) gives zeros, never a guess.
+/// The chain starts at newproc1's own frame pointer (`rbp`), on g0's
+/// stack: newproc1 was called by newproc.func1, which `systemstack` called
+/// after switching stacks without touching BP, so newproc.func1's saved
+/// frame pointer is the creator's: newproc's frame on Go < 1.21, or
+/// systemstack's (an assembler-made frame) from 1.21 (the value
+/// `gosave_systemstack_switch` also stores in `curg.sched.bp`, which the
+/// walk read before, at the price of reading `g0.m`, `m.curg` and the g).
+/// The frame whose return address is `gopc` (newproc's: gopc *is*
+/// newproc's return address) is therefore the first or the second one, and
+/// finding it there is what validates the chain; above it every frame
+/// pointer must be 8-aligned, above the one before and at most
+/// [`MAX_FRAME`] from it. Anything else (a `go` run on the system stack, a
+/// function without a frame pointer) gives zeros, never a guess.
 #[inline(always)]
-fn creator_callers(cfg: &GoConfig, curg: u64, gopc: u64) -> [u64; 2] {
+fn creator_callers(rbp: u64, gopc: u64) -> [u64; 2] {
     let mut out = [0u64; 2];
-    if cfg.g_sched_bp == 0 || curg == 0 || gopc == 0 {
+    if rbp == 0 || gopc == 0 || rbp & 7 != 0 {
         return out;
     }
     let Some(scratch) = GO_SCRATCH.get_ptr_mut(0) else {
@@ -178,26 +178,25 @@ fn creator_callers(cfg: &GoConfig, curg: u64, gopc: u64) -> [u64; 2] {
     // SAFETY: this CPU's slot; a uprobe program is not preempted by another
     // instance on the same CPU.
     let scratch = unsafe { &mut *scratch };
-    if !read_into(&mut scratch.head, curg) {
+    let whole = read_into(&mut scratch.g0, rbp);
+    // [rbp] = newproc.func1's frame pointer; at it, the creator's.
+    let func1 = if whole { scratch.g0[0] } else { read_u64(rbp) };
+    if func1 <= rbp || func1 & 7 != 0 || func1 - rbp > MAX_FRAME {
         return out;
     }
-    let head = &scratch.head;
-    // Power-of-two sizes: the verifier follows a masked index.
-    let at = |off: u32| head[(off as usize / 8) & (G_HEAD_WORDS - 1)];
-    let (lo, hi, mut bp) = (at(cfg.g_stack_lo), at(cfg.g_stack_hi), at(cfg.g_sched_bp));
-    let chunk_bytes = (CHUNK_WORDS * 8) as u64;
-    let within = |bp: u64| bp >= lo && bp < hi && hi - bp >= 16 && bp & 7 == 0;
-    if lo == 0 || hi < lo || hi - lo < chunk_bytes || !within(bp) {
-        return out;
-    }
-    // The chunk starts at bp, or ends at the top of the stack.
-    let base = if hi - bp >= chunk_bytes {
-        bp
+    let i = ((func1 - rbp) / 8) as usize;
+    let mut bp = if whole && i < G0_WORDS {
+        scratch.g0[i & (G0_WORDS - 1)]
     } else {
-        hi - chunk_bytes
+        read_u64(func1)
     };
-    if !read_into(&mut scratch.chunk, base) {
+    if bp == 0 || bp & 7 != 0 {
         return out;
+    }
+    let base = bp;
+    if !read_into(&mut scratch.chunk, base) {
+        // The chunk ran past the stack's mapping: frame by frame.
+        scratch.chunk = [0; CHUNK_WORDS];
     }
     let chunk = &scratch.chunk;
     // [bp] = the caller's frame pointer, [bp+8] = the return address.
@@ -205,7 +204,7 @@ fn creator_callers(cfg: &GoConfig, curg: u64, gopc: u64) -> [u64; 2] {
         let i = (bp.wrapping_sub(base) / 8) as usize;
         // `i + 2`, not `+ 1`: the verifier bounds the byte offset, not
         // the word index, and needs one word of slack to see the read fit.
-        if bp >= base && i + 2 < CHUNK_WORDS {
+        if bp >= base && i + 2 < CHUNK_WORDS && chunk[(i + 1) & (CHUNK_WORDS - 1)] != 0 {
             [
                 chunk[i & (CHUNK_WORDS - 1)],
                 chunk[(i + 1) & (CHUNK_WORDS - 1)],
@@ -214,10 +213,11 @@ fn creator_callers(cfg: &GoConfig, curg: u64, gopc: u64) -> [u64; 2] {
             unsafe { bpf_probe_read_user(bp as *const [u64; 2]) }.unwrap_or([0, 0])
         }
     };
+    let up = |from: u64, to: u64| to > from && to & 7 == 0 && to - from <= MAX_FRAME;
     let mut f = frame(bp);
     if f[1] != gopc {
         // Go ≥ 1.21: systemstack's frame first.
-        if f[0] <= bp || !within(f[0]) {
+        if !up(bp, f[0]) {
             return out;
         }
         bp = f[0];
@@ -227,13 +227,13 @@ fn creator_callers(cfg: &GoConfig, curg: u64, gopc: u64) -> [u64; 2] {
         }
     }
     // f is newproc's frame; f[0] the frame of the function holding `go`.
-    if f[0] <= bp || !within(f[0]) {
+    if !up(bp, f[0]) {
         return out;
     }
     bp = f[0];
     f = frame(bp);
     out[0] = f[1];
-    if out[0] != 0 && f[0] > bp && within(f[0]) {
+    if out[0] != 0 && up(bp, f[0]) {
         out[1] = frame(f[0])[1];
     }
     out
