@@ -60,12 +60,9 @@ pub fn probe_config(l: &GLayout) -> GoConfig {
         gstatus_dead: gstatus::DEAD,
         g_stack_lo: l.g_stack_lo,
         g_stack_hi: l.g_stack_hi,
-        // The probe reads the g's first 128 bytes in one go (see
-        // leaktrace-ebpf's `creator_callers`); true of every Go release.
-        g_sched_bp: if l.g_sched_bp.max(l.g_stack_hi) + 8 <= 128 {
-            l.g_sched_bp
-        } else {
-            0
-        },
+        // Nonzero: the spawn probe walks the creator's callers (from
+        // newproc1's frame pointer, leaktrace-ebpf's `creator_callers`),
+        // as in every layout leaktrace knows.
+        g_sched_bp: l.g_sched_bp,
     }
 }
