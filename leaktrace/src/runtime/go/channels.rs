@@ -603,7 +603,8 @@ impl ChanReader {
             at: vec![CasesAt::NONE; waiters.len()],
             own: Vec::new(),
         };
-        let mut uncached: Vec<usize> = Vec::new();
+        // Waiter numbers (`u32`: a million of them, 4 MB rather than 8).
+        let mut uncached: Vec<u32> = Vec::new();
         for (i, w) in waiters.iter().enumerate() {
             if !is_chan_op(w) {
                 continue;
@@ -622,16 +623,22 @@ impl ChanReader {
                     }
                     self.stats.cached += 1;
                 }
-                _ => uncached.push(i),
+                _ => uncached.push(i as u32),
             }
         }
         // In batches, so that the sudogs and lists read for a million new
         // waiters are never all in memory at once. The sudogs of selects
         // are kept for the queue walks below (the only ones they look for).
+        // A send's or a receive's cases are final as read: they go straight
+        // into the park cache, at its end (the entries found above stay
+        // where they are), rather than into `own` and then the cache (a
+        // million new waiters at attach: their cases once, not twice).
         let mut sudogs: Map<u64, Sudog> = Map::default();
+        let kept = self.parks.len();
         for batch in uncached.chunks(LIST_BATCH) {
+            let batch: Vec<usize> = batch.iter().map(|&i| i as usize).collect();
             let mut read: Map<u64, Sudog> = Map::default();
-            let lists = self.read_lists(mem, waiters, batch, &mut read);
+            let lists = self.read_lists(mem, waiters, &batch, &mut read);
             for (&i, list) in batch.iter().zip(lists) {
                 let w = &waiters[i];
                 let dir = match w.op {
@@ -639,18 +646,29 @@ impl ChanReader {
                     WaitOp::Recv => ChanDir::Recv,
                     _ => ChanDir::Unknown,
                 };
-                cases.set_own(
-                    i,
-                    list.map(|list| {
-                        list.iter()
-                            .map(|a| Case {
-                                sudog: *a,
-                                chan: read[a].c,
-                                dir,
-                            })
-                            .collect()
-                    }),
-                );
+                let list: Option<Cases> = list.map(|list| {
+                    list.iter()
+                        .map(|a| Case {
+                            sudog: *a,
+                            chan: read[a].c,
+                            dir,
+                        })
+                        .collect()
+                });
+                match list {
+                    Some(c) if dir != ChanDir::Unknown => {
+                        cases.at[i] = self.parks.len() as u32;
+                        self.parks.push((
+                            w.g,
+                            CachedPark {
+                                digest: park_digest(w),
+                                cases: c,
+                                used: generation,
+                            },
+                        ));
+                    }
+                    list => cases.set_own(i, list),
+                }
             }
             sudogs.extend(read.into_iter().filter(|(_, s)| s.is_select));
         }
@@ -674,7 +692,7 @@ impl ChanReader {
         // refreshes all the same.
         let full = generation % FULL_READ_EVERY == 1;
         for &i in &uncached {
-            for c in cases.get(&self.parks, i).iter().flat_map(|c| c.iter()) {
+            for c in cases.get(&self.parks, i as usize).iter().flat_map(|c| c.iter()) {
                 slots[index[&c.chan]].fresh = true;
             }
         }
@@ -741,15 +759,12 @@ impl ChanReader {
         // per slot, one per (direction, select).
         let mut fresh = vec![false; waiters.len()];
         for i in uncached {
-            fresh[i] = true;
+            fresh[i as usize] = true;
         }
         let mut nil: [Option<ChanWaits>; 2] = [None, None];
-        // The new parks go at the end, exactly as many as were read (the
-        // entries `cases` names stay where they are meanwhile); then the
-        // parks not used now go, and the list is sorted again.
-        let kept = self.parks.len();
-        self.parks
-            .reserve_exact(fresh.iter().filter(|&&f| f).count());
+        // The new parks of selects go at the end too (the entries `cases`
+        // names stay where they are meanwhile); then the parks not used now
+        // go, and the list is sorted again.
         for (i, w) in waiters.iter().enumerate() {
             let select = w.op == WaitOp::Select;
             let c = cases.get(&self.parks, i).cloned();
@@ -804,6 +819,8 @@ impl ChanReader {
             };
             let is_fresh = fresh[i];
             match c {
+                // Already in the cache (see above).
+                Some(_) if is_fresh && cases.at[i] & CasesAt::OWN == 0 => {}
                 Some(cases) if is_fresh => {
                     let digest = park_digest(w);
                     self.parks.push((

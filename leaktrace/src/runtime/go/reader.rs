@@ -491,13 +491,13 @@ impl GoReader {
         }
         views.clear();
         views.reserve(table.len());
-        // Channel waiters, and for each its view's index and a digest of
-        // the header the view was made from (to see whether it moved).
+        // Channel waiters, in the views' order, and for each a digest of
+        // the header its view was made from (to see whether it moved).
         // Room for every task up front: pages never written are never
         // resident, and growing by doubling would copy (and briefly hold
         // twice) lists of a million.
         let mut waiters: Vec<Waiter> = Vec::with_capacity(table.len());
-        let mut at: Vec<(u32, u64)> = Vec::with_capacity(table.len());
+        let mut checks: Vec<u64> = Vec::with_capacity(table.len());
         let mut dead_twice = Vec::new();
         let (mut tasks, origins) = table.tasks_and_origins();
         // One batch of rows at a time, not a list of all of them.
@@ -529,7 +529,7 @@ impl GoReader {
                         }
                         .digest(),
                     });
-                    at.push((views.len() as u32, header_digest(&h)));
+                    checks.push(header_digest(&h));
                 }
                 views.push(view);
             }
@@ -544,7 +544,7 @@ impl GoReader {
             views.shrink_to_fit();
         }
         let t0 = Instant::now();
-        self.read_channels(views, &waiters, &at);
+        self.read_channels(views, &waiters, &checks);
         log::debug!(
             "refresh: {} goroutines read in {:?}, of which channels {:?} ({:?})",
             views.len(),
@@ -652,7 +652,10 @@ impl GoReader {
     /// read now (not in the same park as at an earlier refresh) is read
     /// again afterwards: one that moved meanwhile (woke, parked elsewhere)
     /// gets nothing rather than a mix of two waits.
-    fn read_channels(&mut self, views: &mut [TaskView], list: &[Waiter], at: &[(u32, u64)]) {
+    ///
+    /// `list` is in `views` order (a view's waiter is the next one with its
+    /// g: no list of view numbers), with `checks` its headers' digests.
+    fn read_channels(&mut self, views: &mut [TaskView], list: &[Waiter], checks: &[u64]) {
         let Some(chans) = self.chans.as_mut() else {
             return;
         };
@@ -661,28 +664,35 @@ impl GoReader {
         }
         // Each list goes straight to its view; the fresh ones are checked
         // below, and a view whose goroutine moved loses its list again.
-        let mut fresh: Vec<usize> = Vec::new();
+        // Waiter and view numbers as `u32`: a million of them.
+        let mut fresh: Vec<(u32, u32)> = Vec::new();
+        let mut v = 0;
         chans.read_each(&self.target, list, &mut |k, read| {
+            while views[v].key != list[k].g {
+                v += 1;
+            }
             if read.fresh {
-                fresh.push(k);
+                fresh.push((k as u32, v as u32));
             }
             if let Some(waits) = read.waits {
-                views[at[k].0 as usize].waits_on = waits;
+                views[v].waits_on = waits;
             }
         });
-        let keys: Vec<u64> = fresh.iter().map(|&k| list[k].g).collect();
-        let mut moved: Vec<usize> = Vec::new();
-        self.target.read_each(&keys, self.g_len(), &mut |j, b| {
-            let k = fresh[j];
-            let again = b.and_then(|b| self.parse_header(b));
-            if again.map(|h| header_digest(&h)) != Some(at[k].1) {
-                moved.push(k);
-            }
-        });
+        let mut moved: Vec<(u32, u32)> = Vec::new();
+        // In batches: no list of a million addresses at once.
+        for batch in fresh.chunks(CHUNK) {
+            let keys: Vec<u64> = batch.iter().map(|&(k, _)| list[k as usize].g).collect();
+            self.target.read_each(&keys, self.g_len(), &mut |j, b| {
+                let again = b.and_then(|b| self.parse_header(b));
+                if again.map(|h| header_digest(&h)) != Some(checks[batch[j].0 as usize]) {
+                    moved.push(batch[j]);
+                }
+            });
+        }
         let chans = self.chans.as_mut().expect("checked above");
-        for k in moved {
-            chans.reject(&list[k]);
-            views[at[k].0 as usize].waits_on = no_chan_waits();
+        for (k, v) in moved {
+            chans.reject(&list[k as usize]);
+            views[v as usize].waits_on = no_chan_waits();
         }
     }
 
