@@ -41,7 +41,7 @@ pub const MAX_QUEUE_READS: usize = 256;
 /// New waiters whose sudog lists are read together (and kept in memory).
 const LIST_BATCH: usize = 4096;
 /// Every channel is read again at least once in this many refreshes.
-const FULL_READ_EVERY: u64 = 10;
+const FULL_READ_EVERY: u32 = 10;
 /// Timers read from the heaps per refresh at most.
 pub const MAX_TIMERS: usize = 1 << 20;
 /// Ps in `runtime.allp` at most (GOMAXPROCS is capped at 2^10 by default;
@@ -399,12 +399,34 @@ fn park_digest(w: &Waiter) -> u64 {
     w.park ^ w.waiting.rotate_left(29)
 }
 
-/// One goroutine's cached park: its digest, its cases, the refresh that
-/// last used it.
+/// One goroutine's cached park: its g, its digest, the refresh that last
+/// used it (0: rejected), and its one case when it has one of known
+/// direction (a send or a receive: nearly always); a select's cases are in
+/// `ChanReader::many`. One per blocked goroutine, maybe a million: the
+/// case's sudog is not kept (only a select's direction is looked up by
+/// it), 32 bytes rather than 48.
 struct CachedPark {
+    g: u64,
     digest: u64,
-    cases: Cases,
-    used: u64,
+    /// The channel of its one case; 0: its cases are in `many`.
+    chan: u64,
+    used: u32,
+    dir: ChanDir,
+}
+const _: () = assert!(size_of::<CachedPark>() <= 32);
+
+impl CachedPark {
+    /// Its cases: its own one, or those kept in `many`.
+    fn cases(&self, many: &Map<u64, Arc<[Case]>>) -> Option<Cases> {
+        if self.chan != 0 {
+            return Some(Cases::One(Case {
+                sudog: 0,
+                chan: self.chan,
+                dir: self.dir,
+            }));
+        }
+        many.get(&self.g).cloned().map(Cases::Many)
+    }
 }
 
 /// The cases of one wait: nearly always one (a send or a receive), kept
@@ -452,16 +474,21 @@ impl CasesAt {
         self.own.push(c);
     }
 
-    fn get<'a>(&'a self, parks: &'a [(u64, CachedPark)], i: usize) -> Option<&'a Cases> {
+    /// Waiter `i`'s cases (a copy: one case, or a shared list).
+    fn get(&self, parks: &[CachedPark], many: &Map<u64, Arc<[Case]>>, i: usize) -> Option<Cases> {
         match self.at[i] {
             Self::NONE => None,
-            k if k & Self::OWN != 0 => self.own[(k & !Self::OWN) as usize].as_ref(),
-            k => Some(&parks[k as usize].1.cases),
+            k if k & Self::OWN != 0 => self.own[(k & !Self::OWN) as usize].clone(),
+            k => parks[k as usize].cases(many),
         }
     }
 
-    fn all<'a>(&'a self, parks: &'a [(u64, CachedPark)]) -> impl Iterator<Item = &'a Cases> {
-        (0..self.at.len()).filter_map(move |i| self.get(parks, i))
+    fn all<'a>(
+        &'a self,
+        parks: &'a [CachedPark],
+        many: &'a Map<u64, Arc<[Case]>>,
+    ) -> impl Iterator<Item = Cases> + 'a {
+        (0..self.at.len()).filter_map(move |i| self.get(parks, many, i))
     }
 }
 
@@ -517,9 +544,12 @@ pub struct ChanReader {
     /// the refresh that last used it; only those the last refresh used are
     /// kept. One small entry per blocked goroutine, and there may be a
     /// million: a sorted list costs half a hash map's memory there.
-    parks: Vec<(u64, CachedPark)>,
-    /// Refreshes so far.
-    generation: u64,
+    parks: Vec<CachedPark>,
+    /// The cases of the cached parks that are not one send or receive
+    /// (selects), by g.
+    many: Map<u64, Arc<[Case]>>,
+    /// Refreshes so far (never 0, which marks a rejected park).
+    generation: u32,
     /// Each channel as last read, with its timer: what a channel whose
     /// waiters have not moved still is.
     chan_cache: Map<u64, (Hchan, Option<ChanTimer>)>,
@@ -542,6 +572,7 @@ impl ChanReader {
             layout,
             allp,
             parks: Vec::new(),
+            many: Map::default(),
             generation: 0,
             chan_cache: Map::default(),
             stats: ReadStats::default(),
@@ -563,8 +594,8 @@ impl ChanReader {
     }
 
     fn park_mut(&mut self, g: u64) -> Option<&mut CachedPark> {
-        let i = self.parks.binary_search_by_key(&g, |p| p.0).ok()?;
-        Some(&mut self.parks[i].1)
+        let i = self.parks.binary_search_by_key(&g, |p| p.g).ok()?;
+        Some(&mut self.parks[i])
     }
 
     /// What each waiter waits on, in `waiters` order (see [`Self::read_each`]).
@@ -591,7 +622,7 @@ impl ChanReader {
             waiters: waiters.len(),
             ..ReadStats::default()
         };
-        self.generation += 1;
+        self.generation = self.generation.wrapping_add(1).max(1);
         let generation = self.generation;
         let is_chan_op = |w: &Waiter| matches!(w.op, WaitOp::Send | WaitOp::Recv | WaitOp::Select);
 
@@ -609,15 +640,18 @@ impl ChanReader {
             if !is_chan_op(w) {
                 continue;
             }
-            let found = self.parks.binary_search_by_key(&w.g, |p| p.0).ok();
-            match found.map(|k| (k, &mut self.parks[k].1)) {
+            let found = self.parks.binary_search_by_key(&w.g, |p| p.g).ok();
+            match found.map(|k| (k, &mut self.parks[k])) {
                 // `used` 0: rejected.
                 Some((k, p)) if p.used != 0 && p.digest == park_digest(w) => {
                     p.used = generation;
                     // Select cases of unknown direction are looked up
                     // again below, in a copy.
-                    if p.cases.iter().any(|c| c.dir == ChanDir::Unknown) {
-                        cases.set_own(i, Some(p.cases.clone()));
+                    let c = p.cases(&self.many);
+                    if c.as_ref()
+                        .is_some_and(|c| c.iter().any(|c| c.dir == ChanDir::Unknown))
+                    {
+                        cases.set_own(i, c);
                     } else {
                         cases.at[i] = k as u32;
                     }
@@ -656,16 +690,15 @@ impl ChanReader {
                         .collect()
                 });
                 match list {
-                    Some(c) if dir != ChanDir::Unknown => {
+                    Some(Cases::One(c)) if dir != ChanDir::Unknown => {
                         cases.at[i] = self.parks.len() as u32;
-                        self.parks.push((
-                            w.g,
-                            CachedPark {
-                                digest: park_digest(w),
-                                cases: c,
-                                used: generation,
-                            },
-                        ));
+                        self.parks.push(CachedPark {
+                            g: w.g,
+                            digest: park_digest(w),
+                            chan: c.chan,
+                            used: generation,
+                            dir,
+                        });
                     }
                     list => cases.set_own(i, list),
                 }
@@ -676,11 +709,13 @@ impl ChanReader {
         // Every channel once, in a slot of its own.
         let mut index: Map<u64, usize> = Map::default();
         let mut chans: Vec<u64> = Vec::new();
-        for c in cases.all(&self.parks).flat_map(|c| c.iter()) {
-            index.entry(c.chan).or_insert_with(|| {
-                chans.push(c.chan);
-                chans.len() - 1
-            });
+        for cs in cases.all(&self.parks, &self.many) {
+            for c in cs.iter() {
+                index.entry(c.chan).or_insert_with(|| {
+                    chans.push(c.chan);
+                    chans.len() - 1
+                });
+            }
         }
         self.stats.channels = chans.len();
         let mut slots: Vec<Slot> = vec![Slot::default(); chans.len()];
@@ -692,7 +727,11 @@ impl ChanReader {
         // refreshes all the same.
         let full = generation % FULL_READ_EVERY == 1;
         for &i in &uncached {
-            for c in cases.get(&self.parks, i as usize).iter().flat_map(|c| c.iter()) {
+            for c in cases
+                .get(&self.parks, &self.many, i as usize)
+                .iter()
+                .flat_map(|c| c.iter())
+            {
                 slots[index[&c.chan]].fresh = true;
             }
         }
@@ -740,12 +779,14 @@ impl ChanReader {
         }
 
         // Who is blocked on each channel.
-        for c in cases.all(&self.parks).flat_map(|c| c.iter()) {
-            let slot = &mut slots[index[&c.chan]];
-            match c.dir {
-                ChanDir::Recv => slot.receivers += 1,
-                ChanDir::Send => slot.senders += 1,
-                ChanDir::Unknown => slot.unknown = true,
+        for cs in cases.all(&self.parks, &self.many) {
+            for c in cs.iter() {
+                let slot = &mut slots[index[&c.chan]];
+                match c.dir {
+                    ChanDir::Recv => slot.receivers += 1,
+                    ChanDir::Send => slot.senders += 1,
+                    ChanDir::Unknown => slot.unknown = true,
+                }
             }
         }
         self.timers(mem, &chans, &to_read, &mut slots);
@@ -767,7 +808,7 @@ impl ChanReader {
         // go, and the list is sorted again.
         for (i, w) in waiters.iter().enumerate() {
             let select = w.op == WaitOp::Select;
-            let c = cases.get(&self.parks, i).cloned();
+            let c = cases.get(&self.parks, &self.many, i);
             let waits: Option<ChanWaits> = match (w.op, &c) {
                 (WaitOp::NilSend | WaitOp::NilRecv, _) => {
                     let (k, dir) = if w.op == WaitOp::NilSend {
@@ -822,15 +863,24 @@ impl ChanReader {
                 // Already in the cache (see above).
                 Some(_) if is_fresh && cases.at[i] & CasesAt::OWN == 0 => {}
                 Some(cases) if is_fresh => {
-                    let digest = park_digest(w);
-                    self.parks.push((
-                        w.g,
-                        CachedPark {
-                            digest,
-                            cases,
-                            used: generation,
-                        },
-                    ));
+                    let (chan, dir) = match &cases {
+                        Cases::One(c) if c.dir != ChanDir::Unknown => (c.chan, c.dir),
+                        Cases::One(c) => {
+                            self.many.insert(w.g, Arc::from([*c]));
+                            (0, ChanDir::Unknown)
+                        }
+                        Cases::Many(c) => {
+                            self.many.insert(w.g, c.clone());
+                            (0, ChanDir::Unknown)
+                        }
+                    };
+                    self.parks.push(CachedPark {
+                        g: w.g,
+                        digest: park_digest(w),
+                        chan,
+                        used: generation,
+                        dir,
+                    });
                 }
                 Some(_) => {}
                 None if is_chan_op(w) => self.stats.dropped += 1,
@@ -845,10 +895,16 @@ impl ChanReader {
             );
         }
         let added = self.parks.len() > kept;
-        self.parks.retain(|p| p.1.used == generation);
+        self.parks.retain(|p| p.used == generation);
         if added {
-            self.parks.sort_unstable_by_key(|p| p.0);
+            self.parks.sort_unstable_by_key(|p| p.g);
         }
+        let parks = &self.parks;
+        self.many.retain(|g, _| {
+            parks
+                .binary_search_by_key(g, |p| p.g)
+                .is_ok_and(|k| parks[k].chan == 0)
+        });
         if self.parks.capacity() > 2 * self.parks.len() + 4096 {
             self.parks.shrink_to_fit();
         }
