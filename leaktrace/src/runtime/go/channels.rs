@@ -128,11 +128,12 @@ impl ReadMem for Target {
 /// The channel operation a wait reason names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WaitOp {
-    Send,
-    Recv,
-    Select,
-    NilSend,
-    NilRecv,
+    // Numbered as `Waiter::op` reads them back.
+    Send = 0,
+    Recv = 1,
+    Select = 2,
+    NilSend = 3,
+    NilRecv = 4,
 }
 
 impl WaitOp {
@@ -366,9 +367,40 @@ pub struct ParkKey {
 pub struct Waiter {
     pub g: u64,
     pub waiting: u64,
-    pub op: WaitOp,
-    pub park: u64,
+    /// The park's digest, with the operation in its low 3 bits: 24 bytes a
+    /// waiter rather than 32 (a false match of the digest's other 61 bits
+    /// is still a 2⁻⁶¹ chance).
+    park_op: u64,
 }
+const _: () = assert!(size_of::<Waiter>() == 24);
+
+impl Waiter {
+    pub fn new(g: u64, waiting: u64, op: WaitOp, park: u64) -> Self {
+        Self {
+            g,
+            waiting,
+            park_op: (park & !OP_BITS) | op as u64,
+        }
+    }
+
+    pub fn op(&self) -> WaitOp {
+        match self.park_op & OP_BITS {
+            0 => WaitOp::Send,
+            1 => WaitOp::Recv,
+            2 => WaitOp::Select,
+            3 => WaitOp::NilSend,
+            _ => WaitOp::NilRecv,
+        }
+    }
+
+    /// Which park this is (see [`ParkKey::digest`]).
+    pub fn park(&self) -> u64 {
+        self.park_op & !OP_BITS
+    }
+}
+
+/// Where a [`Waiter`] keeps its operation.
+const OP_BITS: u64 = 7;
 
 impl ParkKey {
     /// All of it in one word.
@@ -396,7 +428,7 @@ struct Case {
 /// What a park cache entry was read for: the waiter's `g.waiting` and
 /// park, in one word.
 fn park_digest(w: &Waiter) -> u64 {
-    w.park ^ w.waiting.rotate_left(29)
+    w.park() ^ w.waiting.rotate_left(29)
 }
 
 /// One goroutine's cached park: its g, its digest, the refresh that last
@@ -624,7 +656,8 @@ impl ChanReader {
         };
         self.generation = self.generation.wrapping_add(1).max(1);
         let generation = self.generation;
-        let is_chan_op = |w: &Waiter| matches!(w.op, WaitOp::Send | WaitOp::Recv | WaitOp::Select);
+        let is_chan_op =
+            |w: &Waiter| matches!(w.op(), WaitOp::Send | WaitOp::Recv | WaitOp::Select);
 
         // Cases: from the park cache, else from memory. Each waiter's are
         // named by a `CasesAt`: a cached park's stay in the cache (the
@@ -675,7 +708,7 @@ impl ChanReader {
             let lists = self.read_lists(mem, waiters, &batch, &mut read);
             for (&i, list) in batch.iter().zip(lists) {
                 let w = &waiters[i];
-                let dir = match w.op {
+                let dir = match w.op() {
                     WaitOp::Send => ChanDir::Send,
                     WaitOp::Recv => ChanDir::Recv,
                     _ => ChanDir::Unknown,
@@ -807,11 +840,11 @@ impl ChanReader {
         // names stay where they are meanwhile); then the parks not used now
         // go, and the list is sorted again.
         for (i, w) in waiters.iter().enumerate() {
-            let select = w.op == WaitOp::Select;
+            let select = w.op() == WaitOp::Select;
             let c = cases.get(&self.parks, &self.many, i);
-            let waits: Option<ChanWaits> = match (w.op, &c) {
+            let waits: Option<ChanWaits> = match (w.op(), &c) {
                 (WaitOp::NilSend | WaitOp::NilRecv, _) => {
-                    let (k, dir) = if w.op == WaitOp::NilSend {
+                    let (k, dir) = if w.op() == WaitOp::NilSend {
                         (0, ChanDir::Send)
                     } else {
                         (1, ChanDir::Recv)
@@ -924,7 +957,7 @@ impl ChanReader {
         let waiters: Vec<&Waiter> = which.iter().map(|&i| &waiters[i]).collect();
         let mut lists: Vec<Option<Vec<u64>>> = waiters
             .iter()
-            .map(|w| matches!(w.op, WaitOp::Send | WaitOp::Recv | WaitOp::Select).then(Vec::new))
+            .map(|w| matches!(w.op(), WaitOp::Send | WaitOp::Recv | WaitOp::Select).then(Vec::new))
             .collect();
         let mut cursors: Vec<(usize, u64)> = Vec::new();
         for (i, w) in waiters.iter().enumerate() {
@@ -959,7 +992,7 @@ impl ChanReader {
                 let ok = sudogs.get(&addr).is_some_and(|s| {
                     s.g == w.g
                         && is_ptr(s.c)
-                        && match w.op {
+                        && match w.op() {
                             WaitOp::Select => s.is_select,
                             _ => !s.is_select && s.waitlink == 0,
                         }
@@ -971,7 +1004,7 @@ impl ChanReader {
                 list.push(addr);
                 let link = sudogs[&addr].waitlink;
                 // A select longer than MAX_SELECT_CASES keeps its first cases.
-                if w.op == WaitOp::Select && link != 0 && depth + 1 < MAX_SELECT_CASES {
+                if w.op() == WaitOp::Select && link != 0 && depth + 1 < MAX_SELECT_CASES {
                     next.push((i, link));
                 }
             }
@@ -1277,12 +1310,7 @@ mod tests {
             m.put(c, hchan(&l, 0, 0, 8, (0, 0), (s1, s3)));
             let waiters: Vec<Waiter> = [(g1, s1), (g2, s2), (g3, s3)]
                 .iter()
-                .map(|&(g, waiting)| Waiter {
-                    g,
-                    waiting,
-                    op: WaitOp::Send,
-                    park: park(g).digest(),
-                })
+                .map(|&(g, waiting)| Waiter::new(g, waiting, WaitOp::Send, park(g).digest()))
                 .collect();
             let mut r = ChanReader::new(l, None);
             let out = r.read(&m, &waiters);
@@ -1321,11 +1349,17 @@ mod tests {
             );
             // Parked again (the probe saw it): read again.
             let mut moved = waiters.clone();
-            moved[0].park = ParkKey {
-                parked_ns: 7,
-                ..park(moved[0].g)
-            }
-            .digest();
+            let w0 = moved[0];
+            moved[0] = Waiter::new(
+                w0.g,
+                w0.waiting,
+                w0.op(),
+                ParkKey {
+                    parked_ns: 7,
+                    ..park(w0.g)
+                }
+                .digest(),
+            );
             r.read(&m, &moved);
             assert_eq!((r.stats.cached, r.stats.sudogs_read), (2, 1));
         }
@@ -1384,15 +1418,7 @@ mod tests {
             }
             m.put(c2, h2);
             let mut r = ChanReader::new(l, Some(0x50_000));
-            let out = r.read(
-                &m,
-                &[Waiter {
-                    g,
-                    waiting: s1,
-                    op: WaitOp::Select,
-                    park: park(g).digest(),
-                }],
-            );
+            let out = r.read(&m, &[Waiter::new(g, s1, WaitOp::Select, park(g).digest())]);
             let w = out[0].waits.as_ref().unwrap();
             assert_eq!(w.len(), 2, "go1.{minor}");
             assert_eq!(
@@ -1422,12 +1448,7 @@ mod tests {
         put64(&mut bad, l.hchan_qcount, 5);
         m.put(c, bad);
         m.put(0x22_000, sudog(&l, g, c, false, 0, 0));
-        let w = |waiting, op| Waiter {
-            g,
-            waiting,
-            op,
-            park: park(g).digest(),
-        };
+        let w = |waiting, op| Waiter::new(g, waiting, op, park(g).digest());
         let mut r = ChanReader::new(l, None);
         let out = r.read(
             &m,
@@ -1512,12 +1533,12 @@ mod tests {
             let waiters: Vec<Waiter> = (0..64)
                 .map(|i| {
                     let g = base + (rng.next() % size as u64) / 8 * 8;
-                    Waiter {
+                    Waiter::new(
                         g,
-                        waiting: base + (rng.next() % size as u64) / 8 * 8,
-                        op: [WaitOp::Send, WaitOp::Recv, WaitOp::Select][i % 3],
-                        park: park(g).digest(),
-                    }
+                        base + (rng.next() % size as u64) / 8 * 8,
+                        [WaitOp::Send, WaitOp::Recv, WaitOp::Select][i % 3],
+                        park(g).digest(),
+                    )
                 })
                 .collect();
             let mut r = ChanReader::new(l, Some(base + 8 * (rng.next() % 100)));

@@ -516,19 +516,14 @@ impl GoReader {
                 if let TaskState::Waiting(reason) = view.state()
                     && let Some(op) = WaitOp::from_reason(reason)
                 {
-                    waiters.push(Waiter {
-                        g: task.key,
-                        waiting: h.waiting,
-                        op,
-                        park: ParkKey {
-                            goid: h.goid,
-                            sp: h.sched_sp,
-                            pc: h.sched_pc,
-                            bp: h.sched_bp,
-                            parked_ns: task.parked_ns().or(task.seen_parked_ns()).unwrap_or(0),
-                        }
-                        .digest(),
-                    });
+                    let park = ParkKey {
+                        goid: h.goid,
+                        sp: h.sched_sp,
+                        pc: h.sched_pc,
+                        bp: h.sched_bp,
+                        parked_ns: task.parked_ns().or(task.seen_parked_ns()).unwrap_or(0),
+                    };
+                    waiters.push(Waiter::new(task.key, h.waiting, op, park.digest()));
                     checks.push(header_digest(&h));
                 }
                 views.push(view);
