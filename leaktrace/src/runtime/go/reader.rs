@@ -188,6 +188,9 @@ struct PlaceKey {
     state: u32,
     reason: u8,
     via: Option<Frame>,
+    /// Goroutine 1, and a stack that kept moving (see `Place`).
+    main: bool,
+    unstable: bool,
 }
 
 impl PartialEq for PlaceKey {
@@ -198,7 +201,8 @@ impl PartialEq for PlaceKey {
                 (None, None) => true,
                 _ => false,
             }
-            && (self.state, self.reason) == (o.state, o.reason)
+            && (self.state, self.reason, self.main, self.unstable)
+                == (o.state, o.reason, o.main, o.unstable)
             && self.via == o.via
     }
 }
@@ -207,7 +211,7 @@ impl std::hash::Hash for PlaceKey {
     fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
         Arc::as_ptr(&self.names).hash(h);
         self.stack.as_ref().map(Arc::as_ptr).hash(h);
-        (self.state, self.reason, &self.via).hash(h);
+        (self.state, self.reason, self.main, self.unstable, &self.via).hash(h);
     }
 }
 
@@ -539,7 +543,7 @@ impl GoReader {
             views.shrink_to_fit();
         }
         let t0 = Instant::now();
-        self.read_channels(views, &waiters, &checks);
+        self.read_channels(views, &waiters, &mut checks);
         log::debug!(
             "refresh: {} goroutines read in {:?}, of which channels {:?} ({:?})",
             views.len(),
@@ -649,8 +653,10 @@ impl GoReader {
     /// gets nothing rather than a mix of two waits.
     ///
     /// `list` is in `views` order (a view's waiter is the next one with its
-    /// g: no list of view numbers), with `checks` its headers' digests.
-    fn read_channels(&mut self, views: &mut [TaskView], list: &[Waiter], checks: &[u64]) {
+    /// g: no list of view numbers), with `checks` its headers' digests;
+    /// those of waiters that need no check become 0 (no list of the fresh
+    /// ones either).
+    fn read_channels(&mut self, views: &mut [TaskView], list: &[Waiter], checks: &mut [u64]) {
         let Some(chans) = self.chans.as_mut() else {
             return;
         };
@@ -659,35 +665,42 @@ impl GoReader {
         }
         // Each list goes straight to its view; the fresh ones are checked
         // below, and a view whose goroutine moved loses its list again.
-        // Waiter and view numbers as `u32`: a million of them.
-        let mut fresh: Vec<(u32, u32)> = Vec::new();
         let mut v = 0;
         chans.read_each(&self.target, list, &mut |k, read| {
             while views[v].key != list[k].g {
                 v += 1;
             }
-            if read.fresh {
-                fresh.push((k as u32, v as u32));
+            if !read.fresh {
+                checks[k] = 0;
             }
             if let Some(waits) = read.waits {
                 views[v].waits_on = waits;
             }
         });
-        let mut moved: Vec<(u32, u32)> = Vec::new();
         // In batches: no list of a million addresses at once.
-        for batch in fresh.chunks(CHUNK) {
-            let keys: Vec<u64> = batch.iter().map(|&(k, _)| list[k as usize].g).collect();
+        let mut moved: Vec<u32> = Vec::new();
+        let mut fresh = (0..list.len()).filter(|&k| checks[k] != 0).peekable();
+        let mut batch: Vec<usize> = Vec::with_capacity(CHUNK);
+        while fresh.peek().is_some() {
+            batch.clear();
+            batch.extend(fresh.by_ref().take(CHUNK));
+            let keys: Vec<u64> = batch.iter().map(|&k| list[k].g).collect();
             self.target.read_each(&keys, self.g_len(), &mut |j, b| {
                 let again = b.and_then(|b| self.parse_header(b));
-                if again.map(|h| header_digest(&h)) != Some(checks[batch[j].0 as usize]) {
-                    moved.push(batch[j]);
+                if again.map(|h| header_digest(&h)) != Some(checks[batch[j]]) {
+                    moved.push(batch[j] as u32);
                 }
             });
         }
         let chans = self.chans.as_mut().expect("checked above");
-        for (k, v) in moved {
-            chans.reject(&list[k as usize]);
-            views[v as usize].waits_on = no_chan_waits();
+        let mut v = 0;
+        for k in moved {
+            let w = &list[k as usize];
+            while views[v].key != w.g {
+                v += 1;
+            }
+            chans.reject(w);
+            views[v].waits_on = no_chan_waits();
         }
     }
 
@@ -719,6 +732,9 @@ impl GoReader {
             state,
             reason,
             via,
+            // Goroutine 1 runs runtime.main, the only one without a `go` statement.
+            main: h.goid == 1,
+            unstable: unstable && waiting,
         };
         let place = match self.places.get(&key) {
             Some(p) => p.clone(),
@@ -754,9 +770,6 @@ impl GoReader {
             key: task.key,
             id: h.goid,
             place,
-            // Goroutine 1 runs runtime.main, the only one without a `go` statement.
-            main: h.goid == 1,
-            stack_unstable: unstable && waiting,
             blocked_since,
             alive_since,
             waits_on: no_chan_waits(),
@@ -784,6 +797,8 @@ impl GoReader {
             state,
             system: key.names.system,
             blocking: false,
+            main: key.main,
+            stack_unstable: key.unstable,
             created_by: key.names.created_by.clone(),
             via: key.via.clone(),
             start: stack
