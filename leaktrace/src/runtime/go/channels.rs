@@ -489,9 +489,11 @@ impl FromIterator<Case> for Cases {
     }
 }
 
-/// Where each waiter's cases are during a read: nowhere, a cached park
-/// (its index in `ChanReader::parks`), or `own` (read now, or a copy to
-/// look select directions up in).
+/// Where each waiter's cases are during a read: nowhere, not read yet, a
+/// cached park (its index in `ChanReader::parks`), or `own` (read now, or
+/// a copy to look select directions up in); and whether they were read
+/// now ([`Self::FRESH`]). One word per waiter, and no list of the waiters
+/// to read (a million at attach).
 struct CasesAt {
     at: Vec<u32>,
     own: Vec<Option<Cases>>,
@@ -499,19 +501,35 @@ struct CasesAt {
 
 impl CasesAt {
     const NONE: u32 = u32::MAX;
+    /// Not in the cache: to be read.
+    const UNREAD: u32 = u32::MAX - 1;
     const OWN: u32 = 1 << 31;
+    const FRESH: u32 = 1 << 30;
+    const INDEX: u32 = Self::FRESH - 1;
 
-    fn set_own(&mut self, i: usize, c: Option<Cases>) {
-        self.at[i] = Self::OWN | self.own.len() as u32;
+    fn set_own(&mut self, i: usize, c: Option<Cases>, fresh: bool) {
+        self.at[i] = Self::OWN | self.own.len() as u32 | if fresh { Self::FRESH } else { 0 };
         self.own.push(c);
+    }
+
+    /// Read now (not from the cache).
+    fn fresh(&self, i: usize) -> bool {
+        let k = self.at[i];
+        k != Self::NONE && k != Self::UNREAD && k & Self::FRESH != 0
+    }
+
+    /// In the park cache (not in `own`).
+    fn cached(&self, i: usize) -> bool {
+        let k = self.at[i];
+        k != Self::NONE && k != Self::UNREAD && k & Self::OWN == 0
     }
 
     /// Waiter `i`'s cases (a copy: one case, or a shared list).
     fn get(&self, parks: &[CachedPark], many: &Map<u64, Arc<[Case]>>, i: usize) -> Option<Cases> {
         match self.at[i] {
-            Self::NONE => None,
-            k if k & Self::OWN != 0 => self.own[(k & !Self::OWN) as usize].clone(),
-            k => parks[k as usize].cases(many),
+            Self::NONE | Self::UNREAD => None,
+            k if k & Self::OWN != 0 => self.own[(k & Self::INDEX) as usize].clone(),
+            k => parks[(k & Self::INDEX) as usize].cases(many),
         }
     }
 
@@ -667,8 +685,6 @@ impl ChanReader {
             at: vec![CasesAt::NONE; waiters.len()],
             own: Vec::new(),
         };
-        // Waiter numbers (`u32`: a million of them, 4 MB rather than 8).
-        let mut uncached: Vec<u32> = Vec::new();
         for (i, w) in waiters.iter().enumerate() {
             if !is_chan_op(w) {
                 continue;
@@ -684,13 +700,13 @@ impl ChanReader {
                     if c.as_ref()
                         .is_some_and(|c| c.iter().any(|c| c.dir == ChanDir::Unknown))
                     {
-                        cases.set_own(i, c);
+                        cases.set_own(i, c, false);
                     } else {
                         cases.at[i] = k as u32;
                     }
                     self.stats.cached += 1;
                 }
-                _ => uncached.push(i as u32),
+                _ => cases.at[i] = CasesAt::UNREAD,
             }
         }
         // In batches, so that the sudogs and lists read for a million new
@@ -702,8 +718,19 @@ impl ChanReader {
         // million new waiters at attach: their cases once, not twice).
         let mut sudogs: Map<u64, Sudog> = Map::default();
         let kept = self.parks.len();
-        for batch in uncached.chunks(LIST_BATCH) {
-            let batch: Vec<usize> = batch.iter().map(|&i| i as usize).collect();
+        let mut batch: Vec<usize> = Vec::with_capacity(LIST_BATCH);
+        let mut next = 0;
+        loop {
+            batch.clear();
+            while batch.len() < LIST_BATCH && next < waiters.len() {
+                if cases.at[next] == CasesAt::UNREAD {
+                    batch.push(next);
+                }
+                next += 1;
+            }
+            if batch.is_empty() {
+                break;
+            }
             let mut read: Map<u64, Sudog> = Map::default();
             let lists = self.read_lists(mem, waiters, &batch, &mut read);
             for (&i, list) in batch.iter().zip(lists) {
@@ -724,7 +751,7 @@ impl ChanReader {
                 });
                 match list {
                     Some(Cases::One(c)) if dir != ChanDir::Unknown => {
-                        cases.at[i] = self.parks.len() as u32;
+                        cases.at[i] = CasesAt::FRESH | self.parks.len() as u32;
                         self.parks.push(CachedPark {
                             g: w.g,
                             digest: park_digest(w),
@@ -733,7 +760,7 @@ impl ChanReader {
                             dir,
                         });
                     }
-                    list => cases.set_own(i, list),
+                    list => cases.set_own(i, list, true),
                 }
             }
             sudogs.extend(read.into_iter().filter(|(_, s)| s.is_select));
@@ -759,9 +786,9 @@ impl ChanReader {
         // reset), so everything is read again every FULL_READ_EVERY
         // refreshes all the same.
         let full = generation % FULL_READ_EVERY == 1;
-        for &i in &uncached {
+        for i in (0..waiters.len()).filter(|&i| cases.fresh(i)) {
             for c in cases
-                .get(&self.parks, &self.many, i as usize)
+                .get(&self.parks, &self.many, i)
                 .iter()
                 .flat_map(|c| c.iter())
             {
@@ -831,10 +858,6 @@ impl ChanReader {
 
         // Identical waits (many goroutines on one channel) share one list:
         // per slot, one per (direction, select).
-        let mut fresh = vec![false; waiters.len()];
-        for i in uncached {
-            fresh[i as usize] = true;
-        }
         let mut nil: [Option<ChanWaits>; 2] = [None, None];
         // The new parks of selects go at the end too (the entries `cases`
         // names stay where they are meanwhile); then the parks not used now
@@ -891,10 +914,10 @@ impl ChanReader {
                 ),
                 (_, None) => None,
             };
-            let is_fresh = fresh[i];
+            let is_fresh = cases.fresh(i);
             match c {
                 // Already in the cache (see above).
-                Some(_) if is_fresh && cases.at[i] & CasesAt::OWN == 0 => {}
+                Some(_) if is_fresh && cases.cached(i) => {}
                 Some(cases) if is_fresh => {
                     let (chan, dir) = match &cases {
                         Cases::One(c) if c.dir != ChanDir::Unknown => (c.chan, c.dir),
