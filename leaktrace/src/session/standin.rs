@@ -88,3 +88,119 @@ impl StandIn {
         r
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::HashMap, sync::Arc};
+
+    use super::*;
+    use crate::{
+        aggregate::verdict::Rules,
+        report::{
+            build::{Moment, ReportBuilder, Shape},
+            model::{EventTotals, TargetInfo},
+        },
+        runtime::{Place, Since, TaskState, TaskView, go::GO},
+        symbols::Frame,
+        target::clock::monotonic_ns,
+    };
+
+    fn counts(spawn: u64, exit: u64) -> TaskCounts {
+        TaskCounts {
+            spawn,
+            exit,
+            ..TaskCounts::default()
+        }
+    }
+
+    fn builder() -> ReportBuilder {
+        let target = TargetInfo {
+            pid: 7,
+            exe: "/srv/app".into(),
+            cmdline: None,
+            runtime: GO,
+            runtime_version: "go1.27.3".into(),
+            symbols: "dwarf",
+            warnings: Vec::new(),
+        };
+        let shape = Shape {
+            top: 20,
+            system: false,
+            window_ns: 10_000_000_000,
+            hang_s: 60.0,
+        };
+        ReportBuilder::new(shape, target, Rules::default(), Vec::new())
+    }
+
+    /// `n` goroutines blocked sending for 5 s.
+    fn blocked(n: u64) -> Vec<TaskView> {
+        let frame = |function: &str| Frame {
+            function: Arc::from(function),
+            file: Arc::from("/src/app/main.go"),
+            line: 10,
+        };
+        let place = Arc::new(Place {
+            state: TaskState::Waiting("chan send".into()),
+            never_ends: false,
+            system: false,
+            blocking: false,
+            created_by: frame("main.main"),
+            via: None,
+            start: frame("main.send"),
+            stack: Arc::from([frame("runtime.gopark"), frame("main.send")]),
+            blocked_at: Some(frame("main.send")),
+            main: false,
+            stack_unstable: false,
+        });
+        let then = monotonic_ns() - 5_000_000_000;
+        (0..n)
+            .map(|i| TaskView {
+                key: 0x1000 + i * 0x100,
+                id: 10 + i,
+                place: place.clone(),
+                blocked_since: Some(Since::Exact(then)),
+                alive_since: Since::Exact(then),
+                waits_on: Default::default(),
+                stranded: Default::default(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_cut_read_reports_the_kept_groups_with_the_session_now() {
+        let mut b = builder();
+        let read = Instant::now();
+        let views = blocked(40);
+        let kept = b.build(
+            false,
+            Moment::Live,
+            EventTotals::new(counts(100, 0), 0),
+            &views,
+            &HashMap::new(),
+        );
+        assert_eq!((kept.live, kept.groups.len()), (40, 1));
+        let s = StandIn::new(kept, read, counts(100, 0));
+        assert!(s.fresh_for(read), "made from this read");
+        b.notes.push("stopped during a read".into());
+        // Since the kept read: 7 spawned, 3 exited; the views are gone.
+        let now = b.build(
+            true,
+            Moment::Live,
+            EventTotals::new(counts(107, 3), 2),
+            &[],
+            &HashMap::new(),
+        );
+        let r = s.report(Now {
+            is_final: true,
+            counts: counts(107, 3),
+            report: now,
+        });
+        assert!(r.is_final);
+        assert_eq!(r.live, 44, "40 read, moved on by the events since");
+        assert_eq!(r.groups.len(), 1);
+        assert_eq!(r.groups[0].count, 40, "the kept read's groups");
+        assert_eq!((r.events.spawn, r.events.exit, r.events.lost), (107, 3, 2));
+        assert_eq!(r.notes, vec!["stopped during a read".to_string()]);
+        assert!(r.data_age_s.is_some_and(|a| a >= 0.0));
+    }
+}
