@@ -43,16 +43,16 @@ fn views(n: u64, created_by: &str, start: &str, state: TaskState, stack: &[&str]
         start: frame(start, 2000),
         blocked_at: None,
         stack: if waiting { stack } else { Arc::from([]) },
+        main: false,
+        stack_unstable: false,
     });
     (0..n)
         .map(|i| TaskView {
             key: 0x1000 + i * 0x100 + (created_by.len() as u64) * 0x100_000,
             id: 100 + i,
             place: place.clone(),
-            main: false,
             blocked_since: waiting.then(|| Since::Exact(now - 5_000_000_000)),
             alive_since: Since::Exact(now - 5_000_000_000),
-            stack_unstable: false,
             waits_on: Default::default(),
             stranded: Default::default(),
         })

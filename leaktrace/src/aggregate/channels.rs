@@ -338,11 +338,11 @@ mod tests {
                 start: frame("main.g"),
                 stack: Arc::from([]),
                 blocked_at: Some(frame("main.g")),
+                main: false,
+                stack_unstable: false,
             }),
-            main: false,
             blocked_since: Some(Since::Exact(0)),
             alive_since: Since::Exact(0),
-            stack_unstable: false,
             waits_on: waits.into(),
             stranded: Default::default(),
         }

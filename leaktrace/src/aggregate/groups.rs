@@ -167,12 +167,12 @@ pub fn group<'v>(
         let g = &mut a.group;
         g.count += 1;
         g.never_ends |= v.place.never_ends;
-        g.main |= v.main;
+        g.main |= v.main();
         g.before_attach += v.alive_since.before_attach() as u32;
         g.youngest_s = g
             .youngest_s
             .min(now_ns.saturating_sub(v.alive_since.ns()) as f64 / 1e9);
-        g.unstable += v.stack_unstable as u32;
+        g.unstable += v.stack_unstable() as u32;
         g.stranded += v.stranded.get().is_some() as u32;
         g.deadlocked += matches!(v.stranded.get(), Some(Stranded::Deadlock(_))) as u32;
         if g.sample_ids.len() < 5 && v.id != 0 {
@@ -285,11 +285,11 @@ mod tests {
                 stack: vec![frame("runtime.gopark", 1), frame("main.serve.func1", 12)].into(),
                 blocked_at: state.is_waiting().then(|| frame("main.serve.func1", 12)),
                 state,
+                main: false,
+                stack_unstable: false,
             }),
-            main: false,
             blocked_since: since,
             alive_since: since.unwrap_or(Since::Exact(0)),
-            stack_unstable: false,
             waits_on: Default::default(),
             stranded: Default::default(),
         }

@@ -54,6 +54,13 @@ pub struct Place {
     pub via: Option<Frame>,
     /// The task's own function, compiler wrappers unwrapped.
     pub start: Frame,
+    /// The program's main task (Go: goroutine 1, started by the runtime
+    /// without a `go` statement): a place of its own.
+    pub main: bool,
+    /// The stack could not be read consistently (the runtime moved it
+    /// while we read, repeatedly); `stack` is then empty. Here rather than
+    /// in each view: a word less per task.
+    pub stack_unstable: bool,
     /// Innermost first. Empty when not blocked or not readable.
     pub stack: Arc<[Frame]>,
     /// First frame of the program's own code in `stack` (not the runtime's
@@ -68,12 +75,6 @@ pub struct TaskView {
     pub id: u64,
     /// Shared by every task at the same place (see [`Place`]).
     pub place: Arc<Place>,
-    /// The program's main task (Go: goroutine 1, started by the runtime
-    /// without a `go` statement).
-    pub main: bool,
-    /// Set when the stack could not be read consistently (the runtime moved
-    /// it while we read, repeatedly).
-    pub stack_unstable: bool,
     /// When the current block began, if known.
     pub blocked_since: Option<Since>,
     /// When the task was created (a lower bound for tasks that existed
@@ -89,9 +90,8 @@ pub struct TaskView {
     pub stranded: StrandedMark,
 }
 
-// Two lists of views of every live task exist during a refresh (see
-// `Since`): every word here is 16 bytes per task.
-const _: () = assert!(size_of::<TaskView>() <= 64);
+// One view per live task, a million of them: every word here is 8 MB.
+const _: () = assert!(size_of::<TaskView>() <= 56);
 const _: () = assert!(size_of::<Option<Since>>() == 8);
 
 /// What a heap walk proved about a blocked task.
@@ -138,6 +138,12 @@ impl TaskView {
     pub fn system(&self) -> bool {
         self.place.system
     }
+    pub fn main(&self) -> bool {
+        self.place.main
+    }
+    pub fn stack_unstable(&self) -> bool {
+        self.place.stack_unstable
+    }
 }
 
 /// One empty channel list, shared: most views wait on no channel, and an
@@ -149,8 +155,8 @@ pub fn no_chan_waits() -> ChanWaits {
 
 /// The channel operations one task waits in, shared by the tasks that wait
 /// in the same (one list per channel and direction, built once a refresh).
-/// A thin pointer: a slice's `Arc` is two words, 16 bytes per task while
-/// a refresh holds two lists of views.
+/// A thin pointer: a slice's `Arc` is two words, 8 bytes more per view
+/// (a million views: 8 MB).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ChanWaits(Arc<Box<[ChanWait]>>);
 
@@ -281,10 +287,8 @@ impl ChanTimer {
 /// A point in time (CLOCK_MONOTONIC ns) that is either exact or only an
 /// upper bound on the start (so durations derived from it are lower bounds).
 ///
-/// One word, never zero: a view carries two of these (one optional), and a
-/// refresh of a million tasks keeps two lists of views (the session's and
-/// the one being read), so an enum's 16 bytes, 16 more for the `Option`,
-/// were 64 bytes per task. The top bit is always set (the niche that makes
+/// One word, never zero: a view carries two of these (one optional), so an
+/// enum's 16 bytes, 16 more for the `Option`, would be 32 bytes per view. The top bit is always set (the niche that makes
 /// `Option<Since>` one word too), the next says "at most", the third
 /// "found after attach" (see [`Since::Found`]); times are clamped to 2⁶¹ ns
 /// (73 years of uptime).

@@ -12,6 +12,7 @@ mod exports;
 mod follow;
 mod one;
 mod serve;
+mod standin;
 mod stops;
 mod trace;
 mod traces;

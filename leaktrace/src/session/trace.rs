@@ -11,6 +11,7 @@ use tokio::{
 };
 
 use super::{
+    standin::{self, StandIn},
     stops::{End, Schedule, Tick, pidfd},
     work::{Totals, Work, off_thread},
 };
@@ -258,6 +259,8 @@ pub(super) async fn trace(
     let mut refresh = Refresh {
         builder,
         views: Vec::new(),
+        views_away: false,
+        stand_in: None,
         read_at: None,
         read_done: None,
         reports: 0,
@@ -318,6 +321,7 @@ pub(super) async fn trace(
                     refresh.reports += 1;
                     next_sample = Instant::now() + sample_every;
                     let report = refresh.report(false, Moment::Live);
+                    refresh.keep(&report);
                     if let Err(e) = ctx.out.borrow_mut().write(&report) {
                         output_failed = Some(e);
                         break End::OutputFailed;
@@ -351,10 +355,12 @@ pub(super) async fn trace(
             w.apply(&batch);
         }
     }
-    if work.is_none() && cut.is_some() && refresh.read_at.is_some() {
+    if let Some(s) = refresh.stand_in.as_ref().filter(|_| refresh.views_away) {
         refresh.builder.notes.push(format!(
-            "stopped during a read of the {}: this is the state as of the previous one",
-            kind.tasks
+            "stopped during a read of the {}: this is the state as of an earlier read, {:.1} s \
+             before the end",
+            kind.tasks,
+            s.age().as_secs_f64()
         ));
     }
     let mut status = None;
@@ -457,7 +463,14 @@ pub(super) fn verdict_rank(v: Verdict) -> u8 {
 /// The latest task views and what reports are built from.
 struct Refresh {
     builder: ReportBuilder,
+    /// One list, refilled in place by each read (see `standin`).
     views: Vec<TaskView>,
+    /// A read was cut short and took `views` with it: reports stand on
+    /// `stand_in`.
+    views_away: bool,
+    /// A report from an earlier read, for a final report whose read was
+    /// cut short.
+    stand_in: Option<StandIn>,
     /// When `views` were read, and the event totals then: a report says its
     /// data's age, and its `live` adds the spawns and exits since.
     read_at: Option<(Instant, TaskCounts)>,
@@ -492,25 +505,35 @@ impl Refresh {
             return Ok(());
         };
         let pid = self.pid;
-        let (w, read) = off_thread(stop, move || {
-            let read = w.read(pid);
+        self.keep_stand_in();
+        let views = std::mem::take(&mut self.views);
+        let (w, read) = match off_thread(stop, move || {
+            let read = w.read(pid, views);
             (w, read)
         })
-        .await?;
+        .await
+        {
+            Ok(done) => done,
+            Err(end) => {
+                self.views_away = true;
+                return Err(end);
+            }
+        };
         self.totals = w.totals();
         *work = Some(w);
+        // Refilled, or as they were if the read failed.
+        self.views = read.views;
         for note in read.notes {
             crate::say!("note: {note}");
             self.builder.notes.push(note);
         }
         match read.result {
-            Ok(Some(views)) => {
-                self.views = views;
+            Ok(true) => {
                 self.read_at = Some(read.started);
                 self.read_done = Some(Instant::now());
                 self.builder.record(&self.views, read.sockets);
             }
-            Ok(None) => {}
+            Ok(false) => {}
             // A process we started may not run its program yet; otherwise
             // say why once, in the final report.
             Err(e) if !self.fresh => self.read_error = Some(format!("{e:#}")),
@@ -519,7 +542,38 @@ impl Refresh {
         Ok(())
     }
 
+    /// Before a read refills the views: keep a report of them to stand in
+    /// for a final report if the read is cut short, unless a recent one is
+    /// kept (see `standin::STAND_IN_EVERY`).
+    fn keep_stand_in(&mut self) {
+        let Some((read, _)) = self.read_at else {
+            return;
+        };
+        if self.stand_in.as_ref().is_some_and(|s| s.fresh_for(read)) {
+            return;
+        }
+        let report = self.report(true, Moment::Live);
+        self.keep(&report);
+    }
+
+    /// Keep a live report made from the current views as the stand-in.
+    fn keep(&mut self, report: &Report) {
+        if let Some((read, _)) = self.read_at
+            && !self.views_away
+        {
+            self.stand_in = Some(StandIn::new(
+                report.clone(),
+                read,
+                self.totals.counts.clone(),
+            ));
+        }
+    }
+
     fn report(&self, is_final: bool, moment: Moment) -> Report {
+        // The views went with a read cut short: an earlier read's report
+        // stands in (with none, the empty list says no read completed).
+        let stand_in = self.stand_in.as_ref().filter(|_| self.views_away);
+        let views: &[TaskView] = if stand_in.is_some() { &[] } else { &self.views };
         let Totals {
             counts,
             lifetimes,
@@ -531,10 +585,17 @@ impl Refresh {
             is_final,
             moment,
             EventTotals::new(counts.clone(), lost),
-            &self.views,
+            views,
             &lifetimes,
         );
         report.overhead = overhead;
+        if let Some(s) = stand_in {
+            return s.report(standin::Now {
+                is_final,
+                counts,
+                report,
+            });
+        }
         match (moment, &self.read_at) {
             // The exit walk is the state at the exit, just now.
             (Moment::AtExit { .. }, _) => report.data_age_s = Some(0.0),
@@ -550,7 +611,7 @@ impl Refresh {
 
 /// The live count a read found, moved on by the spawns and exits the
 /// probes saw since it. (Corrections happen during reads: already in it.)
-fn live_since(read: u64, then: &TaskCounts, now: &TaskCounts) -> u64 {
+pub(super) fn live_since(read: u64, then: &TaskCounts, now: &TaskCounts) -> u64 {
     let spawned = now.spawn.saturating_sub(then.spawn);
     let ended = now.exit.saturating_sub(then.exit);
     (read + spawned).saturating_sub(ended)

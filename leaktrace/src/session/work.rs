@@ -58,7 +58,11 @@ pub(super) struct Read {
     /// the session's thread, never during a read, so the views are the table
     /// as of these counts.
     pub started: (Instant, TaskCounts),
-    pub result: Result<Option<Vec<TaskView>>>,
+    /// `Ok(false)`: the program does not run the binary yet.
+    pub result: Result<bool>,
+    /// The session's list, refilled when `result` is `Ok(true)`, untouched
+    /// otherwise.
+    pub views: Vec<TaskView>,
     pub notes: Vec<String>,
     pub sockets: Option<u32>,
 }
@@ -88,20 +92,17 @@ impl Work {
         Instant::from_std(self.budget.due())
     }
 
-    pub(super) fn read(&mut self, pid: u32) -> Read {
+    /// Refill `views` (the session's one list: a million views are not
+    /// held twice) with every live task.
+    pub(super) fn read(&mut self, pid: u32, mut views: Vec<TaskView>) -> Read {
         // First: shedding the spawn probe makes this read walk allgs.
         self.check_budget();
         let started = (Instant::now(), self.rt.counts());
-        // A fresh list, not the session's: if the read is cut short, the
-        // report still has the previous one.
-        let mut views = Vec::new();
-        let result = self
-            .rt
-            .refresh(&mut self.probes, pid, &mut views)
-            .map(|read| read.then_some(views));
+        let result = self.rt.refresh(&mut self.probes, pid, &mut views);
         Read {
             started,
             result,
+            views,
             notes: self.rt.take_notes(),
             sockets: open_sockets(pid),
         }

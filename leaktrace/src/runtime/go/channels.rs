@@ -41,7 +41,7 @@ pub const MAX_QUEUE_READS: usize = 256;
 /// New waiters whose sudog lists are read together (and kept in memory).
 const LIST_BATCH: usize = 4096;
 /// Every channel is read again at least once in this many refreshes.
-const FULL_READ_EVERY: u64 = 10;
+const FULL_READ_EVERY: u32 = 10;
 /// Timers read from the heaps per refresh at most.
 pub const MAX_TIMERS: usize = 1 << 20;
 /// Ps in `runtime.allp` at most (GOMAXPROCS is capped at 2^10 by default;
@@ -128,11 +128,12 @@ impl ReadMem for Target {
 /// The channel operation a wait reason names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WaitOp {
-    Send,
-    Recv,
-    Select,
-    NilSend,
-    NilRecv,
+    // Numbered as `Waiter::op` reads them back.
+    Send = 0,
+    Recv = 1,
+    Select = 2,
+    NilSend = 3,
+    NilRecv = 4,
 }
 
 impl WaitOp {
@@ -366,9 +367,40 @@ pub struct ParkKey {
 pub struct Waiter {
     pub g: u64,
     pub waiting: u64,
-    pub op: WaitOp,
-    pub park: u64,
+    /// The park's digest, with the operation in its low 3 bits: 24 bytes a
+    /// waiter rather than 32 (a false match of the digest's other 61 bits
+    /// is still a 2⁻⁶¹ chance).
+    park_op: u64,
 }
+const _: () = assert!(size_of::<Waiter>() == 24);
+
+impl Waiter {
+    pub fn new(g: u64, waiting: u64, op: WaitOp, park: u64) -> Self {
+        Self {
+            g,
+            waiting,
+            park_op: (park & !OP_BITS) | op as u64,
+        }
+    }
+
+    pub fn op(&self) -> WaitOp {
+        match self.park_op & OP_BITS {
+            0 => WaitOp::Send,
+            1 => WaitOp::Recv,
+            2 => WaitOp::Select,
+            3 => WaitOp::NilSend,
+            _ => WaitOp::NilRecv,
+        }
+    }
+
+    /// Which park this is (see [`ParkKey::digest`]).
+    pub fn park(&self) -> u64 {
+        self.park_op & !OP_BITS
+    }
+}
+
+/// Where a [`Waiter`] keeps its operation.
+const OP_BITS: u64 = 7;
 
 impl ParkKey {
     /// All of it in one word.
@@ -396,15 +428,37 @@ struct Case {
 /// What a park cache entry was read for: the waiter's `g.waiting` and
 /// park, in one word.
 fn park_digest(w: &Waiter) -> u64 {
-    w.park ^ w.waiting.rotate_left(29)
+    w.park() ^ w.waiting.rotate_left(29)
 }
 
-/// One goroutine's cached park: its digest, its cases, the refresh that
-/// last used it.
+/// One goroutine's cached park: its g, its digest, the refresh that last
+/// used it (0: rejected), and its one case when it has one of known
+/// direction (a send or a receive: nearly always); a select's cases are in
+/// `ChanReader::many`. One per blocked goroutine, maybe a million: the
+/// case's sudog is not kept (only a select's direction is looked up by
+/// it), 32 bytes rather than 48.
 struct CachedPark {
+    g: u64,
     digest: u64,
-    cases: Cases,
-    used: u64,
+    /// The channel of its one case; 0: its cases are in `many`.
+    chan: u64,
+    used: u32,
+    dir: ChanDir,
+}
+const _: () = assert!(size_of::<CachedPark>() <= 32);
+
+impl CachedPark {
+    /// Its cases: its own one, or those kept in `many`.
+    fn cases(&self, many: &Map<u64, Arc<[Case]>>) -> Option<Cases> {
+        if self.chan != 0 {
+            return Some(Cases::One(Case {
+                sudog: 0,
+                chan: self.chan,
+                dir: self.dir,
+            }));
+        }
+        many.get(&self.g).cloned().map(Cases::Many)
+    }
 }
 
 /// The cases of one wait: nearly always one (a send or a receive), kept
@@ -435,9 +489,11 @@ impl FromIterator<Case> for Cases {
     }
 }
 
-/// Where each waiter's cases are during a read: nowhere, a cached park
-/// (its index in `ChanReader::parks`), or `own` (read now, or a copy to
-/// look select directions up in).
+/// Where each waiter's cases are during a read: nowhere, not read yet, a
+/// cached park (its index in `ChanReader::parks`), or `own` (read now, or
+/// a copy to look select directions up in); and whether they were read
+/// now ([`Self::FRESH`]). One word per waiter, and no list of the waiters
+/// to read (a million at attach).
 struct CasesAt {
     at: Vec<u32>,
     own: Vec<Option<Cases>>,
@@ -445,23 +501,44 @@ struct CasesAt {
 
 impl CasesAt {
     const NONE: u32 = u32::MAX;
+    /// Not in the cache: to be read.
+    const UNREAD: u32 = u32::MAX - 1;
     const OWN: u32 = 1 << 31;
+    const FRESH: u32 = 1 << 30;
+    const INDEX: u32 = Self::FRESH - 1;
 
-    fn set_own(&mut self, i: usize, c: Option<Cases>) {
-        self.at[i] = Self::OWN | self.own.len() as u32;
+    fn set_own(&mut self, i: usize, c: Option<Cases>, fresh: bool) {
+        self.at[i] = Self::OWN | self.own.len() as u32 | if fresh { Self::FRESH } else { 0 };
         self.own.push(c);
     }
 
-    fn get<'a>(&'a self, parks: &'a [(u64, CachedPark)], i: usize) -> Option<&'a Cases> {
+    /// Read now (not from the cache).
+    fn fresh(&self, i: usize) -> bool {
+        let k = self.at[i];
+        k != Self::NONE && k != Self::UNREAD && k & Self::FRESH != 0
+    }
+
+    /// In the park cache (not in `own`).
+    fn cached(&self, i: usize) -> bool {
+        let k = self.at[i];
+        k != Self::NONE && k != Self::UNREAD && k & Self::OWN == 0
+    }
+
+    /// Waiter `i`'s cases (a copy: one case, or a shared list).
+    fn get(&self, parks: &[CachedPark], many: &Map<u64, Arc<[Case]>>, i: usize) -> Option<Cases> {
         match self.at[i] {
-            Self::NONE => None,
-            k if k & Self::OWN != 0 => self.own[(k & !Self::OWN) as usize].as_ref(),
-            k => Some(&parks[k as usize].1.cases),
+            Self::NONE | Self::UNREAD => None,
+            k if k & Self::OWN != 0 => self.own[(k & Self::INDEX) as usize].clone(),
+            k => parks[(k & Self::INDEX) as usize].cases(many),
         }
     }
 
-    fn all<'a>(&'a self, parks: &'a [(u64, CachedPark)]) -> impl Iterator<Item = &'a Cases> {
-        (0..self.at.len()).filter_map(move |i| self.get(parks, i))
+    fn all<'a>(
+        &'a self,
+        parks: &'a [CachedPark],
+        many: &'a Map<u64, Arc<[Case]>>,
+    ) -> impl Iterator<Item = Cases> + 'a {
+        (0..self.at.len()).filter_map(move |i| self.get(parks, many, i))
     }
 }
 
@@ -517,9 +594,12 @@ pub struct ChanReader {
     /// the refresh that last used it; only those the last refresh used are
     /// kept. One small entry per blocked goroutine, and there may be a
     /// million: a sorted list costs half a hash map's memory there.
-    parks: Vec<(u64, CachedPark)>,
-    /// Refreshes so far.
-    generation: u64,
+    parks: Vec<CachedPark>,
+    /// The cases of the cached parks that are not one send or receive
+    /// (selects), by g.
+    many: Map<u64, Arc<[Case]>>,
+    /// Refreshes so far (never 0, which marks a rejected park).
+    generation: u32,
     /// Each channel as last read, with its timer: what a channel whose
     /// waiters have not moved still is.
     chan_cache: Map<u64, (Hchan, Option<ChanTimer>)>,
@@ -542,6 +622,7 @@ impl ChanReader {
             layout,
             allp,
             parks: Vec::new(),
+            many: Map::default(),
             generation: 0,
             chan_cache: Map::default(),
             stats: ReadStats::default(),
@@ -563,8 +644,8 @@ impl ChanReader {
     }
 
     fn park_mut(&mut self, g: u64) -> Option<&mut CachedPark> {
-        let i = self.parks.binary_search_by_key(&g, |p| p.0).ok()?;
-        Some(&mut self.parks[i].1)
+        let i = self.parks.binary_search_by_key(&g, |p| p.g).ok()?;
+        Some(&mut self.parks[i])
     }
 
     /// What each waiter waits on, in `waiters` order (see [`Self::read_each`]).
@@ -591,9 +672,10 @@ impl ChanReader {
             waiters: waiters.len(),
             ..ReadStats::default()
         };
-        self.generation += 1;
+        self.generation = self.generation.wrapping_add(1).max(1);
         let generation = self.generation;
-        let is_chan_op = |w: &Waiter| matches!(w.op, WaitOp::Send | WaitOp::Recv | WaitOp::Select);
+        let is_chan_op =
+            |w: &Waiter| matches!(w.op(), WaitOp::Send | WaitOp::Recv | WaitOp::Select);
 
         // Cases: from the park cache, else from memory. Each waiter's are
         // named by a `CasesAt`: a cached park's stay in the cache (the
@@ -603,54 +685,83 @@ impl ChanReader {
             at: vec![CasesAt::NONE; waiters.len()],
             own: Vec::new(),
         };
-        let mut uncached: Vec<usize> = Vec::new();
         for (i, w) in waiters.iter().enumerate() {
             if !is_chan_op(w) {
                 continue;
             }
-            let found = self.parks.binary_search_by_key(&w.g, |p| p.0).ok();
-            match found.map(|k| (k, &mut self.parks[k].1)) {
+            let found = self.parks.binary_search_by_key(&w.g, |p| p.g).ok();
+            match found.map(|k| (k, &mut self.parks[k])) {
                 // `used` 0: rejected.
                 Some((k, p)) if p.used != 0 && p.digest == park_digest(w) => {
                     p.used = generation;
                     // Select cases of unknown direction are looked up
                     // again below, in a copy.
-                    if p.cases.iter().any(|c| c.dir == ChanDir::Unknown) {
-                        cases.set_own(i, Some(p.cases.clone()));
+                    let c = p.cases(&self.many);
+                    if c.as_ref()
+                        .is_some_and(|c| c.iter().any(|c| c.dir == ChanDir::Unknown))
+                    {
+                        cases.set_own(i, c, false);
                     } else {
                         cases.at[i] = k as u32;
                     }
                     self.stats.cached += 1;
                 }
-                _ => uncached.push(i),
+                _ => cases.at[i] = CasesAt::UNREAD,
             }
         }
         // In batches, so that the sudogs and lists read for a million new
         // waiters are never all in memory at once. The sudogs of selects
         // are kept for the queue walks below (the only ones they look for).
+        // A send's or a receive's cases are final as read: they go straight
+        // into the park cache, at its end (the entries found above stay
+        // where they are), rather than into `own` and then the cache (a
+        // million new waiters at attach: their cases once, not twice).
         let mut sudogs: Map<u64, Sudog> = Map::default();
-        for batch in uncached.chunks(LIST_BATCH) {
+        let kept = self.parks.len();
+        let mut batch: Vec<usize> = Vec::with_capacity(LIST_BATCH);
+        let mut next = 0;
+        loop {
+            batch.clear();
+            while batch.len() < LIST_BATCH && next < waiters.len() {
+                if cases.at[next] == CasesAt::UNREAD {
+                    batch.push(next);
+                }
+                next += 1;
+            }
+            if batch.is_empty() {
+                break;
+            }
             let mut read: Map<u64, Sudog> = Map::default();
-            let lists = self.read_lists(mem, waiters, batch, &mut read);
+            let lists = self.read_lists(mem, waiters, &batch, &mut read);
             for (&i, list) in batch.iter().zip(lists) {
                 let w = &waiters[i];
-                let dir = match w.op {
+                let dir = match w.op() {
                     WaitOp::Send => ChanDir::Send,
                     WaitOp::Recv => ChanDir::Recv,
                     _ => ChanDir::Unknown,
                 };
-                cases.set_own(
-                    i,
-                    list.map(|list| {
-                        list.iter()
-                            .map(|a| Case {
-                                sudog: *a,
-                                chan: read[a].c,
-                                dir,
-                            })
-                            .collect()
-                    }),
-                );
+                let list: Option<Cases> = list.map(|list| {
+                    list.iter()
+                        .map(|a| Case {
+                            sudog: *a,
+                            chan: read[a].c,
+                            dir,
+                        })
+                        .collect()
+                });
+                match list {
+                    Some(Cases::One(c)) if dir != ChanDir::Unknown => {
+                        cases.at[i] = CasesAt::FRESH | self.parks.len() as u32;
+                        self.parks.push(CachedPark {
+                            g: w.g,
+                            digest: park_digest(w),
+                            chan: c.chan,
+                            used: generation,
+                            dir,
+                        });
+                    }
+                    list => cases.set_own(i, list, true),
+                }
             }
             sudogs.extend(read.into_iter().filter(|(_, s)| s.is_select));
         }
@@ -658,11 +769,13 @@ impl ChanReader {
         // Every channel once, in a slot of its own.
         let mut index: Map<u64, usize> = Map::default();
         let mut chans: Vec<u64> = Vec::new();
-        for c in cases.all(&self.parks).flat_map(|c| c.iter()) {
-            index.entry(c.chan).or_insert_with(|| {
-                chans.push(c.chan);
-                chans.len() - 1
-            });
+        for cs in cases.all(&self.parks, &self.many) {
+            for c in cs.iter() {
+                index.entry(c.chan).or_insert_with(|| {
+                    chans.push(c.chan);
+                    chans.len() - 1
+                });
+            }
         }
         self.stats.channels = chans.len();
         let mut slots: Vec<Slot> = vec![Slot::default(); chans.len()];
@@ -673,8 +786,12 @@ impl ChanReader {
         // reset), so everything is read again every FULL_READ_EVERY
         // refreshes all the same.
         let full = generation % FULL_READ_EVERY == 1;
-        for &i in &uncached {
-            for c in cases.get(&self.parks, i).iter().flat_map(|c| c.iter()) {
+        for i in (0..waiters.len()).filter(|&i| cases.fresh(i)) {
+            for c in cases
+                .get(&self.parks, &self.many, i)
+                .iter()
+                .flat_map(|c| c.iter())
+            {
                 slots[index[&c.chan]].fresh = true;
             }
         }
@@ -722,12 +839,14 @@ impl ChanReader {
         }
 
         // Who is blocked on each channel.
-        for c in cases.all(&self.parks).flat_map(|c| c.iter()) {
-            let slot = &mut slots[index[&c.chan]];
-            match c.dir {
-                ChanDir::Recv => slot.receivers += 1,
-                ChanDir::Send => slot.senders += 1,
-                ChanDir::Unknown => slot.unknown = true,
+        for cs in cases.all(&self.parks, &self.many) {
+            for c in cs.iter() {
+                let slot = &mut slots[index[&c.chan]];
+                match c.dir {
+                    ChanDir::Recv => slot.receivers += 1,
+                    ChanDir::Send => slot.senders += 1,
+                    ChanDir::Unknown => slot.unknown = true,
+                }
             }
         }
         self.timers(mem, &chans, &to_read, &mut slots);
@@ -739,23 +858,16 @@ impl ChanReader {
 
         // Identical waits (many goroutines on one channel) share one list:
         // per slot, one per (direction, select).
-        let mut fresh = vec![false; waiters.len()];
-        for i in uncached {
-            fresh[i] = true;
-        }
         let mut nil: [Option<ChanWaits>; 2] = [None, None];
-        // The new parks go at the end, exactly as many as were read (the
-        // entries `cases` names stay where they are meanwhile); then the
-        // parks not used now go, and the list is sorted again.
-        let kept = self.parks.len();
-        self.parks
-            .reserve_exact(fresh.iter().filter(|&&f| f).count());
+        // The new parks of selects go at the end too (the entries `cases`
+        // names stay where they are meanwhile); then the parks not used now
+        // go, and the list is sorted again.
         for (i, w) in waiters.iter().enumerate() {
-            let select = w.op == WaitOp::Select;
-            let c = cases.get(&self.parks, i).cloned();
-            let waits: Option<ChanWaits> = match (w.op, &c) {
+            let select = w.op() == WaitOp::Select;
+            let c = cases.get(&self.parks, &self.many, i);
+            let waits: Option<ChanWaits> = match (w.op(), &c) {
                 (WaitOp::NilSend | WaitOp::NilRecv, _) => {
-                    let (k, dir) = if w.op == WaitOp::NilSend {
+                    let (k, dir) = if w.op() == WaitOp::NilSend {
                         (0, ChanDir::Send)
                     } else {
                         (1, ChanDir::Recv)
@@ -802,18 +914,29 @@ impl ChanReader {
                 ),
                 (_, None) => None,
             };
-            let is_fresh = fresh[i];
+            let is_fresh = cases.fresh(i);
             match c {
+                // Already in the cache (see above).
+                Some(_) if is_fresh && cases.cached(i) => {}
                 Some(cases) if is_fresh => {
-                    let digest = park_digest(w);
-                    self.parks.push((
-                        w.g,
-                        CachedPark {
-                            digest,
-                            cases,
-                            used: generation,
-                        },
-                    ));
+                    let (chan, dir) = match &cases {
+                        Cases::One(c) if c.dir != ChanDir::Unknown => (c.chan, c.dir),
+                        Cases::One(c) => {
+                            self.many.insert(w.g, Arc::from([*c]));
+                            (0, ChanDir::Unknown)
+                        }
+                        Cases::Many(c) => {
+                            self.many.insert(w.g, c.clone());
+                            (0, ChanDir::Unknown)
+                        }
+                    };
+                    self.parks.push(CachedPark {
+                        g: w.g,
+                        digest: park_digest(w),
+                        chan,
+                        used: generation,
+                        dir,
+                    });
                 }
                 Some(_) => {}
                 None if is_chan_op(w) => self.stats.dropped += 1,
@@ -828,10 +951,16 @@ impl ChanReader {
             );
         }
         let added = self.parks.len() > kept;
-        self.parks.retain(|p| p.1.used == generation);
+        self.parks.retain(|p| p.used == generation);
         if added {
-            self.parks.sort_unstable_by_key(|p| p.0);
+            self.parks.sort_unstable_by_key(|p| p.g);
         }
+        let parks = &self.parks;
+        self.many.retain(|g, _| {
+            parks
+                .binary_search_by_key(g, |p| p.g)
+                .is_ok_and(|k| parks[k].chan == 0)
+        });
         if self.parks.capacity() > 2 * self.parks.len() + 4096 {
             self.parks.shrink_to_fit();
         }
@@ -851,7 +980,7 @@ impl ChanReader {
         let waiters: Vec<&Waiter> = which.iter().map(|&i| &waiters[i]).collect();
         let mut lists: Vec<Option<Vec<u64>>> = waiters
             .iter()
-            .map(|w| matches!(w.op, WaitOp::Send | WaitOp::Recv | WaitOp::Select).then(Vec::new))
+            .map(|w| matches!(w.op(), WaitOp::Send | WaitOp::Recv | WaitOp::Select).then(Vec::new))
             .collect();
         let mut cursors: Vec<(usize, u64)> = Vec::new();
         for (i, w) in waiters.iter().enumerate() {
@@ -886,7 +1015,7 @@ impl ChanReader {
                 let ok = sudogs.get(&addr).is_some_and(|s| {
                     s.g == w.g
                         && is_ptr(s.c)
-                        && match w.op {
+                        && match w.op() {
                             WaitOp::Select => s.is_select,
                             _ => !s.is_select && s.waitlink == 0,
                         }
@@ -898,7 +1027,7 @@ impl ChanReader {
                 list.push(addr);
                 let link = sudogs[&addr].waitlink;
                 // A select longer than MAX_SELECT_CASES keeps its first cases.
-                if w.op == WaitOp::Select && link != 0 && depth + 1 < MAX_SELECT_CASES {
+                if w.op() == WaitOp::Select && link != 0 && depth + 1 < MAX_SELECT_CASES {
                     next.push((i, link));
                 }
             }
@@ -1204,12 +1333,7 @@ mod tests {
             m.put(c, hchan(&l, 0, 0, 8, (0, 0), (s1, s3)));
             let waiters: Vec<Waiter> = [(g1, s1), (g2, s2), (g3, s3)]
                 .iter()
-                .map(|&(g, waiting)| Waiter {
-                    g,
-                    waiting,
-                    op: WaitOp::Send,
-                    park: park(g).digest(),
-                })
+                .map(|&(g, waiting)| Waiter::new(g, waiting, WaitOp::Send, park(g).digest()))
                 .collect();
             let mut r = ChanReader::new(l, None);
             let out = r.read(&m, &waiters);
@@ -1248,11 +1372,17 @@ mod tests {
             );
             // Parked again (the probe saw it): read again.
             let mut moved = waiters.clone();
-            moved[0].park = ParkKey {
-                parked_ns: 7,
-                ..park(moved[0].g)
-            }
-            .digest();
+            let w0 = moved[0];
+            moved[0] = Waiter::new(
+                w0.g,
+                w0.waiting,
+                w0.op(),
+                ParkKey {
+                    parked_ns: 7,
+                    ..park(w0.g)
+                }
+                .digest(),
+            );
             r.read(&m, &moved);
             assert_eq!((r.stats.cached, r.stats.sudogs_read), (2, 1));
         }
@@ -1311,15 +1441,7 @@ mod tests {
             }
             m.put(c2, h2);
             let mut r = ChanReader::new(l, Some(0x50_000));
-            let out = r.read(
-                &m,
-                &[Waiter {
-                    g,
-                    waiting: s1,
-                    op: WaitOp::Select,
-                    park: park(g).digest(),
-                }],
-            );
+            let out = r.read(&m, &[Waiter::new(g, s1, WaitOp::Select, park(g).digest())]);
             let w = out[0].waits.as_ref().unwrap();
             assert_eq!(w.len(), 2, "go1.{minor}");
             assert_eq!(
@@ -1349,12 +1471,7 @@ mod tests {
         put64(&mut bad, l.hchan_qcount, 5);
         m.put(c, bad);
         m.put(0x22_000, sudog(&l, g, c, false, 0, 0));
-        let w = |waiting, op| Waiter {
-            g,
-            waiting,
-            op,
-            park: park(g).digest(),
-        };
+        let w = |waiting, op| Waiter::new(g, waiting, op, park(g).digest());
         let mut r = ChanReader::new(l, None);
         let out = r.read(
             &m,
@@ -1439,12 +1556,12 @@ mod tests {
             let waiters: Vec<Waiter> = (0..64)
                 .map(|i| {
                     let g = base + (rng.next() % size as u64) / 8 * 8;
-                    Waiter {
+                    Waiter::new(
                         g,
-                        waiting: base + (rng.next() % size as u64) / 8 * 8,
-                        op: [WaitOp::Send, WaitOp::Recv, WaitOp::Select][i % 3],
-                        park: park(g).digest(),
-                    }
+                        base + (rng.next() % size as u64) / 8 * 8,
+                        [WaitOp::Send, WaitOp::Recv, WaitOp::Select][i % 3],
+                        park(g).digest(),
+                    )
                 })
                 .collect();
             let mut r = ChanReader::new(l, Some(base + 8 * (rng.next() % 100)));

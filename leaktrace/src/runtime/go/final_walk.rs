@@ -389,13 +389,14 @@ impl FinalSnapshot {
                         .cloned(),
                     stack: stack.into(),
                     state,
+                    // Goroutine 1 runs runtime.main, the only one without a `go` statement.
+                    main: g.goid == 1,
+                    stack_unstable: g.flags & final_flags::BROKEN != 0,
                 };
                 TaskView {
                     key: g.g,
                     id: g.goid,
                     place: Arc::new(place),
-                    // Goroutine 1 runs runtime.main, the only one without a `go` statement.
-                    main: g.goid == 1,
                     blocked_since: waiting.then_some(blocked_since),
                     alive_since: match seen.and_then(|t| t.spawned_ns()) {
                         Some(t) => Since::Exact(t),
@@ -404,7 +405,6 @@ impl FinalSnapshot {
                             None => Since::AtMost(self.probe_ns),
                         },
                     },
-                    stack_unstable: g.flags & final_flags::BROKEN != 0,
                     // The walk at exit reads no channels.
                     waits_on: no_chan_waits(),
                     stranded: Default::default(),

@@ -188,6 +188,9 @@ struct PlaceKey {
     state: u32,
     reason: u8,
     via: Option<Frame>,
+    /// Goroutine 1, and a stack that kept moving (see `Place`).
+    main: bool,
+    unstable: bool,
 }
 
 impl PartialEq for PlaceKey {
@@ -198,7 +201,8 @@ impl PartialEq for PlaceKey {
                 (None, None) => true,
                 _ => false,
             }
-            && (self.state, self.reason) == (o.state, o.reason)
+            && (self.state, self.reason, self.main, self.unstable)
+                == (o.state, o.reason, o.main, o.unstable)
             && self.via == o.via
     }
 }
@@ -207,7 +211,7 @@ impl std::hash::Hash for PlaceKey {
     fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
         Arc::as_ptr(&self.names).hash(h);
         self.stack.as_ref().map(Arc::as_ptr).hash(h);
-        (self.state, self.reason, &self.via).hash(h);
+        (self.state, self.reason, self.main, self.unstable, &self.via).hash(h);
     }
 }
 
@@ -491,13 +495,13 @@ impl GoReader {
         }
         views.clear();
         views.reserve(table.len());
-        // Channel waiters, and for each its view's index and a digest of
-        // the header the view was made from (to see whether it moved).
+        // Channel waiters, in the views' order, and for each a digest of
+        // the header its view was made from (to see whether it moved).
         // Room for every task up front: pages never written are never
         // resident, and growing by doubling would copy (and briefly hold
         // twice) lists of a million.
         let mut waiters: Vec<Waiter> = Vec::with_capacity(table.len());
-        let mut at: Vec<(u32, u64)> = Vec::with_capacity(table.len());
+        let mut checks: Vec<u64> = Vec::with_capacity(table.len());
         let mut dead_twice = Vec::new();
         let (mut tasks, origins) = table.tasks_and_origins();
         // One batch of rows at a time, not a list of all of them.
@@ -516,20 +520,15 @@ impl GoReader {
                 if let TaskState::Waiting(reason) = view.state()
                     && let Some(op) = WaitOp::from_reason(reason)
                 {
-                    waiters.push(Waiter {
-                        g: task.key,
-                        waiting: h.waiting,
-                        op,
-                        park: ParkKey {
-                            goid: h.goid,
-                            sp: h.sched_sp,
-                            pc: h.sched_pc,
-                            bp: h.sched_bp,
-                            parked_ns: task.parked_ns().or(task.seen_parked_ns()).unwrap_or(0),
-                        }
-                        .digest(),
-                    });
-                    at.push((views.len() as u32, header_digest(&h)));
+                    let park = ParkKey {
+                        goid: h.goid,
+                        sp: h.sched_sp,
+                        pc: h.sched_pc,
+                        bp: h.sched_bp,
+                        parked_ns: task.parked_ns().or(task.seen_parked_ns()).unwrap_or(0),
+                    };
+                    waiters.push(Waiter::new(task.key, h.waiting, op, park.digest()));
+                    checks.push(header_digest(&h));
                 }
                 views.push(view);
             }
@@ -544,7 +543,7 @@ impl GoReader {
             views.shrink_to_fit();
         }
         let t0 = Instant::now();
-        self.read_channels(views, &waiters, &at);
+        self.read_channels(views, &waiters, &mut checks);
         log::debug!(
             "refresh: {} goroutines read in {:?}, of which channels {:?} ({:?})",
             views.len(),
@@ -652,7 +651,12 @@ impl GoReader {
     /// read now (not in the same park as at an earlier refresh) is read
     /// again afterwards: one that moved meanwhile (woke, parked elsewhere)
     /// gets nothing rather than a mix of two waits.
-    fn read_channels(&mut self, views: &mut [TaskView], list: &[Waiter], at: &[(u32, u64)]) {
+    ///
+    /// `list` is in `views` order (a view's waiter is the next one with its
+    /// g: no list of view numbers), with `checks` its headers' digests;
+    /// those of waiters that need no check become 0 (no list of the fresh
+    /// ones either).
+    fn read_channels(&mut self, views: &mut [TaskView], list: &[Waiter], checks: &mut [u64]) {
         let Some(chans) = self.chans.as_mut() else {
             return;
         };
@@ -661,28 +665,42 @@ impl GoReader {
         }
         // Each list goes straight to its view; the fresh ones are checked
         // below, and a view whose goroutine moved loses its list again.
-        let mut fresh: Vec<usize> = Vec::new();
+        let mut v = 0;
         chans.read_each(&self.target, list, &mut |k, read| {
-            if read.fresh {
-                fresh.push(k);
+            while views[v].key != list[k].g {
+                v += 1;
+            }
+            if !read.fresh {
+                checks[k] = 0;
             }
             if let Some(waits) = read.waits {
-                views[at[k].0 as usize].waits_on = waits;
+                views[v].waits_on = waits;
             }
         });
-        let keys: Vec<u64> = fresh.iter().map(|&k| list[k].g).collect();
-        let mut moved: Vec<usize> = Vec::new();
-        self.target.read_each(&keys, self.g_len(), &mut |j, b| {
-            let k = fresh[j];
-            let again = b.and_then(|b| self.parse_header(b));
-            if again.map(|h| header_digest(&h)) != Some(at[k].1) {
-                moved.push(k);
-            }
-        });
+        // In batches: no list of a million addresses at once.
+        let mut moved: Vec<u32> = Vec::new();
+        let mut fresh = (0..list.len()).filter(|&k| checks[k] != 0).peekable();
+        let mut batch: Vec<usize> = Vec::with_capacity(CHUNK);
+        while fresh.peek().is_some() {
+            batch.clear();
+            batch.extend(fresh.by_ref().take(CHUNK));
+            let keys: Vec<u64> = batch.iter().map(|&k| list[k].g).collect();
+            self.target.read_each(&keys, self.g_len(), &mut |j, b| {
+                let again = b.and_then(|b| self.parse_header(b));
+                if again.map(|h| header_digest(&h)) != Some(checks[batch[j]]) {
+                    moved.push(batch[j] as u32);
+                }
+            });
+        }
         let chans = self.chans.as_mut().expect("checked above");
+        let mut v = 0;
         for k in moved {
-            chans.reject(&list[k]);
-            views[at[k].0 as usize].waits_on = no_chan_waits();
+            let w = &list[k as usize];
+            while views[v].key != w.g {
+                v += 1;
+            }
+            chans.reject(w);
+            views[v].waits_on = no_chan_waits();
         }
     }
 
@@ -714,6 +732,9 @@ impl GoReader {
             state,
             reason,
             via,
+            // Goroutine 1 runs runtime.main, the only one without a `go` statement.
+            main: h.goid == 1,
+            unstable: unstable && waiting,
         };
         let place = match self.places.get(&key) {
             Some(p) => p.clone(),
@@ -749,9 +770,6 @@ impl GoReader {
             key: task.key,
             id: h.goid,
             place,
-            // Goroutine 1 runs runtime.main, the only one without a `go` statement.
-            main: h.goid == 1,
-            stack_unstable: unstable && waiting,
             blocked_since,
             alive_since,
             waits_on: no_chan_waits(),
@@ -779,6 +797,8 @@ impl GoReader {
             state,
             system: key.names.system,
             blocking: false,
+            main: key.main,
+            stack_unstable: key.unstable,
             created_by: key.names.created_by.clone(),
             via: key.via.clone(),
             start: stack

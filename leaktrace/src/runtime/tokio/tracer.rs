@@ -872,15 +872,15 @@ impl TokioTracer {
                 stack,
                 blocked_at,
                 state: task_state,
+                main: false,
+                stack_unstable: false,
             };
             views.push(TaskView {
                 key: header,
                 id: t.id,
                 place: Arc::new(place),
-                main: false,
                 blocked_since,
                 alive_since: t.alive_since,
-                stack_unstable: false,
                 waits_on: no_chan_waits(),
                 stranded: Default::default(),
             });
