@@ -56,18 +56,20 @@ fuzz_target!(|data: &[u8]| {
     // Waiters whose g.waiting points into the input.
     let ops = [WaitOp::Send, WaitOp::Recv, WaitOp::Select];
     let waiters: Vec<Waiter> = (0..4)
-        .map(|i| Waiter {
-            g: BASE + 8 * i,
-            waiting: word(rest, i as usize),
-            op: ops[(word(rest, 4 + i as usize) % 3) as usize],
-            park: ParkKey {
-                goid: i,
-                sp: 0,
-                pc: 0,
-                bp: 0,
-                parked_ns: 0,
-            }
-            .digest(),
+        .map(|i| {
+            Waiter::new(
+                BASE + 8 * i,
+                word(rest, i as usize),
+                ops[(word(rest, 4 + i as usize) % 3) as usize],
+                ParkKey {
+                    goid: i,
+                    sp: 0,
+                    pc: 0,
+                    bp: 0,
+                    parked_ns: 0,
+                }
+                .digest(),
+            )
         })
         .collect();
     let mut reader = ChanReader::new(layout, Some(BASE + word(rest, 8) % 4096));
