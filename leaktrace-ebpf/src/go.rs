@@ -116,7 +116,7 @@ const PLAIN_SAMPLE: u32 = 64;
 /// saved frame pointer and return address, and newproc.func1's frame with
 /// the creator's frame pointer at its base (0x30 bytes above in go1.19 to
 /// 1.27). No more: newproc.func1 runs just below `g0.sched.sp`, and a
-/// g0 stack's top can be the end of its mapping (CI saw 4 spawns in 60
+/// g0 stack's top can be the end of its mapping (go_via saw 4 spawns in 60
 /// lose their walk on go1.26 with 128 bytes).
 const G0_WORDS: usize = 8;
 /// Words of the creator's stack read in one go from its frame pointer:
