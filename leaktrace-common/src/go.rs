@@ -67,27 +67,16 @@ const _: () = assert!(size_of::<GoEvent>() == 72);
 pub struct GoConfig {
     pub g_goid: u32,
     pub g_gopc: u32,
-    pub g_startpc: u32,
-    pub g_waitreason: u32,
-    /// 0 when the runtime has no `g.parentGoid` (Go < 1.21): the probe then
-    /// reads the creator as `g0.m.curg.goid` instead.
-    pub g_parent_goid: u32,
-    pub g_m: u32,
-    pub m_curg: u32,
     /// `_Gdead`, the old status of the `casgstatus` call that makes a new g
     /// runnable; the spawn probe on that call filters on it.
     pub gstatus_dead: u32,
-    /// `g.stack.lo` / `g.stack.hi`: the creator's stack bounds, which every
-    /// frame pointer the spawn probe follows must lie within.
-    pub g_stack_lo: u32,
-    pub g_stack_hi: u32,
-    /// `g.sched.bp`, where `systemstack` saved the creator's frame pointer
-    /// before newproc1 ran on g0. 0: do not walk the creator's frames
-    /// (`GoEvent::via_pcs` stay 0).
-    pub g_sched_bp: u32,
+    /// Nonzero: the spawn probe reads the return addresses above the `go`
+    /// statement in the creator's stack (`GoEvent::via_pcs`); 0: they stay
+    /// 0.
+    pub walk_creators: u32,
 }
 
-const _: () = assert!(size_of::<GoConfig>() == 44);
+const _: () = assert!(size_of::<GoConfig>() == 16);
 
 /// The attach cookie of a spawn probe: which kind of point fired.
 #[repr(u64)]

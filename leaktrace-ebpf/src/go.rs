@@ -34,15 +34,8 @@ use crate::maps::{count_hit, emit, read_u64};
 static GO_CONFIG: GoConfig = GoConfig {
     g_goid: 0,
     g_gopc: 0,
-    g_startpc: 0,
-    g_waitreason: 0,
-    g_parent_goid: 0,
-    g_m: 0,
-    m_curg: 0,
     gstatus_dead: 6,
-    g_stack_lo: 0,
-    g_stack_hi: 0,
-    g_sched_bp: 0,
+    walk_creators: 0,
 };
 
 #[inline(always)]
@@ -81,7 +74,7 @@ fn spawn(ctx: &ProbeContext, t0: u64) {
     // the parent are in the g, which the refresh reads anyway; `startpc`
     // and `parent_goid` stay 0 here.
     let gopc = read_u64(g + cfg.g_gopc as u64);
-    let walk = cfg.g_sched_bp != 0
+    let walk = cfg.walk_creators != 0
         && (unsafe { GO_PLAIN_SITES.get(&gopc) }.is_none()
             || unsafe { bpf_get_prandom_u32() } % PLAIN_SAMPLE == 0);
     emit(GoEvent {

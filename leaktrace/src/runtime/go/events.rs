@@ -52,17 +52,10 @@ pub fn probe_config(l: &GLayout) -> GoConfig {
     GoConfig {
         g_goid: l.g_goid,
         g_gopc: l.g_gopc,
-        g_startpc: l.g_startpc,
-        g_waitreason: l.g_waitreason,
-        g_parent_goid: l.g_parent_goid.unwrap_or(0),
-        g_m: l.g_m,
-        m_curg: l.m_curg,
         gstatus_dead: gstatus::DEAD,
-        g_stack_lo: l.g_stack_lo,
-        g_stack_hi: l.g_stack_hi,
-        // Nonzero: the spawn probe walks the creator's callers (from
-        // newproc1's frame pointer, leaktrace-ebpf's `creator_callers`),
-        // as in every layout leaktrace knows.
-        g_sched_bp: l.g_sched_bp,
+        // The walk needs frame pointers only (from newproc1's own, see
+        // leaktrace-ebpf's `creator_callers`), which every Go release on
+        // amd64 keeps.
+        walk_creators: 1,
     }
 }
