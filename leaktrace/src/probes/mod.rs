@@ -78,7 +78,7 @@ pub struct Probes {
     /// Uprobe-multi links (issue #14): one per program instead of one per point.
     multi: multi::MultiLinks,
     /// Where each uprobe program was attached, to attach it again after
-    /// [`Probes::detach_program`] (the overhead budget's shedding).
+    /// [`Probes::detach_programs`] (the overhead budget's shedding).
     placed: HashMap<String, Placed>,
     /// Records leaktrace itself dropped: the ring reader's queue was full
     /// ([`ring::MAX_QUEUED_RECORDS`]). Part of [`Probes::lost`].
@@ -200,18 +200,13 @@ impl Probes {
         Ok(())
     }
 
-    /// Detach every point of uprobe program `name` (attached by
+    /// Detach every point of the uprobe programs `names` (attached by
     /// [`Probes::attach`]), waiting until the kernel has removed them: from
     /// then on the target pays no trap for them. Returns how many points.
-    pub fn detach_program(&mut self, name: &str) -> usize {
-        self.detach_programs(&[name])
-    }
-
-    /// [`Probes::detach_program`] for several programs at once: their links
-    /// are destroyed together, so the grace periods overlap. One after the
-    /// other, the last program kept firing for the earlier ones' grace
-    /// periods (a shed of Go's spawn and exit took 76 ms, and exits were
-    /// traced for 38 ms after spawns had stopped).
+    /// Their links are destroyed together, so the grace periods overlap: one
+    /// program after the other, the last kept firing for the earlier ones'
+    /// grace periods (a shed of Go's spawn and exit took 76 ms, and exits
+    /// were traced for 38 ms after spawns had stopped).
     pub fn detach_programs(&mut self, names: &[&str]) -> usize {
         let mut links: Vec<Box<dyn Send>> = Vec::new();
         let mut points = 0;
@@ -251,7 +246,7 @@ impl Probes {
     }
 
     /// Attach program `name` again where it was before
-    /// [`Probes::detach_program`].
+    /// [`Probes::detach_programs`].
     pub fn reattach_program(&mut self, name: &str) -> Result<()> {
         let placed = self
             .placed
