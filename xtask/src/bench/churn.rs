@@ -121,8 +121,8 @@ enum ChurnCfg {
     LeaktraceStopped(PathBuf),
     /// churn with `GOMAXPROCS=1` pinned to CPU 0 (the spawn and the exit of
     /// a goroutine on one CPU), the tracer attached by pid and pinned to
-    /// CPU 1: what the probes cost when the ring's shared lines and its lock
-    /// stay on one CPU.
+    /// CPU 1: the probes' work on the target's CPU, apart from the tracer's
+    /// and from anything shared between CPUs.
     Pinned(Pinned),
     /// bpftrace `count()` at the three functions' entries (the brief's peer).
     BpftraceEntry,
@@ -225,11 +225,7 @@ fn churn_once(t: &Tools, cfg: &ChurnCfg, n: u64) -> Result<ChurnRun> {
                 limit,
             )?;
             let ns = ns_per_goroutine(&out).with_context(|| format!("bpftrace: {err}"))?;
-            let hits: f64 = ["@s: ", "@p: ", "@e: "]
-                .iter()
-                .filter_map(|k| num_after(&out, k))
-                .sum();
-            (ns, hits / n as f64, 0.0)
+            (ns, bpftrace_hits(&out) / n as f64, 0.0)
         }
     };
     Ok(ChurnRun {
@@ -307,15 +303,21 @@ fn pinned_once(t: &Tools, which: &Pinned, n: u64, limit: Duration) -> Result<(f6
             let ev = last_report(&report)?;
             (ns, ev.delivered() / n as f64, ev.lost)
         }
-        _ => {
-            let out = p.out.drain(Duration::from_secs(5));
-            let hits: f64 = ["@s: ", "@e: "]
-                .iter()
-                .filter_map(|k| num_after(&out, k))
-                .sum();
-            (ns, hits / n as f64, 0.0)
-        }
+        _ => (
+            ns,
+            bpftrace_hits(&p.out.drain(Duration::from_secs(5))) / n as f64,
+            0.0,
+        ),
     })
+}
+
+/// Hits counted by a bpftrace script of [`bpftrace_script`]: the sum of
+/// the maps it printed at exit.
+fn bpftrace_hits(out: &str) -> f64 {
+    PROGRAMS
+        .iter()
+        .filter_map(|(_, map)| num_after(out, &format!("@{map}: ")))
+        .sum()
 }
 
 fn bpftrace_script(t: &Tools, cfg: &ChurnCfg) -> Result<(PathBuf, String)> {
